@@ -1,0 +1,102 @@
+"""The frozen-feature cache: VGG16's frozen part runs once per dataset, not once per trial.
+
+Features are keyed by everything that determines them: the data's fingerprint, the split, the
+image size, the cut point (pooling when fully frozen, else the last frozen block) and the base's
+weights. They are written once, atomically and under a lock (several workers may ask at once),
+then memory-mapped by every later training with the same inputs. A process keeps the arrays it
+has loaded, so a study pays for them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainer.atomic import file_lock
+from trainer.config import TrainConfig
+from trainer.dataset import Dataset
+from trainer.model import Network, cut_name, weights_fingerprint
+
+EXTRACT_BATCH = 64
+_CHUNK = 1024  # faces read from the crop memmap per step: bounded memory on full ExpW
+_loaded: dict[Path, np.ndarray] = {}
+
+
+def feature_path(data: Dataset, split: str, config: TrainConfig) -> Path:
+    """The cache file for one split's features under `config`'s frozen part."""
+    key = "|".join(
+        [
+            data.fingerprint,
+            split,
+            str(config.image_size),
+            cut_name(config),
+            weights_fingerprint(config.weights),
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Path(data.cache_dir) / "features" / f"{split}-{digest}.npy"
+
+
+def cached_features(data: Dataset, split: str, config: TrainConfig) -> np.ndarray | None:
+    """The split's features if they are cached (in this process or on disk), else None."""
+    path = feature_path(data, split, config)
+    if path in _loaded:
+        return _loaded[path]
+    if path.is_file():
+        _loaded[path] = np.load(path, mmap_mode="r")
+        return _loaded[path]
+    return None
+
+
+def features_for(
+    data: Dataset, split: str, config: TrainConfig, network: Network
+) -> tuple[np.ndarray, float]:
+    """Returns the split's features and the seconds spent computing them (0 when cached)."""
+    found = cached_features(data, split, config)
+    if found is not None:
+        return found, 0.0
+    if network.frozen is None:
+        raise ValueError("nothing is frozen (trainable_blocks = 5): there are no features to cache")
+    path = feature_path(data, split, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):
+        # Another worker may have finished it while we waited for the lock.
+        if path.is_file():
+            _loaded[path] = np.load(path, mmap_mode="r")
+            return _loaded[path], 0.0
+        start = time.perf_counter()
+        _extract_to(path, network, data.split(split).images)
+        seconds = time.perf_counter() - start
+    _loaded[path] = np.load(path, mmap_mode="r")
+    return _loaded[path], seconds
+
+
+def _extract_to(path: Path, network: Network, images: np.ndarray) -> None:
+    """Streams the frozen part's outputs into a temporary .npy, then renames it into place."""
+    shape = (len(images), *network.frozen.output.shape[1:])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=shape)
+        for start in range(0, len(images), _CHUNK):
+            chunk = np.asarray(images[start : start + _CHUNK])
+            for i in range(0, len(chunk), EXTRACT_BATCH):
+                batch = chunk[i : i + EXTRACT_BATCH]
+                out[start + i : start + i + len(batch)] = np.asarray(
+                    network.frozen.predict_on_batch(batch)
+                )
+        out.flush()
+        del out
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def forget_loaded() -> None:
+    """Drops this process's memo of loaded features (tests use it to force a disk read)."""
+    _loaded.clear()

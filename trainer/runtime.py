@@ -1,0 +1,82 @@
+"""Process-wide TensorFlow settings: oneDNN, log noise, thread pools, determinism.
+
+These must be set before TensorFlow starts, so `trainer/__init__.py` calls `prepare_environment`
+before anything imports Keras.
+"""
+
+from __future__ import annotations
+
+import os
+
+_configured_threads: int | None = None
+
+
+def prepare_environment() -> None:
+    """Sets defaults the user has not set: oneDNN on (about 2x VGG16 training speed on the AMD CPUs
+    measured here), TensorFlow's C++ info/warning logs off, Keras on the TensorFlow backend."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def set_threads(threads: int | None) -> None:
+    """Sizes TensorFlow's thread pools (e.g. one core per worker when several share a machine).
+
+    Must run before TensorFlow executes its first op; later calls with another value are ignored by
+    TensorFlow, so they raise instead of silently doing nothing.
+    """
+    global _configured_threads
+    if threads is None or threads == _configured_threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    except RuntimeError as exc:  # TensorFlow already initialised
+        raise RuntimeError(
+            f"TensorFlow's threads must be set before it starts (asked for {threads})"
+        ) from exc
+    _configured_threads = threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and TensorFlow, and makes TensorFlow's ops deterministic, so the same
+    config and seed give the same metrics."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if not getattr(seed_everything, "_deterministic", False):
+        tf.config.experimental.enable_op_determinism()
+        seed_everything._deterministic = True  # type: ignore[attr-defined]
+
+
+def load_tensorflow(quiet: bool = True) -> None:
+    """Imports TensorFlow now, keeping its native start-up chatter (oneDNN, CUDA probes) off the
+    terminal unless FER_SEARCH_TF_LOGS=1; Python-level errors still surface as exceptions.
+
+    TensorFlow writes those lines from C++ before its logging is initialised, so no environment
+    variable silences them; the only way is to point file descriptor 2 elsewhere meanwhile.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    quiet = quiet and os.environ.get("FER_SEARCH_TF_LOGS", "") in ("", "0")
+    saved = None
+    if quiet:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    try:
+        import tensorflow as tf
+
+        tf.constant(0)  # the CUDA probe runs on first use, not on import
+        tf.get_logger().setLevel("ERROR")  # retracing notices are expected: every trial is a new model
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)

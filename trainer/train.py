@@ -1,0 +1,245 @@
+"""`train(config, data)`: one configuration, trained and scored on the validation split.
+
+Reads top to bottom: pick what to train on (cached features of the frozen part, or raw images
+when augmenting or fine-tuning all of VGG16), fit with Keras, and after every epoch score the
+validation split and hand the numbers to the caller, who may stop the run by raising (that is
+how a search prunes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from trainer.config import VGG16_BLOCKS, TrainConfig
+from trainer.dataset import Dataset
+from trainer.errors import ConfigError, DataError, TrainingDiverged
+from trainer.features import cached_features, features_for
+from trainer.labels import CLASS_NAMES
+from trainer.metrics import epoch_metrics
+from trainer.model import build_head, build_network
+from trainer.runtime import seed_everything
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+_VAL_BATCH = 256
+
+
+@dataclass
+class TrainResult:
+    """What one training produced.
+
+    Attributes:
+        config: the configuration trained.
+        history: one dict per epoch run: epoch (1-based), loss, accuracy, val_loss,
+            val_accuracy, val_macro_f1.
+        metrics: the validation metrics of the weights kept (the last epoch's, or the best
+            epoch's when early stopping restored it).
+        best_epoch: the epoch whose weights were kept.
+        top_weights: weights of the trained part; `build_model` puts them into a full model.
+        seconds: wall time of the whole call; feature_seconds: of it, computing features.
+    """
+
+    config: TrainConfig
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    best_epoch: int
+    top_weights: list[np.ndarray]
+    class_names: tuple[str, ...] = CLASS_NAMES
+    seconds: float = 0.0
+    feature_seconds: float = 0.0
+    stopped_early: bool = False
+    used_feature_cache: bool = field(default=False)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    def build_model(self) -> keras.Model:
+        """The full exportable model: raw RGB pixels (S, S, 3) in, 7 probabilities out."""
+        network = build_network(self.config, self.class_names)
+        network.top.set_weights(self.top_weights)
+        return network.full
+
+
+def train(
+    config: TrainConfig, data: Dataset, on_epoch_end: EpochCallback | None = None
+) -> TrainResult:
+    """Trains `config` on `data.train`, scoring `data.val` after every epoch.
+
+    Args:
+        config: the configuration.
+        data: a dataset loaded at `config.image_size`.
+        on_epoch_end: called as `on_epoch_end(epoch, metrics)` after each epoch (1-based); an
+            exception it raises ends training and propagates unchanged.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+        ConfigError / DataError: the data does not fit the config.
+    """
+    start = time.perf_counter()
+    _check_inputs(config, data)
+    # Trials run by the hundred in one process: drop the previous trials' graphs and layer names.
+    keras.backend.clear_session(free_memory=True)
+    seed_everything(config.seed)
+
+    plan = _plan(config, data)
+    y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
+    plan.fit_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    reporter = _EpochReporter(plan, y_val, config, on_epoch_end)
+    keras.utils.set_random_seed(config.seed)  # the same shuffling order for the same seed
+    plan.fit_model.fit(
+        plan.x_train,
+        y_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        class_weight=_class_weight(config, y_train),
+        callbacks=[reporter],
+        verbose=0,
+    )
+    if reporter.best_weights is not None:
+        plan.trained.set_weights(reporter.best_weights)
+    return TrainResult(
+        config=config,
+        history=reporter.history,
+        metrics=reporter.kept_metrics(),
+        best_epoch=reporter.kept_epoch(),
+        top_weights=[np.array(w) for w in plan.trained.get_weights()],
+        class_names=data.class_names,
+        seconds=time.perf_counter() - start,
+        feature_seconds=plan.feature_seconds,
+        stopped_early=reporter.stopped_early,
+        used_feature_cache=_uses_cache(config),
+    )
+
+
+def _uses_cache(config: TrainConfig) -> bool:
+    return config.uses_feature_cache and config.trainable_blocks < VGG16_BLOCKS
+
+
+@dataclass
+class _Plan:
+    """What one training fits and scores.
+
+    `trained` is the part whose weights are learnt (and exported); `scored` maps `x_val` to
+    probabilities; `fit_model` is what Keras fits on `x_train`. On cached features all three are
+    the same head; on images they are views of one network sharing its layers.
+    """
+
+    fit_model: keras.Model
+    scored: keras.Model
+    trained: keras.Model
+    x_train: np.ndarray
+    x_val: np.ndarray
+    feature_seconds: float = 0.0
+
+
+def _plan(config: TrainConfig, data: Dataset) -> _Plan:
+    if _uses_cache(config):
+        train_feats = cached_features(data, "train", config)
+        val_feats = cached_features(data, "val", config)
+        if config.trainable_blocks == 0 and train_feats is not None and val_feats is not None:
+            # Everything is cached: the head alone is built, VGG16 is never touched.
+            top = build_head(config, train_feats.shape[1:], data.class_names)
+            return _Plan(top, top, top, train_feats, val_feats)
+        network = build_network(config, data.class_names)
+        train_feats, s1 = features_for(data, "train", config, network)
+        val_feats, s2 = features_for(data, "val", config, network)
+        top = network.top
+        return _Plan(top, top, top, train_feats, val_feats, s1 + s2)
+    network = build_network(config, data.class_names)
+    fit_model = network.full
+    if config.augment:
+        inputs = keras.Input(network.full.input.shape[1:], name="pixels")
+        flipped = keras.layers.RandomFlip("horizontal", seed=config.seed)(inputs)
+        fit_model = keras.Model(inputs, network.full(flipped), name="augmented")
+    return _Plan(fit_model, network.full, network.top, data.train.images, data.val.images)
+
+
+def _check_inputs(config: TrainConfig, data: Dataset) -> None:
+    if data.image_size != config.image_size:
+        raise ConfigError(
+            "image_size", f"the dataset's image size {data.image_size}", config.image_size
+        )
+    for split in (data.train, data.val):
+        if len(split) == 0:
+            raise DataError(f"the {split.name} split is empty: a training needs faces in it")
+
+
+def _class_weight(config: TrainConfig, labels: np.ndarray) -> dict[int, float] | None:
+    if config.class_weight == "none":
+        return None
+    from trainer.loading import class_weights
+
+    return class_weights(labels)
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    """Scores the validation split after each epoch, reports it, stops on NaN or no progress."""
+
+    def __init__(self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end) -> None:
+        super().__init__()
+        self._plan = plan
+        self._y_val = y_val
+        self._config = config
+        self._on_epoch_end = on_epoch_end
+        self.history: list[dict[str, float]] = []
+        self.best_weights: list[np.ndarray] | None = None
+        self._best_index = -1
+        self.stopped_early = False
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        loss = float(logs.get("loss", math.nan))
+        probs = _predict(self._plan.scored, self._plan.x_val)
+        if not math.isfinite(loss) or not np.all(np.isfinite(probs)):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at epoch {epoch + 1} "
+                f"(learning_rate={self._config.learning_rate}, batch_size={self._config.batch_size})"
+            )
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "accuracy": float(logs.get("accuracy", math.nan)),
+            **epoch_metrics(self._y_val, probs),
+        }
+        self.history.append(metrics)
+        if self._on_epoch_end is not None:
+            self._on_epoch_end(epoch + 1, dict(metrics))
+        self._early_stopping(metrics)
+
+    def _early_stopping(self, metrics: dict[str, float]) -> None:
+        patience = self._config.early_stopping_patience
+        if patience == 0:
+            return
+        index = len(self.history) - 1
+        if self._best_index < 0 or metrics["val_loss"] < self.history[self._best_index]["val_loss"]:
+            self._best_index = index
+            self.best_weights = [np.array(w) for w in self._plan.trained.get_weights()]
+        elif index - self._best_index >= patience:
+            self.model.stop_training = True
+            self.stopped_early = True
+
+    def kept_epoch(self) -> int:
+        return (self._best_index if self._best_index >= 0 else len(self.history) - 1) + 1
+
+    def kept_metrics(self) -> dict[str, float]:
+        kept = self.history[self.kept_epoch() - 1]
+        return {k: v for k, v in kept.items() if k.startswith("val_")}
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    outputs = [
+        np.asarray(model.predict_on_batch(np.asarray(x[i : i + _VAL_BATCH])))
+        for i in range(0, len(x), _VAL_BATCH)
+    ]
+    return np.concatenate(outputs)
