@@ -1,0 +1,1 @@
+"""Hyperparameter search: study specs -> Optuna studies -> trainer -> MLflow -> registry."""

@@ -1,0 +1,303 @@
+"""Running a study: create or resume it, claim trials until the budget is spent, record all.
+
+    spec -> Optuna study (SQL storage) -> TrialRunner -> trainer.train -> MLflow runs
+
+The same loop serves `fer-search run` and every `fer-search worker`: any number of processes may
+run it against one storage; they coordinate only through the storage.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import grid_queue
+from search.data import DataProvider
+from search.errors import StudyError
+from search.spec import StudySpec
+from search.storage import (
+    MAX_RETRY,
+    mask_url,
+    open_storage,
+    study_lock,
+)
+from search.tracking import Tracker
+from search.trial_runner import TrialOutcome, TrialRunner
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+SPEC_ATTR = "spec_yaml"
+SPEC_PATH_ATTR = "spec_path"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+
+@dataclass
+class RunSummary:
+    """What one `run_study` call did."""
+
+    study_name: str
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    stopped_because: str = ""
+    best: FrozenTrial | None = None
+    parent_run_id: str = ""
+
+    def count(self, state: TrialState) -> int:
+        return sum(1 for o in self.outcomes if o.state == state)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    # A grid's points come from the queue (grid_queue); its sampler never picks a value.
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+class _LostRuns:
+    """Heartbeat-stale callback: re-queues the dead trial (Optuna's retry callback) and remembers
+    its MLflow run, which the dead worker could not close."""
+
+    def __init__(self) -> None:
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        self.run_ids: list[str] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("mlflow_run_id"):
+            self.run_ids.append(trial.user_attrs["mlflow_run_id"])
+        self.retry(study, trial)
+
+
+def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
+    """Creates the study or loads it, and checks it is the same kind of study as the spec."""
+    direction = spec.direction
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction=direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != direction:
+        raise StudyError(
+            f"study {spec.name!r} in {mask_url(storage_url)} optimises "
+            f"{study.direction.name.lower()}, but the spec says direction: {direction}"
+        )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec.redacted_text)
+        study.set_user_attr(SPEC_PATH_ATTR, str(spec.path))
+        study.set_user_attr("metric", spec.metric)
+        study.set_user_attr("sampler", spec.sampler)
+        study.set_user_attr("model_name", spec.model_name)
+    return study
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    data: DataProvider | None = None,
+    on_trial_end: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Runs trials of `spec`'s study until its budget is spent (or `n_trials` / `timeout` of this
+    call), failing it after `max_consecutive_failures` failed trials in a row.
+
+    Args:
+        n_trials: at most this many trials in this call (default: as many as the study needs).
+        timeout: start no trial after this many seconds (default: the spec's timeout).
+        on_trial_end: called after each trial (progress display).
+        on_start: called with the number of trials this call expects to run.
+    """
+    deadline = time.monotonic() + (timeout or spec.timeout or float("inf"))
+    lost = _LostRuns()
+    storage = open_storage(storage_url, on_stale=lost)
+    with study_lock(storage_url, spec.name):
+        study = open_study(spec, storage, storage_url)
+        optuna.storages.fail_stale_trials(study)
+        if spec.sampler == "grid":
+            grid_queue.fill_queue(study, spec)
+
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment_id(spec.name)
+    parent_run_id = tracker.open_study_run(
+        experiment_id,
+        study.user_attrs.get(PARENT_RUN_ATTR),
+        spec.name,
+        params={
+            "sampler": spec.sampler,
+            "metric": spec.metric,
+            "direction": spec.direction,
+            "pruner": spec.pruner,
+            "storage": mask_url(storage_url),
+            "searched": ",".join(spec.param_names),
+            "grid_size": _grid_size(spec),
+        },
+        spec_text=spec.redacted_text,
+    )
+    if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
+        study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    _close_lost_runs(tracker, lost)
+
+    provider = data or DataProvider(spec)
+    summary = RunSummary(spec.name, parent_run_id=parent_run_id)
+    runner = TrialRunner(spec, study, storage, provider, tracker, experiment_id, parent_run_id)
+    if on_start is not None:
+        on_start(_expected_trials(spec, study, n_trials))
+    _log_data(tracker, parent_run_id, spec, provider)
+
+    stop = _StopFlag()
+    status = "FAILED"
+    try:
+        with stop.on_sigterm():
+            summary.stopped_because = _loop(
+                spec, study, storage, runner, summary, n_trials, deadline, stop, lost, tracker,
+                on_trial_end,
+            )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        summary.best = _best_trial(study)
+        tracker.close_study_run(
+            parent_run_id,
+            status,
+            {f"best_{spec.metric}": summary.best.value} if summary.best else {},
+        )
+    return summary
+
+
+def _loop(spec, study, storage, runner, summary, n_trials, deadline, stop, lost, tracker,
+          on_trial_end) -> str:
+    failures_in_a_row = 0
+    while True:
+        if stop.requested:
+            return "stopped by signal"
+        if n_trials is not None and len(summary.outcomes) >= n_trials:
+            return f"ran the {n_trials} trials asked for"
+        if time.monotonic() >= deadline:
+            return "timeout reached"
+        optuna.storages.fail_stale_trials(study)
+        _close_lost_runs(tracker, lost)
+        trial = _next_trial(spec, study, storage)
+        if trial is None:
+            if spec.sampler == "grid" and grid_queue.count(study, TrialState.RUNNING):
+                time.sleep(2)  # others are finishing the last points; theirs may yet fail
+                continue
+            return "study complete"
+        outcome = runner.run(trial)
+        summary.outcomes.append(outcome)
+        if on_trial_end is not None:
+            on_trial_end(outcome, study)
+        failures_in_a_row = failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
+        if failures_in_a_row >= spec.max_consecutive_failures:
+            raise StudyError(
+                f"{failures_in_a_row} trials failed in a row (max_consecutive_failures="
+                f"{spec.max_consecutive_failures}); the last one: {outcome.reason}"
+            )
+
+
+def _next_trial(spec: StudySpec, study: optuna.Study, storage) -> optuna.Trial | None:
+    if spec.sampler == "grid":
+        return grid_queue.claim_next(study, storage)
+    done = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    if spec.n_trials is not None and done >= spec.n_trials:
+        return None
+    return study.ask()
+
+
+def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
+    if spec.sampler == "grid":
+        left = grid_queue.count(study, TrialState.WAITING)
+    elif spec.n_trials is not None:
+        left = spec.n_trials - grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED)
+    else:
+        left = n_trials or 0
+    return max(0, min(left, n_trials) if n_trials is not None else left)
+
+
+def _grid_size(spec: StudySpec) -> int | str:
+    return len(grid_queue.grid_points(spec)) if spec.sampler == "grid" else "n/a"
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
+    while lost.run_ids:
+        run_id = lost.run_ids.pop()
+        try:
+            if tracker.client.get_run(run_id).info.status == "RUNNING":
+                tracker.end_run(run_id, "FAILED", "worker lost: no heartbeat (trial re-queued)")
+        except Exception:  # the run is gone; nothing to close
+            pass
+
+
+def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, provider: DataProvider) -> None:
+    """Loads the dataset once up front (bad data stops the study before any trial) and logs its
+    fingerprint and split sizes on the study run."""
+    image_size = spec.train_config({p.name: _first_value(p) for p in spec.space}).image_size
+    data = provider.get(image_size)
+    report = data.report
+    params = {"data_fingerprint": data.fingerprint, "data_root": str(spec.data_config().root)}
+    if report is not None:
+        params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
+        params["faces"] = report.faces
+    tracker.log(run_id, params=params)
+    if report is not None:
+        tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
+
+
+def _first_value(param):
+    from search.space import Categorical
+
+    return param.choices[0] if isinstance(param, Categorical) else param.low
+
+
+class _StopFlag:
+    """SIGTERM asks the loop to stop after the current trial (a worker being scaled down)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_sigterm(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def installed():
+            try:
+                previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                yield
+                return
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+        return installed()
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True

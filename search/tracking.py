@@ -1,0 +1,217 @@
+"""MLflow side of a study: one parent run per study, one nested run per trial.
+
+Everything goes through an explicit `MlflowClient` (no fluent active-run state), so a worker's
+runs never leak into another's, and a run's final status is always set: FINISHED for a complete
+trial, KILLED for a pruned or interrupted one, FAILED with the reason as a tag for a failed one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACT_ROOT = Path("mlruns/artifacts")
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+WEIGHTS_ARTIFACT = "trained/top_weights.npz"
+
+
+def resolve_tracking_uri(flag: str | None, spec_value: str | None) -> str:
+    """The tracking URI in force: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then
+    the embedded SQLite store."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
+
+
+def _prepare_mlflow_env() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class Tracker:
+    """Writes a study's runs to one MLflow tracking server or store."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        _prepare_mlflow_env()
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ----------------------------------------------------------------------------- experiments
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment named after the study, created on first use. With a local store its
+        artifacts go under mlruns/artifacts/<name>; a tracking server chooses its own place."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if not self.uri.startswith(("http://", "https://", "databricks")):
+            location = (DEFAULT_ARTIFACT_ROOT / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # another worker created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # ------------------------------------------------------------------------------- the study
+
+    def open_study_run(
+        self,
+        experiment_id: str,
+        existing_run_id: str | None,
+        study_name: str,
+        params: Mapping[str, Any],
+        spec_text: str,
+    ) -> str:
+        """Reopens the study's parent run (a resumed study) or creates it; returns its id."""
+        if existing_run_id:
+            try:
+                self.client.get_run(existing_run_id)
+                self.client.update_run(existing_run_id, status="RUNNING")
+                return existing_run_id
+            except Exception:  # deleted in the UI: start a new parent
+                pass
+        run = self.client.create_run(
+            experiment_id,
+            run_name=study_name,
+            tags={"optuna.study_name": study_name, "fer_search.kind": "study"},
+        )
+        run_id = run.info.run_id
+        self.log(run_id, params=params)
+        self.client.log_text(run_id, spec_text, "spec/" + "study.yaml")
+        return run_id
+
+    def close_study_run(self, run_id: str, status: str, metrics: Mapping[str, float]) -> None:
+        self.log(run_id, metrics=metrics)
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------------------------- the trials
+
+    def start_trial_run(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        study_name: str,
+        trial_number: int,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"trial-{trial_number}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "optuna.study_name": study_name,
+                "optuna.trial_number": str(trial_number),
+                "fer_search.kind": "trial",
+                **tags,
+            },
+        )
+        self.log(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        history: Iterable[Mapping[str, float]] = (),
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Params, final metrics, per-epoch metrics (step = epoch) and tags, in few round trips."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        metric_rows = [
+            Metric(key, float(value), now, int(row["epoch"]))
+            for row in history
+            for key, value in row.items()
+            if key != "epoch"
+        ]
+        metric_rows += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        param_rows = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
+        tag_rows = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        first = True
+        while first or metric_rows:
+            chunk, metric_rows = metric_rows[:_BATCH], metric_rows[_BATCH:]
+            self.client.log_batch(
+                run_id,
+                metrics=chunk,
+                params=param_rows if first else [],
+                tags=tag_rows if first else [],
+            )
+            first = False
+
+    def log_evaluation(self, run_id: str, evaluation, prefix: str) -> None:
+        """The confusion matrix (JSON + PNG) and per-class report of one split."""
+        self.client.log_dict(run_id, evaluation.to_dict(), f"{prefix}/evaluation.json")
+        figure = confusion_figure(evaluation.confusion, evaluation.class_names, prefix)
+        self.client.log_figure(run_id, figure, f"{prefix}/confusion_matrix.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def log_top_weights(self, run_id: str, weights: list[np.ndarray]) -> None:
+        """The trained part's weights (a head is small): what `promote` rebuilds the model from."""
+        buffer = io.BytesIO()
+        np.savez(buffer, *weights)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
+            path.write_bytes(buffer.getvalue())
+            self.client.log_artifact(run_id, str(path), str(Path(WEIGHTS_ARTIFACT).parent))
+
+    def load_top_weights(self, run_id: str) -> list[np.ndarray]:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, WEIGHTS_ARTIFACT, tmp)
+            with np.load(local) as archive:
+                return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, "fail_reason", reason[:4000])
+        self.client.set_terminated(run_id, status=status)
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return text[:6000]
+
+
+def confusion_figure(confusion: list[list[int]], class_names: tuple[str, ...], title: str):
+    """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(confusion)
+    figure, axes = plt.subplots(figsize=(6, 5))
+    axes.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"confusion matrix ({title})")
+    peak = matrix.max() if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        colour = "white" if count > peak / 2 else "black"
+        axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    return figure
