@@ -69,3 +69,8 @@ class SpecError(SearchError, ValueError):
 
 class StudyError(SearchError):
     """A study cannot go on, e.g. after too many consecutive failed trials."""
+
+
+class InputError(SearchError):
+    """Bad input other than a spec (exit code 2): an unknown study or model, a malformed model
+    reference or storage URL, an unreadable image."""

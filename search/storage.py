@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,11 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from search.errors import SearchError
+from search.errors import InputError, SearchError
+
+# Heartbeats and their retry callback are marked experimental; they are the documented way to
+# recover trials of dead workers, which this project relies on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
 STORAGE_ENV = "FER_SEARCH_STORAGE"
@@ -63,7 +68,7 @@ def open_storage(url: str, on_stale=None) -> optuna.storages.RDBStorage:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StorageError(
+        raise InputError(
             f"storage: expected a database URL like {DEFAULT_STORAGE!r} or "
             f"'postgresql+psycopg2://user:password@host/db', but got {mask_url(url)!r}"
         ) from None
@@ -131,3 +136,10 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
             engine.dispose()
     else:  # in-memory or another backend: one process, nothing to serialise
         yield
+
+
+def mask_url_secrets_in(text: str) -> str:
+    """Masks the password of any database URL inside free text (error messages)."""
+    from search.spec import mask_url_secrets
+
+    return mask_url_secrets(text)

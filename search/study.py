@@ -32,6 +32,9 @@ from search.trial_runner import TrialOutcome, TrialRunner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Trials are claimed and told by this module, not Study.optimize, and TrialRunner beats their
+# heartbeat itself; Optuna's reminder does not apply.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 SPEC_ATTR = "spec_yaml"
 SPEC_PATH_ATTR = "spec_path"
@@ -127,6 +130,9 @@ def run_study(
         on_start: called with the number of trials this call expects to run.
     """
     deadline = time.monotonic() + (timeout or spec.timeout or float("inf"))
+    # Bad data stops here, before the study or any MLflow run exists.
+    provider = data or DataProvider(spec)
+    dataset = provider.get(_first_image_size(spec))
     lost = _LostRuns()
     storage = open_storage(storage_url, on_stale=lost)
     with study_lock(storage_url, spec.name):
@@ -156,12 +162,11 @@ def run_study(
         study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
     _close_lost_runs(tracker, lost)
 
-    provider = data or DataProvider(spec)
     summary = RunSummary(spec.name, parent_run_id=parent_run_id)
     runner = TrialRunner(spec, study, storage, provider, tracker, experiment_id, parent_run_id)
     if on_start is not None:
         on_start(_expected_trials(spec, study, n_trials))
-    _log_data(tracker, parent_run_id, spec, provider)
+    _log_data(tracker, parent_run_id, spec, dataset)
 
     stop = _StopFlag()
     status = "FAILED"
@@ -255,11 +260,12 @@ def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
             pass
 
 
-def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, provider: DataProvider) -> None:
-    """Loads the dataset once up front (bad data stops the study before any trial) and logs its
-    fingerprint and split sizes on the study run."""
-    image_size = spec.train_config({p.name: _first_value(p) for p in spec.space}).image_size
-    data = provider.get(image_size)
+def _first_image_size(spec: StudySpec) -> int:
+    return spec.train_config({p.name: _first_value(p) for p in spec.space}).image_size
+
+
+def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
+    """The dataset's fingerprint and split sizes, on the study run."""
     report = data.report
     params = {"data_fingerprint": data.fingerprint, "data_root": str(spec.data_config().root)}
     if report is not None:

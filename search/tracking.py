@@ -31,7 +31,12 @@ def resolve_tracking_uri(flag: str | None, spec_value: str | None) -> str:
 
 
 def _prepare_mlflow_env() -> None:
+    import logging
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # "Creating initial MLflow database tables..." and friends: not the user's business.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class Tracker:
@@ -133,8 +138,10 @@ class Tracker:
         metrics: Mapping[str, float] | None = None,
         history: Iterable[Mapping[str, float]] = (),
         tags: Mapping[str, str] | None = None,
+        step: int = 0,
     ) -> None:
-        """Params, final metrics, per-epoch metrics (step = epoch) and tags, in few round trips."""
+        """Params, metrics (at `step`), per-epoch metrics (step = epoch) and tags, in few round
+        trips."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -144,7 +151,7 @@ class Tracker:
             for key, value in row.items()
             if key != "epoch"
         ]
-        metric_rows += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        metric_rows += [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
         param_rows = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         tag_rows = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         first = True

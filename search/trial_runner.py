@@ -104,21 +104,19 @@ class TrialRunner:
                 return self._finish(trial, run_id, history, TrialState.FAIL, start, reason)
 
         value = result.metrics[self.spec.metric]
-        self.tracker.log(
-            run_id,
-            metrics={
-                **result.metrics,
-                **{f"val_f1_{name}": row["f1"] for name, row in
-                   result.val_evaluation.per_class.items()},
-                **{f"val_recall_{name}": row["recall"] for name, row in
-                   result.val_evaluation.per_class.items()},
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "feature_seconds": result.feature_seconds,
-                "duration_s": time.perf_counter() - start,
-            },
-            history=result.history,
-        )
+        per_class = result.val_evaluation.per_class
+        summary = {
+            **{f"val_f1_{name}": row["f1"] for name, row in per_class.items()},
+            **{f"val_recall_{name}": row["recall"] for name, row in per_class.items()},
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "feature_seconds": result.feature_seconds,
+            "duration_s": time.perf_counter() - start,
+        }
+        if result.best_epoch != result.epochs_run:
+            # Early stopping kept an earlier epoch: its values become the run's latest ones.
+            summary.update(result.metrics)
+        self.tracker.log(run_id, metrics=summary, history=result.history, step=result.epochs_run)
         self.tracker.log_evaluation(run_id, result.val_evaluation, "val")
         self.tracker.log_top_weights(run_id, result.top_weights)
         self.study.tell(trial, value)

@@ -1,0 +1,384 @@
+"""`fer-search`: the command line, grouped by noun; each command body calls the library.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 runtime failure, 130 interrupted.
+`--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from search.errors import InputError, SearchError, SpecError
+
+# Tables stay readable when piped to a file or a CI log (rich would assume 80 columns).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args) or EXIT_OK
+    except KeyboardInterrupt:
+        err.print("interrupted: the running trial was recorded as failed and will be retried")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # one line, unless --debug
+        code = exit_code_of(error)
+        if args.debug:
+            raise
+        err.print(f"error: {_one_line(error)}", markup=False, soft_wrap=True)
+        if code == EXIT_FAILURE and not isinstance(error, SearchError):
+            err.print("(run with --debug for the traceback)")
+        return code
+
+
+def exit_code_of(error: BaseException) -> int:
+    """2 for input the user can fix (spec, data, weights, names), 1 for everything else."""
+    import trainer
+
+    bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
+                 trainer.WeightsError)
+    return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILURE
+
+
+def _one_line(error: BaseException) -> str:
+    from search.storage import mask_url_secrets_in
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    return mask_url_secrets_in(text)
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-search",
+        description="Hyperparameter search for facial-expression recognition (VGG16 on ExpW).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    run = _command(commands, "run", cmd_run, "run (or resume) a study from its spec")
+    _study_options(run)
+    run.add_argument("--promote", action="store_true",
+                     help="promote the best trial to the model registry at the end")
+
+    worker = _command(commands, "worker", cmd_worker,
+                      "run trials of a shared study until it is done (one of many workers)")
+    _study_options(worker)
+
+    promote = _command(commands, "promote", cmd_promote,
+                       "register the best trial's model; champion if it beats the champion")
+    promote.add_argument("study", help="the study's name")
+    _storage_options(promote)
+    promote.add_argument("--force", action="store_true", help="make it champion regardless")
+    promote.add_argument("--model-name", help="registered model name (default: the spec's)")
+
+    fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
+    fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
+    _tracking_option(fetch)
+
+    predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
+    predict.add_argument("--model", default="expw-vgg16@champion",
+                         help="NAME@ALIAS or NAME/VERSION (default expw-vgg16@champion)")
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
+    _tracking_option(predict)
+
+    status = _command(commands, "status", cmd_status, "the trials of a study")
+    status.add_argument("study", help="the study's name")
+    _storage_option(status)
+
+    studies = _command(commands, "studies", cmd_studies, "the studies in the storage")
+    _storage_option(studies)
+
+    ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on the project's store")
+    _tracking_option(ui)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+
+    data = commands.add_parser("data", help="datasets: check a real one, make a synthetic one")
+    data_commands = data.add_subparsers(metavar="COMMAND")
+    check = _command(data_commands, "check", cmd_data_check, "report what the reader sees")
+    check.add_argument("root", type=Path, help="the ExpW folder (holding label.lst)")
+    check.add_argument("--label-file", type=Path)
+    check.add_argument("--image-dir", type=Path)
+    check.add_argument("--strict", action="store_true", help="unreadable images are errors")
+    check.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    synth = _command(data_commands, "synth", cmd_data_synth, "write a synthetic ExpW dataset")
+    synth.add_argument("out", type=Path)
+    synth.add_argument("--faces", type=int, default=1400)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--imbalance", action="store_true", help="ExpW's class frequencies")
+    return parser
+
+
+def _command(group, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def _storage_option(parser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default: $FER_SEARCH_STORAGE, "
+                        "the spec's, else sqlite:///studies/optuna.db)")
+
+
+def _tracking_option(parser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, the spec's, else sqlite:///mlruns/mlflow.db)")
+
+
+def _storage_options(parser) -> None:
+    _storage_option(parser)
+    _tracking_option(parser)
+
+
+def _study_options(parser) -> None:
+    parser.add_argument("spec", type=Path, help="the study spec (studies/*.yaml)")
+    parser.add_argument("--n-trials", type=_positive_int, help="run at most N trials now")
+    parser.add_argument("--timeout", type=float, help="start no trial after S seconds")
+    _storage_options(parser)
+    parser.add_argument("--cache-dir", type=Path, help="crop and feature cache (default: spec's)")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="TensorFlow threads for this process (default: all cores)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+def cmd_run(args) -> int:
+    summary, spec, urls = _run(args, leaderboard=True)
+    if args.promote:
+        _print_promotion(_promote(spec.name, urls, force=False, model_name=None))
+    return EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    _run(args, leaderboard=False)
+    return EXIT_OK
+
+
+def _run(args, leaderboard: bool):
+    from search.spec import load_spec
+    from search.storage import mask_url, resolve_storage
+    from search.tracking import resolve_tracking_uri
+
+    spec = load_spec(args.spec)  # validated before anything is created
+    storage_url = resolve_storage(args.storage, spec.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    _start_tensorflow(args.threads)
+    from search.data import DataProvider
+    from search.progress import TrialProgress, leaderboard_table
+    from search.study import run_study
+
+    err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
+              f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
+    with TrialProgress(err, spec.metric, spec.direction) as progress:
+        summary = run_study(
+            spec,
+            storage_url=storage_url,
+            tracking_uri=tracking_uri,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            data=DataProvider(spec, args.cache_dir),
+            on_start=progress.start,
+            on_trial_end=progress.advance,
+        )
+    err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
+    if leaderboard:
+        import optuna
+
+        study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
+        out.print(leaderboard_table(study, spec.metric))
+        if summary.best is not None:
+            out.print(f"best: trial {summary.best.number}, {spec.metric} = "
+                      f"{summary.best.value:.4f}, params {summary.best.params}")
+        out.print(f"inspect the runs: fer-search ui   (then open http://127.0.0.1:5000, "
+                  f"experiment '{spec.name}')")
+    return summary, spec, (storage_url, tracking_uri)
+
+
+def cmd_promote(args) -> int:
+    from search.storage import resolve_storage
+    from search.tracking import resolve_tracking_uri
+
+    urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
+    _start_tensorflow(None)
+    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name))
+    return EXIT_OK
+
+
+def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None):
+    from search.registry import promote
+
+    storage_url, tracking_uri = urls
+    return promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
+                   model_name=model_name)
+
+
+def _print_promotion(result) -> None:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
+    out.print(f"registered {result.model_name} version {result.version} "
+              f"(trial {result.trial_number}; {metrics}) as [bold]{result.alias}[/]")
+    out.print(f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')")
+
+
+def cmd_fetch(args) -> int:
+    from search.registry import fetch
+    from search.tracking import resolve_tracking_uri
+
+    path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    out.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from search.tracking import resolve_tracking_uri
+
+    box = _parse_box(args.box)
+    _start_tensorflow(None)
+    from search.predict import predict_images
+
+    predictions = predict_images(args.model, args.images, box=box,
+                                 tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    for p in predictions:
+        probs = "  ".join(f"{name} {value:.3f}" for name, value in p.probabilities.items())
+        out.print(f"{p.file}: [bold]{p.expression}[/]  ({probs})")
+    return EXIT_OK
+
+
+def _parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = tuple(int(float(p)) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise InputError(f"--box: expected top,left,right,bottom (4 numbers), but got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def cmd_status(args) -> int:
+
+    from search.progress import trials_table
+    from search.storage import resolve_storage
+
+    storage = _storage(resolve_storage(args.storage, None))
+    study = _load_study(args.study, storage)
+    out.print(trials_table(study))
+    return EXIT_OK
+
+
+def cmd_studies(args) -> int:
+    from search.progress import studies_table
+    from search.storage import resolve_storage
+
+    storage = _storage(resolve_storage(args.storage, None))
+    import optuna
+
+    out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
+    return EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    from search.tracking import DEFAULT_ARTIFACT_ROOT, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    if not uri.startswith(("http://", "https://")):
+        DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
+        command += ["--default-artifact-root", DEFAULT_ARTIFACT_ROOT.resolve().as_uri()]
+    out.print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.call(command, env=env)
+
+
+def cmd_data_check(args) -> int:
+    import trainer
+
+    config = trainer.DataConfig(root=args.root, label_file=args.label_file,
+                                image_dir=args.image_dir, strict=args.strict,
+                                cache_dir=args.cache_dir)
+    report = trainer.inspect_dataset(config)
+    if args.json:
+        out.print_json(json.dumps(report.to_dict()))
+        return EXIT_OK
+    from search.progress import data_report_table
+
+    out.print(data_report_table(report))
+    return EXIT_OK
+
+
+def cmd_data_synth(args) -> int:
+    import trainer
+
+    if args.faces < 7:
+        raise InputError(f"--faces: expected an integer >= 7 (a face per class), but got "
+                         f"{args.faces}")
+    root = trainer.generate_synthetic_expw(args.out, args.faces, args.seed,
+                                           imbalance=args.imbalance)
+    out.print(f"wrote {args.faces} faces in ExpW's layout to {root}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _start_tensorflow(threads: int | None) -> None:
+    from trainer.runtime import load_tensorflow, set_threads
+
+    load_tensorflow()
+    set_threads(threads)
+
+
+def _storage(url: str):
+    from search.storage import open_storage
+
+    return open_storage(url)
+
+
+def _load_study(name: str, storage):
+    import optuna
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    if name not in names:
+        raise InputError(f"no study named {name!r} in the storage; studies there: "
+                         f"{', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""What the terminal shows: a progress bar over trials, and tables of trials, studies and data."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+_STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
+                "WAITING": "dim"}
+
+
+class TrialProgress:
+    """A bar over this process's trials, with the study's best value so far."""
+
+    def __init__(self, console: Console, metric: str, direction: str) -> None:
+        self._metric = metric
+        self._direction = direction
+        self._progress = Progress(
+            TextColumn("[bold]trials[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> TrialProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def start(self, expected: int) -> None:
+        self._task = self._progress.add_task("", total=expected or None)
+
+    def advance(self, outcome, study) -> None:
+        if self._task is None:
+            self.start(0)
+        best = _best_value(study)
+        last = f"{outcome.value:.4f}" if outcome.value is not None else outcome.state.name
+        text = f"last #{outcome.number}: {last}"
+        if best is not None:
+            text += f"   best {self._metric} {best:.4f}"
+        self._progress.update(self._task, advance=1, description=text)
+
+
+def _best_value(study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def leaderboard_table(study, metric: str, top: int = 10) -> Table:
+    """The best complete trials, best first."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.direction.name == "MAXIMIZE"
+    trials = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top]
+    names = _param_names(trials)
+    table = Table(title=f"leaderboard: {study.study_name} (top {len(trials)} by {metric})")
+    table.add_column("rank", justify="right")
+    table.add_column("trial", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column(metric, justify="right", style="bold")
+    table.add_column("seconds", justify="right")
+    for rank, trial in enumerate(trials, 1):
+        table.add_row(str(rank), str(trial.number), *[_fmt(trial.params.get(n)) for n in names],
+                      f"{trial.value:.4f}", _duration(trial))
+    return table
+
+
+def trials_table(study) -> Table:
+    """Every trial of a study: number, state, params, value, duration."""
+    trials = study.get_trials(deepcopy=False)
+    names = _param_names(trials)
+    table = Table(title=f"study {study.study_name}: {len(trials)} trials")
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column(study.user_attrs.get("metric", "value"), justify="right")
+    table.add_column("seconds", justify="right")
+    for trial in trials:
+        params = trial.params or trial.system_attrs.get("fixed_params", {})
+        state = trial.state.name
+        table.add_row(
+            str(trial.number),
+            f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
+            *[_fmt(params.get(n)) for n in names],
+            "" if trial.value is None else f"{trial.value:.4f}",
+            _duration(trial),
+        )
+    return table
+
+
+def studies_table(summaries) -> Table:
+    table = Table(title="studies")
+    for column in ("study", "direction", "trials", "best value", "started"):
+        table.add_column(column)
+    for s in summaries:
+        best = s.best_trial.value if s.best_trial is not None else None
+        table.add_row(
+            s.study_name,
+            s.direction.name.lower(),
+            str(s.n_trials),
+            "" if best is None else f"{best:.4f}",
+            s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "",
+        )
+    return table
+
+
+def data_report_table(report) -> Table:
+    table = Table(title=f"dataset: {report.label_file}")
+    table.add_column("class")
+    table.add_column("faces", justify="right")
+    for split in report.split_sizes:
+        table.add_column(split, justify="right")
+    for name, count in report.class_counts.items():
+        table.add_row(name, str(count),
+                      *[str(report.split_class_counts[s].get(name, 0)) for s in report.split_sizes])
+    table.add_row("[bold]all[/]", f"[bold]{report.faces}[/]",
+                  *[str(v) for v in report.split_sizes.values()])
+    table.caption = (
+        f"images in {report.image_dir}; skipped: {report.duplicate_lines} duplicate lines, "
+        f"{report.skipped_lines} conflicting lines, {report.empty_boxes} empty boxes, "
+        f"{report.low_confidence} below min_confidence, {len(report.skipped_files)} unreadable "
+        f"images ({report.skipped_faces} faces)"
+        + (f": {', '.join(report.skipped_files[:5])}" if report.skipped_files else "")
+    )
+    return table
+
+
+def _param_names(trials) -> list[str]:
+    names: list[str] = []
+    for trial in trials:
+        for name in trial.params or trial.system_attrs.get("fixed_params", {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _duration(trial) -> str:
+    if trial.datetime_start and trial.datetime_complete:
+        return f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.1f}"
+    return ""
