@@ -35,6 +35,7 @@ _EXPORTS = {
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
+    "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
     "load_model": "trainer.export",
     "save_model": "trainer.export",
@@ -76,4 +77,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.model import class_names_of, predict_proba  # noqa: F401
     from trainer.runtime import set_threads  # noqa: F401
     from trainer.synthetic import generate_synthetic_expw  # noqa: F401
-    from trainer.train import EpochCallback, TrainResult, train  # noqa: F401
+    from trainer.train import EpochCallback, TrainResult, build_model, train  # noqa: F401

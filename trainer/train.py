@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -21,7 +21,7 @@ from trainer.dataset import Dataset
 from trainer.errors import ConfigError, DataError, TrainingDiverged
 from trainer.features import cached_features, features_for
 from trainer.labels import CLASS_NAMES
-from trainer.metrics import epoch_metrics
+from trainer.metrics import Evaluation, epoch_metrics, evaluation_from_probs
 from trainer.model import build_head, build_network
 from trainer.runtime import seed_everything
 
@@ -53,7 +53,8 @@ class TrainResult:
     seconds: float = 0.0
     feature_seconds: float = 0.0
     stopped_early: bool = False
-    used_feature_cache: bool = field(default=False)
+    used_feature_cache: bool = False
+    val_evaluation: Evaluation | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -61,9 +62,17 @@ class TrainResult:
 
     def build_model(self) -> keras.Model:
         """The full exportable model: raw RGB pixels (S, S, 3) in, 7 probabilities out."""
-        network = build_network(self.config, self.class_names)
-        network.top.set_weights(self.top_weights)
-        return network.full
+        return build_model(self.config, self.top_weights, self.class_names)
+
+
+def build_model(
+    config: TrainConfig, top_weights: list[np.ndarray], class_names: tuple[str, ...] = CLASS_NAMES
+) -> keras.Model:
+    """Rebuilds a trained full model from its config and the trained part's weights (as kept in
+    `TrainResult.top_weights`): the frozen part comes back from the `weights` setting."""
+    network = build_network(config, class_names)
+    network.top.set_weights(top_weights)
+    return network.full
 
 
 def train(
@@ -119,6 +128,7 @@ def train(
         feature_seconds=plan.feature_seconds,
         stopped_early=reporter.stopped_early,
         used_feature_cache=_uses_cache(config),
+        val_evaluation=evaluation_from_probs(y_val, reporter.kept_probs(), data.class_names),
     )
 
 
@@ -196,6 +206,7 @@ class _EpochReporter(keras.callbacks.Callback):
         self.best_weights: list[np.ndarray] | None = None
         self._best_index = -1
         self.stopped_early = False
+        self._probs: list[np.ndarray] = []
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -213,6 +224,7 @@ class _EpochReporter(keras.callbacks.Callback):
             **epoch_metrics(self._y_val, probs),
         }
         self.history.append(metrics)
+        self._probs.append(probs)
         if self._on_epoch_end is not None:
             self._on_epoch_end(epoch + 1, dict(metrics))
         self._early_stopping(metrics)
@@ -231,6 +243,9 @@ class _EpochReporter(keras.callbacks.Callback):
 
     def kept_epoch(self) -> int:
         return (self._best_index if self._best_index >= 0 else len(self.history) - 1) + 1
+
+    def kept_probs(self) -> np.ndarray:
+        return self._probs[self.kept_epoch() - 1]
 
     def kept_metrics(self) -> dict[str, float]:
         kept = self.history[self.kept_epoch() - 1]
