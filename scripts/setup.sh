@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs fer-search with the pinned versions of constraints.txt.
+# Usage: scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh dev   (idempotent; fast when done)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      python="$candidate"; break
+    fi
+  done
+fi
+if [ -z "$python" ]; then
+  echo "fer-search needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  spec="."
+  [ -n "$extras" ] && spec=".[${extras}]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"
+  touch "$stamp"
+fi

@@ -1,0 +1,91 @@
+"""The CLI: exit codes, one-line errors, and the commands on a tiny real study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from search.cli import main
+from tests.search.studyhelp import urls, write_spec
+
+
+def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_bad_spec_is_one_line_on_stderr_with_exit_code_2(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("sampler: grid\nspace:\n  batch_size: [0, 32]\ndata: {synthetic: {faces: 70}}\n")
+    result = fer_search("run", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "bad.yaml" in lines[0] and "space.batch_size[0]" in lines[0] and "0" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.yaml"], "missing.yaml"),
+        (["data", "check", "no-such-root"], "no-such-root"),
+        (["data", "synth", "out", "--faces", "3"], "--faces"),
+        (["predict", "--model", "x@champion", "img.jpg", "--box", "1,2,3"], "--box"),
+        (["run", "spec.yaml", "--n-trials", "0"], "--n-trials"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_culprit(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def _exit_code(args: list[str]) -> int:
+    try:
+        return main(args)
+    except SystemExit as exit_:  # argparse reports malformed flags itself, also with code 2
+        return exit_.code
+
+
+def test_unknown_study_lists_the_known_ones(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    import optuna
+
+    optuna.create_study(study_name="known", storage=storage)
+    assert main(["status", "nope", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "known" in err
+
+
+def test_data_synth_then_check(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", str(out), "--faces", "70", "--seed", "1"]) == 0
+    assert (out / "label.lst").is_file()
+    assert main(["data", "check", str(out), "--json"]) == 0
+    report = capsys.readouterr().out
+    assert '"faces": 70' in report and '"split_sizes"' in report
+
+
+def test_run_status_and_studies_on_a_tiny_grid(tmp_path):
+    spec = write_spec(tmp_path)
+    where = urls(tmp_path)
+    run = fer_search("run", str(spec), "--storage", where["storage_url"],
+                     "--tracking-uri", where["tracking_uri"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "leaderboard: tiny" in run.stdout
+    assert "study complete: 4 trials run now" in run.stderr
+    assert "Traceback" not in run.stderr
+
+    status = fer_search("status", "tiny", "--storage", where["storage_url"], cwd=tmp_path)
+    assert status.returncode == 0
+    assert status.stdout.count("COMPLETE") == 4
+    studies = fer_search("studies", "--storage", where["storage_url"], cwd=tmp_path)
+    assert "tiny" in studies.stdout
