@@ -55,6 +55,7 @@ class TrialRunner:
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self._study_id = storage.get_study_id_from_name(study.study_name)
+        self._most_epochs = most_epochs(spec)
 
     def run(self, trial: optuna.Trial) -> TrialOutcome:
         """Runs `trial` and tells both Optuna and MLflow how it ended.
@@ -85,7 +86,8 @@ class TrialRunner:
         with _Heartbeat(self.storage, self._trial_id(trial)):
             try:
                 data = self.data.get(config.image_size)
-                result = trainer.train(config, data, on_epoch_end=on_epoch_end)
+                result = trainer.train(config, data, on_epoch_end=on_epoch_end,
+                                       share_epochs_to=self._most_epochs)
             except optuna.TrialPruned as pruned:
                 return self._finish(trial, run_id, history, TrialState.PRUNED, start, str(pruned))
             except trainer.TrainingDiverged as diverged:
@@ -110,6 +112,7 @@ class TrialRunner:
             **{f"val_recall_{name}": row["recall"] for name, row in per_class.items()},
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
+            "epochs_trained": result.epochs_trained,
             "feature_seconds": result.feature_seconds,
             "duration_s": time.perf_counter() - start,
         }
@@ -143,6 +146,16 @@ class TrialRunner:
 
     def _trial_id(self, trial: optuna.Trial) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+
+
+def most_epochs(spec: StudySpec) -> int | None:
+    """In a grid, the largest `epochs` on the axis: a group's first training runs that far once,
+    and the group's other trials (differing only in `epochs`) are answered from its record
+    (trainer.epoch_record). Random and TPE trials rarely share a group, so training ahead for
+    them would only waste epochs."""
+    if spec.sampler != "grid":
+        return None
+    return max(spec.grid.get("epochs", [0])) or None
 
 
 class _Heartbeat:

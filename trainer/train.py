@@ -18,6 +18,7 @@ import numpy as np
 
 from trainer.config import VGG16_BLOCKS, TrainConfig
 from trainer.dataset import Dataset
+from trainer.epoch_record import EpochAnswer, EpochRecord, shareable
 from trainer.errors import ConfigError, DataError, TrainingDiverged
 from trainer.features import cached_features, features_for
 from trainer.labels import CLASS_NAMES
@@ -42,6 +43,8 @@ class TrainResult:
         best_epoch: the epoch whose weights were kept.
         top_weights: weights of the trained part; `build_model` puts them into a full model.
         seconds: wall time of the whole call; feature_seconds: of it, computing features.
+        epochs_trained: epochs actually computed by this call (0 when answered from a record;
+            more than `epochs_run` when it trained ahead for its group).
     """
 
     config: TrainConfig
@@ -55,6 +58,7 @@ class TrainResult:
     stopped_early: bool = False
     used_feature_cache: bool = False
     val_evaluation: Evaluation | None = None
+    epochs_trained: int = 0
 
     @property
     def epochs_run(self) -> int:
@@ -76,7 +80,11 @@ def build_model(
 
 
 def train(
-    config: TrainConfig, data: Dataset, on_epoch_end: EpochCallback | None = None
+    config: TrainConfig,
+    data: Dataset,
+    on_epoch_end: EpochCallback | None = None,
+    *,
+    share_epochs_to: int | None = None,
 ) -> TrainResult:
     """Trains `config` on `data.train`, scoring `data.val` after every epoch.
 
@@ -85,6 +93,10 @@ def train(
         data: a dataset loaded at `config.image_size`.
         on_epoch_end: called as `on_epoch_end(epoch, metrics)` after each epoch (1-based); an
             exception it raises ends training and propagates unchanged.
+        share_epochs_to: the largest epoch count of this config's group (configs equal but for
+            `epochs`). When epochs can be shared (frozen base, no early stopping), training runs
+            to that count once and records every epoch; later trainings of the group are answered
+            from the record, with `on_epoch_end` replayed epoch by epoch.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -92,10 +104,22 @@ def train(
     """
     start = time.perf_counter()
     _check_inputs(config, data)
+    if not shareable(config):
+        return _fit(config, data, on_epoch_end, config.epochs, None, start)
+    record = EpochRecord(data, config)
+    with record.lock():
+        answer = record.answer(config.epochs)
+        if answer is not None:
+            return _replay(config, data, answer, on_epoch_end, start)
+        target = max(config.epochs, share_epochs_to or 0)
+        return _fit(config, data, on_epoch_end, target, record, start)
+
+
+def _fit(config, data, on_epoch_end, target_epochs: int, record, start: float) -> TrainResult:
+    """Fits for `target_epochs` (>= config.epochs), reporting epochs up to config.epochs."""
     # Trials run by the hundred in one process: drop the previous trials' graphs and layer names.
     keras.backend.clear_session(free_memory=True)
     seed_everything(config.seed)
-
     plan = _plan(config, data)
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
     plan.fit_model.compile(
@@ -103,33 +127,68 @@ def train(
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )
-    reporter = _EpochReporter(plan, y_val, config, on_epoch_end)
+    reporter = _EpochReporter(plan, y_val, config, on_epoch_end, keep_weights=record is not None)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for the same seed
-    plan.fit_model.fit(
-        plan.x_train,
-        y_train,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        shuffle=True,
-        class_weight=_class_weight(config, y_train),
-        callbacks=[reporter],
-        verbose=0,
-    )
-    if reporter.best_weights is not None:
-        plan.trained.set_weights(reporter.best_weights)
+    try:
+        plan.fit_model.fit(
+            plan.x_train,
+            y_train,
+            batch_size=config.batch_size,
+            epochs=target_epochs,
+            shuffle=True,
+            class_weight=_class_weight(config, y_train),
+            callbacks=[reporter],
+            verbose=0,
+        )
+    finally:  # a pruned or interrupted training still leaves its epochs for the group
+        if record is not None:
+            record.save(reporter.history, reporter.epoch_weights, reporter.probs)
+    kept = reporter.kept_epoch()
+    if reporter.epoch_weights:
+        top_weights = reporter.epoch_weights[kept - 1]
+    else:
+        if reporter.best_weights is not None:
+            plan.trained.set_weights(reporter.best_weights)
+        top_weights = [np.array(w) for w in plan.trained.get_weights()]
     return TrainResult(
         config=config,
-        history=reporter.history,
-        metrics=reporter.kept_metrics(),
-        best_epoch=reporter.kept_epoch(),
-        top_weights=[np.array(w) for w in plan.trained.get_weights()],
+        history=reporter.history[: config.epochs],
+        metrics=_val_only(reporter.history[kept - 1]),
+        best_epoch=kept,
+        top_weights=top_weights,
         class_names=data.class_names,
         seconds=time.perf_counter() - start,
         feature_seconds=plan.feature_seconds,
         stopped_early=reporter.stopped_early,
         used_feature_cache=_uses_cache(config),
-        val_evaluation=evaluation_from_probs(y_val, reporter.kept_probs(), data.class_names),
+        val_evaluation=evaluation_from_probs(y_val, reporter.probs[kept - 1], data.class_names),
+        epochs_trained=len(reporter.history),
     )
+
+
+def _replay(config, data, answer: EpochAnswer, on_epoch_end, start: float) -> TrainResult:
+    """A training answered from its group's record: the caller sees the same epochs, in order."""
+    if on_epoch_end is not None:
+        for row in answer.history:
+            on_epoch_end(int(row["epoch"]), dict(row))
+    return TrainResult(
+        config=config,
+        history=answer.history,
+        metrics=_val_only(answer.history[-1]),
+        best_epoch=config.epochs,
+        top_weights=answer.top_weights,
+        class_names=data.class_names,
+        seconds=time.perf_counter() - start,
+        used_feature_cache=True,
+        val_evaluation=evaluation_from_probs(
+            np.asarray(data.val.labels), answer.val_probs, data.class_names
+        ),
+        epochs_trained=0,
+    )
+
+
+def _val_only(row: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k.startswith("val_")}
 
 
 def _uses_cache(config: TrainConfig) -> bool:
@@ -196,7 +255,9 @@ def _class_weight(config: TrainConfig, labels: np.ndarray) -> dict[int, float] |
 class _EpochReporter(keras.callbacks.Callback):
     """Scores the validation split after each epoch, reports it, stops on NaN or no progress."""
 
-    def __init__(self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end) -> None:
+    def __init__(
+        self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end, keep_weights: bool
+    ) -> None:
         super().__init__()
         self._plan = plan
         self._y_val = y_val
@@ -206,7 +267,9 @@ class _EpochReporter(keras.callbacks.Callback):
         self.best_weights: list[np.ndarray] | None = None
         self._best_index = -1
         self.stopped_early = False
-        self._probs: list[np.ndarray] = []
+        self.probs: list[np.ndarray] = []
+        self._keep_weights = keep_weights
+        self.epoch_weights: list[list[np.ndarray]] = []  # per epoch, when keep_weights
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -224,8 +287,11 @@ class _EpochReporter(keras.callbacks.Callback):
             **epoch_metrics(self._y_val, probs),
         }
         self.history.append(metrics)
-        self._probs.append(probs)
-        if self._on_epoch_end is not None:
+        self.probs.append(probs)
+        if self._keep_weights:
+            self.epoch_weights.append([np.array(w) for w in self._plan.trained.get_weights()])
+        # Epochs past the config's own count only fill the group's record: nobody hears of them.
+        if self._on_epoch_end is not None and epoch + 1 <= self._config.epochs:
             self._on_epoch_end(epoch + 1, dict(metrics))
         self._early_stopping(metrics)
 
@@ -242,14 +308,11 @@ class _EpochReporter(keras.callbacks.Callback):
             self.stopped_early = True
 
     def kept_epoch(self) -> int:
-        return (self._best_index if self._best_index >= 0 else len(self.history) - 1) + 1
-
-    def kept_probs(self) -> np.ndarray:
-        return self._probs[self.kept_epoch() - 1]
-
-    def kept_metrics(self) -> dict[str, float]:
-        kept = self.history[self.kept_epoch() - 1]
-        return {k: v for k, v in kept.items() if k.startswith("val_")}
+        """The epoch whose weights the result keeps: the best one if early stopping restored
+        it, else the config's last epoch."""
+        if self._best_index >= 0:
+            return self._best_index + 1
+        return min(len(self.history), self._config.epochs)
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:

@@ -92,11 +92,11 @@ def test_an_interrupted_trial_is_recorded_and_retried(project, monkeypatch):
     real_train = trainer.train
     calls = []
 
-    def interrupted_second_time(config, data, on_epoch_end=None):
+    def interrupted_second_time(config, data, on_epoch_end=None, **options):
         calls.append(config)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_train(config, data, on_epoch_end)
+        return real_train(config, data, on_epoch_end, **options)
 
     monkeypatch.setattr(trainer, "train", interrupted_second_time)
     with pytest.raises(KeyboardInterrupt):
@@ -179,3 +179,16 @@ def test_bad_data_stops_before_anything_is_created(project):
         run_study(load_spec(spec_path), **where)
     assert not (project / "studies" / "optuna.db").exists()
     assert not (project / "mlruns").exists()
+
+
+def test_grid_trials_differing_only_in_epochs_share_one_training(project):
+    spec_path = write_spec(project, space={
+        "learning_rate": [1.0e-2], "batch_size": [32], "epochs": [1, 2, 3], "head_width": [16]})
+    where = urls(project)
+    run_study(load_spec(spec_path), **where)
+    trials = _trials(spec_path, where["storage_url"])
+    client = MlflowClient(where["tracking_uri"])
+    trained = {t.params["epochs"]: client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics[
+        "epochs_trained"] for t in trials}
+    assert sum(trained.values()) == 3  # one training to 3 epochs answered all three trials
+    assert max(trained.values()) == 3
