@@ -21,9 +21,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
   spec="."
   [ -n "$extras" ] && spec=".[${extras}]"
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"
+  echo "installing fer-search${extras:+[$extras]} into .venv (pinned by constraints.txt; log: .venv/install.log)"
+  if ! .venv/bin/python -m pip install -c constraints.txt -e "$spec" > .venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    echo "installation failed; the whole log is in .venv/install.log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi

@@ -34,7 +34,9 @@ def _prepare_mlflow_env() -> None:
     import logging
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # "Creating initial MLflow database tables..." and friends: not the user's business.
+    # "Creating initial MLflow database tables..." and friends: not the user's business. MLflow
+    # configures its logger when imported, from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -168,11 +170,11 @@ class Tracker:
     def log_evaluation(self, run_id: str, evaluation, prefix: str) -> None:
         """The confusion matrix (JSON + PNG) and per-class report of one split."""
         self.client.log_dict(run_id, evaluation.to_dict(), f"{prefix}/evaluation.json")
-        figure = confusion_figure(evaluation.confusion, evaluation.class_names, prefix)
-        self.client.log_figure(run_id, figure, f"{prefix}/confusion_matrix.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        png = confusion_png(evaluation.confusion, evaluation.class_names, prefix)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "confusion_matrix.png"
+            path.write_bytes(png)
+            self.client.log_artifact(run_id, str(path), prefix)
 
     def log_top_weights(self, run_id: str, weights: list[np.ndarray]) -> None:
         """The trained part's weights (a head is small): what `promote` rebuilds the model from."""
@@ -200,25 +202,37 @@ def _param_text(value: Any) -> str:
     return text[:6000]
 
 
-def confusion_figure(confusion: list[list[int]], class_names: tuple[str, ...], title: str):
-    """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
-    import matplotlib
+def confusion_png(confusion: list[list[int]], class_names: tuple[str, ...], title: str) -> bytes:
+    """A labelled confusion-matrix heat map as PNG bytes (rows: true class, columns: predicted).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow rather than matplotlib: a figure cost ~150 ms a trial here, more than the
+    rest of a trial's logging together; this costs a few milliseconds.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
     matrix = np.asarray(confusion)
-    figure, axes = plt.subplots(figsize=(6, 5))
-    axes.imshow(matrix, cmap="Blues")
-    ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, class_names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(f"confusion matrix ({title})")
-    peak = matrix.max() if matrix.size else 0
-    for (row, col), count in np.ndenumerate(matrix):
-        colour = "white" if count > peak / 2 else "black"
-        axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    figure.tight_layout()
-    return figure
+    n = len(class_names)
+    cell, left, top = 54, 78, 44
+    font = ImageFont.load_default(size=12)
+    image = Image.new("RGB", (left + n * cell + 10, top + n * cell + 40), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 6), f"confusion matrix ({title}): rows true, columns predicted",
+              fill="black", font=font)
+    peak = max(int(matrix.max()), 1) if matrix.size else 1
+    for row in range(n):
+        draw.text((4, top + row * cell + cell // 2 - 6), class_names[row], fill="black", font=font)
+        for col in range(n):
+            count = int(matrix[row, col])
+            shade = int(255 - 200 * count / peak)
+            x, y = left + col * cell, top + row * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255),
+                           outline="white")
+            colour = "white" if count > peak / 2 else "black"
+            draw.text((x + cell // 2, y + cell // 2), str(count), fill=colour, font=font,
+                      anchor="mm")
+    for col, name in enumerate(class_names):
+        draw.text((left + col * cell + cell // 2, top + n * cell + 8), name[:8], fill="black",
+                  font=font, anchor="mt")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
