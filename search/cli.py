@@ -1,7 +1,8 @@
 """`fer-search`: the command line, grouped by noun; each command body calls the library.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 runtime failure, 130 interrupted.
-`--debug` shows tracebacks.
+Exit codes: 0 success, 2 bad input (one line on stderr), 1 runtime failure, 130 interrupted
+(`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0). `--debug` shows
+tracebacks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -35,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or EXIT_OK
     except KeyboardInterrupt:
         err.print("interrupted: the running trial was recorded as failed and will be retried")
-        return EXIT_INTERRUPTED
+        # A worker is stopped on purpose (Ctrl-C twice, or a stop before any trial started):
+        # its trial is recorded, so that is a clean exit for whoever supervises it.
+        return EXIT_OK if args.handler is cmd_worker else EXIT_INTERRUPTED
     except Exception as error:  # one line, unless --debug
         code = exit_code_of(error)
         if args.debug:
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _study_options(run)
     run.add_argument("--promote", action="store_true",
                      help="promote the best trial to the model registry at the end")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="run the study in N local worker processes (default 1: this one); "
+                     "each gets cores/N TensorFlow threads unless --threads says otherwise")
 
     worker = _command(commands, "worker", cmd_worker,
                       "run trials of a shared study until it is done (one of many workers)")
@@ -177,14 +184,74 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args) -> int:
-    summary, spec, urls = _run(args, leaderboard=True)
+    if args.workers > 1:
+        return _run_workers(args)
+    summary, spec, urls, data = _run(args, leaderboard=True)
     if args.promote:
-        _print_promotion(_promote(spec.name, urls, force=False, model_name=None))
+        _print_promotion(_promote(spec.name, urls, force=False, model_name=None, data=data))
     return EXIT_OK
 
 
 def cmd_worker(args) -> int:
+    _stop_gently_on_sigint()
     _run(args, leaderboard=False)
+    return EXIT_OK
+
+
+def _stop_gently_on_sigint() -> None:
+    """A worker treats SIGINT like SIGTERM: finish the current trial, then exit 0. A second
+    SIGINT interrupts the trial (recorded as failed, its MLflow run KILLED); the exit is still
+    0. Before the study loop has installed its SIGTERM handler, either signal stops at once
+    (no trial is running yet)."""
+    count = 0
+
+    def on_signal(signum, frame) -> None:
+        nonlocal count
+        count += 1
+        loop_handler = signal.getsignal(signal.SIGTERM)
+        if count == 1 and callable(loop_handler) and loop_handler is not on_signal:
+            err.print("stopping after the current trial (Ctrl-C again to interrupt it)")
+            loop_handler(signal.SIGTERM, frame)  # the study loop's stop flag
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def _run_workers(args) -> int:
+    """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
+    it (search.workers), and prints the leaderboard when they are done."""
+    from search.spec import load_spec
+    from search.storage import mask_url, resolve_storage
+    from search.tracking import resolve_tracking_uri
+    from search.workers import WorkerPlan, prepare_study, run_workers
+
+    spec = load_spec(args.spec)
+    storage_url = resolve_storage(args.storage, spec.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
+              f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
+              f"{args.workers} workers")
+    prepare_study(spec, storage_url=storage_url, tracking_uri=tracking_uri,
+                  cache_dir=args.cache_dir)
+    plan = WorkerPlan(spec_path=args.spec, workers=args.workers, storage_url=storage_url,
+                      tracking_uri=tracking_uri, n_trials=args.n_trials, timeout=args.timeout,
+                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug)
+    result = run_workers(plan, sink=err.file)
+    err.print(result.summary())
+    import optuna
+
+    from search.progress import leaderboard_table
+
+    study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
+    out.print(leaderboard_table(study, spec.metric))
+    if result.exit_code != EXIT_OK:
+        return result.exit_code
+    if args.promote:
+        _start_tensorflow(args.threads)
+        _print_promotion(_promote(spec.name, (storage_url, tracking_uri), force=False,
+                                  model_name=None))
     return EXIT_OK
 
 
@@ -203,6 +270,7 @@ def _run(args, leaderboard: bool):
 
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
+    data = DataProvider(spec, args.cache_dir)
     with TrialProgress(err, spec.metric, spec.direction) as progress:
         summary = run_study(
             spec,
@@ -210,7 +278,7 @@ def _run(args, leaderboard: bool):
             tracking_uri=tracking_uri,
             n_trials=args.n_trials,
             timeout=args.timeout,
-            data=DataProvider(spec, args.cache_dir),
+            data=data,
             on_start=progress.start,
             on_trial_end=progress.advance,
         )
@@ -225,7 +293,7 @@ def _run(args, leaderboard: bool):
                       f"{summary.best.value:.4f}, params {summary.best.params}")
         out.print(f"inspect the runs: fer-search ui   (then open http://127.0.0.1:5000, "
                   f"experiment '{spec.name}')")
-    return summary, spec, (storage_url, tracking_uri)
+    return summary, spec, (storage_url, tracking_uri), data
 
 
 def cmd_promote(args) -> int:
@@ -238,12 +306,13 @@ def cmd_promote(args) -> int:
     return EXIT_OK
 
 
-def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None):
+def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None,
+             data=None):
     from search.registry import promote
 
     storage_url, tracking_uri = urls
     return promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                   model_name=model_name)
+                   model_name=model_name, data=data)
 
 
 def _print_promotion(result) -> None:
@@ -360,8 +429,8 @@ def cmd_data_synth(args) -> int:
 def _start_tensorflow(threads: int | None) -> None:
     from trainer.runtime import load_tensorflow, set_threads
 
-    load_tensorflow()
-    set_threads(threads)
+    load_tensorflow(threads=threads)
+    set_threads(threads)  # TensorFlow was already loaded (tests): the same value, or an error
 
 
 def _storage(url: str):

@@ -31,12 +31,17 @@ def resolve_tracking_uri(flag: str | None, spec_value: str | None) -> str:
 
 
 def _prepare_mlflow_env() -> None:
-    import logging
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # "Creating initial MLflow database tables..." and friends: not the user's business. MLflow
     # configures its logger when imported, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    _quiet_mlflow_loggers()
+
+
+def _quiet_mlflow_loggers() -> None:
+    import logging
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -49,6 +54,7 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
+        _quiet_mlflow_loggers()  # importing mlflow reset them
         self.uri = tracking_uri
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ _EXPORTS = {
     "inspect_dataset": "trainer.loading",
     "generate_synthetic_expw": "trainer.synthetic",
     "set_threads": "trainer.runtime",
+    "load_tensorflow": "trainer.runtime",
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
@@ -75,6 +76,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
     from trainer.model import class_names_of, predict_proba  # noqa: F401
-    from trainer.runtime import set_threads  # noqa: F401
+    from trainer.runtime import load_tensorflow, set_threads  # noqa: F401
     from trainer.synthetic import generate_synthetic_expw  # noqa: F401
     from trainer.train import EpochCallback, TrainResult, build_model, train  # noqa: F401

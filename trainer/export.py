@@ -31,6 +31,8 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> keras.Model:
     """Loads a model saved by `save_model`, in Keras' safe mode."""
+    import trainer.model  # noqa: F401  (registers the custom layers safe mode must know)
+
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"no model file at {path}")
