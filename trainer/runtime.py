@@ -52,9 +52,10 @@ def seed_everything(seed: int) -> None:
         seed_everything._deterministic = True  # type: ignore[attr-defined]
 
 
-def load_tensorflow(quiet: bool = True) -> None:
+def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
     """Imports TensorFlow now, keeping its native start-up chatter (oneDNN, CUDA probes) off the
     terminal unless FER_SEARCH_TF_LOGS=1; Python-level errors still surface as exceptions.
+    `threads` sizes its thread pools (`set_threads`) before its first op, the last moment it can.
 
     TensorFlow writes those lines from C++ before its logging is initialised, so no environment
     variable silences them; the only way is to point file descriptor 2 elsewhere meanwhile.
@@ -74,6 +75,7 @@ def load_tensorflow(quiet: bool = True) -> None:
     try:
         import tensorflow as tf
 
+        set_threads(threads)
         tf.constant(0)  # the CUDA probe runs on first use, not on import
         tf.get_logger().setLevel("ERROR")  # retracing notices are expected: every trial is a new model
     finally:
