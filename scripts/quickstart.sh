@@ -11,7 +11,8 @@ $fer run studies/quickstart.yaml --promote
 $fer status quickstart | tail -n 5
 # One face from the generated set, cropped with its label.lst box, read back from the registry.
 read -r image _ top left right bottom _ label < <(head -n 1 data/synthetic-1400-0/label.lst)
-echo "predicting data/synthetic-1400-0/image/origin/$image (labelled $label) with expw-vgg16@champion:"
+names=(angry disgust fear happy sad surprise neutral)
+echo "predicting data/synthetic-1400-0/image/origin/$image (labelled ${names[$label]}) with expw-vgg16@champion:"
 $fer predict --model expw-vgg16@champion "data/synthetic-1400-0/image/origin/$image" \
   --box "$top,$left,$right,$bottom"
 echo

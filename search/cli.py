@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
 
+    dashboard = _command(commands, "dashboard", cmd_dashboard,
+                         "start optuna-dashboard on the Optuna storage")
+    _storage_option(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+
     data = commands.add_parser("data", help="datasets: check a real one, make a synthetic one")
     data_commands = data.add_subparsers(metavar="COMMAND")
     check = _command(data_commands, "check", cmd_data_check, "report what the reader sees")
@@ -386,13 +392,34 @@ def cmd_ui(args) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri, None)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if not uri.startswith(("http://", "https://")):
         DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
         command += ["--default-artifact-root", DEFAULT_ARTIFACT_ROOT.resolve().as_uri()]
     out.print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    sys.stdout.flush()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.call(command, env=env)
+    # Become the UI process: Ctrl-C and kill reach MLflow itself, and no server outlives us.
+    os.execve(sys.executable, command, env)
+    return EXIT_OK  # not reached
+
+
+def cmd_dashboard(args) -> int:
+    from search.storage import mask_url, open_storage, resolve_storage
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise InputError("optuna-dashboard is not installed: pip install -c constraints.txt "
+                         "-e '.[dashboard]'") from None
+    url = resolve_storage(args.storage, None)
+    # The URL comes by flag or $FER_SEARCH_STORAGE (compose), never on optuna-dashboard's own
+    # command line, where `ps` would show its password.
+    storage = open_storage(url)
+    out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
+              f"(Ctrl-C to stop)")
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return EXIT_OK
 
 
 def cmd_data_check(args) -> int:

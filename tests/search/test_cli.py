@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -89,3 +90,42 @@ def test_run_status_and_studies_on_a_tiny_grid(tmp_path):
     assert status.stdout.count("COMPLETE") == 4
     studies = fer_search("studies", "--storage", where["storage_url"], cwd=tmp_path)
     assert "tiny" in studies.stdout
+
+
+def test_ui_serves_the_project_store(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    from search.tracking import Tracker
+
+    tracking = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    Tracker(tracking).experiment_id("shown")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "ui", "--port", str(port), "--tracking-uri", tracking],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # the UI's server processes are stopped with it below
+    )
+    try:
+        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+            data=b'{"max_results": 10}', headers={"Content-Type": "application/json"},
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                body = urllib.request.urlopen(request, timeout=5).read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline or ui.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert '"name": "shown"' in body or '"name":"shown"' in body
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
