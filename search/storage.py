@@ -3,19 +3,42 @@
 SQLite (the default, one machine) and PostgreSQL (many machines) go through Optuna's RDBStorage
 with heartbeats on: a trial whose process dies stops beating, is failed after the grace period and
 re-queued by `RetryHeartbeatStaleTrialCallback`.
+
+Several workers at once:
+
+- PostgreSQL: every storage call is retried with backoff on a transient error (server restarted,
+  connection cut, deadlock), for up to FER_SEARCH_DB_RETRY_S seconds; pooled connections are
+  pinged before use, so a restarted server costs a reconnect, not a failed trial.
+- SQLite (several processes of one machine, `fer-search run --workers N`): Optuna's maintainers
+  advise against SQLite for parallel work, because pysqlite opens a transaction only at the
+  first write. Optuna's claim of a queued trial reads its state, then writes it: two processes
+  could both read WAITING and both claim it, and a reader upgrading to a writer fails at once
+  with `database is locked` instead of waiting. Here every transaction starts with
+  `BEGIN IMMEDIATE` (the write lock first), so a claim is atomic and a second writer waits on
+  the busy timeout instead of failing; what still fails as `database is locked` is retried like
+  any transient error. We keep SQLite rather than a journal file because the rest of the
+  toolchain (optuna-dashboard, `fer-search status`, the existing studies) reads the same URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import logging
 import os
+import random
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
+from optuna.trial import TrialState
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -32,6 +55,14 @@ STORAGE_ENV = "FER_SEARCH_STORAGE"
 HEARTBEAT_S = int(os.environ.get("FER_SEARCH_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FER_SEARCH_GRACE_S", "60"))
 MAX_RETRY = 3
+# How long a worker keeps retrying a storage call that failed for a transient reason (a server
+# restart, a cut connection, SQLite busy) before giving up.
+DB_RETRY_S = float(os.environ.get("FER_SEARCH_DB_RETRY_S", "300"))
+SQLITE_BUSY_TIMEOUT_S = 60
+TABLES_LOCK = "optuna-tables"  # the lock `open_storage` holds while Optuna creates its tables
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StorageError(SearchError):
@@ -72,17 +103,13 @@ def open_storage(url: str, on_stale=None) -> optuna.storages.RDBStorage:
             f"storage: expected a database URL like {DEFAULT_STORAGE!r} or "
             f"'postgresql+psycopg2://user:password@host/db', but got {mask_url(url)!r}"
         ) from None
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # Several local processes may write at once: wait for the lock rather than fail.
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        # Survive a database restart: test each pooled connection before use.
-        engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = _engine_kwargs(url)
+
+    def create() -> ResilientRDBStorage:
+        return ResilientRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=HEARTBEAT_S,
@@ -90,11 +117,211 @@ def open_storage(url: str, on_stale=None) -> optuna.storages.RDBStorage:
             heartbeat_stale_trial_callback=on_stale
             or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         )
+
+    try:
+        # Workers started together on a fresh database would race on CREATE TABLE.
+        with named_lock(url, TABLES_LOCK):
+            storage = retry_transient(create, what=f"opening {mask_url(url)}", url=url)
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise StorageError(
             f"storage: cannot open {mask_url(url)}: {type(exc).__name__}: "
             f"{mask_url_in_text(str(exc).splitlines()[0] if str(exc) else '', url)}"
         ) from None
+    if sqlite:
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        # isolation_level=None: pysqlite opens no transaction of its own; `_begin_immediate`
+        # opens every one (see the module's docstring). timeout: SQLite's busy timeout.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}}
+    # Survive a database restart: test each pooled connection before use.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg"):
+        # libpq's options: give up on an unreachable host after seconds (then retry), not the
+        # OS's minutes; notice a peer that vanished without closing the connection.
+        kwargs["connect_args"] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3}
+    return kwargs
+
+
+def _begin_immediate(engine) -> None:
+    """Makes every transaction on `engine` (SQLite) take the write lock when it begins.
+
+    SQLAlchemy's documented recipe for pysqlite: the driver's own transaction handling is off
+    (isolation_level=None), and SQLAlchemy's `begin` event emits the BEGIN.
+    """
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# ------------------------------------------------------------------------------------- retries
+
+
+_TRANSIENT_TEXT = (
+    "database is locked", "server closed the connection", "terminating connection",
+    "connection refused", "could not connect", "connection timed out", "timeout expired",
+    "the database system is", "connection already closed", "ssl connection has been closed",
+    "deadlock detected", "could not serialize access", "connection reset", "broken pipe",
+    "no connection to the server", "server conn crashed", "connection to server at",
+)
+# Connection errors that no wait will fix: fail at once rather than retry for minutes.
+_PERMANENT_TEXT = (
+    "password authentication failed", "does not exist", "no pg_hba.conf entry",
+    "permission denied", "could not translate host name", "authentication failed",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for database errors that a later attempt may not meet: a restarted or unreachable
+    server, a cut connection, a deadlock, SQLite busy. Optuna wraps them in
+    `StorageInternalError`; the cause chain is searched."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        if any(marker in text for marker in _PERMANENT_TEXT):
+            return False
+        if isinstance(current, sa.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
+            return True
+        if any(marker in text for marker in _TRANSIENT_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_transient(
+    call: Callable[[], T],
+    *,
+    what: str = "a storage call",
+    deadline_s: float | None = None,
+    url: str | None = None,
+) -> T:
+    """Runs `call`, retrying with exponential backoff (0.5 s doubling to 10 s, jittered) while
+    it fails with a transient database error, for at most `deadline_s` (FER_SEARCH_DB_RETRY_S).
+
+    Each retry is logged as one warning line, with any password of `url` masked.
+    """
+    deadline = time.monotonic() + (DB_RETRY_S if deadline_s is None else deadline_s)
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() + delay > deadline:
+                raise
+            reason = " ".join(f"{type(error).__name__}: {_root_message(error)}".split())[:200]
+            if url:
+                reason = mask_url_in_text(reason, url)
+            logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
+                           mask_url_secrets_in(reason), delay)
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)
+
+
+def _root_message(error: BaseException) -> str:
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return str(cause).splitlines()[0] if str(cause) else ""
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls survive a database restart or a busy SQLite file.
+
+    Every method that reaches the database is retried by `retry_transient`; only the outermost
+    call of a thread retries (Optuna's methods call each other), so one logical operation
+    never multiplies its waits.
+
+    A claim (WAITING -> RUNNING) also records the trial's first heartbeat at once: Optuna fails
+    only RUNNING trials that have a heartbeat, so a worker dying between its claim and its first
+    beat would otherwise leave the trial RUNNING forever, and a grid study waiting for it.
+    """
+
+    _depth = threading.local()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values=None) -> bool:
+        attempts = 0
+
+        def change() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state,
+                                                                         values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry may find the trial finished by our own first attempt, whose commit
+                # landed before its connection died: the same state and values are a success.
+                if attempts > 1 and self._finished_as(trial_id, state, values):
+                    return True
+                raise
+
+        changed = self._retrying(change, "set_trial_state_values")
+        # After a retried claim the first attempt may have committed before its connection
+        # died: then "not claimed" is ours, with no heartbeat. Beating it is harmless if it is
+        # another worker's (it beats too) and lets it go stale if it was ours.
+        if state == TrialState.RUNNING and self.heartbeat_interval and (changed or attempts > 1):
+            self.record_heartbeat(trial_id)
+        return changed
+
+    def _finished_as(self, trial_id: int, state: TrialState, values) -> bool:
+        trial = optuna.storages.RDBStorage.get_trial(self, trial_id)
+        return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        trial = self._retrying(
+            lambda: optuna.storages.RDBStorage._create_new_trial(self, study_id, template_trial),
+            "create_new_trial")
+        if trial.state == TrialState.RUNNING and self.heartbeat_interval:
+            self.record_heartbeat(trial._trial_id)  # as for a claim: beat from the start
+        return trial
+
+    def _retrying(self, call: Callable[[], T], name: str) -> T:
+        depth = getattr(self._depth, "value", 0)
+        if depth:
+            return call()
+        self._depth.value = depth + 1
+        try:
+            return retry_transient(call, what=name, url=self.url)
+        finally:
+            self._depth.value = depth
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: method(self, *args, **kwargs), name)
+
+    return wrapper
+
+
+# Every RDBStorage method that reaches the database (Optuna's _CachedStorage calls the private
+# ones directly).
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "_set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat",
+    "_get_stale_trial_ids", "get_current_version", "get_head_version",
+):
+    setattr(ResilientRDBStorage, _name, _retried(_name))
 
 
 def mask_url_in_text(text: str, url: str) -> str:
@@ -106,14 +333,21 @@ def mask_url_in_text(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-@contextlib.contextmanager
-def study_lock(url: str, study_name: str) -> Iterator[None]:
+def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[None]:
     """Serialises study set-up (create, fail stale trials, fill the grid queue) across processes
     that share the storage: a file lock beside a SQLite file, an advisory lock in PostgreSQL."""
+    return named_lock(url, study_name)
+
+
+@contextlib.contextmanager
+def named_lock(url: str, name: str) -> Iterator[None]:
+    """A lock named `name` that every process sharing the storage at `url` sees: a file lock
+    beside a SQLite file, an advisory lock in PostgreSQL, nothing for an in-memory database."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
-        lock_path = Path(f"{parsed.database}.{study_name}.lock")
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        lock_path = Path(f"{parsed.database}.{name}.lock")
         with open(lock_path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -123,15 +357,17 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     elif backend == "postgresql":
         from sqlalchemy import create_engine, text
 
-        key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-        engine = create_engine(url, pool_pre_ping=True)
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        engine = create_engine(url, **_engine_kwargs(url))
         try:
-            with engine.connect() as connection:
+            with retry_transient(engine.connect, what=f"lock {name}", url=url) as connection:
                 connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
                 try:
                     yield
                 finally:
-                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    # A connection cut meanwhile (server restarted) released the lock already.
+                    with contextlib.suppress(Exception):
+                        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         finally:
             engine.dispose()
     else:  # in-memory or another backend: one process, nothing to serialise

@@ -1,0 +1,159 @@
+"""Shared helpers of the benchmarks: the machine and versions they ran on, and result files.
+
+Every result file records how it was made (the exact command line, the date, the CPU, the library
+versions and the environment variables that change speed), so a number in the README can be traced
+to the run that produced it. Nothing here imports TensorFlow: the orchestrating processes stay light
+and each measured workload pays its own start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"  # git-ignored: datasets, stores, caches of benchmark runs
+
+# Environment variables that change how fast TensorFlow or numpy run here.
+SPEED_ENV = (
+    "TF_ENABLE_ONEDNN_OPTS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
+PACKAGES = (
+    "tensorflow", "keras", "numpy", "optuna", "mlflow", "keras-tuner", "scikit-learn",
+)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores visible to this process, memory, OS."""
+    model = "unknown"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "simd": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_tile"}),
+        "memory_gib": memory_gib,
+        "os": platform.platform(),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the libraries compared (read without importing)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def speed_env(env: dict[str, str] | None = None) -> dict[str, str | None]:
+    """The speed-relevant variables of `env` (default: this process's environment)."""
+    env = os.environ if env is None else env
+    return {name: env.get(name) for name in SPEED_ENV}
+
+
+def command_line() -> str:
+    """The command that is running, as it would be typed from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = str(script.relative_to(REPO))
+    except ValueError:
+        shown = str(script)
+    return shlex.join(["python", shown, *sys.argv[1:]])
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on a shared machine skews timings."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def provenance() -> dict[str, Any]:
+    """Everything a result needs to say about how and where it was made."""
+    return {
+        "command": command_line(),
+        "date": now(),
+        "load_average_at_start": load_average(),
+        "machine": machine(),
+        "versions": versions(),
+        "env": speed_env(),
+    }
+
+
+def write_results(out_dir: Path, stem: str, data: dict[str, Any], markdown: str) -> list[Path]:
+    """Writes `<stem>.json` and `<stem>.md` into `out_dir`; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{stem}.json"
+    md_path = out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return [json_path, md_path]
+
+
+def provenance_markdown(prov: dict[str, Any]) -> str:
+    """The provenance as a few Markdown lines under a results table."""
+    m, v = prov["machine"], prov["versions"]
+    libs = ", ".join(f"{k} {val}" for k, val in v.items())
+    env = ", ".join(f"{k}={val}" for k, val in prov["env"].items() if val is not None) or "none set"
+    return (
+        f"- command: `{prov['command']}`\n"
+        f"- date: {prov['date']}\n"
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
+        f"({', '.join(m['simd'])}), {m['os']}\n"
+        f"- versions: {libs}\n"
+        f"- speed-relevant environment: {env}\n"
+        f"- load average (1/5/15 min) at start: {prov.get('load_average_at_start')}, at end: "
+        f"{prov.get('load_average_at_end', '-')}\n"
+    )
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def rss_mib() -> float:
+    """This process's resident set size now, in MiB (from /proc, so it includes native memory)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")

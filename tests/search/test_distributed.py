@@ -1,0 +1,411 @@
+"""Many workers, one study: exactly-once claims, `run --workers N`, stopping, dying, restarts.
+
+Without a PostgreSQL server: claims across processes on SQLite, `fer-search run --workers 2`, and
+a worker stopped by SIGINT or SIGTERM. With the throwaway cluster (marker `postgres`,
+tests/search/pgcluster.py): two `fer-search worker` processes sharing a grid with a real
+`mlflow server`, a worker killed with SIGKILL mid-trial, and the server restarted mid-study.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from search import grid_queue
+from search.storage import is_transient, open_storage, retry_transient
+from search.workers import (
+    WorkerPlan,
+    aggregate_exit_codes,
+    split_trials,
+    threads_per_worker,
+    worker_command,
+    worker_env,
+)
+from tests.search.pgcluster import spawn_worker, wait_for
+from tests.search.pgcluster import worker_env as env_for
+from tests.search.studyhelp import write_spec
+
+GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
+        "head_width": [16, 32]}
+# ~0.1 s an epoch on 2 busy cores: a trial that can be caught mid-training.
+SLOW = 80
+
+
+def _sqlite(folder: Path) -> tuple[str, str]:
+    return (f"sqlite:///{folder}/studies/optuna.db", f"sqlite:///{folder}/mlruns/mlflow.db")
+
+
+def _trials(storage_url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(storage_url)).get_trials()
+
+
+def _point(trial: FrozenTrial) -> tuple:
+    return tuple(sorted(trial.params.items()))
+
+
+def _grid_points(space: dict) -> set[tuple]:
+    import itertools
+
+    names = sorted(space)
+    return {tuple(zip(names, values, strict=True))
+            for values in itertools.product(*(space[n] for n in names))}
+
+
+def _trial_runs(tracking_uri: str, name: str) -> tuple[list, list]:
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return ([r for r in runs if r.data.tags.get("fer_search.kind") == "trial"],
+            [r for r in runs if r.data.tags.get("fer_search.kind") == "study"])
+
+
+def _mid_trial(storage_url: str, name: str) -> FrozenTrial | None:
+    """A RUNNING trial past its first epoch (its MLflow run made, its heartbeat beating)."""
+    try:
+        trials = _trials(storage_url, name)
+    except Exception:  # the study (or the database file) does not exist yet
+        return None
+    for trial in trials:
+        if (trial.state == TrialState.RUNNING and trial.intermediate_values
+                and trial.user_attrs.get("mlflow_run_id")):
+            return trial
+    return None
+
+
+def assert_every_point_complete_once(trials: list[FrozenTrial], space: dict) -> None:
+    complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    assert set(complete) == _grid_points(space), "a grid point is missing"
+    assert max(complete.values()) == 1, f"a grid point ran twice: {complete}"
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def assert_runs_match_trials(trials: list[FrozenTrial], runs: list, studies: list) -> None:
+    """One MLflow run per trial and one trial per run; none left RUNNING."""
+    by_id = {r.info.run_id: r for r in runs}
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert sorted(run_ids) == sorted(by_id), "MLflow runs and trials do not match one to one"
+    for trial in trials:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)
+        expected = "FINISHED" if trial.state == TrialState.COMPLETE else "FAILED"
+        assert run.info.status == expected, (trial.number, trial.state, run.info.status)
+    parents = {s.info.run_id for s in studies}
+    assert all(r.data.tags["mlflow.parentRunId"] in parents for r in runs)
+
+
+# ----------------------------------------------------------------- retries (no processes)
+
+
+def _operational(message: str) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT 1", {}, Exception(message))
+
+
+def test_transient_errors_are_told_from_permanent_ones():
+    locked = _operational("database is locked")
+    assert is_transient(locked)
+    wrapped = optuna.exceptions.StorageInternalError("commit failed")
+    wrapped.__cause__ = _operational("server closed the connection unexpectedly")
+    assert is_transient(wrapped)
+    assert not is_transient(_operational('connection to server at "db" failed: FATAL: '
+                                         'password authentication failed for user "fer"'))
+    assert not is_transient(ValueError("Cannot tell a FAIL trial."))
+
+
+def test_retry_backs_off_until_the_database_answers(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr("search.storage.time.sleep", sleeps.append)
+    answers = iter([_operational("connection refused"), _operational("connection refused")])
+
+    def flaky():
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        return "ok"
+
+    assert retry_transient(flaky, deadline_s=60) == "ok"
+    assert len(sleeps) == 2 and sleeps[1] > sleeps[0]  # exponential, jittered
+    with pytest.raises(ValueError):
+        retry_transient(lambda: (_ for _ in ()).throw(ValueError("bad")), deadline_s=60)
+    with pytest.raises(Exception, match="connection refused"):
+        retry_transient(lambda: (_ for _ in ()).throw(_operational("connection refused")),
+                        deadline_s=0)
+
+
+def _lose_first_answer(monkeypatch):
+    """The first state change commits, then its connection dies before the answer arrives."""
+    real = optuna.storages.RDBStorage.set_trial_state_values
+    calls = []
+
+    def commit_then_fail(self, trial_id, state, values=None):
+        calls.append(state)
+        result = real(self, trial_id, state, values)
+        if len(calls) == 1:
+            raise _operational("server closed the connection unexpectedly")
+        return result
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", commit_then_fail)
+    monkeypatch.setattr("search.storage.time.sleep", lambda s: None)
+    return calls
+
+
+def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path, monkeypatch):
+    storage = open_storage(_sqlite(tmp_path)[0])
+    study = optuna.create_study(study_name="lost-tell", storage=storage)
+    trial = study.ask()
+    calls = _lose_first_answer(monkeypatch)
+    study.tell(trial, 0.5)  # the retry finds it COMPLETE with 0.5: ours
+    assert len(calls) == 2
+    assert study.get_trials()[0].state == TrialState.COMPLETE
+
+
+def test_a_claim_whose_answer_was_lost_still_beats(tmp_path, monkeypatch):
+    """Optuna fails only trials that have a heartbeat: a claim that landed unseen must get one,
+    or the trial stays RUNNING forever and a grid waits for it."""
+    storage = open_storage(_sqlite(tmp_path)[0])
+    study = optuna.create_study(study_name="lost-claim", storage=storage)
+    study.enqueue_trial({"x": 1})
+    _lose_first_answer(monkeypatch)
+    assert grid_queue.claim_next(study, storage) is None  # "taken" (by us, unseen)
+    monkeypatch.undo()
+    trial_id = study.get_trials()[0]._trial_id
+    with storage.scoped_session() as session:
+        from optuna.storages._rdb.models import TrialHeartbeatModel
+
+        assert TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+
+
+# ------------------------------------------------------------------- the plan (no processes)
+
+
+def test_workers_share_cores_and_trials():
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(4, cores=2) == 1
+    assert threads_per_worker(2, cores=16) == 8
+    assert split_trials(None, 3) == [None, None, None]
+    assert split_trials(7, 3) == [3, 2, 2]
+    assert split_trials(2, 4) == [1, 1]  # no worker without a trial to run
+
+
+def test_exit_codes_sum_up():
+    assert aggregate_exit_codes([0, 0]) == 0
+    assert aggregate_exit_codes([0, 1]) == 1
+    assert aggregate_exit_codes([1, 2]) == 2
+    assert aggregate_exit_codes([0, -9]) == 1
+    assert aggregate_exit_codes([0, 0], signal.SIGTERM) == 0
+    assert aggregate_exit_codes([0, 0], signal.SIGINT) == 130
+
+
+def test_urls_reach_workers_by_environment_not_command_line():
+    url = "postgresql+psycopg2://fer:hunter2@db/optuna"
+    plan = WorkerPlan(spec_path=Path("s.yaml"), workers=2, storage_url=url,
+                      tracking_uri="http://mlflow:5000", n_trials=5, threads=None)
+    command = worker_command(plan, 3, threads=1)
+    assert "hunter2" not in " ".join(command)
+    assert command[-6:] == ["worker", "s.yaml", "--threads", "1", "--n-trials", "3"]
+    env = worker_env(plan)
+    assert env["FER_SEARCH_STORAGE"] == url and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    from search.cli import build_parser
+
+    args = build_parser().parse_args(command[3:])
+    assert args.handler.__name__ == "cmd_worker" and args.threads == 1
+
+
+# --------------------------------------------------------------- claims across processes
+
+
+def _claim_all(storage_url: str, study_name: str, results) -> None:
+    storage = open_storage(storage_url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    claimed = []
+    while (trial := grid_queue.claim_next(study, storage)) is not None:
+        claimed.append(trial.number)
+    results.put(claimed)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request):
+    """Plain SQLite lets two processes claim one trial (both read WAITING before either
+    writes); BEGIN IMMEDIATE makes the claim atomic."""
+    if backend == "sqlite":
+        url = _sqlite(tmp_path)[0]
+    else:
+        url = request.getfixturevalue("pg_cluster").url()
+    name = f"claims-{backend}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    for i in range(60):
+        study.enqueue_trial({"x": i})
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF
+    results = context.Queue()
+    processes = [context.Process(target=_claim_all, args=(url, name, results))
+                 for _ in range(3)]
+    for process in processes:
+        process.start()
+    claimed = [n for _ in processes for n in results.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=30)
+    assert sorted(claimed) == list(range(60)), Counter(claimed).most_common(3)
+
+
+# ------------------------------------------------------------------------ SQLite, by the CLI
+
+
+def _local_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI")}
+    return {**env, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def test_run_with_two_workers_on_sqlite(tmp_path):
+    spec = write_spec(tmp_path, name="local", space=GRID)
+    result = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", str(spec), "--workers", "2"],
+        cwd=tmp_path, env=_local_env(), capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "database is locked" not in output
+    assert "[worker 1]" in output and "[worker 2]" in output
+    assert "leaderboard: local" in result.stdout
+    storage_url, tracking_uri = _sqlite(tmp_path)
+    trials = _trials(storage_url, "local")
+    assert len(trials) == 4
+    assert_every_point_complete_once(trials, GRID)
+    runs, studies = _trial_runs(tracking_uri, "local")
+    assert len(studies) == 1, "the study's parent run was made twice"
+    assert_runs_match_trials(trials, runs, studies)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path):
+    space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [SLOW],
+             "head_width": [16, 32, 64]}
+    spec = write_spec(tmp_path, name="stop", space=space)
+    storage_url, tracking_uri = _sqlite(tmp_path)
+    worker = spawn_worker(tmp_path, spec, env_for(storage_url, tracking_uri), "worker")
+    try:
+        caught = wait_for(lambda: _mid_trial(storage_url, "stop"), 180, "a trial mid-training")
+        worker.process.send_signal(stop)
+        assert worker.wait(180) == 0, worker.output()[-3000:]
+    finally:
+        worker.kill()
+    trials = {t.number: t for t in _trials(storage_url, "stop")}
+    assert trials[caught.number].state == TrialState.COMPLETE, "the trial was not finished"
+    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE", "WAITING", "WAITING"]
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(caught.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    runs, studies = _trial_runs(tracking_uri, "stop")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert studies[0].info.status != "RUNNING"
+
+
+# ----------------------------------------------------------------------- PostgreSQL topology
+
+
+@pytest.mark.postgres
+def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path):
+    space = {**GRID, "learning_rate": [3.0e-3, 1.0e-2, 3.0e-2]}
+    spec = write_spec(tmp_path, name="pg-grid", space=space)
+    env = env_for(pg_cluster.url(), mlflow_server.uri)
+    workers = [spawn_worker(tmp_path, spec, env, f"worker-{i}") for i in (1, 2)]
+    try:
+        for worker in workers:
+            assert worker.wait(300) == 0, worker.output()[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+    trials = _trials(pg_cluster.url(), "pg-grid")
+    assert len(trials) == 6
+    assert_every_point_complete_once(trials, space)
+    runs, studies = _trial_runs(mlflow_server.uri, "pg-grid")
+    assert_runs_match_trials(trials, runs, studies)
+    ran = sum(int(w.output().rsplit("study complete: ", 1)[1].split()[0]) for w in workers)
+    assert ran == 6
+
+
+@pytest.mark.postgres
+def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_server,
+                                                             tmp_path):
+    space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [SLOW],
+             "head_width": [16, 32]}
+    spec = write_spec(tmp_path, name="pg-kill", space=space)
+    env = env_for(pg_cluster.url(), mlflow_server.uri)
+    doomed = spawn_worker(tmp_path, spec, env, "doomed")
+    try:
+        victim = wait_for(lambda: _mid_trial(pg_cluster.url(), "pg-kill"), 180,
+                          "the first worker's trial mid-training")
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+    finally:
+        doomed.kill()
+    states = {t.number: t.state for t in _trials(pg_cluster.url(), "pg-kill")}
+    assert states[victim.number] == TrialState.RUNNING  # killed mid-trial, nobody told
+    rescuer = spawn_worker(tmp_path, spec, env, "rescuer")
+    try:
+        assert rescuer.wait(300) == 0, rescuer.output()[-3000:]
+    finally:
+        rescuer.kill()
+
+    trials = _trials(pg_cluster.url(), "pg-kill")
+    by_number = {t.number: t for t in trials}
+    assert by_number[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == victim.params
+    assert_every_point_complete_once(trials, space)
+    runs, studies = _trial_runs(mlflow_server.uri, "pg-kill")
+    assert_runs_match_trials(trials, runs, studies)
+    dead = MlflowClient(mlflow_server.uri).get_run(victim.user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED" and "heartbeat" in dead.data.tags["fail_reason"]
+
+
+@pytest.mark.postgres
+def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path):
+    space = {"learning_rate": [3.0e-3, 1.0e-2, 3.0e-2], "batch_size": [32], "epochs": [30],
+             "head_width": [16, 32]}
+    spec = write_spec(tmp_path, name="pg-restart", space=space)
+    # A restart is not a death: a grace longer than the outage, so no live trial is re-queued.
+    env = env_for(pg_cluster.url(), mlflow_server.uri, FER_SEARCH_GRACE_S="60")
+    workers = [spawn_worker(tmp_path, spec, env, f"worker-{i}") for i in (1, 2)]
+    try:
+        def mid_study():
+            running = _mid_trial(pg_cluster.url(), "pg-restart")  # None before the study exists
+            done = running and [t for t in _trials(pg_cluster.url(), "pg-restart")
+                                if t.state == TrialState.COMPLETE]
+            return done or None
+
+        before = wait_for(mid_study, 300, "a complete trial and one mid-training")
+        # The server down for a few seconds, every connection cut: heartbeats, reports and
+        # MLflow's own store all meet the outage.
+        pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        time.sleep(3)
+        pg_cluster.start()
+        for worker in workers:
+            assert worker.wait(300) == 0, worker.output()[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    assert any("database unavailable" in w.output() for w in workers), "no retry was needed"
+    trials = _trials(pg_cluster.url(), "pg-restart")
+    assert [t for t in trials if t.state != TrialState.COMPLETE] == []
+    assert_every_point_complete_once(trials, space)
+    after = {t.number: t for t in trials}
+    for trial in before:  # nothing recorded before the restart was lost
+        assert after[trial.number].value == trial.value
+        assert after[trial.number].intermediate_values == trial.intermediate_values
+    runs, studies = _trial_runs(mlflow_server.uri, "pg-restart")
+    assert_runs_match_trials(trials, runs, studies)
