@@ -135,31 +135,31 @@ def run_study(
     dataset = provider.get(_first_image_size(spec))
     lost = _LostRuns()
     storage = open_storage(storage_url, on_stale=lost)
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment_id(spec.name)
+    # Under the lock, so that workers starting together on a new study share one parent run.
     with study_lock(storage_url, spec.name):
         study = open_study(spec, storage, storage_url)
         optuna.storages.fail_stale_trials(study)
         if spec.sampler == "grid":
             grid_queue.fill_queue(study, spec)
-
-    tracker = Tracker(tracking_uri)
-    experiment_id = tracker.experiment_id(spec.name)
-    parent_run_id = tracker.open_study_run(
-        experiment_id,
-        study.user_attrs.get(PARENT_RUN_ATTR),
-        spec.name,
-        params={
-            "sampler": spec.sampler,
-            "metric": spec.metric,
-            "direction": spec.direction,
-            "pruner": spec.pruner,
-            "storage": mask_url(storage_url),
-            "searched": ",".join(spec.param_names),
-            "grid_size": _grid_size(spec),
-        },
-        spec_text=spec.redacted_text,
-    )
-    if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
-        study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+        parent_run_id = tracker.open_study_run(
+            experiment_id,
+            study.user_attrs.get(PARENT_RUN_ATTR),
+            spec.name,
+            params={
+                "sampler": spec.sampler,
+                "metric": spec.metric,
+                "direction": spec.direction,
+                "pruner": spec.pruner,
+                "storage": mask_url(storage_url),
+                "searched": ",".join(spec.param_names),
+                "grid_size": _grid_size(spec),
+            },
+            spec_text=spec.redacted_text,
+        )
+        if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
+            study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
     _close_lost_runs(tracker, lost)
 
     summary = RunSummary(spec.name, parent_run_id=parent_run_id)
@@ -179,6 +179,9 @@ def run_study(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        if spec.sampler == "grid":  # re-queue the interrupted point for the workers still running
+            with study_lock(storage_url, spec.name):
+                grid_queue.fill_queue(study, spec)
         raise
     finally:
         summary.best = _best_trial(study)
@@ -212,7 +215,9 @@ def _loop(spec, study, storage, runner, summary, n_trials, deadline, stop, lost,
         summary.outcomes.append(outcome)
         if on_trial_end is not None:
             on_trial_end(outcome, study)
-        failures_in_a_row = failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
+        if not outcome.taken_over:
+            failed = outcome.state == TrialState.FAIL
+            failures_in_a_row = failures_in_a_row + 1 if failed else 0
         if failures_in_a_row >= spec.max_consecutive_failures:
             raise StudyError(
                 f"{failures_in_a_row} trials failed in a row (max_consecutive_failures="

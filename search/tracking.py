@@ -36,6 +36,8 @@ def _prepare_mlflow_env() -> None:
     # "Creating initial MLflow database tables..." and friends: not the user's business. MLflow
     # configures its logger when imported, from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # "View run ... at http://..." after every run closed on a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     _quiet_mlflow_loggers()
 
 

@@ -32,6 +32,7 @@ class TrialOutcome:
     state: TrialState
     value: float | None
     reason: str | None = None
+    taken_over: bool = False  # failed by heartbeat while this worker was cut off: not its fault
 
 
 class TrialRunner:
@@ -56,6 +57,7 @@ class TrialRunner:
         self.parent_run_id = parent_run_id
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._most_epochs = most_epochs(spec)
+        self._run_ids: dict[int, str] = {}
 
     def run(self, trial: optuna.Trial) -> TrialOutcome:
         """Runs `trial` and tells both Optuna and MLflow how it ended.
@@ -63,7 +65,14 @@ class TrialRunner:
         Raises:
             trainer.TrainerError (fatal kinds), KeyboardInterrupt: after recording the trial.
         """
-        start = time.perf_counter()
+        # Beat from the claim on: a slow MLflow call must not make a live trial look dead.
+        with _Heartbeat(self.storage, self._trial_id(trial)):
+            try:
+                return self._run(trial, time.perf_counter())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return self._taken_over(trial)
+
+    def _run(self, trial: optuna.Trial, start: float) -> TrialOutcome:
         params = suggest_all(trial, self.spec.space)
         config = self.spec.train_config(params)
         run_id = self.tracker.start_trial_run(
@@ -74,6 +83,7 @@ class TrialRunner:
             params=config.to_dict(),
             tags={"searched": ",".join(self.spec.param_names)},
         )
+        self._run_ids[trial.number] = run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         history: list[dict[str, float]] = []
 
@@ -83,27 +93,28 @@ class TrialRunner:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        with _Heartbeat(self.storage, self._trial_id(trial)):
-            try:
-                data = self.data.get(config.image_size)
-                result = trainer.train(config, data, on_epoch_end=on_epoch_end,
-                                       share_epochs_to=self._most_epochs)
-            except optuna.TrialPruned as pruned:
-                return self._finish(trial, run_id, history, TrialState.PRUNED, start, str(pruned))
-            except trainer.TrainingDiverged as diverged:
-                trial.set_user_attr("failure", PERMANENT_FAILURE)
-                return self._finish(trial, run_id, history, TrialState.FAIL, start, str(diverged))
-            except FATAL as fatal:
-                self._finish(trial, run_id, history, TrialState.FAIL, start, str(fatal))
-                raise
-            except (KeyboardInterrupt, SystemExit):
-                self._finish(trial, run_id, history, TrialState.FAIL, start, "interrupted",
-                             mlflow_status="KILLED")
-                raise
-            except Exception as error:  # out of memory, a driver error: this trial only
-                reason = f"{type(error).__name__}: {error}"
-                self.tracker.client.set_tag(run_id, "traceback", traceback.format_exc()[-4000:])
-                return self._finish(trial, run_id, history, TrialState.FAIL, start, reason)
+        try:
+            data = self.data.get(config.image_size)
+            result = trainer.train(config, data, on_epoch_end=on_epoch_end,
+                                   share_epochs_to=self._most_epochs)
+        except optuna.TrialPruned as pruned:
+            return self._finish(trial, run_id, history, TrialState.PRUNED, start, str(pruned))
+        except trainer.TrainingDiverged as diverged:
+            trial.set_user_attr("failure", PERMANENT_FAILURE)
+            return self._finish(trial, run_id, history, TrialState.FAIL, start, str(diverged))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # another worker owns the trial now: see run()
+        except FATAL as fatal:
+            self._finish(trial, run_id, history, TrialState.FAIL, start, str(fatal))
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            self._finish(trial, run_id, history, TrialState.FAIL, start, "interrupted",
+                         mlflow_status="KILLED")
+            raise
+        except Exception as error:  # out of memory, a driver error: this trial only
+            reason = f"{type(error).__name__}: {error}"
+            self.tracker.client.set_tag(run_id, "traceback", traceback.format_exc()[-4000:])
+            return self._finish(trial, run_id, history, TrialState.FAIL, start, reason)
 
         value = result.metrics[self.spec.metric]
         per_class = result.val_evaluation.per_class
@@ -122,7 +133,8 @@ class TrialRunner:
         self.tracker.log(run_id, metrics=summary, history=result.history, step=result.epochs_run)
         self.tracker.log_evaluation(run_id, result.val_evaluation, "val")
         self.tracker.log_top_weights(run_id, result.top_weights)
-        self.study.tell(trial, value)
+        if self.study.tell(trial, value, skip_if_finished=True).state != TrialState.COMPLETE:
+            raise optuna.exceptions.UpdateFinishedTrialError("failed meanwhile by heartbeat")
         self.tracker.end_run(run_id, "FINISHED")
         return TrialOutcome(trial.number, TrialState.COMPLETE, value)
 
@@ -139,10 +151,19 @@ class TrialRunner:
         trial.set_user_attr("reason", reason[:1000])
         self.tracker.log(run_id, history=history,
                          metrics={"duration_s": time.perf_counter() - start})
-        self.study.tell(trial, state=state)
+        self.study.tell(trial, state=state, skip_if_finished=True)
         status = mlflow_status or ("KILLED" if state == TrialState.PRUNED else "FAILED")
         self.tracker.end_run(run_id, status, reason)
         return TrialOutcome(trial.number, state, None, reason)
+
+    def _taken_over(self, trial: optuna.Trial) -> TrialOutcome:
+        """This worker lost touch for longer than the grace period; the trial was failed by
+        heartbeat and re-queued for another worker. Close our run; it is not our failure."""
+        reason = "taken over after a heartbeat timeout (the trial was re-queued)"
+        run_id = self._run_ids.pop(trial.number, None)
+        if run_id is not None:
+            self.tracker.end_run(run_id, "FAILED", reason)
+        return TrialOutcome(trial.number, TrialState.FAIL, None, reason, taken_over=True)
 
     def _trial_id(self, trial: optuna.Trial) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)

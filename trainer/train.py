@@ -21,9 +21,10 @@ from trainer.dataset import Dataset
 from trainer.epoch_record import EpochAnswer, EpochRecord, shareable
 from trainer.errors import ConfigError, DataError, TrainingDiverged
 from trainer.features import cached_features, features_for
+from trainer.head_pool import clear_pool, compile_head, pooled_head
 from trainer.labels import CLASS_NAMES
 from trainer.metrics import Evaluation, epoch_metrics, evaluation_from_probs
-from trainer.model import build_head, build_network
+from trainer.model import build_network
 from trainer.runtime import seed_everything
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -117,16 +118,11 @@ def train(
 
 def _fit(config, data, on_epoch_end, target_epochs: int, record, start: float) -> TrainResult:
     """Fits for `target_epochs` (>= config.epochs), reporting epochs up to config.epochs."""
-    # Trials run by the hundred in one process: drop the previous trials' graphs and layer names.
-    keras.backend.clear_session(free_memory=True)
     seed_everything(config.seed)
     plan = _plan(config, data)
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
-    plan.fit_model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
-    )
+    if not plan.compiled:
+        compile_head(plan.fit_model, config.learning_rate)
     reporter = _EpochReporter(plan, y_val, config, on_epoch_end, keep_weights=record is not None)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for the same seed
     try:
@@ -210,6 +206,7 @@ class _Plan:
     x_train: np.ndarray
     x_val: np.ndarray
     feature_seconds: float = 0.0
+    compiled: bool = False
 
 
 def _plan(config: TrainConfig, data: Dataset) -> _Plan:
@@ -217,14 +214,16 @@ def _plan(config: TrainConfig, data: Dataset) -> _Plan:
         train_feats = cached_features(data, "train", config)
         val_feats = cached_features(data, "val", config)
         if config.trainable_blocks == 0 and train_feats is not None and val_feats is not None:
-            # Everything is cached: the head alone is built, VGG16 is never touched.
-            top = build_head(config, train_feats.shape[1:], data.class_names)
-            return _Plan(top, top, top, train_feats, val_feats)
+            # Everything is cached: a pooled head is trained, VGG16 is never touched.
+            top = pooled_head(config, train_feats.shape[1:], data.class_names)
+            return _Plan(top, top, top, train_feats, val_feats, compiled=True)
+        _fresh_session()
         network = build_network(config, data.class_names)
         train_feats, s1 = features_for(data, "train", config, network)
         val_feats, s2 = features_for(data, "val", config, network)
         top = network.top
         return _Plan(top, top, top, train_feats, val_feats, s1 + s2)
+    _fresh_session()
     network = build_network(config, data.class_names)
     fit_model = network.full
     if config.augment:
@@ -232,6 +231,12 @@ def _plan(config: TrainConfig, data: Dataset) -> _Plan:
         flipped = keras.layers.RandomFlip("horizontal", seed=config.seed)(inputs)
         fit_model = keras.Model(inputs, network.full(flipped), name="augmented")
     return _Plan(fit_model, network.full, network.top, data.train.images, data.val.images)
+
+
+def _fresh_session() -> None:
+    """Before building a whole network: drop earlier graphs, layer names and pooled heads."""
+    clear_pool()
+    keras.backend.clear_session(free_memory=True)
 
 
 def _check_inputs(config: TrainConfig, data: Dataset) -> None:

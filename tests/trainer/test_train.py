@@ -160,3 +160,18 @@ def test_evaluation_report(data):
     assert sum(map(sum, report.confusion)) == len(data.test)
     assert set(report.per_class) == set(data.class_names)
     assert 0 <= report.macro_f1 <= 1
+
+
+def test_a_reused_head_trains_exactly_like_a_fresh_one(data):
+    from trainer.head_pool import clear_pool
+
+    # Early stopping (never triggered in 3 epochs) keeps every call a real training.
+    config = BASE.replace(early_stopping_patience=50, learning_rate=1e-2)
+    train(config.replace(learning_rate=3e-3), data)  # features cached; the head shape pooled
+    reused = train(config, data)
+    reused_again = train(config, data)
+    clear_pool()
+    fresh = train(config, data)
+    assert reused.history == reused_again.history == fresh.history
+    for got, want in zip(reused.top_weights, fresh.top_weights, strict=True):
+        np.testing.assert_array_equal(got, want)
