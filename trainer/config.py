@@ -57,7 +57,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_number("learning_rate", self.learning_rate, float, "a number > 0", low=0, open_low=True)
+        _check_number(
+            "learning_rate", self.learning_rate, float, "a number > 0", low=0, open_low=True
+        )
         _check_number("batch_size", self.batch_size, int, "an integer >= 1", low=1)
         _check_number("epochs", self.epochs, int, "an integer >= 1", low=1)
         _check_number("head_width", self.head_width, int, "an integer >= 1", low=1)
@@ -151,7 +153,9 @@ class DataConfig:
             or split[0] <= 0
         ):
             raise ConfigError(
-                "split", "three fractions [train, val, test] >= 0 summing to 1, train > 0", self.split
+                "split",
+                "three fractions [train, val, test] >= 0 summing to 1, train > 0",
+                self.split,
             )
         object.__setattr__(self, "split", tuple(float(v) for v in split))
         _check_number("split_seed", self.split_seed, int, "an integer >= 0", low=0)

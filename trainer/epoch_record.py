@@ -52,7 +52,13 @@ class EpochRecord:
     def __init__(self, data: Dataset, config: TrainConfig) -> None:
         group = {k: v for k, v in config.to_dict().items() if k != "epochs"}
         key = json.dumps(
-            [_FORMAT, data.fingerprint, cut_name(config), weights_fingerprint(config.weights), group],
+            [
+                _FORMAT,
+                data.fingerprint,
+                cut_name(config),
+                weights_fingerprint(config.weights),
+                group,
+            ],
             sort_keys=True,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]

@@ -144,7 +144,8 @@ def build_head(
     if config.trainable_blocks != 0:
         raise ValueError("build_head is for a frozen base (trainable_blocks = 0)")
     inputs = keras.Input(feature_shape, name="features")
-    return keras.Model(inputs, _apply(head_layers(config, class_names), inputs), name="trainable_top")
+    outputs = _apply(head_layers(config, class_names), inputs)
+    return keras.Model(inputs, outputs, name="trainable_top")
 
 
 def _apply(layers: list, x):
@@ -170,7 +171,9 @@ def _vgg16(config: TrainConfig) -> keras.Model:
         return keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     if config.weights == "imagenet":
         try:
-            return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
+            return keras.applications.VGG16(
+                include_top=False, weights="imagenet", input_shape=shape
+            )
         except Exception as exc:  # no network, proxy, corrupt download: all end the same way
             raise WeightsError(
                 f"weights: could not load VGG16's ImageNet weights ({type(exc).__name__}: {exc}). "

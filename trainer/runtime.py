@@ -77,7 +77,8 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
 
         set_threads(threads)
         tf.constant(0)  # the CUDA probe runs on first use, not on import
-        tf.get_logger().setLevel("ERROR")  # retracing notices are expected: every trial is a new model
+        # Retracing notices are expected: trainings of new shapes trace new functions.
+        tf.get_logger().setLevel("ERROR")
     finally:
         if saved is not None:
             os.dup2(saved, 2)

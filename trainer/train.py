@@ -283,7 +283,8 @@ class _EpochReporter(keras.callbacks.Callback):
         if not math.isfinite(loss) or not np.all(np.isfinite(probs)):
             raise TrainingDiverged(
                 f"the training loss became {loss} at epoch {epoch + 1} "
-                f"(learning_rate={self._config.learning_rate}, batch_size={self._config.batch_size})"
+                f"(learning_rate={self._config.learning_rate}, "
+                f"batch_size={self._config.batch_size})"
             )
         metrics = {
             "epoch": epoch + 1,

@@ -21,7 +21,9 @@ def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def test_bad_spec_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text("sampler: grid\nspace:\n  batch_size: [0, 32]\ndata: {synthetic: {faces: 70}}\n")
+    spec.write_text(
+        "sampler: grid\nspace:\n  batch_size: [0, 32]\ndata: {synthetic: {faces: 70}}\n"
+    )
     result = fer_search("run", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

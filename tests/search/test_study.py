@@ -63,7 +63,8 @@ def test_grid_runs_every_point_once_and_mlflow_matches_optuna(project):
         assert float(run.data.params["learning_rate"]) == t.params["learning_rate"]
         assert int(run.data.params["head_width"]) == t.params["head_width"]
         assert run.data.metrics["val_accuracy"] == pytest.approx(t.value)
-        history = MlflowClient(where["tracking_uri"]).get_metric_history(run.info.run_id, "val_loss")
+        client = MlflowClient(where["tracking_uri"])
+        history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [m.step for m in history] == [1, 2]
         artifacts = {a.path for a in MlflowClient(where["tracking_uri"]).list_artifacts(
             run.info.run_id, "val")}

@@ -17,7 +17,10 @@ PROBE = (
 
 def _forbidden_modules(extra: str = "") -> str:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(extra=extra)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE.format(extra=extra)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return out.stdout.strip()
 

@@ -64,7 +64,8 @@ def test_exported_model_predicts_what_the_cached_path_predicted(data, tmp_path):
     result = train(BASE, data)
     head = build_head(BASE, cached_features(data, "val", BASE).shape[1:])
     head.set_weights(result.top_weights)
-    cached_probs = np.asarray(head.predict(np.asarray(cached_features(data, "val", BASE)), verbose=0))
+    val_features = np.asarray(cached_features(data, "val", BASE))
+    cached_probs = np.asarray(head.predict(val_features, verbose=0))
 
     path = save_model(result.build_model(), tmp_path / "model.keras")
     exported = load_model(path)
@@ -139,7 +140,9 @@ def test_local_weights_file(data, tmp_path):
         train(BASE.replace(weights=str(tmp_path / "missing.h5")), data)
 
 
-def test_unreachable_imagenet_weights_name_the_cache_and_the_alternative(data, tmp_path, monkeypatch):
+def test_unreachable_imagenet_weights_name_the_cache_and_the_alternative(
+    data, tmp_path, monkeypatch
+):
     from keras.src.applications import vgg16
 
     def offline(*args, **kwargs):
