@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import grid_queue
+from search import grid_queue, signals
 from search.data import DataProvider
 from search.errors import StudyError
 from search.spec import StudySpec
@@ -294,21 +294,7 @@ class _StopFlag:
         self.requested = False
 
     def on_sigterm(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def installed():
-            try:
-                previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                yield
-                return
-            try:
-                yield
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-
-        return installed()
+        return signals.handling(self._handle, signal.SIGTERM)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True

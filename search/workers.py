@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from search import signals
 from search.spec import StudySpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -223,16 +224,8 @@ def _forwarding_signals(processes: list[subprocess.Popen],
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signum)
 
-    try:
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
+    with signals.handling(forward, signal.SIGINT, signal.SIGTERM):
         yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _stop_leftovers(processes: list[subprocess.Popen]) -> None:
