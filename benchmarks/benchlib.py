@@ -105,11 +105,31 @@ def load_average() -> list[float]:
         return []
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether trainer/, search/ or benchmarks/ differed from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.rstrip()  # porcelain lines start with " "
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "trainer", "search", "benchmarks")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "uncommitted_changes": [line[3:] for line in changed.splitlines()
+                                if not line[3:].startswith("benchmarks/results/")],
+    }
+
+
 def provenance() -> dict[str, Any]:
     """Everything a result needs to say about how and where it was made."""
     return {
         "command": command_line(),
         "date": now(),
+        "git": git_state(),
         "load_average_at_start": load_average(),
         "machine": machine(),
         "versions": versions(),
@@ -132,9 +152,13 @@ def provenance_markdown(prov: dict[str, Any]) -> str:
     m, v = prov["machine"], prov["versions"]
     libs = ", ".join(f"{k} {val}" for k, val in v.items())
     env = ", ".join(f"{k}={val}" for k, val in prov["env"].items() if val is not None) or "none set"
+    g = prov.get("git", {})
+    dirty = g.get("uncommitted_changes") or []
     return (
         f"- command: `{prov['command']}`\n"
         f"- date: {prov['date']}\n"
+        f"- code: commit {g.get('commit', 'unknown')}"
+        + (f" plus uncommitted changes to {', '.join(dirty)}" if dirty else "") + "\n"
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
         f"({', '.join(m['simd'])}), {m['os']}\n"
         f"- versions: {libs}\n"
