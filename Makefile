@@ -5,9 +5,15 @@ quickstart:
 	scripts/quickstart.sh
 
 test:
-	scripts/setup.sh dev
+	scripts/setup.sh dev,bench
+	.venv/bin/ruff check trainer search tests benchmarks
 	.venv/bin/python -m pytest
 
 lint:
-	scripts/setup.sh dev
+	scripts/setup.sh dev,bench
 	.venv/bin/ruff check trainer search tests benchmarks
+
+# The peers benchmark at a tiny size (< 1 minute): keeps the harness from rotting; CI runs it.
+bench-smoke:
+	scripts/setup.sh dev,bench
+	.venv/bin/python benchmarks/compare_peers.py --smoke
