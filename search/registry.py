@@ -53,7 +53,7 @@ LOGGED_MODEL_NAME = "model"
 PIP_PACKAGES = ("tensorflow", "keras", "h5py", "numpy", "pillow", "pandas", "mlflow")
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.
 SANITY_TOLERANCE = 1e-6
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+from search.contracts import MODEL_NAME_PATTERN as _NAME  # noqa: E402 (one definition)
 _ALIAS = re.compile(r"[A-Za-z0-9_-]+")
 _REF_HELP = "NAME, NAME@ALIAS or NAME/VERSION (e.g. expw-vgg16@champion or expw-vgg16/3)"
 
