@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 import trainer
+from search.contracts import MODEL_NAME_PATTERN
 from search.data import DataProvider
 from search.errors import InputError, SearchError
 from search.spec import StudySpec, spec_from_text
@@ -53,7 +54,7 @@ LOGGED_MODEL_NAME = "model"
 PIP_PACKAGES = ("tensorflow", "keras", "h5py", "numpy", "pillow", "pandas", "mlflow")
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.
 SANITY_TOLERANCE = 1e-6
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = MODEL_NAME_PATTERN
 _ALIAS = re.compile(r"[A-Za-z0-9_-]+")
 _REF_HELP = "NAME, NAME@ALIAS or NAME/VERSION (e.g. expw-vgg16@champion or expw-vgg16/3)"
 
