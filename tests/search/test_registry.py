@@ -504,6 +504,50 @@ def test_the_promotion_lock_lives_in_the_registry_store_else_the_optuna_storage(
         assert (tmp_path / "studies" / "optuna.db.registry-m1.lock").exists()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("tracking", ["postgres", "http"])
+def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, tracking):
+    """A second holder of the model's lock waits (seen in pg_locks) until the first lets go,
+    whether the lock lives in the MLflow database or, behind an MLflow server, in Optuna's."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from search.promotion import champion_lock
+
+    url = pg_cluster.url()
+    tracking_uri = url if tracking == "postgres" else "http://127.0.0.1:1"
+    order: list[str] = []
+    trying = threading.Event()
+
+    def second() -> None:
+        trying.set()
+        with champion_lock(tracking_uri, url, f"race-{tracking}"):
+            order.append("second in")
+
+    engine = create_engine(url)
+    try:
+        with champion_lock(tracking_uri, url, f"race-{tracking}"):
+            thread = threading.Thread(target=second)
+            thread.start()
+            trying.wait(30)
+            with engine.connect() as connection:
+                for _ in range(600):  # until the second promoter waits on the advisory lock
+                    waiting = connection.execute(text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted")).scalar()
+                    if waiting:
+                        break
+                    connection.commit()
+                    threading.Event().wait(0.05)
+            assert waiting == 1 and order == []
+            order.append("first out")
+        thread.join(30)
+    finally:
+        engine.dispose()
+    assert order == ["first out", "second in"]
+
+
 # ---------------------------------------------------------------------- pixels and serving
 
 
