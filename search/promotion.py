@@ -40,7 +40,8 @@ from search.tracking import Tracker
 
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.
 SANITY_TOLERANCE = 1e-6
-_DATABASE_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")
+# Stores `search.storage.named_lock` can lock in (a file lock, an advisory lock).
+_LOCKABLE_SCHEMES = ("sqlite:", "postgresql")
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,15 @@ class PromotionResult:
 def champion_lock(tracking_uri: str, storage_url: str, model_name: str):
     """The lock every promotion to `model_name` takes around registering and moving aliases.
 
-    Keyed on the MLflow store when it is a database (a file lock beside its SQLite file, an
-    advisory lock in its PostgreSQL): the registry lives there, so every promoter of the model
-    shares it, whatever Optuna storage its study is in. With an MLflow HTTP server its database
-    is out of reach; then the study's Optuna storage carries the lock, which covers promoters
-    sharing that storage (the compose deployment: one PostgreSQL for both) but not promoters
-    of studies in other Optuna storages writing to the same server.
+    Keyed on the MLflow store when it is a SQLite or PostgreSQL database (a file lock beside
+    the file, an advisory lock in the database): the registry lives there, so every promoter
+    of the model shares it, whatever Optuna storage its study is in. With an MLflow HTTP
+    server its database is out of reach; then the study's Optuna storage carries the lock,
+    which covers promoters sharing that storage (the compose deployment: one PostgreSQL for
+    both) but not promoters of studies in other Optuna storages writing to the same server.
+    Any other store (MySQL) gets no lock from `named_lock`, as for the study lock.
     """
-    shared = tracking_uri if tracking_uri.startswith(_DATABASE_SCHEMES) else storage_url
+    shared = tracking_uri if tracking_uri.startswith(_LOCKABLE_SCHEMES) else storage_url
     return named_lock(shared, f"registry-{model_name}")
 
 
