@@ -486,8 +486,9 @@ def test_racing_promotions_end_with_the_better_champion_and_one_version_per_tria
     scores = {int(v.version): float(v.tags["test_accuracy"]) for v in versions}
     aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
     assert scores[aliases[CHAMPION]] == max(scores.values())
-    assert set(aliases) == {CHAMPION, CHALLENGER}
-    assert aliases[CHAMPION] != aliases[CHALLENGER]
+    # The other version is challenger if it came second, or a replaced champion (no alias).
+    assert aliases.get(CHALLENGER, 0) != aliases[CHAMPION]
+    assert set(aliases) <= {CHAMPION, CHALLENGER}
     # The recorded history agrees with where the aliases are.
     last = {m.alias: m.version for m in alias_history(client, name)}
     assert last == aliases
