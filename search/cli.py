@@ -103,11 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_options(promote)
     promote.add_argument("--force", action="store_true", help="make it champion regardless")
     promote.add_argument("--model-name", help="registered model name (default: the spec's)")
+    promote.add_argument("--trial", type=int, metavar="N",
+                         help="promote complete trial N instead of the best one")
 
     fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
     fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
     _tracking_option(fetch)
+
+    history = _command(commands, "history", cmd_history,
+                       "the alias moves of a registered model (who was champion when)")
+    history.add_argument("model", help="the registered model's name")
+    _tracking_option(history)
+
+    serve = _command(commands, "serve", cmd_serve,
+                     "serve a registered model over HTTP (MLflow's scoring server)")
+    serve.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="default 5001 (the UI has 5000)")
+    _tracking_option(serve)
 
     predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
     default_model = f"{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
@@ -306,23 +320,26 @@ def cmd_promote(args) -> int:
 
     urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
     _start_tensorflow(None)
-    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name))
+    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name,
+                              trial_number=args.trial))
     return EXIT_OK
 
 
 def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None,
-             data=None):
-    from search.registry import promote
+             data=None, trial_number: int | None = None):
+    from search.promotion import promote
 
     storage_url, tracking_uri = urls
     return promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                   model_name=model_name, data=data)
+                   model_name=model_name, data=data, trial_number=trial_number)
 
 
 def _print_promotion(result) -> None:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-    out.print(f"registered {result.model_name} version {result.version} "
-              f"(trial {result.trial_number}; {metrics}) as [bold]{result.alias}[/]")
+    how = "already registered as" if result.reused else "registered"
+    out.print(f"{how} {result.model_name} version {result.version} "
+              f"(trial {result.trial_number}; {metrics}): [bold]{result.alias}[/] "
+              f"({result.reason})")
     out.print(f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')")
 
 
@@ -332,6 +349,34 @@ def cmd_fetch(args) -> int:
 
     path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
     out.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_history(args) -> int:
+    from search.aliases import alias_history, history_table
+    from search.registry import check_model_name, registered_model, registry_tracker
+    from search.tracking import resolve_tracking_uri
+
+    name = check_model_name(args.model)
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    client = registry_tracker(uri).client
+    registered = registered_model(client, name, uri)
+    out.print(history_table(name, alias_history(client, name), registered.aliases))
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from search.serve import serve
+    from search.tracking import resolve_tracking_uri
+
+    def ready(version, url: str) -> None:
+        out.print(f"serving {version.name} version {version.version} ({args.model}) on "
+                  f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    _start_tensorflow(None)
+    serve(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri, None),
+          host=args.host, port=args.port, on_ready=ready)
     return EXIT_OK
 
 
