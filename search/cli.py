@@ -35,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or EXIT_OK
     except KeyboardInterrupt:
-        err.print("interrupted: the running trial was recorded as failed and will be retried")
+        if getattr(args, "trials_started", False):
+            err.print("interrupted: the running trial was recorded as failed and will be retried")
+        else:
+            err.print("interrupted before any trial started: nothing was recorded")
         # A worker is stopped on purpose (Ctrl-C twice, or a stop before any trial started):
         # its trial is recorded, so that is a clean exit for whoever supervises it.
         return EXIT_OK if args.handler is cmd_worker else EXIT_INTERRUPTED
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         err.print(f"error: {_one_line(error)}", markup=False, soft_wrap=True)
-        if code == EXIT_FAILURE and not isinstance(error, SearchError):
+        if code == EXIT_FAILURE and not _explained(error):
             err.print("(run with --debug for the traceback)")
         return code
 
@@ -56,6 +59,13 @@ def exit_code_of(error: BaseException) -> int:
     bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
                  trainer.WeightsError)
     return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILURE
+
+
+def _explained(error: BaseException) -> bool:
+    """Errors raised on purpose say all there is to say; no traceback hint after them."""
+    import trainer
+
+    return isinstance(error, SearchError | trainer.TrainerError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -268,14 +278,21 @@ def _run(args, leaderboard: bool):
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    _start_tensorflow(args.threads)
     from search.data import DataProvider
+
+    data = DataProvider(spec, args.cache_dir)
+    data.first()  # bad data stops here, before the banner names a study that never starts
+    _start_tensorflow(args.threads)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study
 
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
-    data = DataProvider(spec, args.cache_dir)
+
+    def on_start(expected: int) -> None:
+        args.trials_started = True  # from here on, Ctrl-C has a trial to record
+        progress.start(expected)
+
     with TrialProgress(err, spec.metric, spec.direction) as progress:
         summary = run_study(
             spec,
@@ -284,7 +301,7 @@ def _run(args, leaderboard: bool):
             n_trials=args.n_trials,
             timeout=args.timeout,
             data=data,
-            on_start=progress.start,
+            on_start=on_start,
             on_trial_end=progress.advance,
         )
     err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
@@ -422,18 +439,30 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     import trainer
+    from search.data import report_lines
 
     config = trainer.DataConfig(root=args.root, label_file=args.label_file,
                                 image_dir=args.image_dir, strict=args.strict,
                                 cache_dir=args.cache_dir)
-    report = trainer.inspect_dataset(config)
+    # Every image is decoded: a bar on stderr (gone when done) says how far it is.
+    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        report = trainer.inspect_dataset(
+            config, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         out.print_json(json.dumps(report.to_dict()))
         return EXIT_OK
     from search.progress import data_report_table
 
-    out.print(data_report_table(report))
+    table = data_report_table(report)
+    table.caption = None  # the footer is printed below, unwrapped, whatever the width
+    out.print(table)
+    for line in report_lines(report):
+        out.print(line, markup=False, soft_wrap=True)
     return EXIT_OK
 
 

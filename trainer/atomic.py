@@ -33,9 +33,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from trainer.errors import DiskFull
+
 logger = logging.getLogger(__name__)
 
 _TEMP_MARK = ".tmp-"
+# Caps the free space `require_free_space` sees, in bytes: a full disk, simulated (tests).
+DISK_LIMIT_ENV = "FER_SEARCH_DISK_LIMIT_BYTES"
 
 
 def _temp_prefix(final_path: Path) -> str:
@@ -187,3 +191,38 @@ def remove_stale_temps(final_path: str | os.PathLike[str]) -> int:
                 path.unlink()
         removed += 1
     return removed
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Free bytes on the file system that holds ``folder`` (or, if it does not exist yet, its
+    nearest existing parent), capped by ``$FER_SEARCH_DISK_LIMIT_BYTES`` when set."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    limit = os.environ.get(DISK_LIMIT_ENV)
+    if limit:
+        free = min(free, int(limit))
+    return free
+
+
+def require_free_space(folder: str | os.PathLike[str], needed: int, what: str) -> None:
+    """Raises `DiskFull` unless ``folder``'s file system has ``needed`` bytes free.
+
+    Memory-mapped caches must check first: writing a page of a mapped file that the file system
+    cannot back kills the process with SIGBUS, with no exception to catch and no message.
+    """
+    free = free_bytes(folder)
+    if free < needed:
+        raise DiskFull(folder, needed, free, what)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(folder: str | os.PathLike[str], needed: int, what: str) -> Iterator[None]:
+    """Turns "No space left on device" raised in the block into `DiskFull` (one clear line)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(folder, needed, free_bytes(folder), what) from err
