@@ -8,6 +8,7 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
     fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
+    fetch.add_argument("--force", action="store_true", help="replace a model.keras already there")
     _tracking_option(fetch)
 
     predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="NAME@ALIAS or NAME/VERSION (default expw-vgg16@champion)")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per face, every probability at full precision")
     _tracking_option(predict)
 
     status = _command(commands, "status", cmd_status, "the trials of a study")
@@ -345,24 +349,54 @@ def _print_promotion(result) -> None:
 
 
 def cmd_fetch(args) -> int:
-    from search.registry import fetch
+    from search.registry import KERAS_FILE, fetch, parse_model_ref
     from search.tracking import resolve_tracking_uri
 
-    path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    parse_model_ref(args.model)  # a bad reference fails before MLflow is even imported
+    if (args.out / KERAS_FILE).exists() and not args.force:
+        raise InputError(f"--out: {args.out / KERAS_FILE} already exists; pass --force to "
+                         f"replace it")
+    created = _missing_folders(args.out)
+    try:
+        path = fetch(args.model, args.out,
+                     tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    except BaseException:
+        for folder in created:  # a failed fetch leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     out.print(f"wrote {path}")
     return EXIT_OK
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def cmd_predict(args) -> int:
+    from search.registry import parse_model_ref
     from search.tracking import resolve_tracking_uri
 
+    parse_model_ref(args.model)  # bad input fails in a blink, before TensorFlow loads
     box = _parse_box(args.box)
     _start_tensorflow(None)
     from search.predict import predict_images
 
-    predictions = predict_images(args.model, args.images, box=box,
-                                 tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    predictions = predict_images(
+        args.model, args.images, box=box, warn=lambda text: err.print(
+            f"warning: {text}", markup=False, soft_wrap=True),
+        tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
     for p in predictions:
+        if args.json:  # one object per face, every probability at full precision
+            print(json.dumps({"file": str(p.file), "expression": p.expression,
+                              "probabilities": p.probabilities}), flush=True)
+            continue
         probs = "  ".join(f"{name} {value:.3f}" for name, value in p.probabilities.items())
         out.print(f"{p.file}: [bold]{p.expression}[/]  ({probs})")
     return EXIT_OK
