@@ -374,3 +374,25 @@ def test_fetch_onto_a_full_disk_names_the_cause_and_leaves_no_folder(
     assert "No space left on device" in err, err
     assert len(err.strip().splitlines()) == 1
     assert list(small_disk.iterdir()) == []
+
+
+# -------------------------------------------------- item 6: run warns once about skipped faces
+
+
+def test_run_warns_once_with_the_counts_of_skipped_faces(tmp_path: Path) -> None:
+    from search.data import DataProvider
+    from search.spec import load_spec
+
+    root = tmp_path / "expw"
+    write_expw(root)
+    (root / "image" / "origin" / "img_001.jpg").write_bytes(b"")
+    (root / "image" / "origin" / "img_002.jpg").write_text("text")
+    warnings: list[str] = []
+    provider = DataProvider(load_spec(write_run_spec(tmp_path, root, "warn")), warn=warnings.append)
+    provider.first()
+    provider.get(32)  # the same data again: no second line
+    provider.get(33)  # another size, the same faces skipped: no second line
+    assert warnings == [
+        "skipped 3 of 105 faces: 2 in zero-byte images (img_001.jpg); 1 in files that are not "
+        f"images (img_002.jpg) (fer-search data check {root} lists them)"
+    ]
