@@ -241,6 +241,7 @@ def _stop_gently_on_sigint() -> None:
 def _run_workers(args) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.workers), and prints the leaderboard when they are done."""
+    from search.data import DataProvider
     from search.spec import load_spec
     from search.storage import mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
@@ -249,6 +250,8 @@ def _run_workers(args) -> int:
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    # Bad data stops before the banner; prepare_study warns about skipped faces, once.
+    DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
               f"{args.workers} workers")
