@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +41,7 @@ from trainer.atomic import (
     file_lock,
     remove_stale_temps,
     require_free_space,
+    shrink_npy,
 )
 from trainer.errors import DataError
 from trainer.expw import FaceRecord
@@ -339,7 +339,7 @@ class _CropWriter:
         self.faces.flush()
         del self.faces  # unmap before the file is shrunk
         if self.rows < capacity:
-            _shrink_npy(self.faces_path, self.rows)
+            shrink_npy(self.faces_path, self.rows)
         np.save(out_dir / "labels.npy", self.labels[:self.rows], allow_pickle=False)
         np.save(out_dir / "groups.npy", np.asarray(self.groups, dtype=str), allow_pickle=False)
 
@@ -413,36 +413,3 @@ def _build_crops(
         writer.rows, len(by_image), meta["build_seconds"], writer.skipped_count,
     )
     return meta
-
-
-def _shrink_npy(path: Path, rows: int) -> None:
-    """Cuts a C-order .npy file down to its first ``rows`` rows, in place.
-
-    The header is rewritten with the new shape, padded to its old length so the data does not
-    move, and the file is truncated: no copy of the (possibly gigabytes of) data is made.
-    """
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        version = fmt.read_magic(f)
-        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
-        shape, fortran_order, dtype = read_header[version](f)
-        offset = f.tell()
-        if fortran_order or rows > shape[0]:
-            raise ValueError(f"cannot shrink {path} of shape {shape} to {rows} rows")
-        new_shape = (rows, *shape[1:])
-        header = (
-            f"{{'descr': {fmt.dtype_to_descr(dtype)!r}, 'fortran_order': False, "
-            f"'shape': {new_shape!r}, }}"
-        )
-        length_format = "<H" if version == (1, 0) else "<I"
-        prefix = fmt.magic(*version) + struct.pack(length_format, 0)
-        header_len = offset - len(prefix)
-        # A shorter shape always fits in the old header's space; pad with spaces as numpy does.
-        padded = header.ljust(header_len - 1) + "\n"
-        if len(padded) != header_len:
-            raise ValueError(f"new header of {path} does not fit its old {header_len} bytes")
-        f.seek(0)
-        f.write(fmt.magic(*version) + struct.pack(length_format, header_len))
-        f.write(padded.encode("latin1"))
-        f.truncate(offset + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-
