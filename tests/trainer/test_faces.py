@@ -196,3 +196,19 @@ def test_free_space_is_measured_on_the_nearest_existing_folder(
 
 def test_crops_bytes_covers_the_faces_file() -> None:
     assert crops.crops_bytes(100, SIZE) > 100 * SIZE * SIZE * 3
+
+
+def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.trainer.arrays import array_dataset
+    from trainer import TrainConfig, train
+    from trainer.features import feature_path
+
+    data = array_dataset(tmp_path / "cache")
+    config = TrainConfig(weights="none", image_size=32, epochs=1, batch_size=16, head_width=8)
+    monkeypatch.setenv("FER_SEARCH_DISK_LIMIT_BYTES", "1000")
+    with pytest.raises(DiskFull, match="the feature cache"):
+        train(config, data)
+    assert not feature_path(data, "train", config).parent.exists()
+    assert list((tmp_path / "cache").rglob("*.npy")) == []  # no partial array anywhere
