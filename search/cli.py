@@ -8,6 +8,7 @@ Exit codes (search.contracts): 0 success, 2 bad input (one line on stderr), 1 ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or EXIT_OK
     except KeyboardInterrupt:
-        err.print("interrupted: the running trial was recorded as failed and will be retried")
+        if getattr(args, "trials_started", False):
+            err.print("interrupted: the running trial was recorded as failed and will be retried")
+        else:
+            err.print("interrupted before any trial started: nothing was recorded")
         # A worker is stopped on purpose (Ctrl-C twice, or a stop before any trial started):
         # its trial is recorded, so that is a clean exit for whoever supervises it.
         return EXIT_OK if args.handler is cmd_worker else EXIT_INTERRUPTED
@@ -50,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         err.print(f"error: {_one_line(error)}", markup=False, soft_wrap=True)
-        if code == EXIT_FAILURE and not isinstance(error, SearchError):
+        if code == EXIT_FAILURE and not _explained(error):
             err.print("(run with --debug for the traceback)")
         return code
 
@@ -62,6 +66,13 @@ def exit_code_of(error: BaseException) -> int:
     bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
                  trainer.WeightsError)
     return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILURE
+
+
+def _explained(error: BaseException) -> bool:
+    """Errors raised on purpose say all there is to say; no traceback hint after them."""
+    import trainer
+
+    return isinstance(error, SearchError | trainer.TrainerError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
     fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
+    fetch.add_argument("--force", action="store_true", help="replace a model.keras already there")
     _tracking_option(fetch)
 
     history = _command(commands, "history", cmd_history,
@@ -129,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"NAME@ALIAS or NAME/VERSION (default {default_model})")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per face, every probability at full precision")
     _tracking_option(predict)
 
     status = _command(commands, "status", cmd_status, "the trials of a study")
@@ -239,6 +253,7 @@ def cmd_worker(args) -> int:
 def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.workers), and prints the leaderboard when they are done."""
+    from search.data import DataProvider
     from search.spec import load_spec
     from search.storage import mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
@@ -247,6 +262,8 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    # Bad data stops before the banner; prepare_study warns about skipped faces, once.
+    DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
               f"{args.workers} workers")
@@ -281,14 +298,21 @@ def _run(args, leaderboard: bool):
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    _start_tensorflow(args.threads)
     from search.data import DataProvider
+
+    data = DataProvider(spec, args.cache_dir)
+    data.first()  # bad data stops here, before the banner names a study that never starts
+    _start_tensorflow(args.threads)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study
 
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
-    data = DataProvider(spec, args.cache_dir)
+
+    def on_start(expected: int) -> None:
+        args.trials_started = True  # from here on, Ctrl-C has a trial to record
+        progress.start(expected)
+
     with TrialProgress(err, spec.metric, spec.direction) as progress:
         summary = run_study(
             spec,
@@ -297,7 +321,7 @@ def _run(args, leaderboard: bool):
             n_trials=args.n_trials,
             timeout=args.timeout,
             data=data,
-            on_start=progress.start,
+            on_start=on_start,
             on_trial_end=progress.advance,
         )
     err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
@@ -344,10 +368,22 @@ def _print_promotion(result) -> None:
 
 
 def cmd_fetch(args) -> int:
-    from search.registry import fetch
+    from search.registry import KERAS_FILE, fetch, parse_model_ref
     from search.tracking import resolve_tracking_uri
 
-    path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    parse_model_ref(args.model)  # a bad reference fails before MLflow is even imported
+    if (args.out / KERAS_FILE).exists() and not args.force:
+        raise InputError(f"--out: {args.out / KERAS_FILE} already exists; pass --force to "
+                         f"replace it")
+    created = _missing_folders(args.out)
+    try:
+        path = fetch(args.model, args.out,
+                     tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    except BaseException:
+        for folder in created:  # a failed fetch leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     out.print(f"wrote {path}")
     return EXIT_OK
 
@@ -380,16 +416,34 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def cmd_predict(args) -> int:
+    from search.registry import parse_model_ref
     from search.tracking import resolve_tracking_uri
 
+    parse_model_ref(args.model)  # bad input fails in a blink, before TensorFlow loads
     box = _parse_box(args.box)
     _start_tensorflow(None)
     from search.predict import predict_images
 
-    predictions = predict_images(args.model, args.images, box=box,
-                                 tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    predictions = predict_images(
+        args.model, args.images, box=box, warn=lambda text: err.print(
+            f"warning: {text}", markup=False, soft_wrap=True),
+        tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
     for p in predictions:
+        if args.json:  # one object per face, every probability at full precision
+            print(json.dumps({"file": str(p.file), "expression": p.expression,
+                              "probabilities": p.probabilities}), flush=True)
+            continue
         probs = "  ".join(f"{name} {value:.3f}" for name, value in p.probabilities.items())
         out.print(f"{p.file}: [bold]{p.expression}[/]  ({probs})")
     return EXIT_OK
@@ -466,18 +520,30 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     import trainer
+    from search.data import report_lines
 
     config = trainer.DataConfig(root=args.root, label_file=args.label_file,
                                 image_dir=args.image_dir, strict=args.strict,
                                 cache_dir=args.cache_dir)
-    report = trainer.inspect_dataset(config)
+    # Every image is decoded: a bar on stderr (gone when done) says how far it is.
+    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        report = trainer.inspect_dataset(
+            config, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         out.print_json(json.dumps(report.to_dict()))
         return EXIT_OK
     from search.progress import data_report_table
 
-    out.print(data_report_table(report))
+    table = data_report_table(report)
+    table.caption = None  # the footer is printed below, unwrapped, whatever the width
+    out.print(table)
+    for line in report_lines(report):
+        out.print(line, markup=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -222,7 +222,7 @@ def _download_version(client, version, staging: Path) -> dict[str, Any]:
     except Exception as exc:
         raise RegistryError(
             f"cannot download {version.name} version {version.version} from {base}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"  # the cause included
         ) from None
     os.replace(keras_local, staging / KERAS_FILE)
     meta = mlmodel.get("metadata") or {}
