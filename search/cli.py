@@ -249,8 +249,9 @@ def _run_workers(args) -> int:
 
     from search.progress import leaderboard_table
 
-    study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
-    out.print(leaderboard_table(study, spec.metric))
+    with _storage(storage_url) as storage:
+        out.print(leaderboard_table(optuna.load_study(study_name=spec.name, storage=storage),
+                                    spec.metric))
     if result.exit_code != EXIT_OK:
         return result.exit_code
     if args.promote:
@@ -291,8 +292,9 @@ def _run(args, leaderboard: bool):
     if leaderboard:
         import optuna
 
-        study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
-        out.print(leaderboard_table(study, spec.metric))
+        with _storage(storage_url) as storage:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+            out.print(leaderboard_table(study, spec.metric))
         if summary.best is not None:
             out.print(f"best: trial {summary.best.number}, {spec.metric} = "
                       f"{summary.best.value:.4f}, params {summary.best.params}")
@@ -306,6 +308,7 @@ def cmd_promote(args) -> int:
     from search.tracking import resolve_tracking_uri
 
     urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
+    _require_stores(*urls)  # in seconds, before TensorFlow loads
     _start_tensorflow(None)
     _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name))
     return EXIT_OK
@@ -331,7 +334,9 @@ def cmd_fetch(args) -> int:
     from search.registry import fetch
     from search.tracking import resolve_tracking_uri
 
-    path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, tracking_uri)
+    path = fetch(args.model, args.out, tracking_uri=tracking_uri)
     out.print(f"wrote {path}")
     return EXIT_OK
 
@@ -340,11 +345,12 @@ def cmd_predict(args) -> int:
     from search.tracking import resolve_tracking_uri
 
     box = _parse_box(args.box)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, tracking_uri)
     _start_tensorflow(None)
     from search.predict import predict_images
 
-    predictions = predict_images(args.model, args.images, box=box,
-                                 tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    predictions = predict_images(args.model, args.images, box=box, tracking_uri=tracking_uri)
     for p in predictions:
         probs = "  ".join(f"{name} {value:.3f}" for name, value in p.probabilities.items())
         out.print(f"{p.file}: [bold]{p.expression}[/]  ({probs})")
@@ -369,20 +375,19 @@ def cmd_status(args) -> int:
     from search.progress import trials_table
     from search.storage import resolve_storage
 
-    storage = _storage(resolve_storage(args.storage, None))
-    study = _load_study(args.study, storage)
-    out.print(trials_table(study))
+    with _storage(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(trials_table(_load_study(args.study, storage)))
     return EXIT_OK
 
 
 def cmd_studies(args) -> int:
+    import optuna
+
     from search.progress import studies_table
     from search.storage import resolve_storage
 
-    storage = _storage(resolve_storage(args.storage, None))
-    import optuna
-
-    out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
+    with _storage(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
     return EXIT_OK
 
 
@@ -390,6 +395,7 @@ def cmd_ui(args) -> int:
     from search.tracking import DEFAULT_ARTIFACT_ROOT, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if not uri.startswith(("http://", "https://")):
@@ -404,7 +410,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from search.storage import mask_url, open_storage, resolve_storage
+    from search.storage import mask_url, resolve_storage
 
     try:
         import optuna_dashboard
@@ -414,10 +420,10 @@ def cmd_dashboard(args) -> int:
     url = resolve_storage(args.storage, None)
     # The URL comes by flag or $FER_SEARCH_STORAGE (compose), never on optuna-dashboard's own
     # command line, where `ps` would show its password.
-    storage = open_storage(url)
-    out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
-              f"(Ctrl-C to stop)")
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    with _storage(url, read_only=True) as storage:
+        out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
+                  f"(Ctrl-C to stop)")
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return EXIT_OK
 
 
@@ -459,10 +465,22 @@ def _start_tensorflow(threads: int | None) -> None:
     set_threads(threads)  # TensorFlow was already loaded (tests): the same value, or an error
 
 
-def _storage(url: str):
-    from search.storage import open_storage
+def _storage(url: str, read_only: bool = False):
+    """The storage at `url` for a `with` block, closed after (a one-shot command: no retries;
+    `read_only`: it must exist, nothing is created)."""
+    from search.storage import storage_session
 
-    return open_storage(url)
+    return storage_session(url, read_only=read_only)
+
+
+def _require_stores(storage_url: str | None, tracking_uri: str) -> None:
+    """One-shot commands: each store exists and answers, else one line within seconds."""
+    from search.storage import require_tracking_store, storage_session
+
+    if storage_url is not None:
+        with storage_session(storage_url, read_only=True):
+            pass
+    require_tracking_store(tracking_uri)
 
 
 def _load_study(name: str, storage):
