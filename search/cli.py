@@ -228,13 +228,14 @@ def _run_workers(args) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.workers), and prints the leaderboard when they are done."""
     from search.spec import load_spec
-    from search.storage import mask_url, resolve_storage
+    from search.storage import check_reachable, mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
     from search.workers import WorkerPlan, prepare_study, run_workers
 
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
               f"{args.workers} workers")
@@ -263,12 +264,13 @@ def _run_workers(args) -> int:
 
 def _run(args, leaderboard: bool):
     from search.spec import load_spec
-    from search.storage import mask_url, resolve_storage
+    from search.storage import check_reachable, mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
 
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)  # an unreachable store fails in seconds, not after TF loads
     _start_tensorflow(args.threads)
     from search.data import DataProvider
     from search.progress import TrialProgress, leaderboard_table

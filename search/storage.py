@@ -187,6 +187,32 @@ def storage_session(url: str, on_stale=None, *, read_only: bool = False,
         close_storage(storage)
 
 
+def check_reachable(url: str) -> None:
+    """Before a study loads TensorFlow and its data: the storage at `url` can be used, or one
+    line now. Creates nothing (a new SQLite file is made later, once the data is valid): a
+    SQLite URL's path is checked; a server gets one connection, not retried, then closed.
+
+    Raises:
+        InputError, StorageError: as `open_storage`.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # open_storage says what is wrong with it
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            _check_sqlite_path(url, Path(parsed.database), read_only=False)
+        return
+    engine = create_engine(url, **_engine_kwargs(url))
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise _open_error(url, exc) from None
+    finally:
+        engine.dispose()
+
+
 def _check_sqlite_path(url: str, path: Path, read_only: bool) -> None:
     """A SQLite URL names a database file: a folder or another kind of file is a mistake the
     user can fix (exit 2), and for a read-only command so is a file that does not exist."""
