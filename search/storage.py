@@ -575,8 +575,7 @@ def require_tracking_store(uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health",
-                                        timeout=TRACKING_PROBE_S):
+            with urllib.request.urlopen(_health_request(uri), timeout=TRACKING_PROBE_S):
                 return
         except urllib.error.HTTPError as error:
             if error.code < 500:  # it answers (a proxy or an auth wall): let MLflow say more
@@ -605,3 +604,23 @@ def require_tracking_store(uri: str) -> None:
         if not path.is_dir():
             raise InputError(f"tracking store: {masked} does not exist (no folder {path}); this "
                              f"command never creates one: check --tracking-uri")
+
+
+def _health_request(uri: str):
+    """GET <uri>/health; a `user:password@` in the URL becomes basic auth, as MLflow sends it
+    (urllib would take it for part of the host name)."""
+    import base64
+    import urllib.request
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/") + "/health"
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, path, "", "")))
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    return request
