@@ -94,10 +94,11 @@ def measure(cluster, spec_path: Path) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from search.storage import open_storage
+    from search.storage import storage_session
 
-    study = optuna.load_study(study_name=spec_path.stem, storage=open_storage(cluster.url()))
-    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    with storage_session(cluster.url(), read_only=True) as storage:
+        study = optuna.load_study(study_name=spec_path.stem, storage=storage)
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
     starts = [t.datetime_start for t in trials]
     ends = [t.datetime_complete for t in trials]
     span = (max(ends) - min(starts)).total_seconds()

@@ -255,13 +255,14 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     it (search.workers), and prints the leaderboard when they are done."""
     from search.data import DataProvider
     from search.spec import load_spec
-    from search.storage import mask_url, resolve_storage
+    from search.storage import check_reachable, mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
     from search.workers import WorkerPlan, prepare_study, run_workers
 
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)
     # Bad data stops before the banner; prepare_study warns about skipped faces, once.
     DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
@@ -279,8 +280,9 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
 
     from search.progress import leaderboard_table
 
-    study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
-    out.print(leaderboard_table(study, spec.metric))
+    with _storage(storage_url) as storage:
+        out.print(leaderboard_table(optuna.load_study(study_name=spec.name, storage=storage),
+                                    spec.metric))
     if result.exit_code != EXIT_OK:
         return result.exit_code
     if args.promote:
@@ -292,12 +294,13 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
 
 def _run(args, leaderboard: bool):
     from search.spec import load_spec
-    from search.storage import mask_url, resolve_storage
+    from search.storage import check_reachable, mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
 
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)  # an unreachable store fails in seconds, not after TF loads
     from search.data import DataProvider
 
     data = DataProvider(spec, args.cache_dir)
@@ -328,8 +331,9 @@ def _run(args, leaderboard: bool):
     if leaderboard:
         import optuna
 
-        study = optuna.load_study(study_name=spec.name, storage=_storage(storage_url))
-        out.print(leaderboard_table(study, spec.metric))
+        with _storage(storage_url) as storage:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+            out.print(leaderboard_table(study, spec.metric))
         if summary.best is not None:
             out.print(f"best: trial {summary.best.number}, {spec.metric} = "
                       f"{summary.best.value:.4f}, params {summary.best.params}")
@@ -343,6 +347,7 @@ def cmd_promote(args) -> int:
     from search.tracking import resolve_tracking_uri
 
     urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
+    _require_stores(*urls)  # in seconds, before TensorFlow loads
     _start_tensorflow(None)
     _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name,
                               trial_number=args.trial))
@@ -375,10 +380,11 @@ def cmd_fetch(args) -> int:
     if (args.out / KERAS_FILE).exists() and not args.force:
         raise InputError(f"--out: {args.out / KERAS_FILE} already exists; pass --force to "
                          f"replace it")
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, tracking_uri)
     created = _missing_folders(args.out)
     try:
-        path = fetch(args.model, args.out,
-                     tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+        path = fetch(args.model, args.out, tracking_uri=tracking_uri)
     except BaseException:
         for folder in created:  # a failed fetch leaves no empty folder behind
             with contextlib.suppress(OSError):
@@ -395,6 +401,7 @@ def cmd_history(args) -> int:
 
     name = check_model_name(args.model)
     uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, uri)
     client = registry_tracker(uri).client
     registered = registered_model(client, name, uri)
     out.print(history_table(name, alias_history(client, name), registered.aliases))
@@ -410,8 +417,10 @@ def cmd_serve(args) -> int:
                   f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop)")
         sys.stdout.flush()
 
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, tracking_uri)
     _start_tensorflow(None)
-    serve(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri, None),
+    serve(args.model, tracking_uri=tracking_uri,
           host=args.host, port=args.port, on_ready=ready)
     return EXIT_OK
 
@@ -432,13 +441,15 @@ def cmd_predict(args) -> int:
 
     parse_model_ref(args.model)  # bad input fails in a blink, before TensorFlow loads
     box = _parse_box(args.box)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, tracking_uri)
     _start_tensorflow(None)
     from search.predict import predict_images
 
     predictions = predict_images(
         args.model, args.images, box=box, warn=lambda text: err.print(
             f"warning: {text}", markup=False, soft_wrap=True),
-        tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+        tracking_uri=tracking_uri)
     for p in predictions:
         if args.json:  # one object per face, every probability at full precision
             print(json.dumps({"file": str(p.file), "expression": p.expression,
@@ -467,20 +478,19 @@ def cmd_status(args) -> int:
     from search.progress import trials_table
     from search.storage import resolve_storage
 
-    storage = _storage(resolve_storage(args.storage, None))
-    study = _load_study(args.study, storage)
-    out.print(trials_table(study))
+    with _storage(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(trials_table(_load_study(args.study, storage)))
     return EXIT_OK
 
 
 def cmd_studies(args) -> int:
+    import optuna
+
     from search.progress import studies_table
     from search.storage import resolve_storage
 
-    storage = _storage(resolve_storage(args.storage, None))
-    import optuna
-
-    out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
+    with _storage(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
     return EXIT_OK
 
 
@@ -488,6 +498,7 @@ def cmd_ui(args) -> int:
     from search.tracking import DEFAULT_ARTIFACT_ROOT, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, None)
+    _require_stores(None, uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if not uri.startswith(("http://", "https://")):
@@ -502,7 +513,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from search.storage import mask_url, open_storage, resolve_storage
+    from search.storage import mask_url, resolve_storage
 
     try:
         import optuna_dashboard
@@ -512,10 +523,10 @@ def cmd_dashboard(args) -> int:
     url = resolve_storage(args.storage, None)
     # The URL comes by flag or $FER_SEARCH_STORAGE (compose), never on optuna-dashboard's own
     # command line, where `ps` would show its password.
-    storage = open_storage(url)
-    out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
-              f"(Ctrl-C to stop)")
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    with _storage(url, read_only=True) as storage:
+        out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
+                  f"(Ctrl-C to stop)")
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     return EXIT_OK
 
 
@@ -569,10 +580,22 @@ def _start_tensorflow(threads: int | None) -> None:
     set_threads(threads)  # TensorFlow was already loaded (tests): the same value, or an error
 
 
-def _storage(url: str):
-    from search.storage import open_storage
+def _storage(url: str, read_only: bool = False):
+    """The storage at `url` for a `with` block, closed after (a one-shot command: no retries;
+    `read_only`: it must exist, nothing is created)."""
+    from search.storage import storage_session
 
-    return open_storage(url)
+    return storage_session(url, read_only=read_only)
+
+
+def _require_stores(storage_url: str | None, tracking_uri: str) -> None:
+    """One-shot commands: each store exists and answers, else one line within seconds."""
+    from search.storage import require_tracking_store, storage_session
+
+    if storage_url is not None:
+        with storage_session(storage_url, read_only=True):
+            pass
+    require_tracking_store(tracking_uri)
 
 
 def _load_study(name: str, storage):

@@ -34,7 +34,7 @@ from search.data import DataProvider
 from search.errors import InputError
 from search.registry import RegistryError, check_model_name, registry_tracker
 from search.spec import StudySpec, spec_from_text
-from search.storage import mask_url, named_lock, open_storage
+from search.storage import mask_url, named_lock, storage_session
 from search.study import PARENT_RUN_ATTR, SPEC_ATTR, SPEC_PATH_ATTR
 from search.tracking import Tracker
 
@@ -238,15 +238,20 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
 
 
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
-    """The study, or an `InputError` naming the storage and the studies it does hold."""
-    storage = open_storage(storage_url)
-    names = optuna.get_all_study_names(storage)
-    if study_name not in names:
-        raise InputError(
-            f"no study named {study_name!r} in {mask_url(storage_url)}; studies there: "
-            f"{', '.join(sorted(names)) or 'none'}"
-        )
-    return optuna.load_study(study_name=study_name, storage=storage)
+    """The study, or an `InputError` naming the storage and the studies it does hold.
+
+    A snapshot in memory: the storage (which must exist; it is only read) is closed here."""
+    with storage_session(storage_url, read_only=True) as storage:
+        names = optuna.get_all_study_names(storage)
+        if study_name not in names:
+            raise InputError(
+                f"no study named {study_name!r} in {mask_url(storage_url)}; studies there: "
+                f"{', '.join(sorted(names)) or 'none'}"
+            )
+        snapshot = optuna.storages.InMemoryStorage()
+        optuna.copy_study(from_study_name=study_name, from_storage=storage,
+                          to_storage=snapshot)
+    return optuna.load_study(study_name=study_name, storage=snapshot)
 
 
 def best_trial(study: optuna.Study, storage_url: str) -> FrozenTrial:

@@ -31,6 +31,7 @@ from search.space import Categorical, Param
 from search.spec import StudySpec
 from search.storage import (
     MAX_RETRY,
+    close_storage,
     mask_url,
     open_storage,
     study_lock,
@@ -139,7 +140,8 @@ def run_study(
     provider = data or DataProvider(spec)
     dataset = provider.get(_first_image_size(spec))
     lost = _LostRuns()
-    storage = open_storage(storage_url, on_stale=lost)
+    # Held for this loop's life (retrying through outages), closed in the `finally` below.
+    storage = open_storage(storage_url, on_stale=lost, resilient=True)
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment_id(spec.name)
     # Under the lock, so that workers starting together on a new study share one parent run.
@@ -188,12 +190,15 @@ def run_study(
                 grid_queue.fill_queue(study, spec)
         raise
     finally:
-        summary.best = _best_trial(study)
-        tracker.close_study_run(
-            parent_run_id,
-            status,
-            {f"best_{spec.metric}": summary.best.value} if summary.best else {},
-        )
+        try:
+            summary.best = _best_trial(study)
+            tracker.close_study_run(
+                parent_run_id,
+                status,
+                {f"best_{spec.metric}": summary.best.value} if summary.best else {},
+            )
+        finally:
+            close_storage(storage)  # its pooled connections, now rather than at exit
     return summary
 
 

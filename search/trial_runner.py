@@ -8,6 +8,7 @@ other trial would fail the same way.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -181,13 +182,21 @@ def most_epochs(spec: StudySpec) -> int | None:
 
 class _Heartbeat:
     """Records the trial's heartbeat every interval while it runs (Optuna's `optimize` does this
-    for its own trials; claimed trials need it too, or a live worker would look dead)."""
+    for its own trials; claimed trials need it too, or a live worker would look dead).
+
+    A beat is never retried (a missed one is harmless: the next comes an interval later), and
+    the trial's end waits at most JOIN_S for a beat in flight: a trial ending during a database
+    outage finishes as soon as its own calls get through, not after a beat's retries."""
+
+    JOIN_S = 2.0
 
     def __init__(self, storage, trial_id: int) -> None:
         self._storage = storage
         self._trial_id = trial_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # ResilientRDBStorage's unretried beat; any other storage's own.
+        self._record = getattr(storage, "record_heartbeat_once", storage.record_heartbeat)
 
     def __enter__(self) -> _Heartbeat:
         interval = self._storage.get_heartbeat_interval()
@@ -200,11 +209,15 @@ class _Heartbeat:
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                self._storage.record_heartbeat(self._trial_id)
-            except Exception:  # a database blip: the next beat retries
+                self._record(self._trial_id)
+            except Exception:  # a database blip: the next beat tries again
                 pass
+        with contextlib.suppress(Exception):  # this thread's pooled session, back to the pool
+            self._storage.remove_session()
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A beat stuck on a dead connection ends by itself (daemon thread; a stale beat
+            # after the trial's end is harmless).
+            self._thread.join(timeout=self.JOIN_S)

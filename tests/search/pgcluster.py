@@ -336,12 +336,39 @@ def spawn_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
     return Worker(process, log)
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    """Polls `condition()` until it returns something truthy; returns it."""
+def wait_for(condition, timeout: float, what: str, interval: float = 0.2,
+             watch: tuple[Worker, ...] = ()):
+    """Polls `condition()` until it returns something truthy; returns it.
+
+    A poll that raises is retried (the store may not exist yet); on timeout the failure names
+    the last error and the last value seen, not just "not ready". A watched worker that exits
+    meanwhile fails the wait at once, with its output.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
+    last_error: BaseException | None = None
+    last_value = None
+    while True:
+        try:
+            value = condition()
+        except Exception as error:  # noqa: BLE001  (kept for the failure message)
+            last_error, value = error, None
+        else:
+            last_error, last_value = None, value
         if value:
             return value
+        for worker in watch:
+            if worker.process.poll() is not None:
+                raise AssertionError(
+                    f"waiting for {what}: {worker.log.stem} exited with "
+                    f"{worker.process.returncode}; last seen: {_seen(last_error, last_value)}; "
+                    f"its output:\n{worker.output()[-3000:]}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last "
+                                 f"seen: {_seen(last_error, last_value)}")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _seen(error: BaseException | None, value) -> str:
+    if error is not None:
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+    return repr(value)[:500]

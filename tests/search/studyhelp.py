@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 SPEC = {
@@ -38,3 +40,45 @@ def urls(folder: Path) -> dict[str, str]:
         "storage_url": f"sqlite:///{folder}/studies/optuna.db",
         "tracking_uri": f"sqlite:///{folder}/mlruns/mlflow.db",
     }
+
+
+class Stores:
+    """The storages a test reads through: one per URL, opened read-only on first use (a test
+    never creates a store its subject should create), all closed when the test ends. Polls go
+    through them, so a test holds one engine per URL however often it polls."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, object] = {}
+
+    def get(self, url: str):
+        from search.storage import open_storage
+
+        if url not in self._open:
+            self._open[url] = open_storage(url, read_only=True)
+        return self._open[url]
+
+    def study(self, url: str, name: str):
+        import optuna
+
+        return optuna.load_study(study_name=name, storage=self.get(url))
+
+    def trials(self, url: str, name: str) -> list:
+        return self.study(url, name).get_trials()
+
+    def close(self) -> None:
+        from search.storage import close_storage
+
+        for storage in self._open.values():
+            close_storage(storage)
+        self._open.clear()
+
+
+@pytest.fixture(name="stores")
+def stores_fixture() -> Iterator[Stores]:
+    """`stores`: one `Stores` per test, closed at its end. A test module imports
+    `stores_fixture` to use it."""
+    opened = Stores()
+    try:
+        yield opened
+    finally:
+        opened.close()

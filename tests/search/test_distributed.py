@@ -23,7 +23,13 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from search import grid_queue
-from search.storage import is_transient, open_storage, retry_transient
+from search.storage import (
+    ResilientRDBStorage,
+    is_transient,
+    open_storage,
+    retry_transient,
+    storage_session,
+)
 from search.workers import (
     WorkerPlan,
     aggregate_exit_codes,
@@ -34,7 +40,7 @@ from search.workers import (
 )
 from tests.search.pgcluster import spawn_worker, wait_for
 from tests.search.pgcluster import worker_env as env_for
-from tests.search.studyhelp import write_spec
+from tests.search.studyhelp import Stores, stores_fixture, write_spec  # noqa: F401 (fixture)
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
@@ -46,8 +52,6 @@ def _sqlite(folder: Path) -> tuple[str, str]:
     return (f"sqlite:///{folder}/studies/optuna.db", f"sqlite:///{folder}/mlruns/mlflow.db")
 
 
-def _trials(storage_url: str, name: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=open_storage(storage_url)).get_trials()
 
 
 def _point(trial: FrozenTrial) -> tuple:
@@ -70,13 +74,10 @@ def _trial_runs(tracking_uri: str, name: str) -> tuple[list, list]:
             [r for r in runs if r.data.tags.get("fer_search.kind") == "study"])
 
 
-def _mid_trial(storage_url: str, name: str) -> FrozenTrial | None:
-    """A RUNNING trial past its first epoch (its MLflow run made, its heartbeat beating)."""
-    try:
-        trials = _trials(storage_url, name)
-    except Exception:  # the study (or the database file) does not exist yet
-        return None
-    for trial in trials:
+def _mid_trial(stores: Stores, storage_url: str, name: str) -> FrozenTrial | None:
+    """A RUNNING trial past its first epoch (its MLflow run made, its heartbeat beating).
+    Raises while the store or the study does not exist yet (wait_for retries and reports it)."""
+    for trial in stores.trials(storage_url, name):
         if (trial.state == TrialState.RUNNING and trial.intermediate_values
                 and trial.user_attrs.get("mlflow_run_id")):
             return trial
@@ -161,8 +162,15 @@ def _lose_first_answer(monkeypatch):
     return calls
 
 
+def _resilient(tmp_path: Path, monkeypatch) -> ResilientRDBStorage:
+    """A study loop's storage (calls retried), closed when the test ends."""
+    storage = open_storage(_sqlite(tmp_path)[0], resilient=True)
+    monkeypatch.setattr(storage, "retry_s", 60.0)
+    return storage
+
+
 def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path, monkeypatch):
-    storage = open_storage(_sqlite(tmp_path)[0])
+    storage = _resilient(tmp_path, monkeypatch)
     study = optuna.create_study(study_name="lost-tell", storage=storage)
     trial = study.ask()
     calls = _lose_first_answer(monkeypatch)
@@ -174,7 +182,7 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path, monkeypatch):
 def test_a_claim_whose_answer_was_lost_still_beats(tmp_path, monkeypatch):
     """Optuna fails only trials that have a heartbeat: a claim that landed unseen must get one,
     or the trial stays RUNNING forever and a grid waits for it."""
-    storage = open_storage(_sqlite(tmp_path)[0])
+    storage = _resilient(tmp_path, monkeypatch)
     study = optuna.create_study(study_name="lost-claim", storage=storage)
     study.enqueue_trial({"x": 1})
     _lose_first_answer(monkeypatch)
@@ -185,6 +193,62 @@ def test_a_claim_whose_answer_was_lost_still_beats(tmp_path, monkeypatch):
         from optuna.storages._rdb.models import TrialHeartbeatModel
 
         assert TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+
+
+def test_a_closed_storage_holds_no_connection(tmp_path):
+    url = _sqlite(tmp_path)[0]
+    with storage_session(url) as storage:
+        optuna.create_study(study_name="closed", storage=storage).ask()
+        assert storage.engine.pool.checkedin() >= 1  # the pool kept the connection it used
+    assert storage.engine.pool.checkedin() == 0 and storage.engine.pool.checkedout() == 0
+    with open_storage(url, read_only=True) as again:  # the storage is a context manager too
+        assert optuna.get_all_study_names(again) == ["closed"]
+    assert again.engine.pool.checkedin() == 0
+
+
+def test_a_heartbeat_is_never_retried(tmp_path, monkeypatch):
+    """A beat that fails is dropped (the next comes an interval later); other calls of a
+    study loop's storage are retried through the outage."""
+    storage = _resilient(tmp_path, monkeypatch)
+    study = optuna.create_study(study_name="beat", storage=storage)
+    trial_id = study.ask()._trial_id
+    calls = []
+
+    def refused(self, trial_id):
+        calls.append(trial_id)
+        raise _operational("connection refused")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", refused)
+    with pytest.raises(Exception, match="connection refused"):
+        storage.record_heartbeat_once(trial_id)
+    assert calls == [trial_id]  # once, on a storage that retries its other calls
+
+
+def test_a_trial_end_does_not_wait_for_a_stuck_beat():
+    """During an outage a beat may hang on a dead connection: the trial ends without it."""
+    import threading
+
+    from search.trial_runner import _Heartbeat
+
+    released, entered = threading.Event(), threading.Event()
+
+    class StuckStorage:
+        def get_heartbeat_interval(self):
+            return 0.01
+
+        def record_heartbeat(self, trial_id):
+            pass
+
+        def record_heartbeat_once(self, trial_id):
+            entered.set()
+            released.wait(120)  # a beat stuck until the test lets go
+
+    beat = _Heartbeat(StuckStorage(), 1)
+    beat.JOIN_S = 0.1
+    with beat:
+        assert entered.wait(30), "the heartbeat thread never beat"
+    assert not released.is_set()  # __exit__ returned while the beat was still stuck
+    released.set()
 
 
 # ------------------------------------------------------------------- the plan (no processes)
@@ -227,11 +291,11 @@ def test_urls_reach_workers_by_environment_not_command_line():
 
 
 def _claim_all(storage_url: str, study_name: str, results) -> None:
-    storage = open_storage(storage_url)
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    claimed = []
-    while (trial := grid_queue.claim_next(study, storage)) is not None:
-        claimed.append(trial.number)
+    with storage_session(storage_url, read_only=True) as storage:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        claimed = []
+        while (trial := grid_queue.claim_next(study, storage)) is not None:
+            claimed.append(trial.number)
     results.put(claimed)
 
 
@@ -245,9 +309,10 @@ def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request)
     else:
         url = request.getfixturevalue("pg_cluster").url()
     name = f"claims-{backend}"
-    study = optuna.create_study(study_name=name, storage=open_storage(url))
-    for i in range(60):
-        study.enqueue_trial({"x": i})
+    with storage_session(url) as storage:
+        study = optuna.create_study(study_name=name, storage=storage)
+        for i in range(60):
+            study.enqueue_trial({"x": i})
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF
     results = context.Queue()
     processes = [context.Process(target=_claim_all, args=(url, name, results))
@@ -269,7 +334,7 @@ def _local_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def test_run_with_two_workers_on_sqlite(tmp_path):
+def test_run_with_two_workers_on_sqlite(tmp_path, stores):
     spec = write_spec(tmp_path, name="local", space=GRID)
     result = subprocess.run(
         [sys.executable, "-m", "search.cli", "run", str(spec), "--workers", "2"],
@@ -281,7 +346,7 @@ def test_run_with_two_workers_on_sqlite(tmp_path):
     assert "[worker 1]" in output and "[worker 2]" in output
     assert "leaderboard: local" in result.stdout
     storage_url, tracking_uri = _sqlite(tmp_path)
-    trials = _trials(storage_url, "local")
+    trials = stores.trials(storage_url, "local")
     assert len(trials) == 4
     assert_every_point_complete_once(trials, GRID)
     runs, studies = _trial_runs(tracking_uri, "local")
@@ -290,19 +355,20 @@ def test_run_with_two_workers_on_sqlite(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path):
+def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path, stores):
     space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [SLOW],
              "head_width": [16, 32, 64]}
     spec = write_spec(tmp_path, name="stop", space=space)
     storage_url, tracking_uri = _sqlite(tmp_path)
     worker = spawn_worker(tmp_path, spec, env_for(storage_url, tracking_uri), "worker")
     try:
-        caught = wait_for(lambda: _mid_trial(storage_url, "stop"), 180, "a trial mid-training")
+        caught = wait_for(lambda: _mid_trial(stores, storage_url, "stop"), 180,
+                          "a trial mid-training", watch=(worker,))
         worker.process.send_signal(stop)
         assert worker.wait(180) == 0, worker.output()[-3000:]
     finally:
         worker.kill()
-    trials = {t.number: t for t in _trials(storage_url, "stop")}
+    trials = {t.number: t for t in stores.trials(storage_url, "stop")}
     assert trials[caught.number].state == TrialState.COMPLETE, "the trial was not finished"
     assert sorted(t.state.name for t in trials.values()) == ["COMPLETE", "WAITING", "WAITING"]
     client = MlflowClient(tracking_uri)
@@ -316,7 +382,7 @@ def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path):
 
 
 @pytest.mark.postgres
-def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path):
+def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path, stores):
     space = {**GRID, "learning_rate": [3.0e-3, 1.0e-2, 3.0e-2]}
     spec = write_spec(tmp_path, name="pg-grid", space=space)
     env = env_for(pg_cluster.url(), mlflow_server.uri)
@@ -327,7 +393,7 @@ def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path):
     finally:
         for worker in workers:
             worker.kill()
-    trials = _trials(pg_cluster.url(), "pg-grid")
+    trials = stores.trials(pg_cluster.url(), "pg-grid")
     assert len(trials) == 6
     assert_every_point_complete_once(trials, space)
     runs, studies = _trial_runs(mlflow_server.uri, "pg-grid")
@@ -338,20 +404,20 @@ def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path):
 
 @pytest.mark.postgres
 def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_server,
-                                                             tmp_path):
+                                                             tmp_path, stores):
     space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [SLOW],
              "head_width": [16, 32]}
     spec = write_spec(tmp_path, name="pg-kill", space=space)
     env = env_for(pg_cluster.url(), mlflow_server.uri)
     doomed = spawn_worker(tmp_path, spec, env, "doomed")
     try:
-        victim = wait_for(lambda: _mid_trial(pg_cluster.url(), "pg-kill"), 180,
-                          "the first worker's trial mid-training")
+        victim = wait_for(lambda: _mid_trial(stores, pg_cluster.url(), "pg-kill"), 180,
+                          "the first worker's trial mid-training", watch=(doomed,))
         doomed.process.send_signal(signal.SIGKILL)
         doomed.process.wait()
     finally:
         doomed.kill()
-    states = {t.number: t.state for t in _trials(pg_cluster.url(), "pg-kill")}
+    states = {t.number: t.state for t in stores.trials(pg_cluster.url(), "pg-kill")}
     assert states[victim.number] == TrialState.RUNNING  # killed mid-trial, nobody told
     rescuer = spawn_worker(tmp_path, spec, env, "rescuer")
     try:
@@ -359,7 +425,7 @@ def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_
     finally:
         rescuer.kill()
 
-    trials = _trials(pg_cluster.url(), "pg-kill")
+    trials = stores.trials(pg_cluster.url(), "pg-kill")
     by_number = {t.number: t for t in trials}
     assert by_number[victim.number].state == TrialState.FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
@@ -373,7 +439,7 @@ def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_
 
 
 @pytest.mark.postgres
-def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path):
+def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path, stores):
     space = {"learning_rate": [3.0e-3, 1.0e-2, 3.0e-2], "batch_size": [32], "epochs": [30],
              "head_width": [16, 32]}
     spec = write_spec(tmp_path, name="pg-restart", space=space)
@@ -382,17 +448,21 @@ def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path
     workers = [spawn_worker(tmp_path, spec, env, f"worker-{i}") for i in (1, 2)]
     try:
         def mid_study():
-            running = _mid_trial(pg_cluster.url(), "pg-restart")  # None before the study exists
-            done = running and [t for t in _trials(pg_cluster.url(), "pg-restart")
+            running = _mid_trial(stores, pg_cluster.url(), "pg-restart")
+            done = running and [t for t in stores.trials(pg_cluster.url(), "pg-restart")
                                 if t.state == TrialState.COMPLETE]
             return done or None
 
-        before = wait_for(mid_study, 300, "a complete trial and one mid-training")
-        # The server down for a few seconds, every connection cut: heartbeats, reports and
-        # MLflow's own store all meet the outage.
+        before = wait_for(mid_study, 300, "a complete trial and one mid-training",
+                          watch=tuple(workers))
+        # The server down until a worker has met the outage (no fixed sleep), every connection
+        # cut: heartbeats, reports and MLflow's own store all meet it.
         pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
-        time.sleep(3)
-        pg_cluster.start()
+        try:
+            wait_for(lambda: any("database unavailable" in w.output() for w in workers), 120,
+                     "a worker to meet the outage", watch=tuple(workers))
+        finally:
+            pg_cluster.start()
         for worker in workers:
             assert worker.wait(300) == 0, worker.output()[-3000:]
     finally:
@@ -400,7 +470,7 @@ def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path
             worker.kill()
 
     assert any("database unavailable" in w.output() for w in workers), "no retry was needed"
-    trials = _trials(pg_cluster.url(), "pg-restart")
+    trials = stores.trials(pg_cluster.url(), "pg-restart")
     assert [t for t in trials if t.state != TrialState.COMPLETE] == []
     assert_every_point_complete_once(trials, space)
     after = {t.number: t for t in trials}
@@ -409,3 +479,102 @@ def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path
         assert after[trial.number].intermediate_values == trial.intermediate_values
     runs, studies = _trial_runs(mlflow_server.uri, "pg-restart")
     assert_runs_match_trials(trials, runs, studies)
+
+
+# ------------------------------------------------------------- connections and outages (PG)
+
+# Connections one fer-search process holds to the Optuna database at most: its storage's pool
+# (the main thread's session and the heartbeat thread's, 2) and a study lock's own connection
+# (1, while it is held).
+PER_PROCESS = 3
+
+
+def _connections(cluster) -> Counter:
+    """Connections to the `optuna` database by application name (PGAPPNAME of each process),
+    not counting the one asking."""
+    import psycopg2
+
+    connection = psycopg2.connect(host="127.0.0.1", port=cluster.port, user="fer",
+                                  password=cluster.password, dbname="postgres",
+                                  application_name="fer-test-sampler")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT application_name FROM pg_stat_activity WHERE datname = "
+                           "'optuna' AND pid <> pg_backend_pid()")
+            return Counter(row[0] for row in cursor.fetchall())
+    finally:
+        connection.close()
+
+
+@pytest.mark.postgres
+def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_path, stores,
+                                                monkeypatch, capsys):
+    from search.cli import main
+
+    url = pg_cluster.url()
+    baseline = _connections(pg_cluster)
+    monkeypatch.setenv("PGAPPNAME", "fer-test-self")  # libpq names this process's connections
+    spec = write_spec(tmp_path, name="pg-conns", space=GRID)
+    workers = [spawn_worker(tmp_path, spec, env_for(url, mlflow_server.uri,
+                                                    PGAPPNAME=f"fer-test-worker-{i}"),
+                            f"worker-{i}") for i in (1, 2)]
+    peak: Counter = Counter()
+    deadline = time.monotonic() + 600
+    try:
+        while any(w.process.poll() is None for w in workers) and time.monotonic() < deadline:
+            for name, count in _connections(pg_cluster).items():  # sampled while they run
+                peak[name] = max(peak[name], count)
+            time.sleep(0.05)  # the sampling rate, not a wait for anything
+        for worker in workers:
+            assert worker.wait(60) == 0, worker.output()[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert peak["fer-test-worker-1"] >= 1 and peak["fer-test-worker-2"] >= 1, peak
+    assert max(peak["fer-test-worker-1"], peak["fer-test-worker-2"]) <= PER_PROCESS, peak
+
+    for _ in range(200):  # polls through the test's one storage
+        assert len(stores.trials(url, "pg-conns")) == 4
+    for _ in range(200):  # one-shot commands in this process: each opens and closes a storage
+        assert main(["status", "pg-conns", "--storage", url]) == 0
+    capsys.readouterr()
+    after = _connections(pg_cluster)["fer-test-self"]
+    print(f"peak connections per worker: {dict(peak)}; this process after 200 polls and "
+          f"200 status calls: {after}")  # shown with pytest -s
+    assert after <= PER_PROCESS
+    stores.close()
+
+    # The server notices a closed client within moments: polled, not slept on.
+    wait_for(lambda: _connections(pg_cluster) == baseline, 30,
+             f"connections back to the baseline {dict(baseline)}")
+
+
+@pytest.mark.postgres
+def test_a_trial_in_an_outage_finishes_when_the_database_is_back(pg_cluster, tmp_path,
+                                                                  stores):
+    """The database stops mid-trial; the trial's reports, beats and final tell meet the
+    outage. Once the server is back the worker finishes within a backoff step (at most 10 s
+    between attempts), not after a heartbeat's 5 minutes of retries."""
+    space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [30], "head_width": [16]}
+    spec = write_spec(tmp_path, name="pg-outage", space=space)
+    # MLflow in a local file: only the Optuna database goes away. A grace longer than the
+    # outage: the trial stays this worker's.
+    env = env_for(pg_cluster.url(), f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                  FER_SEARCH_GRACE_S="600")
+    worker = spawn_worker(tmp_path, spec, env, "worker")
+    try:
+        caught = wait_for(lambda: _mid_trial(stores, pg_cluster.url(), "pg-outage"), 300,
+                          "a trial mid-training", watch=(worker,))
+        pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        try:
+            wait_for(lambda: "database unavailable" in worker.output(), 120,
+                     "the worker to meet the outage", watch=(worker,))
+        finally:
+            pg_cluster.start()
+        # Training resumes, the last epochs run (~3 s) and the trial is told: well within this.
+        assert worker.wait(90) == 0, worker.output()[-3000:]
+    finally:
+        worker.kill()
+    trials = stores.trials(pg_cluster.url(), "pg-outage")
+    assert [(t.number, t.state) for t in trials] == [(caught.number, TrialState.COMPLETE)]
+    assert len(trials[0].intermediate_values) == 30  # no epoch's report was lost
