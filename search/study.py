@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import grid_queue, signals
+from search import grid_queue, group_runner, signals
 from search.data import DataProvider
 from search.errors import StudyError
 from search.spec import StudySpec
@@ -205,19 +205,20 @@ def _loop(spec, study, storage, runner, summary, n_trials, deadline, stop, lost,
             return "timeout reached"
         optuna.storages.fail_stale_trials(study)
         _close_lost_runs(tracker, lost)
-        trial = _next_trial(spec, study, storage)
-        if trial is None:
+        left = None if n_trials is None else n_trials - len(summary.outcomes)
+        trials = _next_trials(spec, study, storage, left)
+        if not trials:
             if spec.sampler == "grid" and grid_queue.count(study, TrialState.RUNNING):
                 time.sleep(2)  # others are finishing the last points; theirs may yet fail
                 continue
             return "study complete"
-        outcome = runner.run(trial)
-        summary.outcomes.append(outcome)
-        if on_trial_end is not None:
-            on_trial_end(outcome, study)
-        if not outcome.taken_over:
-            failed = outcome.state == TrialState.FAIL
-            failures_in_a_row = failures_in_a_row + 1 if failed else 0
+        for outcome in group_runner.run_group(runner, trials):
+            summary.outcomes.append(outcome)
+            if on_trial_end is not None:
+                on_trial_end(outcome, study)
+            if not outcome.taken_over:
+                failed = outcome.state == TrialState.FAIL
+                failures_in_a_row = failures_in_a_row + 1 if failed else 0
         if failures_in_a_row >= spec.max_consecutive_failures:
             raise StudyError(
                 f"{failures_in_a_row} trials failed in a row (max_consecutive_failures="
@@ -225,13 +226,15 @@ def _loop(spec, study, storage, runner, summary, n_trials, deadline, stop, lost,
             )
 
 
-def _next_trial(spec: StudySpec, study: optuna.Study, storage) -> optuna.Trial | None:
+def _next_trials(spec: StudySpec, study: optuna.Study, storage,
+                 limit: int | None) -> list[optuna.Trial]:
+    """The trials this worker runs next: a grid group (trained together), or one asked trial."""
     if spec.sampler == "grid":
-        return grid_queue.claim_next(study, storage)
+        return group_runner.claim(study, storage, spec, limit)
     done = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     if spec.n_trials is not None and done >= spec.n_trials:
-        return None
-    return study.ask()
+        return []
+    return [study.ask()]
 
 
 def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
