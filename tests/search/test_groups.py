@@ -219,3 +219,44 @@ def test_a_group_trains_in_one_pass_and_each_trial_is_recorded_on_its_own(projec
             assert list(trial.intermediate_values) == [1, 2] and history == [1, 2]
             assert run.info.status == "FINISHED"
             assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+
+
+def test_an_interrupted_group_is_recorded_and_requeued_member_by_member(project, monkeypatch):
+    """Ctrl-C stops the whole pass: every member is recorded as interrupted (its run KILLED),
+    re-queued naming its trial, and the next run completes them, each naming the run it
+    carries on."""
+    calls = _fake_group_training(monkeypatch)
+    fake = trainer.train_group
+
+    def interrupted(configs, data, on_epoch_end=None, **options):
+        def stop_after_first_report(index, epoch, metrics):
+            on_epoch_end(index, epoch, metrics)
+            raise KeyboardInterrupt
+
+        return fake(configs, data, stop_after_first_report, **options)
+
+    monkeypatch.setattr(trainer, "train_group", interrupted)
+    spec_path = write_spec(project, name="ctrl-c")
+    where = urls(project)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_spec(spec_path), **where)
+    assert [len(configs) for configs in calls] == [4]
+    study = optuna.load_study(study_name="ctrl-c", storage=where["storage_url"])
+    first = study.get_trials()
+    failed = [t for t in first if t.state == TrialState.FAIL]
+    assert len(failed) == 4 and {t.user_attrs["reason"] for t in failed} == {"interrupted"}
+    client = MlflowClient(where["tracking_uri"])
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in failed} == {
+        "KILLED"}
+
+    monkeypatch.setattr(trainer, "train_group", fake)
+    run_study(load_spec(spec_path), **where)
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len(calls) == 2 and len(calls[1]) == 4
+    runs_of = {t.number: t.user_attrs["mlflow_run_id"] for t in failed}
+    for trial in complete:
+        previous = trial.user_attrs["failed_trial"]
+        assert grid_queue.params_of(study.get_trials()[previous]) == trial.params
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["resumed_from_run"] == runs_of[previous]
