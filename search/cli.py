@@ -1,8 +1,8 @@
 """`fer-search`: the command line, grouped by noun; each command body calls the library.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 runtime failure, 130 interrupted
-(`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0). `--debug` shows
-tracebacks.
+Exit codes (search.contracts): 0 success, 2 bad input (one line on stderr), 1 runtime failure,
+130 interrupted (`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0).
+`--debug` shows tracebacks. What each signal does to each command: search.signals.
 """
 
 from __future__ import annotations
@@ -10,20 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 
+from search import signals
+from search.contracts import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 from search.errors import InputError, SearchError, SpecError
 
 # Tables stay readable when piped to a file or a CI log (rich would assume 80 columns).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="run the study in N local worker processes (default 1: this one); "
                      "each gets cores/N TensorFlow threads unless --threads says otherwise")
+    run.add_argument("--gpus", metavar="0,1,...",
+                     help="GPU indices: each worker sees one (CUDA_VISIBLE_DEVICES), worker i the "
+                     "i-th, round-robin when workers outnumber GPUs")
 
     worker = _command(commands, "worker", cmd_worker,
                       "run trials of a shared study until it is done (one of many workers)")
@@ -94,15 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_options(promote)
     promote.add_argument("--force", action="store_true", help="make it champion regardless")
     promote.add_argument("--model-name", help="registered model name (default: the spec's)")
+    promote.add_argument("--trial", type=int, metavar="N",
+                         help="promote complete trial N instead of the best one")
 
     fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
     fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
     _tracking_option(fetch)
 
+    history = _command(commands, "history", cmd_history,
+                       "the alias moves of a registered model (who was champion when)")
+    history.add_argument("model", help="the registered model's name")
+    _tracking_option(history)
+
+    serve = _command(commands, "serve", cmd_serve,
+                     "serve a registered model over HTTP (MLflow's scoring server)")
+    serve.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="default 5001 (the UI has 5000)")
+    _tracking_option(serve)
+
     predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
-    predict.add_argument("--model", default="expw-vgg16@champion",
-                         help="NAME@ALIAS or NAME/VERSION (default expw-vgg16@champion)")
+    default_model = f"{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+    predict.add_argument("--model", default=default_model,
+                         help=f"NAME@ALIAS or NAME/VERSION (default {default_model})")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
     _tracking_option(predict)
@@ -189,42 +213,30 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args) -> int:
-    if args.workers > 1:
-        return _run_workers(args)
-    summary, spec, urls, data = _run(args, leaderboard=True)
-    if args.promote:
-        _print_promotion(_promote(spec.name, urls, force=False, model_name=None, data=data))
+    # `run --workers N` forwards signals to its workers once they start (search.workers).
+    gpus = None
+    if args.gpus is not None:
+        from search.workers import GPU_ENV, parse_gpus
+
+        gpus = parse_gpus(args.gpus)  # checked before anything starts
+        if args.workers == 1:  # this process is the worker: before TensorFlow starts
+            os.environ[GPU_ENV] = gpus[0]
+    with signals.for_command(signals.RUN):
+        if args.workers > 1:
+            return _run_workers(args, gpus)
+        summary, spec, urls, data = _run(args, leaderboard=True)
+        if args.promote:
+            _print_promotion(_promote(spec.name, urls, force=False, model_name=None, data=data))
     return EXIT_OK
 
 
 def cmd_worker(args) -> int:
-    _stop_gently_on_sigint()
-    _run(args, leaderboard=False)
+    with signals.for_command(signals.WORKER):
+        _run(args, leaderboard=False)
     return EXIT_OK
 
 
-def _stop_gently_on_sigint() -> None:
-    """A worker treats SIGINT like SIGTERM: finish the current trial, then exit 0. A second
-    SIGINT interrupts the trial (recorded as failed, its MLflow run KILLED); the exit is still
-    0. Before the study loop has installed its SIGTERM handler, either signal stops at once
-    (no trial is running yet)."""
-    count = 0
-
-    def on_signal(signum, frame) -> None:
-        nonlocal count
-        count += 1
-        loop_handler = signal.getsignal(signal.SIGTERM)
-        if count == 1 and callable(loop_handler) and loop_handler is not on_signal:
-            err.print("stopping after the current trial (Ctrl-C again to interrupt it)")
-            loop_handler(signal.SIGTERM, frame)  # the study loop's stop flag
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-
-def _run_workers(args) -> int:
+def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.workers), and prints the leaderboard when they are done."""
     from search.spec import load_spec
@@ -242,7 +254,8 @@ def _run_workers(args) -> int:
                   cache_dir=args.cache_dir)
     plan = WorkerPlan(spec_path=args.spec, workers=args.workers, storage_url=storage_url,
                       tracking_uri=tracking_uri, n_trials=args.n_trials, timeout=args.timeout,
-                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug)
+                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug,
+                      gpus=gpus)
     result = run_workers(plan, sink=err.file)
     err.print(result.summary())
     import optuna
@@ -307,23 +320,26 @@ def cmd_promote(args) -> int:
 
     urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
     _start_tensorflow(None)
-    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name))
+    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name,
+                              trial_number=args.trial))
     return EXIT_OK
 
 
 def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None,
-             data=None):
-    from search.registry import promote
+             data=None, trial_number: int | None = None):
+    from search.promotion import promote
 
     storage_url, tracking_uri = urls
     return promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                   model_name=model_name, data=data)
+                   model_name=model_name, data=data, trial_number=trial_number)
 
 
 def _print_promotion(result) -> None:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-    out.print(f"registered {result.model_name} version {result.version} "
-              f"(trial {result.trial_number}; {metrics}) as [bold]{result.alias}[/]")
+    how = "already registered as" if result.reused else "registered"
+    out.print(f"{how} {result.model_name} version {result.version} "
+              f"(trial {result.trial_number}; {metrics}): [bold]{result.alias}[/] "
+              f"({result.reason})")
     out.print(f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')")
 
 
@@ -333,6 +349,34 @@ def cmd_fetch(args) -> int:
 
     path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
     out.print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_history(args) -> int:
+    from search.aliases import alias_history, history_table
+    from search.registry import check_model_name, registered_model, registry_tracker
+    from search.tracking import resolve_tracking_uri
+
+    name = check_model_name(args.model)
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    client = registry_tracker(uri).client
+    registered = registered_model(client, name, uri)
+    out.print(history_table(name, alias_history(client, name), registered.aliases))
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from search.serve import serve
+    from search.tracking import resolve_tracking_uri
+
+    def ready(version, url: str) -> None:
+        out.print(f"serving {version.name} version {version.version} ({args.model}) on "
+                  f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    _start_tensorflow(None)
+    serve(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri, None),
+          host=args.host, port=args.port, on_ready=ready)
     return EXIT_OK
 
 

@@ -32,7 +32,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-EXIT_TRIAL_STUCK = 75
+from search.contracts import EXIT_TRIAL_STUCK  # 75; tests read it from here
+
 DEFAULT_GRACE_S = 300.0
 clock = time.monotonic  # read at call time, so tests can move time on
 _exit = os._exit  # likewise replaceable: tests must not end the test process

@@ -25,9 +25,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.contracts import (
+    FAILED_TRIAL_ATTR,
+    PERMANENT_FAILURE,
+    TRIAL_FAILURE_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
 from search.spec import StudySpec
 
-PERMANENT_FAILURE = "permanent"  # user attr `failure` of trials that must not be re-queued
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 # At most this many trials trained together by one worker. A group's pass costs about k times
 # one head's arithmetic but one Python dispatch and one read of each batch: by k = 8 the
@@ -57,7 +62,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
     names = list(spec.grid)
     held = set()
     for trial in study.get_trials(deepcopy=False):
-        if trial.state in _TAKEN or trial.user_attrs.get("failure") == PERMANENT_FAILURE:
+        if trial.state in _TAKEN or trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE:
             held.add(_key(params_of(trial), names))
     missing = [p for p in grid_points(spec) if _key(p, names) not in held]
     interrupted = _last_failures(study, names)
@@ -65,8 +70,8 @@ def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
         # A point whose last trial was interrupted (Ctrl-C, a crash) names that trial, so that
         # the new one resumes its checkpoint and its MLflow run says whose work it carries on.
         failed = interrupted.get(_key(params, names))
-        study.enqueue_trial(params, user_attrs={"failed_trial": failed} if failed is not None
-                            else None)
+        study.enqueue_trial(params, user_attrs={FAILED_TRIAL_ATTR: failed}
+                            if failed is not None else None)
     return len(missing)
 
 
@@ -74,8 +79,8 @@ def _last_failures(study: optuna.Study, names: list[str]) -> dict[tuple, int]:
     """The latest retryable FAIL trial with an MLflow run, by grid point."""
     last: dict[tuple, int] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.user_attrs.get("failure") != PERMANENT_FAILURE and \
-                trial.user_attrs.get("mlflow_run_id"):
+        if trial.user_attrs.get(TRIAL_FAILURE_ATTR) != PERMANENT_FAILURE and \
+                trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
             last[_key(params_of(trial), names)] = trial.number  # trials come in number order
     return last
 

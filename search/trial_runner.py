@@ -32,9 +32,18 @@ import optuna
 from optuna.trial import TrialState
 
 import trainer
+from search.contracts import (
+    FAILED_TRIAL_ATTR,
+    PERMANENT_FAILURE,
+    RESUMED_BY_RUN_TAG,
+    RESUMED_FROM_EPOCH,
+    RESUMED_FROM_RUN,
+    TRIAL_FAILURE_ATTR,
+    TRIAL_REASON_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
 from search.data import DataProvider
 from search.deadline import Deadline, TrialTimedOut, Watchdog
-from search.grid_queue import PERMANENT_FAILURE
 from search.space import suggest_all
 from search.spec import StudySpec
 from search.tracking import Tracker
@@ -137,12 +146,12 @@ class TrialRunner:
         """The MLflow run of the failed trial that `trial` carries on, if it is a retry."""
         frozen = self.storage.get_trial(self._trial_id(trial))
         retries = frozen.system_attrs.get("retry_history") or []
-        number = retries[-1] if retries else frozen.user_attrs.get("failed_trial")
+        number = retries[-1] if retries else frozen.user_attrs.get(FAILED_TRIAL_ATTR)
         if number is None:
             return None
         previous = self.storage.get_trial(
             self.storage.get_trial_id_from_study_id_trial_number(self._study_id, int(number)))
-        return previous.user_attrs.get("mlflow_run_id")
+        return previous.user_attrs.get(TRIAL_RUN_ID_ATTR)
 
     def _taken_over(self, trial: optuna.Trial) -> TrialOutcome:
         """This worker lost touch for longer than the grace period; the trial was failed by
@@ -172,17 +181,17 @@ class TrialSession:
         self.resumes = runner.resumed_run(trial)
         tags = {"searched": ",".join(spec.param_names)}
         if self.resumes:
-            tags["resumed_from_run"] = self.resumes
+            tags[RESUMED_FROM_RUN] = self.resumes
         self.run_id = tracker.start_trial_run(
             runner.experiment_id, runner.parent_run_id, spec.name, trial.number,
             params=self.config.to_dict(), tags=tags,
         )
         runner._run_ids[trial.number] = self.run_id
-        trial.set_user_attr("mlflow_run_id", self.run_id)
+        trial.set_user_attr(TRIAL_RUN_ID_ATTR, self.run_id)
         if self.resumes:
-            trial.set_user_attr("resumed_from_run", self.resumes)
+            trial.set_user_attr(RESUMED_FROM_RUN, self.resumes)
             try:  # a pointer forward from the dead run, for whoever opens it in the UI
-                tracker.client.set_tag(self.resumes, "resumed_by_run", self.run_id)
+                tracker.client.set_tag(self.resumes, RESUMED_BY_RUN_TAG, self.run_id)
             except Exception:  # the old run was deleted: nothing to point from
                 pass
         self.history: list[dict[str, float]] = []
@@ -223,7 +232,7 @@ class TrialSession:
         with self._lock:
             if self._outcome is not None:
                 return
-            self.trial.set_user_attr("failure", PERMANENT_FAILURE)
+            self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
             self.runner.tracker.client.set_tag(
                 self.run_id, "timeout", "stuck inside an epoch: the worker exited to be restarted")
             self._outcome = self._finish(TrialState.FAIL, self.deadline.reason)
@@ -235,7 +244,7 @@ class TrialSession:
             return self._finish(TrialState.PRUNED, str(error))
         if isinstance(error, TrialTimedOut | trainer.TrainingDiverged):
             # Its own merits: running it again would end the same way.
-            self.trial.set_user_attr("failure", PERMANENT_FAILURE)
+            self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
             return self._finish(TrialState.FAIL, str(error))
         if isinstance(error, FATAL):
             return self._finish(TrialState.FAIL, str(error))
@@ -265,8 +274,8 @@ class TrialSession:
         tags = {}
         resumed = int(getattr(result, "resumed_from_epoch", 0) or 0)
         if resumed or self.resumes:
-            tags["resumed_from_epoch"] = str(resumed)
-            trial.set_user_attr("resumed_from_epoch", resumed)
+            tags[RESUMED_FROM_EPOCH] = str(resumed)
+            trial.set_user_attr(RESUMED_FROM_EPOCH, resumed)
         runner.tracker.log(run_id, metrics=summary, history=result.history,
                            step=result.epochs_run, tags=tags)
         runner.tracker.log_evaluation(run_id, result.val_evaluation, "val")
@@ -279,7 +288,7 @@ class TrialSession:
     def _finish(self, state: TrialState, reason: str,
                 mlflow_status: str | None = None) -> TrialOutcome:
         runner = self.runner
-        self.trial.set_user_attr("reason", reason[:1000])
+        self.trial.set_user_attr(TRIAL_REASON_ATTR, reason[:1000])
         runner.tracker.log(self.run_id, history=list(self.history),
                            metrics={"duration_s": time.perf_counter() - self.start})
         runner.study.tell(self.trial, state=state, skip_if_finished=True)
