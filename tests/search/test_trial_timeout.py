@@ -4,7 +4,6 @@ stuck inside an epoch is recorded by the watchdog, which then ends the worker (e
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import optuna
@@ -14,20 +13,11 @@ from optuna.trial import TrialState
 
 import trainer
 from search import deadline, grid_queue
-from search.spec import StudySpec, load_spec
+from search.spec import load_spec
 from search.study import run_study
 from tests.search.studyhelp import urls, write_spec
 
 SPACE = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [3], "head_width": [16, 32]}
-
-
-def with_trial_timeout(spec: StudySpec, seconds: float) -> StudySpec:
-    """The spec with `trial_timeout` set (the spec helper's key; set directly until it lands)."""
-    try:
-        return dataclasses.replace(spec, trial_timeout=seconds)
-    except TypeError:  # the spec does not know the key yet
-        object.__setattr__(spec, "trial_timeout", seconds)
-        return spec
 
 
 @pytest.fixture
@@ -62,9 +52,9 @@ def test_a_trial_past_its_deadline_stops_at_an_epoch_boundary_and_is_not_retried
         return real_train(config, data, timed, **options)
 
     monkeypatch.setattr(trainer, "train", slow_wide_heads)
-    spec_path = write_spec(project, name="deadline", space=SPACE)
+    spec_path = write_spec(project, name="deadline", space=SPACE, trial_timeout=15)
     where = urls(project)
-    summary = run_study(with_trial_timeout(load_spec(spec_path), 15), **where)
+    summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "study complete"
 
     trials = _trials("deadline", where["storage_url"])
@@ -78,7 +68,7 @@ def test_a_trial_past_its_deadline_stops_at_an_epoch_boundary_and_is_not_retried
     assert run.info.status == "FAILED"
     assert run.data.tags["fail_reason"] == "timed out after 15 s"
 
-    again = run_study(with_trial_timeout(load_spec(spec_path), 15), **where)
+    again = run_study(load_spec(spec_path), **where)
     assert again.outcomes == [] and again.stopped_because == "study complete"
     assert len(optuna.load_study(study_name="deadline",
                                  storage=where["storage_url"]).get_trials()) == 2
@@ -104,9 +94,9 @@ def test_a_trial_stuck_inside_an_epoch_is_recorded_and_the_worker_exits(project,
 
     monkeypatch.setattr(trainer, "train", stuck)
     space = {**SPACE, "head_width": [16]}
-    spec_path = write_spec(project, name="stuck", space=space)
+    spec_path = write_spec(project, name="stuck", space=space, trial_timeout=0.5)
     where = urls(project)
-    summary = run_study(with_trial_timeout(load_spec(spec_path), 0.5), **where)
+    summary = run_study(load_spec(spec_path), **where)
 
     assert codes == [deadline.EXIT_TRIAL_STUCK]
     (trial,) = _trials("stuck", where["storage_url"]).values()
