@@ -17,6 +17,13 @@ TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 TRIAL_REASON_ATTR = "reason"  # why a trial failed or was pruned, in words
 TRIAL_FAILURE_ATTR = "failure"  # PERMANENT_FAILURE: never re-queued (the loss diverged)
 PERMANENT_FAILURE = "permanent"
+# A retried trial names the trial it carries on: Optuna's heartbeat retry sets the system attr
+# `failed_trial` (and `retry_history`); the grid queue sets the user attr of the same name when
+# it re-queues an interrupted point.
+FAILED_TRIAL_ATTR = "failed_trial"
+RESUMED_FROM_RUN = "resumed_from_run"  # trial user attr and MLflow tag: the run carried on
+RESUMED_FROM_EPOCH = "resumed_from_epoch"  # ... and the checkpointed epoch it resumed after
+RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried it on
 
 # ------------------------------------------------------------------ Optuna study user attributes
 
@@ -38,6 +45,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a runtime failure (a study failing, a database gone)
 EXIT_BAD_INPUT = 2  # input the user can fix; one line on stderr names it
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+# A trial stuck inside an epoch past trial_timeout: recorded, then the worker exits for its
+# supervisor to restart it (sysexits' EX_TEMPFAIL). search.deadline.
+EXIT_TRIAL_STUCK = 75
 
 # ------------------------------------------------------------------------- model registry
 

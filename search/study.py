@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import grid_queue, signals
+from search import grid_queue, group_runner, signals
 from search.contracts import (
     METRIC_ATTR,
     MODEL_NAME_ATTR,
@@ -256,13 +256,14 @@ class StudyLoop:
             if reason is not None:
                 return reason
             self._recover_lost_trials()
-            trial = self._next_trial()
-            if trial is None:
+            trials = self._next_trials()
+            if not trials:
                 if self._others_still_running():
                     time.sleep(2)  # others are finishing the last points; theirs may yet fail
                     continue
                 return "study complete"
-            self._record(self._run_trial(trial))
+            for outcome in self._run_trials(trials):
+                self._record(outcome)
 
     def _why_stop(self) -> str | None:
         if self._stop_reason is not None:
@@ -278,12 +279,14 @@ class StudyLoop:
         optuna.storages.fail_stale_trials(self.study)
         _close_lost_runs(self.tracker, self.lost)
 
-    def _next_trial(self) -> optuna.Trial | None:
-        """Claims the next trial (a queued grid point, or a new ask), or None when none is left."""
-        return _next_trial(self.spec, self.study, self.storage)
+    def _next_trials(self) -> list[optuna.Trial]:
+        """Claims the next trials (a grid group, or one new ask); [] when none is left."""
+        left = None if self.n_trials is None else self.n_trials - len(self.outcomes)
+        return _next_trials(self.spec, self.study, self.storage, left)
 
-    def _run_trial(self, trial: optuna.Trial) -> TrialOutcome:
-        return self.runner.run(trial)
+    def _run_trials(self, trials: list[optuna.Trial]) -> list[TrialOutcome]:
+        """Runs them (a group trains together: search.group_runner); one outcome each."""
+        return group_runner.run_group(self.runner, trials)
 
     def _others_still_running(self) -> bool:
         return self.spec.sampler == "grid" and grid_queue.count(self.study, TrialState.RUNNING) > 0
@@ -302,13 +305,14 @@ class StudyLoop:
             )
 
 
-def _next_trial(spec: StudySpec, study: optuna.Study, storage) -> optuna.Trial | None:
+def _next_trials(spec: StudySpec, study: optuna.Study, storage,
+                 limit: int | None) -> list[optuna.Trial]:
     if spec.sampler == "grid":
-        return grid_queue.claim_next(study, storage)
+        return group_runner.claim(study, storage, spec, limit)
     done = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     if spec.n_trials is not None and done >= spec.n_trials:
-        return None
-    return study.ask()
+        return []
+    return [study.ask()]
 
 
 def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:

@@ -102,6 +102,8 @@ def test_an_interrupted_trial_is_recorded_and_retried(project, monkeypatch):
         return real_train(config, data, on_epoch_end, **options)
 
     monkeypatch.setattr(trainer, "train", interrupted_second_time)
+    # Trials one at a time through `train` (a grid group would go through `train_group`).
+    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
     with pytest.raises(KeyboardInterrupt):
         run_study(load_spec(spec_path), **where)
     trials = _trials(spec_path, where["storage_url"])
@@ -208,6 +210,8 @@ def test_sigterm_mid_trial_finishes_that_trial_and_starts_no_other(project, monk
         return real_train(config, data, on_epoch_end, **options)
 
     monkeypatch.setattr(trainer, "train", signalled_during_the_first)
+    # Trials one at a time through `train` (a grid group would finish together).
+    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
     summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "stopped by SIGTERM"
     assert [o.state for o in summary.outcomes] == [TrialState.COMPLETE]

@@ -1,0 +1,262 @@
+"""Grid groups: claimed together (exactly once, across racing processes), trained in one pass,
+each trial still with its own reports, pruning, MLflow run, tell and heartbeat.
+
+The group training itself is the trainer's (`trainer.train_group`, tests/trainer); here a
+stand-in with the same contract trains each member with the real `trainer.train`, so what is
+tested is the search side: who claims what, and how each member is recorded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+import trainer
+from search import grid_queue
+from search import study as study_module
+from search.spec import load_spec
+from search.storage import open_storage
+from search.study import run_study
+from search.trial_runner import _Heartbeat
+from tests.search.studyhelp import urls, write_spec
+
+
+def _by_batch(params: dict) -> int:
+    """A group key for the queue tests: points group by batch size (module level: picklable)."""
+    return params["batch_size"]
+
+
+def _queue(url: str, name: str, sizes=(16, 32, 64, 128), rates=12):
+    """A study whose queue holds `rates` x `sizes` points; returns it and its storage."""
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage)
+    for i in range(rates):
+        for size in sizes:
+            study.enqueue_trial({"learning_rate": 1e-4 * (i + 1), "batch_size": size})
+    return study, storage
+
+
+def _params(study: optuna.Study, number: int) -> dict:
+    return grid_queue.params_of(study.get_trials(deepcopy=False)[number])
+
+
+# ---------------------------------------------------------------------------------- claims
+
+
+def test_a_group_is_claimed_together_up_to_its_cap(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study, storage = _queue(url, "cap", sizes=(16, 32), rates=5)  # two groups of 5
+    first = grid_queue.claim_group(study, storage, _by_batch, limit=3)
+    assert len(first) == 3
+    assert len({_params(study, t.number)["batch_size"] for t in first}) == 1
+    taken = [first]
+    while group := grid_queue.claim_group(study, storage, _by_batch, limit=3):
+        taken.append(group)
+    sizes = sorted(len(group) for group in taken)
+    assert sizes == [2, 2, 3, 3]  # each group of 5 as 3 + 2: never mixed, never over the cap
+    for group in taken:
+        assert len({_params(study, t.number)["batch_size"] for t in group}) == 1
+    numbers = [t.number for group in taken for t in group]
+    assert sorted(numbers) == list(range(10))
+    assert grid_queue.count(study, TrialState.RUNNING) == 10
+
+
+def test_points_the_trainer_cannot_group_are_claimed_alone(tmp_path):
+    study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "alone", sizes=(32,), rates=3)
+    groups = []
+    while group := grid_queue.claim_group(study, storage, lambda params: None):
+        groups.append(group)
+    assert [len(g) for g in groups] == [1, 1, 1]
+
+
+def test_a_worker_that_loses_a_group_s_first_trial_takes_another_group(tmp_path, monkeypatch):
+    """Two workers read the queue at once; the first wins the first trial and its group. The
+    second, still holding the old reading, must not split that group: it takes the next one."""
+    study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "race", sizes=(16, 32), rates=4)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    winner = grid_queue.claim_group(study, storage, _by_batch, limit=1)  # only the first trial
+    assert [t.number for t in winner] == [stale[0].number]
+    real_get_trials = study.get_trials
+    readings = iter([stale])
+    monkeypatch.setattr(study, "get_trials",
+                        lambda **kw: next(readings, None) or real_get_trials(**kw))
+    second = grid_queue.claim_group(study, storage, _by_batch, limit=8)
+    taken_size = _params(study, winner[0].number)["batch_size"]
+    assert {_params(study, t.number)["batch_size"] for t in second} == {32 if taken_size == 16
+                                                                         else 16}
+    assert len(second) == 4
+    # The rest of the first group is still there for whoever comes next.
+    rest = grid_queue.claim_group(study, storage, _by_batch, limit=8)
+    assert len(rest) == 3 and {_params(study, t.number)["batch_size"] for t in rest} == {
+        taken_size}
+
+
+def _claim_groups(url: str, name: str, results) -> None:
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    groups = []
+    while group := grid_queue.claim_group(study, storage, _by_batch, limit=5):
+        groups.append([(t.number, _params(study, t.number)["batch_size"]) for t in group])
+    results.put(groups)
+
+
+def test_groups_are_claimed_exactly_once_by_racing_processes(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    _queue(url, "racing", sizes=(16, 32, 64, 128), rates=12)  # 48 trials, 4 groups of 12
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF
+    results = context.Queue()
+    processes = [context.Process(target=_claim_groups, args=(url, "racing", results))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    groups = [g for _ in processes for g in results.get(timeout=180)]
+    for process in processes:
+        process.join(timeout=30)
+    numbers = [number for group in groups for number, _ in group]
+    assert sorted(numbers) == list(range(48)), Counter(numbers).most_common(3)
+    for group in groups:
+        assert 1 <= len(group) <= 5
+        assert len({size for _, size in group}) == 1, f"a claim mixed groups: {group}"
+
+
+def test_one_heartbeat_beats_every_claimed_trial(tmp_path):
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+
+    study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "beats", sizes=(32,), rates=3)
+    group = grid_queue.claim_group(study, storage, _by_batch)
+    ids = [t._trial_id for t in group]
+    with storage.scoped_session() as session:  # a claim beats once, at once
+        for trial_id in ids:
+            session.query(TrialHeartbeatModel).filter_by(trial_id=trial_id).delete()
+        session.commit()
+    with _Heartbeat(storage, ids), storage.scoped_session() as session:
+        beating = [TrialHeartbeatModel.where_trial_id(i, session) is not None for i in ids]
+    assert len(ids) == 3 and all(beating)
+
+
+# ------------------------------------------------------------------------- one pass, k trials
+
+
+class _PruneOne(optuna.pruners.BasePruner):
+    """Prunes the (1e-2, 32) point after its first epoch; nothing else."""
+
+    def prune(self, study, trial):
+        return (trial.params.get("learning_rate"), trial.params.get("head_width")) == (1e-2, 32)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from trainer.runtime import load_tensorflow
+
+    load_tensorflow()
+    return tmp_path
+
+
+def _fake_group_training(monkeypatch) -> list[list]:
+    """`trainer.group_key` and `trainer.train_group` stand-ins with the engine's contract: one
+    key per batch size; each member trained alone by the real `train`, an exception raised by
+    its callback stopping that member only."""
+    calls: list[list] = []
+
+    def group_key(config):
+        return ("batch", config.batch_size)
+
+    def train_group(configs, data, on_epoch_end=None, *, share_epochs_to=None, resume=True):
+        calls.append(list(configs))
+        results = []
+        for index, config in enumerate(configs):
+            def member(epoch, metrics, index=index):
+                on_epoch_end(index, epoch, metrics)
+            try:
+                results.append(trainer.train(config, data, member,
+                                             share_epochs_to=share_epochs_to))
+            except Exception as error:
+                results.append(error)
+        return results
+
+    monkeypatch.setattr(trainer, "group_key", group_key, raising=False)
+    monkeypatch.setattr(trainer, "train_group", train_group, raising=False)
+    return calls
+
+
+def test_a_group_trains_in_one_pass_and_each_trial_is_recorded_on_its_own(project,
+                                                                          monkeypatch):
+    calls = _fake_group_training(monkeypatch)
+    monkeypatch.setattr(study_module, "make_pruner", lambda spec: _PruneOne())
+    spec_path = write_spec(project, name="group", space={
+        "learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32, 64], "epochs": [2],
+        "head_width": [16, 32]})
+    where = urls(project)
+    summary = run_study(load_spec(spec_path), **where)
+
+    # Two groups (one per batch size), each claimed and trained in one call.
+    assert sorted(len(configs) for configs in calls) == [4, 4]
+    for configs in calls:
+        assert len({c.batch_size for c in configs}) == 1
+        assert len({(c.learning_rate, c.head_width) for c in configs}) == 4
+    assert len(summary.outcomes) == 8
+
+    trials = optuna.load_study(study_name="group", storage=where["storage_url"]).get_trials()
+    client = MlflowClient(where["tracking_uri"])
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == 8  # one run per trial
+    for trial in trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)
+        history = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        if (trial.params["learning_rate"], trial.params["head_width"]) == (1e-2, 32):
+            # Pruned alone: its group's other members went on.
+            assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+            assert run.info.status == "KILLED" and history == [1]
+        else:
+            assert trial.state == TrialState.COMPLETE
+            assert list(trial.intermediate_values) == [1, 2] and history == [1, 2]
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+
+
+def test_an_interrupted_group_is_recorded_and_requeued_member_by_member(project, monkeypatch):
+    """Ctrl-C stops the whole pass: every member is recorded as interrupted (its run KILLED),
+    re-queued naming its trial, and the next run completes them, each naming the run it
+    carries on."""
+    calls = _fake_group_training(monkeypatch)
+    fake = trainer.train_group
+
+    def interrupted(configs, data, on_epoch_end=None, **options):
+        def stop_after_first_report(index, epoch, metrics):
+            on_epoch_end(index, epoch, metrics)
+            raise KeyboardInterrupt
+
+        return fake(configs, data, stop_after_first_report, **options)
+
+    monkeypatch.setattr(trainer, "train_group", interrupted)
+    spec_path = write_spec(project, name="ctrl-c")
+    where = urls(project)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_spec(spec_path), **where)
+    assert [len(configs) for configs in calls] == [4]
+    study = optuna.load_study(study_name="ctrl-c", storage=where["storage_url"])
+    first = study.get_trials()
+    failed = [t for t in first if t.state == TrialState.FAIL]
+    assert len(failed) == 4 and {t.user_attrs["reason"] for t in failed} == {"interrupted"}
+    client = MlflowClient(where["tracking_uri"])
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in failed} == {
+        "KILLED"}
+
+    monkeypatch.setattr(trainer, "train_group", fake)
+    run_study(load_spec(spec_path), **where)
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len(calls) == 2 and len(calls[1]) == 4
+    runs_of = {t.number: t.user_attrs["mlflow_run_id"] for t in failed}
+    for trial in complete:
+        previous = trial.user_attrs["failed_trial"]
+        assert grid_queue.params_of(study.get_trials()[previous]) == trial.params
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["resumed_from_run"] == runs_of[previous]
