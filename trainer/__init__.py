@@ -36,6 +36,9 @@ _EXPORTS = {
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
+    "train_group": "trainer.group_train",
+    "group_key": "trainer.group_train",
+    "GroupCallback": "trainer.group_train",
     "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
     "load_model": "trainer.export",
@@ -72,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     )
     from trainer.evaluate import evaluate  # noqa: F401
     from trainer.export import load_model, save_model  # noqa: F401
+    from trainer.group_train import GroupCallback, group_key, train_group  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
