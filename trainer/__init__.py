@@ -8,6 +8,8 @@ TensorFlow (a spec can be validated, and a CLI error reported, in a fraction of 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from trainer.runtime import prepare_environment
@@ -57,6 +59,20 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """`trainer.train` and `trainer.evaluate` name both a function and its module. Importing the
+    module (e.g. `from trainer.train import X` somewhere first) makes Python set the package's
+    attribute to the module; this keeps the exported function there instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

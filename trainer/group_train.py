@@ -241,7 +241,8 @@ class _GroupRun:
 
     def _finish_epoch(self, track, row, state, probs) -> None:
         epoch = row["epoch"]
-        if not math.isfinite(row["loss"]) or not np.all(np.isfinite(probs)):
+        finite = all(np.all(np.isfinite(w)) for w in state.weights)
+        if not (math.isfinite(row["loss"]) and finite and np.all(np.isfinite(probs))):
             error = TrainingDiverged(
                 f"the training loss became {row['loss']} at epoch {epoch} "
                 f"(learning_rate={track.spec.learning_rate}, "
