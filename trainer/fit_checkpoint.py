@@ -43,7 +43,7 @@ class FitCheckpointer:
             arrays[f"p{i}"] = probs
         for i, w in enumerate(reporter.best_weights or []):
             arrays[f"b{i}"] = w
-        extra = {"best_index": reporter._best_index,
+        extra = {"best_index": reporter._best_index, "stopped_early": reporter.stopped_early,
                  "n_best": len(reporter.best_weights or [])}
         save_checkpoint(self.path, Checkpoint(len(reporter.history), arrays,
                                               reporter.history, extra))
@@ -70,6 +70,7 @@ class FitCheckpointer:
         reporter.history = list(ckpt.history)
         reporter.probs = [arrays[f"p{i}"] for i in range(ckpt.epoch)]
         reporter._best_index = int(ckpt.extra.get("best_index", -1))
+        reporter.stopped_early = bool(ckpt.extra.get("stopped_early", False))
         n_best = int(ckpt.extra.get("n_best", 0))
         reporter.best_weights = [arrays[f"b{i}"] for i in range(n_best)] or None
         return ckpt.epoch

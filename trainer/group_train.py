@@ -234,12 +234,18 @@ class _GroupRun:
                                           config.batch_size, (epoch - 1) * steps)
             probs = engine.predict(prog, self.xv)
             states = prog.dump()
+            # Every head's epoch is on disk before anyone hears of it: a caller that dies in its
+            # callback (or a kill then) loses no finished epoch of any member.
+            stored = []
             for j, track in enumerate(active):
                 row = {"epoch": epoch, "loss": float(loss[j]) / self.n,
                        "accuracy": float(hits[j]) / weight_sum}
-                self._finish_epoch(track, row, states[j], probs[j])
+                if self._store_epoch(track, row, states[j], probs[j]):
+                    stored.append((track, row, states[j], probs[j]))
+            for track, row, state, track_probs in stored:
+                self._report_epoch(track, row, state, track_probs)
 
-    def _finish_epoch(self, track, row, state, probs) -> None:
+    def _store_epoch(self, track, row, state, probs) -> bool:
         epoch = row["epoch"]
         finite = all(np.all(np.isfinite(w)) for w in state.weights)
         if not (math.isfinite(row["loss"]) and finite and np.all(np.isfinite(probs))):
@@ -251,7 +257,7 @@ class _GroupRun:
                 if member.alive:
                     member.outcome = error
             self._end(track)
-            return
+            return False
         row.update(epoch_metrics(self.y_val, probs))
         track.state, track.epoch = state, epoch
         track.trained += 1
@@ -261,6 +267,10 @@ class _GroupRun:
             parts = {"w": state.weights, "m": state.m, "v": state.v}
             arrays = {f"{p}{i}": a for p, group in parts.items() for i, a in enumerate(group)}
             save_checkpoint(self._ckpt(track), Checkpoint(epoch, arrays, track.history))
+        return True
+
+    def _report_epoch(self, track, row, state, probs) -> None:
+        epoch = row["epoch"]
         for member in track.members:
             if member.alive and epoch <= member.config.epochs and self._tell(member, row):
                 if epoch == member.config.epochs:

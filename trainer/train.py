@@ -154,7 +154,7 @@ def _fit(config, data, on_epoch_end, target_epochs: int, checkpointer, start: fl
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
     if not plan.compiled:
         compile_head(plan.fit_model, config.learning_rate)
-    reporter = _EpochReporter(plan, y_val, config, on_epoch_end)
+    reporter = _EpochReporter(plan, y_val, config, on_epoch_end, checkpointer)
     reporter.set_model(plan.fit_model)
     keras.utils.set_random_seed(config.seed)
     done = checkpointer.restore(plan.fit_model, reporter) if checkpointer is not None else 0
@@ -172,8 +172,6 @@ def _fit(config, data, on_epoch_end, target_epochs: int, checkpointer, start: fl
                 batch_size=config.batch_size, epochs=epoch + 1, initial_epoch=epoch,
                 shuffle=False, class_weight=weights, callbacks=[reporter], verbose=0,
             )
-            if checkpointer is not None and epoch + 1 < target_epochs:
-                checkpointer.save(plan.fit_model, reporter)
     except Exception:  # pruned or diverged: this training is over; killed ones keep theirs
         if checkpointer is not None:
             checkpointer.drop()
@@ -278,7 +276,9 @@ def _class_weight(config: TrainConfig, labels: np.ndarray) -> dict[int, float] |
 class _EpochReporter(keras.callbacks.Callback):
     """Scores the validation split after each epoch, reports it, stops on NaN or no progress."""
 
-    def __init__(self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end) -> None:
+    def __init__(
+        self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end, checkpointer=None
+    ) -> None:
         super().__init__()
         self._plan = plan
         self._y_val = y_val
@@ -289,6 +289,7 @@ class _EpochReporter(keras.callbacks.Callback):
         self._best_index = -1
         self.stopped_early = False
         self.probs: list[np.ndarray] = []
+        self._checkpointer = checkpointer
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -308,9 +309,12 @@ class _EpochReporter(keras.callbacks.Callback):
         }
         self.history.append(metrics)
         self.probs.append(probs)
+        self._early_stopping(metrics)
+        # On disk before the caller hears of the epoch: a caller killed then loses nothing.
+        if self._checkpointer is not None and epoch + 1 < self._config.epochs:
+            self._checkpointer.save(self.model, self)
         if self._on_epoch_end is not None:
             self._on_epoch_end(epoch + 1, dict(metrics))
-        self._early_stopping(metrics)
 
     def _early_stopping(self, metrics: dict[str, float]) -> None:
         patience = self._config.early_stopping_patience
