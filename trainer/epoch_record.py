@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import atomic_write_bytes, file_lock
+from trainer.atomic import file_lock
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset
 from trainer.model import cut_name, weights_fingerprint
@@ -77,7 +79,14 @@ class EpochRecord:
     def history(self) -> list[dict[str, float]]:
         if self._history is None:
             file = self.path / "history.json"
-            self._history = json.loads(file.read_text()) if file.is_file() else []
+            try:
+                self._history = json.loads(file.read_text()) if file.is_file() else []
+            except ValueError:  # torn by a machine crash (see _replace): start the record over
+                self._history = []
+            n = 0  # only epochs whose files are there count
+            while n < len(self._history) and (self.path / f"e{n + 1}.npz").is_file():
+                n += 1
+            self._history = self._history[:n]
         return self._history
 
     def epochs(self) -> int:
@@ -112,6 +121,20 @@ class EpochRecord:
         arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
         buffer = io.BytesIO()
         np.savez(buffer, n_weights=np.asarray(len(weights)), probs=val_probs, **arrays)
-        atomic_write_bytes(self.path / f"e{epoch}.npz", buffer.getvalue())
+        _replace(self.path / f"e{epoch}.npz", buffer.getvalue())
         self._history = [*history, dict(row)]
-        atomic_write_bytes(self.path / "history.json", json.dumps(self._history).encode())
+        _replace(self.path / "history.json", json.dumps(self._history).encode())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write-then-rename: atomic for readers and for a killed process. Not fsynced: the record
+    is a cache that can be recomputed, and two fsyncs per head and epoch cost more than a small
+    head's epoch. (Checkpoints, which resume depends on, are fsynced.)"""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -124,6 +124,20 @@ def train_group(
     return [m.outcome for m in members]
 
 
+_inits: dict[tuple, list[np.ndarray]] = {}
+
+
+def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> list[np.ndarray]:
+    """`build_head`'s seeded initial weights (building a Keras head costs ~0.1 s; a study asks
+    for the same few shapes again and again)."""
+    key = (config.seed, config.head_width, config.dropout, shape, tuple(class_names))
+    if key not in _inits:
+        if len(_inits) > 64:
+            _inits.clear()
+        _inits[key] = build_head(config, shape, class_names).get_weights()
+    return [np.array(w) for w in _inits[key]]
+
+
 class _GroupRun:
     def __init__(self, data, x_train, x_val, on_epoch_end, resume, start, feature_seconds):
         self.data = data
@@ -165,8 +179,8 @@ class _GroupRun:
             track.done = True
             return
         config = track.config
-        track.state = engine.HeadState.fresh(
-            build_head(config, self.x_shape, self.data.class_names).get_weights())
+        track.state = engine.HeadState.fresh(_initial_weights(config, self.x_shape,
+                                                              self.data.class_names))
         if self.resume:
             restored = self._restore(track)
             if restored:

@@ -16,6 +16,7 @@ Programs are kept per shape-set (feature size, classes, widths, dropouts) and re
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ _BETA_1 = 0.9
 _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
 _PROGRAMS = 8
+# XLA (FER_SEARCH_HEAD_JIT=1) was 100x slower on CPU (its while loop); worth trying on GPUs.
+JIT = os.environ.get("FER_SEARCH_HEAD_JIT", "0") == "1"
 _programs: OrderedDict[tuple, _Program] = OrderedDict()
 
 
@@ -78,7 +81,7 @@ class _Program:
                 tf.TensorSpec([k], tf.float32),  # learning rates
                 tf.TensorSpec([k], tf.int64),  # dropout seeds
             ],
-            jit_compile=False,
+            jit_compile=JIT,
         )
         self.predict = tf.function(
             self._predict, input_signature=[tf.TensorSpec([None, features], tf.float32)]
@@ -105,16 +108,23 @@ class _Program:
         return tf.matmul(hidden, w2) + b2
 
     def _epoch(self, x, y, weight, order, batch, step0, rates, seeds):
+        # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
+        # weight 0 and do not count in the batch size, so the last batch is the short one
+        # Keras would take.
         n = tf.shape(order)[0]
-        steps = (n + batch - 1) // batch
+        steps = n // batch
+        real = tf.cast(tf.shape(x)[0], tf.int32)
         k = len(self.vars)
         classes = self.vars[0][0][3].shape[0]
         loss_sum = tf.zeros([k])
         hit_sum = tf.zeros([k])
         for i in tf.range(steps):
-            index = order[i * batch : tf.minimum((i + 1) * batch, n)]
-            xb, yb, wb = tf.gather(x, index), tf.gather(y, index), tf.gather(weight, index)
-            size = tf.cast(tf.shape(index)[0], tf.float32)
+            index = tf.reshape(order[i * batch : (i + 1) * batch], [-1])
+            valid = tf.cast(index < real, tf.float32)
+            index = tf.minimum(index, real - 1)
+            xb, yb = tf.gather(x, index), tf.gather(y, index)
+            wb = tf.gather(weight, index) * valid
+            size = tf.reduce_sum(valid)
             onehot = tf.one_hot(yb, classes)
             t = step0 + tf.cast(i, tf.int64) + 1
             tf_t = tf.cast(t, tf.float32)
@@ -188,6 +198,8 @@ def run_epoch(
     order: np.ndarray, batch_size: int, step0: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch for the loaded heads; returns per-head summed (weighted) loss and hits."""
+    pad = -len(order) % batch_size
+    order = np.concatenate([order, np.full(pad, len(order), "int32")])
     loss, hits = prog.epoch(
         x, y, weight, tf.constant(order), tf.constant(batch_size, tf.int32),
         tf.constant(step0, tf.int64),
