@@ -46,6 +46,11 @@ stamp "head training: Keras fit vs the engine, 1 head and a group of 6 (float32)
 timeout 120 "$PY" benchmarks/head_training.py --epochs 5 --name gpu-head_training --out "$OUT" \
   --work "$WORK/head" || stamp "head training FAILED"
 
+stamp "head training again with each batch's step compiled by XLA (FER_SEARCH_HEAD_JIT=step)"
+FER_SEARCH_HEAD_JIT=step timeout 90 "$PY" benchmarks/head_training.py --epochs 5 \
+  --name gpu-head_training-xla-step --out "$OUT" --work "$WORK/head-xla" \
+  || stamp "head training with XLA FAILED"
+
 stamp "quickstart grid (24 trials) on a fresh store"
 rm -rf "$WORK/qs"
 mkdir -p "$WORK/qs"

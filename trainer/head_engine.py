@@ -27,8 +27,9 @@ _BETA_1 = 0.9
 _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
 _PROGRAMS = 8
-# XLA (FER_SEARCH_HEAD_JIT=1) was 100x slower on CPU (its while loop); worth trying on GPUs.
-JIT = os.environ.get("FER_SEARCH_HEAD_JIT", "0") == "1"
+# XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch) were
+# 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
+JIT = os.environ.get("FER_SEARCH_HEAD_JIT", "0")  # 0 | step | epoch
 _programs: OrderedDict[tuple, _Program] = OrderedDict()
 
 
@@ -82,8 +83,9 @@ class _Program:
                 tf.TensorSpec([k], tf.float32),  # learning rates
                 tf.TensorSpec([k], tf.int64),  # dropout seeds
             ],
-            jit_compile=JIT,
+            jit_compile=JIT == "epoch",
         )
+        self.step = tf.function(self._step, jit_compile=True) if JIT == "step" else self._step
         self.predict = tf.function(
             self._predict, input_signature=[tf.TensorSpec([None, features], tf.float32)]
         )
@@ -122,7 +124,6 @@ class _Program:
         steps = n // batch
         real = tf.cast(tf.shape(x)[0], tf.int32)
         k = len(self.vars)
-        classes = self.vars[0][0][3].shape[0]
         loss_sum = tf.zeros([k])
         hit_sum = tf.zeros([k])
         for i in tf.range(steps):
@@ -132,34 +133,41 @@ class _Program:
             xb, yb = tf.gather(x, index), tf.gather(y, index)
             wb = tf.gather(weight, index) * valid
             size = tf.reduce_sum(valid)
-            onehot = tf.one_hot(yb, classes)
-            t = step0 + tf.cast(i, tf.int64) + 1
-            tf_t = tf.cast(t, tf.float32)
-            beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
-            losses, hits = [], []
-            for h in range(k):
-                weights, m, v = self.vars[h]
-                with tf.GradientTape() as tape:
-                    tape.watch(weights)
-                    logits = self._forward(h, xb, t, seeds[h])
-                    # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
-                    # deterministic GPU kernel.
-                    per_face = -tf.reduce_sum(onehot * tf.nn.log_softmax(logits), axis=1)
-                    loss = tf.reduce_sum(per_face * wb) / size  # Keras' sum_over_batch_size
-                grads = tape.gradient(loss, weights)
-                for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
-                    tf.raw_ops.ResourceApplyAdam(
-                        var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
-                        beta2_power=beta2_power, lr=rates[h], beta1=_BETA_1, beta2=_BETA_2,
-                        epsilon=_EPSILON, grad=grad,
-                    )
-                losses.append(loss * size)
-                correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb),
-                                  tf.float32)
-                hits.append(tf.reduce_sum(correct * wb))
-            loss_sum += tf.stack(losses)
-            hit_sum += tf.stack(hits)
+            losses, hits = self.step(xb, yb, wb, size, step0 + tf.cast(i, tf.int64) + 1,
+                                     rates, seeds)
+            loss_sum += losses
+            hit_sum += hits
         return loss_sum, hit_sum
+
+    def _step(self, xb, yb, wb, size, t, rates, seeds):
+        """One batch for every head: forward, backward, Adam. Returns the heads' summed loss
+        and weighted hits on the batch."""
+        classes = self.vars[0][0][3].shape[0]
+        onehot = tf.one_hot(yb, classes)
+        tf_t = tf.cast(t, tf.float32)
+        beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
+        losses, hits = [], []
+        for h in range(len(self.vars)):
+            weights, m, v = self.vars[h]
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                logits = self._forward(h, xb, t, seeds[h])
+                # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
+                # deterministic GPU kernel.
+                per_face = -tf.reduce_sum(onehot * tf.nn.log_softmax(logits), axis=1)
+                loss = tf.reduce_sum(per_face * wb) / size  # Keras' sum_over_batch_size
+            grads = tape.gradient(loss, weights)
+            for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
+                    beta2_power=beta2_power, lr=rates[h], beta1=_BETA_1, beta2=_BETA_2,
+                    epsilon=_EPSILON, grad=grad,
+                )
+            losses.append(loss * size)
+            correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb),
+                              tf.float32)
+            hits.append(tf.reduce_sum(correct * wb))
+        return tf.stack(losses), tf.stack(hits)
 
     def _predict(self, x):
         return tf.stack([tf.nn.softmax(self._forward(h, x)) for h in range(len(self.vars))])
