@@ -22,6 +22,7 @@ FLOPs of a head epoch: 3 x the forward pass (forward, and the backward pass's tw
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def run(args) -> dict:
     return {
         "setup": {"faces": args.faces, "val_faces": args.val, "epochs": args.epochs,
                   "features": DIM, "head_width": WIDTH, "batch_size": BATCH,
-                  "learning_rates": RATES, "flop_per_head_epoch": flop_epoch},
+                  "learning_rates": RATES, "flop_per_head_epoch": flop_epoch,
+                  "FER_SEARCH_HEAD_JIT": os.environ.get("FER_SEARCH_HEAD_JIT", "0")},
         "rows": rows,
         "numpy_matmul_gflops": numpy_gflops,
         "engine_1_vs_keras_fit": ratio_one,
