@@ -8,6 +8,8 @@ TensorFlow (a spec can be validated, and a CLI error reported, in a fraction of 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from trainer.runtime import prepare_environment
@@ -40,6 +42,9 @@ _EXPORTS = {
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
+    "train_group": "trainer.group_train",
+    "group_key": "trainer.group_train",
+    "GroupCallback": "trainer.group_train",
     "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
     "load_model": "trainer.export",
@@ -60,6 +65,20 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+class _Package(types.ModuleType):
+    """`trainer.train` and `trainer.evaluate` name both a function and its module. Importing the
+    module (e.g. `from trainer.train import X` somewhere first) makes Python set the package's
+    attribute to the module; this keeps the exported function there instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
@@ -78,6 +97,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.evaluate import evaluate  # noqa: F401
     from trainer.export import load_model, save_model  # noqa: F401
     from trainer.faces import UnreadableImage, crop_face, read_image  # noqa: F401
+    from trainer.group_train import GroupCallback, group_key, train_group  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401

@@ -13,18 +13,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import atomic_write_bytes, file_lock
+from trainer.atomic import file_lock
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset
 from trainer.model import cut_name, weights_fingerprint
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def shareable(config: TrainConfig) -> bool:
@@ -47,7 +49,10 @@ class EpochAnswer:
 
 
 class EpochRecord:
-    """The on-disk record of one group's training, read and written whole and atomically."""
+    """The on-disk record of one group's training: a folder with one file per epoch (the head's
+    weights and the val probabilities after it) and `history.json`, each written atomically,
+    the epoch's file before the history that names it. Epochs are added one at a time as they
+    finish, so a killed training leaves every epoch it finished."""
 
     def __init__(self, data: Dataset, config: TrainConfig) -> None:
         group = {k: v for k, v in config.to_dict().items() if k != "epochs"}
@@ -61,8 +66,9 @@ class EpochRecord:
             ],
             sort_keys=True,
         )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.path = Path(data.cache_dir) / "epochs" / f"{digest}.npz"
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:24]
+        self.path = Path(data.cache_dir) / "epochs" / self.key
+        self._history: list[dict[str, float]] | None = None
 
     def lock(self) -> AbstractContextManager:
         """Held while a group trains, so a worker asking for the same group waits for the
@@ -70,45 +76,65 @@ class EpochRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return file_lock(self.path.with_suffix(".lock"))
 
+    def history(self) -> list[dict[str, float]]:
+        if self._history is None:
+            file = self.path / "history.json"
+            try:
+                self._history = json.loads(file.read_text()) if file.is_file() else []
+            except ValueError:  # torn by a machine crash (see _replace): start the record over
+                self._history = []
+            n = 0  # only epochs whose files are there count
+            while n < len(self._history) and (self.path / f"e{n + 1}.npz").is_file():
+                n += 1
+            self._history = self._history[:n]
+        return self._history
+
     def epochs(self) -> int:
-        return len(self._load()[0]) if self.path.is_file() else 0
+        return len(self.history())
 
     def answer(self, epoch: int) -> EpochAnswer | None:
         """The training's state after `epoch` epochs, if the record reaches that far."""
-        if not self.path.is_file():
-            return None
-        history, archive = self._load()
+        history = self.history()
         if len(history) < epoch:
             return None
-        n_weights = int(archive["n_weights"])
-        return EpochAnswer(
-            history=history[:epoch],
-            top_weights=[archive[f"w{epoch}_{i}"] for i in range(n_weights)],
-            val_probs=archive[f"p{epoch}"],
-        )
+        weights, probs = self.epoch_arrays(epoch)
+        return EpochAnswer(history=history[:epoch], top_weights=weights, val_probs=probs)
 
-    def save(
-        self,
-        history: list[dict[str, float]],
-        weights: list[list[np.ndarray]],
-        val_probs: list[np.ndarray],
+    def epoch_arrays(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The head's weights and the val probabilities after `epoch`."""
+        with np.load(self.path / f"e{epoch}.npz") as archive:
+            n_weights = int(archive["n_weights"])
+            return [archive[f"w{i}"] for i in range(n_weights)], archive["probs"]
+
+    def add_epoch(
+        self, row: dict[str, float], weights: list[np.ndarray], val_probs: np.ndarray
     ) -> None:
-        """Keeps the longer of this training and what the record already holds."""
-        if not history or len(history) <= self.epochs():
+        """Records epoch `row["epoch"]`, the one after the last recorded (an epoch already on
+        record was computed the same way before and is kept)."""
+        history = self.history()
+        epoch = int(row["epoch"])
+        if epoch <= len(history):
             return
-        arrays: dict[str, np.ndarray] = {
-            "history": np.frombuffer(json.dumps(history).encode(), dtype=np.uint8),
-            "n_weights": np.asarray(len(weights[0])),
-        }
-        for epoch, (epoch_weights, probs) in enumerate(zip(weights, val_probs, strict=True), 1):
-            arrays[f"p{epoch}"] = probs
-            for i, array in enumerate(epoch_weights):
-                arrays[f"w{epoch}_{i}"] = array
+        if epoch != len(history) + 1:
+            raise ValueError(f"epoch {epoch} after {len(history)} recorded epochs")
+        self.path.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        np.savez(buffer, n_weights=np.asarray(len(weights)), probs=val_probs, **arrays)
+        _replace(self.path / f"e{epoch}.npz", buffer.getvalue())
+        self._history = [*history, dict(row)]
+        _replace(self.path / "history.json", json.dumps(self._history).encode())
 
-    def _load(self) -> tuple[list[dict[str, float]], np.lib.npyio.NpzFile]:
-        archive = np.load(self.path)
-        history = json.loads(archive["history"].tobytes().decode())
-        return history, archive
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write-then-rename: atomic for readers and for a killed process. Not fsynced: the record
+    is a cache that can be recomputed, and two fsyncs per head and epoch cost more than a small
+    head's epoch. (Checkpoints, which resume depends on, are fsynced.)"""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -18,7 +18,7 @@ import numpy as np
 
 from trainer.config import VGG16_BLOCKS, TrainConfig
 from trainer.dataset import Dataset
-from trainer.epoch_record import EpochAnswer, EpochRecord, shareable
+from trainer.epoch_record import shareable
 from trainer.errors import ConfigError, DataError, TrainingDiverged
 from trainer.features import cached_features, features_for
 from trainer.head_pool import clear_pool, compile_head, pooled_head
@@ -46,6 +46,7 @@ class TrainResult:
         seconds: wall time of the whole call; feature_seconds: of it, computing features.
         epochs_trained: epochs actually computed by this call (0 when answered from a record;
             more than `epochs_run` when it trained ahead for its group).
+        resumed_from_epoch: the checkpointed epoch this call resumed after (0 = fresh).
     """
 
     config: TrainConfig
@@ -60,6 +61,7 @@ class TrainResult:
     used_feature_cache: bool = False
     val_evaluation: Evaluation | None = None
     epochs_trained: int = 0
+    resumed_from_epoch: int = 0
 
     @property
     def epochs_run(self) -> int:
@@ -86,6 +88,7 @@ def train(
     on_epoch_end: EpochCallback | None = None,
     *,
     share_epochs_to: int | None = None,
+    resume: bool = True,
 ) -> TrainResult:
     """Trains `config` on `data.train`, scoring `data.val` after every epoch.
 
@@ -98,6 +101,9 @@ def train(
             `epochs`). When epochs can be shared (frozen base, no early stopping), training runs
             to that count once and records every epoch; later trainings of the group are answered
             from the record, with `on_epoch_end` replayed epoch by epoch.
+        resume: checkpoint every finished epoch under `<cache_dir>/checkpoints/` and continue a
+            killed training of the same config and data after its last finished epoch (the
+            restored epochs are replayed to `on_epoch_end` first).
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -105,47 +111,77 @@ def train(
     """
     start = time.perf_counter()
     _check_inputs(config, data)
-    if not shareable(config):
-        return _fit(config, data, on_epoch_end, config.epochs, None, start)
-    record = EpochRecord(data, config)
-    with record.lock():
-        answer = record.answer(config.epochs)
-        if answer is not None:
-            return _replay(config, data, answer, on_epoch_end, start)
-        target = max(config.epochs, share_epochs_to or 0)
-        return _fit(config, data, on_epoch_end, target, record, start)
+    if shareable(config):  # frozen base, cached features: the compiled head engine
+        from trainer.group_train import train_group
+
+        callback = None
+        if on_epoch_end is not None:
+            def callback(_index, epoch, metrics):
+                on_epoch_end(epoch, metrics)
+        (outcome,) = train_group([config], data, callback, share_epochs_to=share_epochs_to,
+                                 resume=resume)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+    from trainer.fit_checkpoint import FitCheckpointer
+
+    checkpointer = FitCheckpointer(data, config) if resume else None
+    return _fit(config, data, on_epoch_end, config.epochs, checkpointer, start)
 
 
-def _fit(config, data, on_epoch_end, target_epochs: int, record, start: float) -> TrainResult:
-    """Fits for `target_epochs` (>= config.epochs), reporting epochs up to config.epochs."""
+def _head_features(config: TrainConfig, data: Dataset) -> tuple[np.ndarray, np.ndarray, float]:
+    """The train and val features of a frozen base (trainable_blocks = 0), extracted once."""
+    train_feats = cached_features(data, "train", config)
+    val_feats = cached_features(data, "val", config)
+    if train_feats is not None and val_feats is not None:
+        return train_feats, val_feats, 0.0
+    _fresh_session()
+    network = build_network(config, data.class_names)
+    train_feats, s1 = features_for(data, "train", config, network)
+    val_feats, s2 = features_for(data, "val", config, network)
+    return train_feats, val_feats, s1 + s2
+
+
+def _fit(config, data, on_epoch_end, target_epochs: int, checkpointer, start: float
+         ) -> TrainResult:
+    """Fits with Keras for `target_epochs`, one `fit` call per epoch on that epoch's order of
+    the faces (a function of seed and epoch, so a resumed training sees the same batches)."""
+    from trainer.head_engine import epoch_order
+
     seed_everything(config.seed)
     plan = _plan(config, data)
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
     if not plan.compiled:
         compile_head(plan.fit_model, config.learning_rate)
-    reporter = _EpochReporter(plan, y_val, config, on_epoch_end, keep_weights=record is not None)
-    keras.utils.set_random_seed(config.seed)  # the same shuffling order for the same seed
+    reporter = _EpochReporter(plan, y_val, config, on_epoch_end, checkpointer)
+    reporter.set_model(plan.fit_model)
+    keras.utils.set_random_seed(config.seed)
+    done = checkpointer.restore(plan.fit_model, reporter) if checkpointer is not None else 0
+    if done and on_epoch_end is not None:
+        for row in reporter.history[: config.epochs]:
+            on_epoch_end(int(row["epoch"]), dict(row))
+    weights = _class_weight(config, y_train)
     try:
-        plan.fit_model.fit(
-            plan.x_train,
-            y_train,
-            batch_size=config.batch_size,
-            epochs=target_epochs,
-            shuffle=True,
-            class_weight=_class_weight(config, y_train),
-            callbacks=[reporter],
-            verbose=0,
-        )
-    finally:  # a pruned or interrupted training still leaves its epochs for the group
-        if record is not None:
-            record.save(reporter.history, reporter.epoch_weights, reporter.probs)
+        for epoch in range(done, target_epochs):
+            if reporter.stopped_early:
+                break
+            order = epoch_order(config.seed, epoch + 1, len(y_train))
+            plan.fit_model.fit(
+                np.take(plan.x_train, order, axis=0), y_train[order],
+                batch_size=config.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                shuffle=False, class_weight=weights, callbacks=[reporter], verbose=0,
+            )
+    except Exception:  # pruned or diverged: this training is over; killed ones keep theirs
+        if checkpointer is not None:
+            checkpointer.drop()
+        raise
+    if checkpointer is not None:
+        checkpointer.drop()
     kept = reporter.kept_epoch()
-    if reporter.epoch_weights:
-        top_weights = reporter.epoch_weights[kept - 1]
-    else:
-        if reporter.best_weights is not None:
-            plan.trained.set_weights(reporter.best_weights)
-        top_weights = [np.array(w) for w in plan.trained.get_weights()]
+    if reporter.best_weights is not None:
+        plan.trained.set_weights(reporter.best_weights)
+    top_weights = [np.array(w) for w in plan.trained.get_weights()]
     return TrainResult(
         config=config,
         history=reporter.history[: config.epochs],
@@ -158,28 +194,8 @@ def _fit(config, data, on_epoch_end, target_epochs: int, record, start: float) -
         stopped_early=reporter.stopped_early,
         used_feature_cache=_uses_cache(config),
         val_evaluation=evaluation_from_probs(y_val, reporter.probs[kept - 1], data.class_names),
-        epochs_trained=len(reporter.history),
-    )
-
-
-def _replay(config, data, answer: EpochAnswer, on_epoch_end, start: float) -> TrainResult:
-    """A training answered from its group's record: the caller sees the same epochs, in order."""
-    if on_epoch_end is not None:
-        for row in answer.history:
-            on_epoch_end(int(row["epoch"]), dict(row))
-    return TrainResult(
-        config=config,
-        history=answer.history,
-        metrics=_val_only(answer.history[-1]),
-        best_epoch=config.epochs,
-        top_weights=answer.top_weights,
-        class_names=data.class_names,
-        seconds=time.perf_counter() - start,
-        used_feature_cache=True,
-        val_evaluation=evaluation_from_probs(
-            np.asarray(data.val.labels), answer.val_probs, data.class_names
-        ),
-        epochs_trained=0,
+        epochs_trained=len(reporter.history) - done,
+        resumed_from_epoch=done,
     )
 
 
@@ -261,7 +277,7 @@ class _EpochReporter(keras.callbacks.Callback):
     """Scores the validation split after each epoch, reports it, stops on NaN or no progress."""
 
     def __init__(
-        self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end, keep_weights: bool
+        self, plan: _Plan, y_val, config: TrainConfig, on_epoch_end, checkpointer=None
     ) -> None:
         super().__init__()
         self._plan = plan
@@ -273,8 +289,7 @@ class _EpochReporter(keras.callbacks.Callback):
         self._best_index = -1
         self.stopped_early = False
         self.probs: list[np.ndarray] = []
-        self._keep_weights = keep_weights
-        self.epoch_weights: list[list[np.ndarray]] = []  # per epoch, when keep_weights
+        self._checkpointer = checkpointer
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
@@ -294,12 +309,12 @@ class _EpochReporter(keras.callbacks.Callback):
         }
         self.history.append(metrics)
         self.probs.append(probs)
-        if self._keep_weights:
-            self.epoch_weights.append([np.array(w) for w in self._plan.trained.get_weights()])
-        # Epochs past the config's own count only fill the group's record: nobody hears of them.
-        if self._on_epoch_end is not None and epoch + 1 <= self._config.epochs:
-            self._on_epoch_end(epoch + 1, dict(metrics))
         self._early_stopping(metrics)
+        # On disk before the caller hears of the epoch: a caller killed then loses nothing.
+        if self._checkpointer is not None and epoch + 1 < self._config.epochs:
+            self._checkpointer.save(self.model, self)
+        if self._on_epoch_end is not None:
+            self._on_epoch_end(epoch + 1, dict(metrics))
 
     def _early_stopping(self, metrics: dict[str, float]) -> None:
         patience = self._config.early_stopping_patience

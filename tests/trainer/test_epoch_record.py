@@ -68,17 +68,40 @@ def test_replay_reports_every_epoch_and_lets_the_caller_prune(tmp_path):
 def test_a_pruned_training_leaves_its_epochs_and_a_longer_one_trains_again(tmp_path):
     data = array_dataset(tmp_path)
 
+    class Pruned(Exception):
+        pass
+
+    def prune_at_two(epoch, metrics):
+        if epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        train(BASE.replace(epochs=4), data, on_epoch_end=prune_at_two)
+    assert EpochRecord(data, BASE).epochs() == 2
+    assert train(BASE, data).epochs_trained == 0  # 2 epochs are on record
+    longer = train(BASE.replace(epochs=3), data)
+    # A pruned training ended normally: no checkpoint is left, the longer one starts over.
+    assert longer.epochs_trained == 3 and longer.resumed_from_epoch == 0
+    assert EpochRecord(data, BASE).epochs() == 3
+
+
+def test_an_interrupted_training_resumes_after_its_last_epoch(tmp_path):
+    data = array_dataset(tmp_path)
+
     def stop_at_two(epoch, metrics):
         if epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train(BASE.replace(epochs=4), data, on_epoch_end=stop_at_two)
-    assert EpochRecord(data, BASE).epochs() == 2
-    assert train(BASE, data).epochs_trained == 0  # 2 epochs are on record
-    longer = train(BASE.replace(epochs=3), data)
-    assert longer.epochs_trained == 3
-    assert EpochRecord(data, BASE).epochs() == 3
+    seen = []
+    resumed = train(BASE.replace(epochs=3), data, on_epoch_end=lambda e, m: seen.append(e))
+    assert seen == [1, 2, 3]  # the restored epochs replayed, then the new one
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_trained == 1
+    fresh = train(BASE.replace(epochs=3), array_dataset(tmp_path / "fresh"), resume=False)
+    assert resumed.history == fresh.history
+    for got, want in zip(resumed.top_weights, fresh.top_weights, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_only_frozen_bases_without_early_stopping_share_epochs():

@@ -1,0 +1,91 @@
+"""Heads of one group trained together equal each head trained alone; members drop out alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trainer.arrays import array_dataset
+from trainer import TrainConfig, TrainingDiverged, group_key, train, train_group
+from trainer.epoch_record import EpochRecord
+
+BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
+                   learning_rate=3e-3, dropout=0.3)
+MEMBERS = [
+    BASE,
+    BASE.replace(learning_rate=1e-2, head_width=16),
+    BASE.replace(learning_rate=1e-3, head_width=48, epochs=2),
+]
+
+
+def assert_same(got, want):
+    """Exact equality: every head's ops are its own and deterministic (no op is shared or fused
+    across heads), so a group must reproduce each member bit for bit; no tolerance is needed."""
+    assert got.history == want.history
+    assert len(got.top_weights) == len(want.top_weights)
+    for a, b in zip(got.top_weights, want.top_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
+def test_a_group_trained_together_equals_each_member_alone(tmp_path, class_weight):
+    configs = [c.replace(class_weight=class_weight) for c in MEMBERS]
+    seen = []
+    together = train_group(configs, array_dataset(tmp_path / "group"),
+                           lambda i, e, m: seen.append((i, e, m["val_loss"])))
+    assert sorted((i, e) for i, e, _ in seen) == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2),
+                                                  (1, 3), (2, 1), (2, 2)]
+    for i, config in enumerate(configs):
+        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
+        assert_same(together[i], alone)
+        assert together[i].epochs_trained == config.epochs
+        assert [row["val_loss"] for row in alone.history] == [v for j, _, v in seen if j == i]
+
+
+def test_a_pruned_member_drops_out_and_the_others_go_on_unchanged(tmp_path):
+    class Pruned(Exception):
+        pass
+
+    def prune_second_at_two(index, epoch, metrics):
+        if index == 1 and epoch == 2:
+            raise Pruned("pruned")
+
+    data = array_dataset(tmp_path / "a")
+    pruned = train_group(MEMBERS, data, prune_second_at_two)
+    full = train_group(MEMBERS, array_dataset(tmp_path / "b"))
+    assert isinstance(pruned[1], Pruned)
+    assert EpochRecord(data, MEMBERS[1]).epochs() == 2  # its finished epochs stay on record
+    assert_same(pruned[0], full[0])
+    assert_same(pruned[2], full[2])
+
+
+def test_a_diverging_member_fails_alone(tmp_path):
+    configs = [BASE, BASE.replace(learning_rate=1e30)]
+    results = train_group(configs, array_dataset(tmp_path / "a"))
+    assert isinstance(results[1], TrainingDiverged)
+    assert "nan" in str(results[1]) or "inf" in str(results[1])
+    assert_same(results[0], train(BASE, array_dataset(tmp_path / "b")))
+
+
+def test_configs_equal_but_for_epochs_share_one_head_and_the_record_answers_shorter_ones(
+    tmp_path,
+):
+    data = array_dataset(tmp_path / "a")
+    short, long = BASE.replace(epochs=2), BASE.replace(epochs=4)
+    results = train_group([short, long], data, share_epochs_to=5)
+    assert results[0].history == results[1].history[:2]
+    assert EpochRecord(data, BASE).epochs() == 5  # trained to share_epochs_to
+    answered = train(BASE.replace(epochs=3), data)
+    assert answered.epochs_trained == 0
+    assert_same(answered, train(BASE.replace(epochs=3), array_dataset(tmp_path / "b")))
+
+
+def test_group_keys():
+    assert group_key(BASE) == group_key(BASE.replace(learning_rate=0.1, head_width=8, epochs=9))
+    assert group_key(BASE) != group_key(BASE.replace(batch_size=8))
+    assert group_key(BASE) != group_key(BASE.replace(seed=3))
+    assert group_key(BASE.replace(trainable_blocks=1)) is None
+    assert group_key(BASE.replace(augment=True)) is None
+    assert group_key(BASE.replace(early_stopping_patience=2)) is None
+    with pytest.raises(ValueError, match="one group"):
+        train_group([BASE, BASE.replace(batch_size=8)], None)

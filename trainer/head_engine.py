@@ -1,0 +1,233 @@
+"""A compiled training program for k heads on cached features: a whole epoch per call.
+
+Keras `fit` dispatches one Python step per batch and walks the data once per trial; on cached
+features a head's arithmetic is so small that this overhead is most of the time (about 6 GFLOP/s
+where the machine multiplies at 100+). Here one `tf.function` runs every step of an epoch in an
+in-graph loop and updates k heads per batch, each its own width, learning rate (its own Adam),
+dropout rate and dropout stream, so each batch is gathered once for k trials.
+
+Equality with a head trained alone: every head's ops are its own (no fused matmul across heads)
+and depend only on its own state, the batch, its seed and the global step, so the same head
+computes the same numbers whatever else shares the program (tests check group == alone exactly).
+
+Programs are kept per shape-set (feature size, classes, widths, dropouts) and reused: a new
+`tf.function` per training would leave a trace behind every time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+_BETA_1 = 0.9
+_BETA_2 = 0.999
+_EPSILON = 1e-7  # Keras' Adam defaults
+_PROGRAMS = 8
+# XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch) were
+# 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
+JIT = os.environ.get("FER_SEARCH_HEAD_JIT", "0")  # 0 | step | epoch
+_programs: OrderedDict[tuple, _Program] = OrderedDict()
+
+
+@dataclass
+class HeadState:
+    """One head between epochs, as numpy: weights [w1, b1, w2, b2] and Adam's moments."""
+
+    weights: list[np.ndarray]
+    m: list[np.ndarray]
+    v: list[np.ndarray]
+
+    @classmethod
+    def fresh(cls, weights: list[np.ndarray]) -> HeadState:
+        weights = [np.asarray(w, dtype="float32") for w in weights]
+        return cls(weights, [np.zeros_like(w) for w in weights],
+                   [np.zeros_like(w) for w in weights])
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a head is: its hidden width, dropout rate, learning rate and seed."""
+
+    width: int
+    dropout: float
+    learning_rate: float
+    seed: int
+
+
+class _Program:
+    """Variables for k heads of fixed shapes and the two compiled functions that use them."""
+
+    def __init__(self, features: int, classes: int, widths: tuple, dropouts: tuple) -> None:
+        self.dropouts = dropouts
+        self._holding: list[int] = []  # ids of the HeadStates the variables hold
+        self.vars = []
+        for width in widths:
+            shapes = [(features, width), (width,), (width, classes), (classes,)]
+            self.vars.append(
+                [[tf.Variable(tf.zeros(s), trainable=False) for s in shapes] for _ in range(3)]
+            )  # [weights, m, v]
+        k = len(widths)
+        self.epoch = tf.function(
+            self._epoch,
+            input_signature=[
+                tf.TensorSpec([None, features], tf.float32),  # x (all training features)
+                tf.TensorSpec([None], tf.int32),  # y
+                tf.TensorSpec([None], tf.float32),  # per-face loss weight (class_weight)
+                tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
+                tf.TensorSpec([], tf.int32),  # batch size
+                tf.TensorSpec([], tf.int64),  # global step before this epoch
+                tf.TensorSpec([k], tf.float32),  # learning rates
+                tf.TensorSpec([k], tf.int64),  # dropout seeds
+            ],
+            jit_compile=JIT == "epoch",
+        )
+        self.step = tf.function(self._step, jit_compile=True) if JIT == "step" else self._step
+        self.predict = tf.function(
+            self._predict, input_signature=[tf.TensorSpec([None, features], tf.float32)]
+        )
+
+    def load(self, states: list[HeadState]) -> None:
+        if self._holding == [id(s) for s in states]:
+            return  # the variables already hold these states (dumped after the last epoch)
+        self._holding = []
+        for head_vars, state in zip(self.vars, states, strict=True):
+            for group, arrays in zip(head_vars, (state.weights, state.m, state.v), strict=True):
+                for var, array in zip(group, arrays, strict=True):
+                    var.assign(array)
+
+    def dump(self) -> list[HeadState]:
+        states = [HeadState(*[[v.numpy() for v in group] for group in head])
+                  for head in self.vars]
+        self._holding = [id(s) for s in states]
+        return states
+
+    def _forward(self, h: int, x, t=None, seed=None):
+        w1, b1, w2, b2 = self.vars[h][0]
+        hidden = tf.nn.relu(tf.matmul(x, w1) + b1)
+        rate = self.dropouts[h]
+        if t is not None and rate > 0:
+            # Inverted dropout like Keras'; the mask depends on (seed, step) only.
+            noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([seed, t]))
+            keep = tf.cast(noise >= rate, tf.float32)
+            hidden = hidden * keep / (1.0 - rate)
+        return tf.matmul(hidden, w2) + b2
+
+    def _epoch(self, x, y, weight, order, batch, step0, rates, seeds):
+        # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
+        # weight 0 and do not count in the batch size, so the last batch is the short one
+        # Keras would take.
+        n = tf.shape(order)[0]
+        steps = n // batch
+        real = tf.cast(tf.shape(x)[0], tf.int32)
+        k = len(self.vars)
+        loss_sum = tf.zeros([k])
+        hit_sum = tf.zeros([k])
+        for i in tf.range(steps):
+            index = tf.reshape(order[i * batch : (i + 1) * batch], [-1])
+            valid = tf.cast(index < real, tf.float32)
+            index = tf.minimum(index, real - 1)
+            xb, yb = tf.gather(x, index), tf.gather(y, index)
+            wb = tf.gather(weight, index) * valid
+            size = tf.reduce_sum(valid)
+            losses, hits = self.step(xb, yb, wb, size, step0 + tf.cast(i, tf.int64) + 1,
+                                     rates, seeds)
+            loss_sum += losses
+            hit_sum += hits
+        return loss_sum, hit_sum
+
+    def _step(self, xb, yb, wb, size, t, rates, seeds):
+        """One batch for every head: forward, backward, Adam. Returns the heads' summed loss
+        and weighted hits on the batch."""
+        classes = self.vars[0][0][3].shape[0]
+        onehot = tf.one_hot(yb, classes)
+        tf_t = tf.cast(t, tf.float32)
+        beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
+        losses, hits = [], []
+        for h in range(len(self.vars)):
+            weights, m, v = self.vars[h]
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                logits = self._forward(h, xb, t, seeds[h])
+                # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
+                # deterministic GPU kernel.
+                per_face = -tf.reduce_sum(onehot * tf.nn.log_softmax(logits), axis=1)
+                loss = tf.reduce_sum(per_face * wb) / size  # Keras' sum_over_batch_size
+            grads = tape.gradient(loss, weights)
+            for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
+                    beta2_power=beta2_power, lr=rates[h], beta1=_BETA_1, beta2=_BETA_2,
+                    epsilon=_EPSILON, grad=grad,
+                )
+            losses.append(loss * size)
+            correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb),
+                              tf.float32)
+            hits.append(tf.reduce_sum(correct * wb))
+        return tf.stack(losses), tf.stack(hits)
+
+    def _predict(self, x):
+        return tf.stack([tf.nn.softmax(self._forward(h, x)) for h in range(len(self.vars))])
+
+
+def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
+    """The compiled program for these head shapes, reused when one exists."""
+    key = (features, classes, tuple(h.width for h in heads), tuple(h.dropout for h in heads))
+    found = _programs.get(key)
+    if found is None:
+        found = _programs[key] = _Program(features, classes, key[2], key[3])
+        while len(_programs) > _PROGRAMS:
+            _programs.popitem(last=False)
+    _programs.move_to_end(key)
+    return found
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The faces' order in `epoch` (1-based): a function of (seed, epoch) alone, so a head
+    trained alone, in a group, or resumed after a crash sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype("int32")
+
+
+class Tensors:
+    """A training's inputs as tensors, converted once and reused while the arrays stay alive."""
+
+    _memo: OrderedDict[tuple, tf.Tensor] = OrderedDict()
+
+    @classmethod
+    def of(cls, array: np.ndarray, dtype=tf.float32) -> tf.Tensor:
+        key = (id(array), array.shape, str(dtype))
+        found = cls._memo.get(key)
+        if found is None or found[0] is not array:
+            found = (array, tf.convert_to_tensor(np.asarray(array), dtype=dtype))
+            cls._memo[key] = found
+            while len(cls._memo) > 6:
+                cls._memo.popitem(last=False)
+        return found[1]
+
+
+def run_epoch(
+    prog: _Program, heads: list[HeadSpec], x: tf.Tensor, y: tf.Tensor, weight: tf.Tensor,
+    order: np.ndarray, batch_size: int, step0: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch for the loaded heads; returns per-head summed (weighted) loss and hits."""
+    pad = -len(order) % batch_size
+    order = np.concatenate([order, np.full(pad, len(order), "int32")])
+    loss, hits = prog.epoch(
+        x, y, weight, tf.constant(order), tf.constant(batch_size, tf.int32),
+        tf.constant(step0, tf.int64),
+        tf.constant([h.learning_rate for h in heads], tf.float32),
+        tf.constant([h.seed for h in heads], tf.int64),
+    )
+    return loss.numpy(), hits.numpy()
+
+
+def predict(prog: _Program, x: tf.Tensor) -> np.ndarray:
+    """Probabilities of every loaded head: (k, n, classes)."""
+    return prog.predict(x).numpy()
+
+
+def clear_programs() -> None:
+    _programs.clear()
