@@ -299,10 +299,14 @@ class _GroupRun:
     def _end(self, track: _Track) -> None:
         track.done = True
         drop_checkpoint(self._ckpt(track))
-        for member in track.members:  # results built mid-way: count what the track trained
-            if isinstance(member.outcome, TrainResult) and member.outcome.epochs_trained:
-                member.outcome.epochs_trained = track.trained
-                member.outcome.seconds = time.perf_counter() - self.start
+        # Results built mid-way: the track's epochs are charged once, to its longest member;
+        # the shorter ones were answered from its record (epochs_trained 0, as a replay is).
+        trained = [m for m in track.members
+                   if isinstance(m.outcome, TrainResult) and m.outcome.epochs_trained]
+        owner = max(trained, key=lambda m: m.config.epochs, default=None)
+        for member in trained:
+            member.outcome.epochs_trained = track.trained if member is owner else 0
+            member.outcome.seconds = time.perf_counter() - self.start
 
     def _result(self, member, track, weights, probs, history, trained) -> TrainResult:
         config = member.config
