@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import grid_queue, signals
 from search.data import DataProvider
 from search.errors import StudyError
+from search.report import dashboard_note, refresh_after_run
 from search.spec import StudySpec
 from search.storage import (
     MAX_RETRY,
@@ -106,6 +107,7 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("sampler", spec.sampler)
         study.set_user_attr("model_name", spec.model_name)
+        dashboard_note(study)  # the spec, readable in optuna-dashboard
     return study
 
 
@@ -190,6 +192,7 @@ def run_study(
             status,
             {f"best_{spec.metric}": summary.best.value} if summary.best else {},
         )
+    refresh_after_run(study, tracker)  # the study run's description and plots (search.report)
     return summary
 
 
@@ -277,6 +280,7 @@ def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
         params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
         params["faces"] = report.faces
     tracker.log(run_id, params=params)
+    tracker.log_dataset(run_id, data, str(spec.data_config().root), "study")
     if report is not None:
         tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
 

@@ -21,7 +21,7 @@ from search.data import DataProvider
 from search.grid_queue import PERMANENT_FAILURE
 from search.space import suggest_all
 from search.spec import StudySpec
-from search.tracking import Tracker
+from search.tracking import Tracker, trial_tags
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
 
@@ -121,16 +121,14 @@ class TrialRunner:
         summary = {
             **{f"val_f1_{name}": row["f1"] for name, row in per_class.items()},
             **{f"val_recall_{name}": row["recall"] for name, row in per_class.items()},
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "epochs_trained": result.epochs_trained,
-            "feature_seconds": result.feature_seconds,
-            "duration_s": time.perf_counter() - start,
         }
         if result.best_epoch != result.epochs_run:
             # Early stopping kept an earlier epoch: its values become the run's latest ones.
             summary.update(result.metrics)
-        self.tracker.log(run_id, metrics=summary, history=result.history, step=result.epochs_run)
+        tags = trial_tags(result, time.perf_counter() - start, self.spec.metric, params)
+        self.tracker.log(run_id, metrics=summary, history=result.history, step=result.epochs_run,
+                         tags=tags)
+        self.tracker.log_dataset(run_id, data, str(self.spec.data_config().root), "training")
         self.tracker.log_evaluation(run_id, result.val_evaluation, "val")
         self.tracker.log_top_weights(run_id, result.top_weights)
         if self.study.tell(trial, value, skip_if_finished=True).state != TrialState.COMPLETE:
@@ -150,7 +148,7 @@ class TrialRunner:
     ) -> TrialOutcome:
         trial.set_user_attr("reason", reason[:1000])
         self.tracker.log(run_id, history=history,
-                         metrics={"duration_s": time.perf_counter() - start})
+                         tags={"duration_s": f"{time.perf_counter() - start:.3f}"})
         self.study.tell(trial, state=state, skip_if_finished=True)
         status = mlflow_status or ("KILLED" if state == TrialState.PRUNED else "FAILED")
         self.tracker.end_run(run_id, status, reason)
