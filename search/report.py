@@ -32,7 +32,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.tracking import NOTE_TAG, Tracker, experiment_runs_path
+from search.tracking import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
 
 PLOTS_DIR = "plots"
 HTML_PAGE = "report.html"
@@ -179,7 +179,8 @@ def describe(
     else:
         link = best_run_id
         if experiment_id is not None and best_run_id:
-            link = f"[trial-{best.number}](#{experiment_runs_path(experiment_id)}/{best_run_id})"
+            path = f"{experiment_runs_path(experiment_id)}/{best_run_id}?{ML_VIEW}"
+            link = f"[trial-{best.number}](#{path})"
         lines += [
             f"### Best: trial {best.number}, {metric} = {best.value:.4f}",
             "",

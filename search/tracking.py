@@ -42,11 +42,13 @@ def experiment_runs_path(experiment_id: str) -> str:
     return f"/experiments/{experiment_id}/runs"
 
 
+ML_VIEW = "workflowType=machine_learning"
+
+
 def runs_url(base_url: str, experiment_id: str) -> str:
     """The MLflow UI's page of an experiment's runs, in the model-training view: MLflow 3 opens
     experiments in its GenAI view (traces) unless the URL names the workflow type."""
-    return (f"{base_url.rstrip('/')}/#{experiment_runs_path(experiment_id)}"
-            f"?workflowType=machine_learning")
+    return f"{base_url.rstrip('/')}/#{experiment_runs_path(experiment_id)}?{ML_VIEW}"
 
 
 def pick_experiment(client, study: str | None):
