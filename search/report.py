@@ -21,6 +21,7 @@ Chrome it must find or download, which a worker machine need not have.
 from __future__ import annotations
 
 import html
+import re
 import sys
 import tempfile
 import warnings
@@ -136,7 +137,8 @@ def refresh(study: optuna.Study, tracker: Tracker, out_dir: Path | None = None) 
         if run_id:
             tracker.log(run_id, tags={NOTE_TAG: report.description, **report.tags})
             tracker.client.log_artifacts(run_id, str(plots_dir), PLOTS_DIR)
-    dashboard_note(study, report.description)
+    # The MLflow run link means nothing in optuna-dashboard: keep its text only.
+    dashboard_note(study, re.sub(r"\[(trial-\d+)\]\(#[^)]*\)", r"\1", report.description))
     return report
 
 

@@ -79,9 +79,11 @@ def inspected(tmp_path_factory, browser):
             client = MlflowClient(where["tracking_uri"])
             experiment = client.get_experiment_by_name(STUDY)
             version = client.get_model_version_by_alias(MODEL, "champion")
+            logged = [m for m in client.search_logged_models([experiment.experiment_id])
+                      if m.source_run_id == version.run_id]
             yield Inspected(runs_url, dashboard_url, base, experiment.experiment_id,
                             summary.parent_run_id, summary.best.number, len(summary.outcomes),
-                            version.model_id)
+                            logged[-1].model_id)
         finally:
             for server in (ui, dashboard):
                 server.process.terminate()
@@ -150,20 +152,23 @@ def test_model_registry_shows_the_champion(inspected, page, screenshots):
 def test_logged_model_page_shows_its_model_version(inspected, page, screenshots):
     page.goto(f"{inspected.base}/#/experiments/{inspected.experiment_id}/models/"
               f"{inspected.logged_model_id}?{ML_VIEW}")
-    page.get_by_text("Registered models").first.wait_for()
+    page.get_by_text("test_accuracy").first.wait_for()  # its metrics: the page is there
     _close_assistant(page)
     page.screenshot(path=screenshots / "logged-model.png")
     assert page.get_by_text("Not registered").count() == 0
-    assert page.get_by_role("link", name=re.compile(rf"{MODEL}.*v1|version 1")).count()
+    assert page.locator(f'a[href*="/models/{MODEL}/versions/1"]').count()
 
 
 def test_optuna_dashboard_shows_the_study_and_its_spec(inspected, page, screenshots):
     page.goto(inspected.dashboard_url)
-    page.get_by_text(STUDY, exact=True).first.click()
-    # The study's note: the report and the spec, as YAML, one key a line.
+    page.get_by_text(re.compile(rf"^\d+\. {STUDY}$")).first.click()  # the study list: "1. tiny"
+    page.get_by_text(f"Best Trial (number={inspected.best_trial})").first.wait_for()
+    page.screenshot(path=screenshots / "dashboard.png")
+    # The study's note: the report, and the spec as YAML, one key a line.
+    page.get_by_role("link", name="Note").or_(page.get_by_text("Note", exact=True)).first.click()
     page.get_by_text(f"Best: trial {inspected.best_trial},").first.wait_for()
-    assert page.get_by_text("sampler: grid").count()
-    page.screenshot(path=screenshots / "dashboard.png", full_page=True)
+    assert page.get_by_text("sampler: grid", exact=True).count()
+    page.screenshot(path=screenshots / "dashboard-note.png", full_page=True)
 
 
 # ------------------------------------------------------------------------------------ helpers
