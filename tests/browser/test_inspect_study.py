@@ -124,6 +124,9 @@ def test_study_run_description_names_the_best_trial(inspected, page, screenshots
     assert page.get_by_role("link", name=f"trial-{inspected.best_trial}", exact=True).count()
     assert page.get_by_text(re.compile(rf"{MODEL}\s+version 1")).count()
     assert page.get_by_text(f"{inspected.trial_count} complete, 0 pruned, 0 failed").count()
+    more = page.get_by_text("Show more")  # the description is folded after a few lines
+    if more.count():
+        more.first.click()
     page.screenshot(path=screenshots / "study-run.png", full_page=True)
 
 
