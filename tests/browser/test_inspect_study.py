@@ -170,7 +170,8 @@ def test_optuna_dashboard_shows_the_study_and_its_spec(inspected, page, screensh
     # The study's note: the report, and the spec as YAML, one key a line.
     page.get_by_role("link", name="Note").or_(page.get_by_text("Note", exact=True)).first.click()
     page.get_by_text(f"Best: trial {inspected.best_trial},").first.wait_for()
-    assert page.get_by_text("sampler: grid", exact=True).count()
+    page.wait_for_url(re.compile(r"/note$"))
+    assert "\nsampler: grid\nseed: 0\n" in page.inner_text("body")
     page.screenshot(path=screenshots / "dashboard-note.png", full_page=True)
 
 
