@@ -6,8 +6,10 @@ One study per module (about a minute on 2 cores, most of it the two servers star
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -86,12 +88,7 @@ def inspected(tmp_path_factory, browser):
                             logged[-1].model_id)
         finally:
             for server in (ui, dashboard):
-                server.process.terminate()
-                try:
-                    server.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    server.process.kill()
-                    server.process.wait()
+                server.stop()
 
 
 def test_ui_prints_the_runs_url_of_the_study_in_the_model_training_view(inspected):
@@ -186,13 +183,24 @@ class _Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self) -> None:
+        """Stops the server's whole process group (`mlflow ui` runs uvicorn as a child)."""
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
 
 def _start(folder: Path, env: dict[str, str], name: str, args: list[str]) -> _Server:
     log = folder / f"{name}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=folder,
                                    env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
     return _Server(process, log)
 
 
