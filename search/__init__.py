@@ -1,1 +1,81 @@
-"""Hyperparameter search: study specs -> Optuna studies -> trainer -> MLflow -> registry."""
+"""Hyperparameter search: study specs -> Optuna studies -> trainer -> MLflow -> registry.
+
+The public API, for scripts and notebooks (the CLI, `fer-search`, is built on the same calls)::
+
+    import search
+
+    spec = search.load_spec("studies/quickstart.yaml")
+    summary = search.run_study(spec, storage_url="sqlite:///studies/optuna.db",
+                               tracking_uri="sqlite:///mlruns/mlflow.db")
+    result = search.promote(spec.name, storage_url=..., tracking_uri=...)
+    search.fetch("expw-vgg16@champion", "model/", tracking_uri=...)
+
+Names are imported on first use, so ``import search`` stays cheap (no Optuna, MLflow or
+TensorFlow until a name that needs them is touched). ARCHITECTURE.md maps the modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+# name -> the module that defines it
+_EXPORTS = {
+    "load_spec": "search.spec",
+    "spec_from_text": "search.spec",
+    "StudySpec": "search.spec",
+    "SyntheticData": "search.spec",
+    "ExpwData": "search.spec",
+    "run_study": "search.study",
+    "RunSummary": "search.study",
+    "StudyLoop": "search.study",
+    "TrialOutcome": "search.trial_runner",
+    "promote": "search.promotion",
+    "PromotionResult": "search.promotion",
+    "fetch": "search.registry",
+    "parse_model_ref": "search.registry",
+    "predict_images": "search.predict",
+    "Prediction": "search.predict",
+    "WorkerPlan": "search.workers",
+    "run_workers": "search.workers",
+    "open_storage": "search.storage",
+    "resolve_storage": "search.storage",
+    "resolve_tracking_uri": "search.tracking",
+    "mask_url": "search.storage",
+    "SearchError": "search.errors",
+    "SpecError": "search.errors",
+    "StudyError": "search.errors",
+    "InputError": "search.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+# Optuna warnings this package triggers on purpose, each for a documented reason; every other
+# warning still shows. Heartbeats, their retry callback and `fail_stale_trials` are marked
+# experimental, and they are the documented way to recover the trials of dead workers. Trials
+# are claimed and told by `search.study`, not `Study.optimize`, and `TrialRunner` beats their
+# heartbeat itself, so Optuna's reminder that heartbeats go with `optimize` does not apply.
+# (pytest resets filters per test: pyproject.toml repeats these.)
+KNOWN_WARNINGS = (
+    r"Argument ``heartbeat_interval`` is an experimental feature",
+    r"RetryHeartbeatStaleTrialCallback is experimental",
+    r"optuna\.storages\._heartbeat\.fail_stale_trials is experimental",
+    r"Heartbeat of storage is supposed to be used with Study\.optimize",
+)
+for _message in KNOWN_WARNINGS:
+    warnings.filterwarnings("ignore", message=_message)

@@ -1,29 +1,36 @@
 """`fer-search`: the command line, grouped by noun; each command body calls the library.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 runtime failure, 130 interrupted
-(`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0). `--debug` shows
-tracebacks.
+Exit codes (search.contracts): 0 success, 2 bad input (one line on stderr), 1 runtime failure,
+130 interrupted (`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0).
+`--debug` shows tracebacks. What each signal does to each command: search.signals.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 
+from search import signals
+from search.contracts import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 from search.errors import InputError, SearchError, SpecError
 
 # Tables stay readable when piped to a file or a CI log (rich would assume 80 columns).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or EXIT_OK
     except KeyboardInterrupt:
-        err.print("interrupted: the running trial was recorded as failed and will be retried")
+        if getattr(args, "trials_started", False):
+            err.print("interrupted: the running trial was recorded as failed and will be retried")
+        else:
+            err.print("interrupted before any trial started: nothing was recorded")
         # A worker is stopped on purpose (Ctrl-C twice, or a stop before any trial started):
         # its trial is recorded, so that is a clean exit for whoever supervises it.
         return EXIT_OK if args.handler is cmd_worker else EXIT_INTERRUPTED
@@ -44,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         err.print(f"error: {_one_line(error)}", markup=False, soft_wrap=True)
-        if code == EXIT_FAILURE and not isinstance(error, SearchError):
+        if code == EXIT_FAILURE and not _explained(error):
             err.print("(run with --debug for the traceback)")
         return code
 
@@ -56,6 +66,13 @@ def exit_code_of(error: BaseException) -> int:
     bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
                  trainer.WeightsError)
     return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILURE
+
+
+def _explained(error: BaseException) -> bool:
+    """Errors raised on purpose say all there is to say; no traceback hint after them."""
+    import trainer
+
+    return isinstance(error, SearchError | trainer.TrainerError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -83,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, default=1,
                      help="run the study in N local worker processes (default 1: this one); "
                      "each gets cores/N TensorFlow threads unless --threads says otherwise")
+    run.add_argument("--gpus", metavar="0,1,...",
+                     help="GPU indices: each worker sees one (CUDA_VISIBLE_DEVICES), worker i the "
+                     "i-th, round-robin when workers outnumber GPUs")
 
     worker = _command(commands, "worker", cmd_worker,
                       "run trials of a shared study until it is done (one of many workers)")
@@ -94,17 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_options(promote)
     promote.add_argument("--force", action="store_true", help="make it champion regardless")
     promote.add_argument("--model-name", help="registered model name (default: the spec's)")
+    promote.add_argument("--trial", type=int, metavar="N",
+                         help="promote complete trial N instead of the best one")
 
     fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
     fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
+    fetch.add_argument("--force", action="store_true", help="replace a model.keras already there")
     _tracking_option(fetch)
 
+    history = _command(commands, "history", cmd_history,
+                       "the alias moves of a registered model (who was champion when)")
+    history.add_argument("model", help="the registered model's name")
+    _tracking_option(history)
+
+    serve = _command(commands, "serve", cmd_serve,
+                     "serve a registered model over HTTP (MLflow's scoring server)")
+    serve.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="default 5001 (the UI has 5000)")
+    _tracking_option(serve)
+
     predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
-    predict.add_argument("--model", default="expw-vgg16@champion",
-                         help="NAME@ALIAS or NAME/VERSION (default expw-vgg16@champion)")
+    default_model = f"{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+    predict.add_argument("--model", default=default_model,
+                         help=f"NAME@ALIAS or NAME/VERSION (default {default_model})")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per face, every probability at full precision")
     _tracking_option(predict)
 
     status = _command(commands, "status", cmd_status, "the trials of a study")
@@ -198,44 +236,33 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args) -> int:
-    if args.workers > 1:
-        return _run_workers(args)
-    summary, spec, urls, data = _run(args, leaderboard=True)
-    if args.promote:
-        _print_promotion(_promote(spec.name, urls, force=False, model_name=None, data=data))
+    # `run --workers N` forwards signals to its workers once they start (search.workers).
+    gpus = None
+    if args.gpus is not None:
+        from search.workers import GPU_ENV, parse_gpus
+
+        gpus = parse_gpus(args.gpus)  # checked before anything starts
+        if args.workers == 1:  # this process is the worker: before TensorFlow starts
+            os.environ[GPU_ENV] = gpus[0]
+    with signals.for_command(signals.RUN):
+        if args.workers > 1:
+            return _run_workers(args, gpus)
+        summary, spec, urls, data = _run(args, leaderboard=True)
+        if args.promote:
+            _print_promotion(_promote(spec.name, urls, force=False, model_name=None, data=data))
     return EXIT_OK
 
 
 def cmd_worker(args) -> int:
-    _stop_gently_on_sigint()
-    _run(args, leaderboard=False)
+    with signals.for_command(signals.WORKER):
+        _run(args, leaderboard=False)
     return EXIT_OK
 
 
-def _stop_gently_on_sigint() -> None:
-    """A worker treats SIGINT like SIGTERM: finish the current trial, then exit 0. A second
-    SIGINT interrupts the trial (recorded as failed, its MLflow run KILLED); the exit is still
-    0. Before the study loop has installed its SIGTERM handler, either signal stops at once
-    (no trial is running yet)."""
-    count = 0
-
-    def on_signal(signum, frame) -> None:
-        nonlocal count
-        count += 1
-        loop_handler = signal.getsignal(signal.SIGTERM)
-        if count == 1 and callable(loop_handler) and loop_handler is not on_signal:
-            err.print("stopping after the current trial (Ctrl-C again to interrupt it)")
-            loop_handler(signal.SIGTERM, frame)  # the study loop's stop flag
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-
-def _run_workers(args) -> int:
+def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.workers), and prints the leaderboard when they are done."""
+    from search.data import DataProvider
     from search.spec import load_spec
     from search.storage import mask_url, resolve_storage
     from search.tracking import resolve_tracking_uri
@@ -244,6 +271,8 @@ def _run_workers(args) -> int:
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    # Bad data stops before the banner; prepare_study warns about skipped faces, once.
+    DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
               f"{args.workers} workers")
@@ -251,7 +280,8 @@ def _run_workers(args) -> int:
                   cache_dir=args.cache_dir)
     plan = WorkerPlan(spec_path=args.spec, workers=args.workers, storage_url=storage_url,
                       tracking_uri=tracking_uri, n_trials=args.n_trials, timeout=args.timeout,
-                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug)
+                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug,
+                      gpus=gpus)
     result = run_workers(plan, sink=err.file)
     err.print(result.summary())
     import optuna
@@ -277,14 +307,21 @@ def _run(args, leaderboard: bool):
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    _start_tensorflow(args.threads)
     from search.data import DataProvider
+
+    data = DataProvider(spec, args.cache_dir)
+    data.first()  # bad data stops here, before the banner names a study that never starts
+    _start_tensorflow(args.threads)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study
 
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
-    data = DataProvider(spec, args.cache_dir)
+
+    def on_start(expected: int) -> None:
+        args.trials_started = True  # from here on, Ctrl-C has a trial to record
+        progress.start(expected)
+
     with TrialProgress(err, spec.metric, spec.direction) as progress:
         summary = run_study(
             spec,
@@ -293,7 +330,7 @@ def _run(args, leaderboard: bool):
             n_trials=args.n_trials,
             timeout=args.timeout,
             data=data,
-            on_start=progress.start,
+            on_start=on_start,
             on_trial_end=progress.advance,
         )
     err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
@@ -316,17 +353,18 @@ def cmd_promote(args) -> int:
 
     urls = (resolve_storage(args.storage, None), resolve_tracking_uri(args.tracking_uri, None))
     _start_tensorflow(None)
-    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name))
+    _print_promotion(_promote(args.study, urls, force=args.force, model_name=args.model_name,
+                              trial_number=args.trial))
     return EXIT_OK
 
 
 def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None,
-             data=None):
-    from search.registry import promote
+             data=None, trial_number: int | None = None):
+    from search.promotion import promote
 
     storage_url, tracking_uri = urls
     result = promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                     model_name=model_name, data=data)
+                     model_name=model_name, data=data, trial_number=trial_number)
     _refresh_report(study_name, urls)  # the study run names the version registered
     return result
 
@@ -343,30 +381,90 @@ def _refresh_report(study_name: str, urls: tuple[str, str]) -> None:
 
 def _print_promotion(result) -> None:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-    out.print(f"registered {result.model_name} version {result.version} "
-              f"(trial {result.trial_number}; {metrics}) as [bold]{result.alias}[/]")
+    how = "already registered as" if result.reused else "registered"
+    out.print(f"{how} {result.model_name} version {result.version} "
+              f"(trial {result.trial_number}; {metrics}): [bold]{result.alias}[/] "
+              f"({result.reason})")
     out.print(f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')")
 
 
 def cmd_fetch(args) -> int:
-    from search.registry import fetch
+    from search.registry import KERAS_FILE, fetch, parse_model_ref
     from search.tracking import resolve_tracking_uri
 
-    path = fetch(args.model, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    parse_model_ref(args.model)  # a bad reference fails before MLflow is even imported
+    if (args.out / KERAS_FILE).exists() and not args.force:
+        raise InputError(f"--out: {args.out / KERAS_FILE} already exists; pass --force to "
+                         f"replace it")
+    created = _missing_folders(args.out)
+    try:
+        path = fetch(args.model, args.out,
+                     tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    except BaseException:
+        for folder in created:  # a failed fetch leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     out.print(f"wrote {path}")
     return EXIT_OK
 
 
-def cmd_predict(args) -> int:
+def cmd_history(args) -> int:
+    from search.aliases import alias_history, history_table
+    from search.registry import check_model_name, registered_model, registry_tracker
     from search.tracking import resolve_tracking_uri
 
+    name = check_model_name(args.model)
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    client = registry_tracker(uri).client
+    registered = registered_model(client, name, uri)
+    out.print(history_table(name, alias_history(client, name), registered.aliases))
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from search.serve import serve
+    from search.tracking import resolve_tracking_uri
+
+    def ready(version, url: str) -> None:
+        out.print(f"serving {version.name} version {version.version} ({args.model}) on "
+                  f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    _start_tensorflow(None)
+    serve(args.model, tracking_uri=resolve_tracking_uri(args.tracking_uri, None),
+          host=args.host, port=args.port, on_ready=ready)
+    return EXIT_OK
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def cmd_predict(args) -> int:
+    from search.registry import parse_model_ref
+    from search.tracking import resolve_tracking_uri
+
+    parse_model_ref(args.model)  # bad input fails in a blink, before TensorFlow loads
     box = _parse_box(args.box)
     _start_tensorflow(None)
     from search.predict import predict_images
 
-    predictions = predict_images(args.model, args.images, box=box,
-                                 tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
+    predictions = predict_images(
+        args.model, args.images, box=box, warn=lambda text: err.print(
+            f"warning: {text}", markup=False, soft_wrap=True),
+        tracking_uri=resolve_tracking_uri(args.tracking_uri, None))
     for p in predictions:
+        if args.json:  # one object per face, every probability at full precision
+            print(json.dumps({"file": str(p.file), "expression": p.expression,
+                              "probabilities": p.probabilities}), flush=True)
+            continue
         probs = "  ".join(f"{name} {value:.3f}" for name, value in p.probabilities.items())
         out.print(f"{p.file}: [bold]{p.expression}[/]  ({probs})")
     return EXIT_OK
@@ -512,18 +610,30 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     import trainer
+    from search.data import report_lines
 
     config = trainer.DataConfig(root=args.root, label_file=args.label_file,
                                 image_dir=args.image_dir, strict=args.strict,
                                 cache_dir=args.cache_dir)
-    report = trainer.inspect_dataset(config)
+    # Every image is decoded: a bar on stderr (gone when done) says how far it is.
+    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        report = trainer.inspect_dataset(
+            config, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         out.print_json(json.dumps(report.to_dict()))
         return EXIT_OK
     from search.progress import data_report_table
 
-    out.print(data_report_table(report))
+    table = data_report_table(report)
+    table.caption = None  # the footer is printed below, unwrapped, whatever the width
+    out.print(table)
+    for line in report_lines(report):
+        out.print(line, markup=False, soft_wrap=True)
     return EXIT_OK
 
 

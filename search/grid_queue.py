@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR
 from search.spec import StudySpec
 
-PERMANENT_FAILURE = "permanent"  # user attr `failure` of trials that must not be re-queued
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 
 
@@ -42,7 +42,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
     names = list(spec.grid)
     held = set()
     for trial in study.get_trials(deepcopy=False):
-        if trial.state in _TAKEN or trial.user_attrs.get("failure") == PERMANENT_FAILURE:
+        if trial.state in _TAKEN or trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE:
             params = trial.params or trial.system_attrs.get("fixed_params", {})
             held.add(_key(params, names))
     missing = [p for p in grid_points(spec) if _key(p, names) not in held]

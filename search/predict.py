@@ -1,22 +1,30 @@
 """Predicting expressions of face images with a registered model.
 
-Images are read and cropped the way the trainer reads ExpW (Pillow, RGB, the box clipped to the
-image, one bilinear resize to the model's input size), so a face predicted here looks like the
-faces the model was trained on.
+Faces are made by the trainer's own functions (`trainer.read_image`, `trainer.crop_face`), the
+very path the crop cache trained the model on, so a face predicted here is the face the model
+would have been trained on.
+
+The model is copied out of the registry into a temporary folder and loaded from there: loading a
+``models:/`` URI in place would have MLflow write a ``registered_model_meta`` file into the
+registry's artifact store, and reading a model must never write where it was read from (the
+store may be read-only, or shared).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from search.errors import InputError
 
 Box = tuple[int, int, int, int]
+# A box keeping less than this share of its area on the image is "far outside": warned about.
+FAR_OUTSIDE = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,10 @@ class Prediction:
 
 
 def load_images(
-    paths: Sequence[Path | str], image_size: int, box: Box | None = None
+    paths: Sequence[Path | str],
+    image_size: int,
+    box: Box | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Reads images into a uint8 batch (N, image_size, image_size, 3).
 
@@ -44,6 +55,7 @@ def load_images(
         image_size: the side of the square faces the model takes.
         box: optional face box ``(top, left, right, bottom)`` in pixels, ExpW's order, applied to
             every image; clipped to each image's bounds.
+        warn: told when the box lies mostly outside an image (default: `warnings.warn`).
 
     Raises:
         InputError: a file is missing or not a readable image, or the box is empty or lies
@@ -51,7 +63,7 @@ def load_images(
     """
     if box is not None:
         _check_box(box)
-    faces = [_load_face(Path(path), image_size, box) for path in paths]
+    faces = [_load_face(Path(path), image_size, box, warn or _warn) for path in paths]
     if not faces:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     return np.stack(faces)
@@ -63,6 +75,7 @@ def predict_images(
     *,
     tracking_uri: str,
     box: Box | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Prediction]:
     """Predicts the expression in each image with a registered model.
 
@@ -71,6 +84,7 @@ def predict_images(
         paths: image files; each is resized to the model's input size.
         tracking_uri: the MLflow registry.
         box: optional face box ``(top, left, right, bottom)``, applied to every image.
+        warn: told when the box lies mostly outside an image.
 
     Returns:
         One `Prediction` per path, in order.
@@ -81,7 +95,7 @@ def predict_images(
     if not paths:
         raise InputError("no images given: pass one or more image files")
     model = load_registered_model(model_ref, tracking_uri=tracking_uri)
-    images = load_images(paths, input_size(model), box)
+    images = load_images(paths, input_size(model), box, warn)
     frame = model.predict(images)
     from search.pyfunc_model import EXPRESSION_COLUMN
 
@@ -98,14 +112,21 @@ def predict_images(
 
 def load_registered_model(model_ref: str, *, tracking_uri: str):
     """The pyfunc model a reference points to, resolved to its version first, so errors name
-    what the registry holds and a concurrent alias move cannot change the model mid-call."""
+    what the registry holds and a concurrent alias move cannot change the model mid-call.
+
+    The version's files are copied into a temporary folder and loaded from there (see the
+    module's docstring); the folder is removed once the model is in memory.
+    """
     import mlflow.pyfunc
 
     from search.registry import registry_tracker, resolve_version
 
     tracker = registry_tracker(tracking_uri)
     version = resolve_version(tracker.client, model_ref, tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    with tempfile.TemporaryDirectory(prefix="fer-search-model-") as local:
+        # dst_path makes MLflow copy the model (and write its registered_model_meta) there.
+        return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}",
+                                        dst_path=local)
 
 
 def input_size(model) -> int:
@@ -130,33 +151,42 @@ def _check_box(box: Box) -> None:
         )
 
 
-def _load_face(path: Path, image_size: int, box: Box | None) -> np.ndarray:
+def _load_face(path: Path, image_size: int, box: Box | None,
+               warn: Callable[[str], None]) -> np.ndarray:
+    import trainer
+
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not in resize
-            rgb = img.convert("RGB")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such image file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not an image file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        # Pillow reports corrupt data as OSError, ValueError or SyntaxError by format.
-        raise InputError(f"{path}: not a readable image ({exc})") from None
-    region = (0, 0, rgb.width, rgb.height) if box is None else _clip(path, box, rgb.size)
-    # resize(box=...) crops and resizes in one pass, as the trainer's crop cache does.
-    face = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, box=region)
-    return np.asarray(face, dtype=np.uint8)
-
-
-def _clip(path: Path, box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The box as Pillow's (left, upper, right, lower), clipped to a width x height image."""
-    width, height = size
-    top, left, right, bottom = box
-    left, top = max(0, left), max(0, top)
-    right, bottom = min(width, right), min(height, bottom)
-    if right <= left or bottom <= top:
+        image = trainer.read_image(path)
+    except trainer.UnreadableImage as err:
+        raise InputError(_unreadable(path, err)) from None
+    face = trainer.crop_face(image, box, image_size)  # the crop cache's own path
+    if face is None:
         raise InputError(
             f"{path}: the box {','.join(map(str, box))} (top,left,right,bottom) lies outside "
-            f"the {width}x{height} image"
+            f"the {image.width}x{image.height} image"
         )
-    return left, top, right, bottom
+    if box is not None:
+        _warn_if_far_outside(path, box, image.width, image.height, warn)
+    return face
+
+
+def _unreadable(path: Path, err) -> str:
+    if err.kind == "missing":
+        return f"{path}: no such image file"
+    if err.detail == "a folder":
+        return f"{path}: is a folder, not an image file"
+    return f"{path}: not a readable image ({err.kind}{f': {err.detail}' if err.detail else ''})"
+
+
+def _warn_if_far_outside(path: Path, box: Box, width: int, height: int,
+                         warn: Callable[[str], None]) -> None:
+    top, left, right, bottom = box
+    inside = max(0, min(right, width) - max(left, 0)) * max(0, min(bottom, height) - max(top, 0))
+    share = inside / ((right - left) * (bottom - top))
+    if share < FAR_OUTSIDE:
+        warn(f"{path}: only {share:.0%} of the box {','.join(map(str, box))} "
+             f"(top,left,right,bottom) lies on the {width}x{height} image; it was clipped to it")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)

@@ -7,7 +7,12 @@ MLflow 3, and code keeps working across cloudpickle versions. The trainer packag
 the model too (its ``code/`` folder), so loading needs only the pinned pip requirements::
 
     model = mlflow.pyfunc.load_model("models:/expw-vgg16@champion")
-    frame = model.predict(faces)  # uint8 array (N, S, S, 3), RGB, 0-255
+    frame = model.predict(faces)  # array (N, S, S, 3), RGB, uint8 or float32 in 0..255
+
+The signature declares the outputs only: MLflow enforces a tensor input's dtype exactly, and
+faces come as uint8 (decoded images) and float32 (most image pipelines), so `_as_batch` checks
+the input instead (shape, numbers, range 0..255). Served over HTTP (`fer-search serve`), the
+JSON ``inputs`` arrive as int or float arrays and take the same path.
 
 The model file (``artifacts/model.keras``) is loaded with `trainer.load_model`, in Keras' safe
 mode. This module imports only MLflow, NumPy and pandas at the top: `trainer` (and TensorFlow)
@@ -49,9 +54,9 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
 
         Args:
             context: MLflow's context (unused: everything was loaded in `load_context`).
-            model_input: a NumPy array (N, S, S, 3) of RGB faces, uint8 in 0-255 (what the
-                registered signature accepts); called directly, float arrays in the same
-                0-255 range work too. A single face (S, S, 3) is taken as a batch of one.
+            model_input: a NumPy array (N, S, S, 3) of RGB faces, in 0..255: uint8, float32
+                or any other numeric type (JSON numbers over HTTP). A single face (S, S, 3)
+                is taken as a batch of one.
             params: unused; accepted because MLflow may pass it.
 
         Returns:
@@ -78,6 +83,18 @@ def _as_batch(model_input: Any) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"expected RGB faces shaped (N, S, S, 3), but got an array shaped {images.shape}"
+        )
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number):
+        raise ValueError(f"expected pixel numbers (uint8 or float32), but got {images.dtype}")
+    # The model computes in float32 (it casts uint8 itself); float32 values stay exact.
+    images = images.astype(np.float32, copy=False)
+    if images.size and not (np.isfinite(images).all() and images.min() >= 0
+                            and images.max() <= 255):
+        raise ValueError(
+            f"expected pixel values in 0..255, but got values from {images.min()} to "
+            f"{images.max()}"
         )
     return images
 

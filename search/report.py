@@ -33,6 +33,14 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.contracts import (
+    METRIC_ATTR,
+    MODEL_NAME_ATTR,
+    PARENT_RUN_ATTR,
+    SAMPLER_ATTR,
+    SPEC_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
 from search.tracking import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
 
 PLOTS_DIR = "plots"
@@ -47,8 +55,6 @@ PLOTS = (
     ("contour", "Contour of the two most important params", "plot_contour"),
     ("intermediate_values", "Intermediate values (per epoch)", "plot_intermediate_values"),
 )
-_PARENT_RUN_ATTR = "mlflow_parent_run_id"  # search.study.PARENT_RUN_ATTR (no import cycle)
-_SPEC_ATTR = "spec_yaml"  # search.study.SPEC_ATTR
 
 
 @dataclass
@@ -111,11 +117,11 @@ def refresh(study: optuna.Study, tracker: Tracker, out_dir: Path | None = None) 
     """Writes the description, tags and plots of `study` on its MLflow run (and into
     `out_dir`); returns what it wrote."""
     trials = study.get_trials(deepcopy=False)
-    metric = study.user_attrs.get("metric", "value")
+    metric = study.user_attrs.get(METRIC_ATTR, "value")
     best = _best(study)
-    run_id = study.user_attrs.get(_PARENT_RUN_ATTR, "")
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR, "")
     experiment = tracker.client.get_experiment_by_name(study.study_name)
-    best_run_id = best.user_attrs.get("mlflow_run_id", "") if best else ""
+    best_run_id = best.user_attrs.get(TRIAL_RUN_ID_ATTR, "") if best else ""
     importances = _importances(study)
     versions = registered_versions(tracker, study)
 
@@ -159,7 +165,7 @@ def describe(
 ) -> str:
     """The study run's description, in Markdown."""
     counts = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
-    sampler = study.user_attrs.get("sampler", "?")
+    sampler = study.user_attrs.get(SAMPLER_ATTR, "?")
     direction = study.direction.name.lower()
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -217,7 +223,7 @@ def describe(
 def registered_versions(tracker: Tracker, study: optuna.Study) -> list[dict[str, str]]:
     """The model versions registered from `study` (newest first) and their aliases; empty when
     the registry has none (or cannot be read)."""
-    name = study.user_attrs.get("model_name")
+    name = study.user_attrs.get(MODEL_NAME_ATTR)
     if not name:
         return []
     try:
@@ -251,7 +257,7 @@ def dashboard_note(study: optuna.Study, summary: str = "") -> None:
         from optuna_dashboard import save_note
     except ImportError:  # the dashboard is not installed: nobody reads the note
         return
-    spec = study.user_attrs.get(_SPEC_ATTR, "")
+    spec = study.user_attrs.get(SPEC_ATTR, "")
     body = summary.strip()
     if spec:
         body += f"\n\n### Spec\n\n```yaml\n{spec.rstrip()}\n```\n"

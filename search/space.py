@@ -1,9 +1,9 @@
 """Search-space parameters and their translation to Optuna.
 
 A study's space is a tuple of `Param` objects, each named after the `TrainConfig` field it sets
-(the same name is the Optuna parameter and the MLflow parameter). `search.spec` builds and validates
-them; this module only translates: to Optuna distributions, to the grid of a `GridSampler`, and to
-``trial.suggest_*`` calls.
+(the same name is the Optuna parameter and the MLflow parameter). `search.spec_space` builds and
+validates them; this module only translates: to a grid (its points become the queue of a grid
+study, `search.grid_queue`) and to ``trial.suggest_*`` calls.
 """
 
 from __future__ import annotations
@@ -12,13 +12,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
-
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 
 if TYPE_CHECKING:
     import optuna
@@ -76,29 +69,6 @@ class IntRange:
 
 
 Param: TypeAlias = Categorical | FloatRange | IntRange
-
-
-def to_optuna_distribution(param: Param) -> BaseDistribution:
-    """The Optuna distribution that samples ``param``.
-
-    Args:
-        param: a search-space parameter.
-
-    Returns:
-        A `CategoricalDistribution`, `FloatDistribution` or `IntDistribution`.
-    """
-    if isinstance(param, Categorical):
-        return CategoricalDistribution(list(param.choices))
-    if isinstance(param, FloatRange):
-        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
-    if isinstance(param, IntRange):
-        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
-    raise TypeError(f"not a search-space parameter: {param!r}")
-
-
-def distributions(space: Iterable[Param]) -> dict[str, BaseDistribution]:
-    """The Optuna distributions of a whole space, by parameter name (for ``study.ask``)."""
-    return {param.name: to_optuna_distribution(param) for param in space}
 
 
 def grid_of(space: Iterable[Param]) -> dict[str, list[Any]]:

@@ -8,9 +8,7 @@ run it against one storage; they coordinate only through the storage.
 
 from __future__ import annotations
 
-import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,9 +16,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import grid_queue, signals
+from search.contracts import (
+    METRIC_ATTR,
+    MODEL_NAME_ATTR,
+    PARENT_RUN_ATTR,
+    SAMPLER_ATTR,
+    SPEC_ATTR,
+    SPEC_PATH_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
 from search.data import DataProvider
 from search.errors import StudyError
 from search.report import dashboard_note, refresh_after_run
+from search.space import Categorical, Param
 from search.spec import StudySpec
 from search.storage import (
     MAX_RETRY,
@@ -32,14 +40,11 @@ from search.tracking import Tracker
 from search.trial_runner import TrialOutcome, TrialRunner
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# Trials are claimed and told by this module, not Study.optimize, and TrialRunner beats their
-# heartbeat itself; Optuna's reminder does not apply.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
-SPEC_ATTR = "spec_yaml"
-SPEC_PATH_ATTR = "spec_path"
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
+__all__ = [  # the attribute keys stay importable from here for older callers
+    "PARENT_RUN_ATTR", "SPEC_ATTR", "SPEC_PATH_ATTR", "RunSummary", "StudyLoop", "open_study",
+    "run_study",
+]
 
 
 @dataclass
@@ -80,8 +85,8 @@ class _LostRuns:
         self.run_ids: list[str] = []
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("mlflow_run_id"):
-            self.run_ids.append(trial.user_attrs["mlflow_run_id"])
+        if trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
+            self.run_ids.append(trial.user_attrs[TRIAL_RUN_ID_ATTR])
         self.retry(study, trial)
 
 
@@ -104,9 +109,9 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
     if SPEC_ATTR not in study.user_attrs:
         study.set_user_attr(SPEC_ATTR, spec.redacted_text)
         study.set_user_attr(SPEC_PATH_ATTR, str(spec.path))
-        study.set_user_attr("metric", spec.metric)
-        study.set_user_attr("sampler", spec.sampler)
-        study.set_user_attr("model_name", spec.model_name)
+        study.set_user_attr(METRIC_ATTR, spec.metric)
+        study.set_user_attr(SAMPLER_ATTR, spec.sampler)
+        study.set_user_attr(MODEL_NAME_ATTR, spec.model_name)
         dashboard_note(study)  # the spec, readable in optuna-dashboard
     return study
 
@@ -170,14 +175,13 @@ def run_study(
         on_start(_expected_trials(spec, study, n_trials))
     _log_data(tracker, parent_run_id, spec, dataset)
 
-    stop = _StopFlag()
+    loop = StudyLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials,
+                     deadline=deadline, on_trial_end=on_trial_end)
+    summary.outcomes = loop.outcomes
     status = "FAILED"
     try:
-        with stop.on_sigterm():
-            summary.stopped_because = _loop(
-                spec, study, storage, runner, summary, n_trials, deadline, stop, lost, tracker,
-                on_trial_end,
-            )
+        with signals.stoppable(loop):
+            summary.stopped_because = loop.run()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -196,35 +200,103 @@ def run_study(
     return summary
 
 
-def _loop(spec, study, storage, runner, summary, n_trials, deadline, stop, lost, tracker,
-          on_trial_end) -> str:
-    failures_in_a_row = 0
-    while True:
-        if stop.requested:
-            return "stopped by signal"
-        if n_trials is not None and len(summary.outcomes) >= n_trials:
-            return f"ran the {n_trials} trials asked for"
-        if time.monotonic() >= deadline:
+class StudyLoop:
+    """Claims and runs one process's trials of a study until a budget is spent, the study is
+    done, or `request_stop` is called (by a signal handler: `search.signals`).
+
+    Failing the study after `max_consecutive_failures` failed trials in a row is the loop's job
+    too; a trial taken over by another worker (this one was cut off) does not count.
+
+    Attributes:
+        outcomes: the trials this loop ran, in order.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        runner: TrialRunner,
+        tracker: Tracker,
+        lost: _LostRuns,
+        *,
+        n_trials: int | None = None,
+        deadline: float = float("inf"),
+        on_trial_end: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.study = study
+        self.storage = storage
+        self.runner = runner
+        self.tracker = tracker
+        self.lost = lost
+        self.n_trials = n_trials
+        self.deadline = deadline  # time.monotonic() after which no trial starts
+        self.on_trial_end = on_trial_end
+        self.outcomes: list[TrialOutcome] = []
+        self._stop_reason: str | None = None
+        self._failures_in_a_row = 0
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Starts no further trial; the running one is finished. Safe from a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def run(self) -> str:
+        """Runs trials until one of the loop's ends; returns why it ended, in words.
+
+        Raises:
+            StudyError: too many trials failed in a row.
+            KeyboardInterrupt: after the interrupted trial was recorded (`TrialRunner.run`).
+        """
+        while True:
+            reason = self._why_stop()
+            if reason is not None:
+                return reason
+            self._recover_lost_trials()
+            trial = self._next_trial()
+            if trial is None:
+                if self._others_still_running():
+                    time.sleep(2)  # others are finishing the last points; theirs may yet fail
+                    continue
+                return "study complete"
+            self._record(self._run_trial(trial))
+
+    def _why_stop(self) -> str | None:
+        if self._stop_reason is not None:
+            return self._stop_reason
+        if self.n_trials is not None and len(self.outcomes) >= self.n_trials:
+            return f"ran the {self.n_trials} trials asked for"
+        if time.monotonic() >= self.deadline:
             return "timeout reached"
-        optuna.storages.fail_stale_trials(study)
-        _close_lost_runs(tracker, lost)
-        trial = _next_trial(spec, study, storage)
-        if trial is None:
-            if spec.sampler == "grid" and grid_queue.count(study, TrialState.RUNNING):
-                time.sleep(2)  # others are finishing the last points; theirs may yet fail
-                continue
-            return "study complete"
-        outcome = runner.run(trial)
-        summary.outcomes.append(outcome)
-        if on_trial_end is not None:
-            on_trial_end(outcome, study)
+        return None
+
+    def _recover_lost_trials(self) -> None:
+        """Fails (and re-queues) dead workers' trials, and closes their MLflow runs."""
+        optuna.storages.fail_stale_trials(self.study)
+        _close_lost_runs(self.tracker, self.lost)
+
+    def _next_trial(self) -> optuna.Trial | None:
+        """Claims the next trial (a queued grid point, or a new ask), or None when none is left."""
+        return _next_trial(self.spec, self.study, self.storage)
+
+    def _run_trial(self, trial: optuna.Trial) -> TrialOutcome:
+        return self.runner.run(trial)
+
+    def _others_still_running(self) -> bool:
+        return self.spec.sampler == "grid" and grid_queue.count(self.study, TrialState.RUNNING) > 0
+
+    def _record(self, outcome: TrialOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.on_trial_end is not None:
+            self.on_trial_end(outcome, self.study)
         if not outcome.taken_over:
             failed = outcome.state == TrialState.FAIL
-            failures_in_a_row = failures_in_a_row + 1 if failed else 0
-        if failures_in_a_row >= spec.max_consecutive_failures:
+            self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
+        if self._failures_in_a_row >= self.spec.max_consecutive_failures:
             raise StudyError(
-                f"{failures_in_a_row} trials failed in a row (max_consecutive_failures="
-                f"{spec.max_consecutive_failures}); the last one: {outcome.reason}"
+                f"{self._failures_in_a_row} trials failed in a row (max_consecutive_failures="
+                f"{self.spec.max_consecutive_failures}); the last one: {outcome.reason}"
             )
 
 
@@ -285,20 +357,5 @@ def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
         tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
 
 
-def _first_value(param):
-    from search.space import Categorical
-
+def _first_value(param: Param):
     return param.choices[0] if isinstance(param, Categorical) else param.low
-
-
-class _StopFlag:
-    """SIGTERM asks the loop to stop after the current trial (a worker being scaled down)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def on_sigterm(self):
-        return signals.handling(self._handle, signal.SIGTERM)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True

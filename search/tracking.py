@@ -101,8 +101,9 @@ class Tracker:
 
         _quiet_mlflow_loggers()  # importing mlflow reset them
         self.uri = tracking_uri
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        from search.mlflow_store import ensure_sqlite_store
+
+        ensure_sqlite_store(tracking_uri)  # a new local store: from a template, under a lock
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

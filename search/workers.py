@@ -9,12 +9,12 @@ exactly once). This module only starts them and looks after them:
   tables from one process);
 - each worker gets cores // N TensorFlow threads (`--threads`), so N workers share the machine
   instead of each sizing its pools for all of it;
+- with ``--gpus 0,1,...`` each worker sees one GPU (``CUDA_VISIBLE_DEVICES``), worker i the
+  i-th listed, round-robin when there are more workers than GPUs (two workers then share one);
 - the storage URL and tracking URI reach the workers through their environment, never their
   command line, which any user of the machine can read with `ps`;
 - each worker's output is prefixed with its number;
-- SIGINT and SIGTERM are forwarded: each worker finishes (second SIGINT: fails) its current
-  trial and exits; the workers run in their own process groups, so a Ctrl-C in the terminal
-  reaches them once, through here, not twice;
+- SIGINT and SIGTERM are forwarded (search.signals documents what each does);
 - the exit code sums theirs up: 0 when all succeeded, 2 when one reported bad input, else 1;
   130 when the run was interrupted with SIGINT.
 """
@@ -27,15 +27,16 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from search import signals
+from search.contracts import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from search.errors import InputError
 from search.spec import StudySpec
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+GPU_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class WorkerPlan:
         cache_dir: the crop and feature cache (None: the spec's).
         threads: TensorFlow threads per worker (None: cores // workers, at least 1).
         debug: workers show tracebacks.
+        gpus: GPU indices the workers are spread over, one GPU per worker (None: each worker
+            sees what this process sees).
     """
 
     spec_path: Path
@@ -63,6 +66,7 @@ class WorkerPlan:
     cache_dir: Path | None = None
     threads: int | None = None
     debug: bool = False
+    gpus: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -133,17 +137,44 @@ def worker_command(plan: WorkerPlan, n_trials: int | None, threads: int) -> list
     return command
 
 
-def worker_env(plan: WorkerPlan) -> dict[str, str]:
-    """The workers' environment: ours, plus the storage and tracking URIs (which outrank the
-    spec's, as the caller's flags did) and unbuffered output, so lines arrive as they happen."""
+def worker_env(plan: WorkerPlan, index: int = 0) -> dict[str, str]:
+    """The environment of worker `index` (0-based): ours, plus the storage and tracking URIs
+    (which outrank the spec's, as the caller's flags did), unbuffered output (lines arrive as
+    they happen) and, with `plan.gpus`, the one GPU it may use."""
     from search.storage import STORAGE_ENV
 
-    return {
+    env = {
         **os.environ,
         STORAGE_ENV: plan.storage_url,
         "MLFLOW_TRACKING_URI": plan.tracking_uri,
         "PYTHONUNBUFFERED": "1",
     }
+    if plan.gpus:
+        env[GPU_ENV] = gpu_of_worker(plan.gpus, index)
+    return env
+
+
+def gpu_of_worker(gpus: tuple[str, ...], index: int) -> str:
+    """The GPU of worker `index` (0-based): the list in order, round-robin past its end."""
+    return gpus[index % len(gpus)]
+
+
+def parse_gpus(text: str) -> tuple[str, ...]:
+    """``"0,1,3"`` -> ``("0", "1", "3")``: distinct GPU indices (integers >= 0), as CUDA numbers
+    them (``CUDA_VISIBLE_DEVICES``).
+
+    Raises:
+        InputError: anything else (one line, naming the flag, the rule and the value).
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if all(part.isascii() and part.isdigit() for part in parts):
+        gpus = tuple(str(int(part)) for part in parts)
+        if len(set(gpus)) == len(gpus):
+            return gpus
+    raise InputError(
+        f"--gpus: expected distinct GPU indices separated by commas, such as 0,1, "
+        f"but got {text!r}"
+    )
 
 
 def prepare_study(
@@ -181,7 +212,7 @@ def run_workers(plan: WorkerPlan, sink: TextIO | None = None) -> WorkersResult:
             for index, share in enumerate(shares, 1):
                 process = subprocess.Popen(
                     worker_command(plan, share, threads),
-                    env=worker_env(plan),
+                    env=worker_env(plan, index - 1),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
@@ -210,13 +241,11 @@ def _relay(process: subprocess.Popen, prefix: str, sink: TextIO, lock: threading
             sink.flush()
 
 
-@contextlib.contextmanager
-def _forwarding_signals(processes: list[subprocess.Popen],
-                        result: WorkersResult) -> Iterator[None]:
-    """While the workers run, SIGINT and SIGTERM go to each of them (every SIGINT: a second one
-    interrupts their trials) instead of stopping this process."""
+def _forwarding_signals(processes: list[subprocess.Popen], result: WorkersResult):
+    """While the workers run, SIGINT and SIGTERM go to each of them instead of stopping this
+    process (search.signals, "run --workers N")."""
 
-    def forward(signum: int, frame) -> None:
+    def forward(signum: int) -> None:
         if result.signal_received != signal.SIGINT:  # an interrupt is what the user saw last
             result.signal_received = signum
         for process in processes:
@@ -224,8 +253,7 @@ def _forwarding_signals(processes: list[subprocess.Popen],
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signum)
 
-    with signals.handling(forward, signal.SIGINT, signal.SIGTERM):
-        yield
+    return signals.forwarding(forward)
 
 
 def _stop_leftovers(processes: list[subprocess.Popen]) -> None:

@@ -4,5 +4,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_template_dir(tmp_path_factory):
+    """New MLflow stores are copied from a pre-migrated template (search.mlflow_store); the
+    suite builds its own instead of writing into the user's ~/.cache."""
+    os.environ["FER_SEARCH_MLFLOW_TEMPLATE_DIR"] = str(tmp_path_factory.mktemp("mlflow-template"))
+    yield

@@ -18,6 +18,7 @@ _EXPORTS = {
     "CLASS_NAMES": "trainer.labels",
     "ConfigError": "trainer.errors",
     "DataError": "trainer.errors",
+    "DiskFull": "trainer.errors",
     "TrainerError": "trainer.errors",
     "TrainingDiverged": "trainer.errors",
     "WeightsError": "trainer.errors",
@@ -27,6 +28,9 @@ _EXPORTS = {
     "Dataset": "trainer.dataset",
     "Split": "trainer.dataset",
     "Evaluation": "trainer.metrics",
+    "UnreadableImage": "trainer.faces",
+    "crop_face": "trainer.faces",
+    "read_image": "trainer.faces",
     "class_weights": "trainer.loading",
     "load_dataset": "trainer.loading",
     "inspect_dataset": "trainer.loading",
@@ -66,12 +70,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.errors import (  # noqa: F401
         ConfigError,
         DataError,
+        DiskFull,
         TrainerError,
         TrainingDiverged,
         WeightsError,
     )
     from trainer.evaluate import evaluate  # noqa: F401
     from trainer.export import load_model, save_model  # noqa: F401
+    from trainer.faces import UnreadableImage, crop_face, read_image  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401

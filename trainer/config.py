@@ -1,8 +1,8 @@
 """Typed, frozen configuration of one training run and of one dataset.
 
 Every field name here is also the YAML key, the Optuna parameter and the MLflow parameter (see
-DESIGN.md, "One name per idea"). Unknown keys and out-of-range values raise `ConfigError` naming
-the field, what was expected and what was found.
+ARCHITECTURE.md, "One name per idea"). Unknown keys and out-of-range values raise `ConfigError`
+naming the field, what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ VGG16_MIN_IMAGE_SIZE = 32
 VGG16_BLOCKS = 5
 POOLINGS = ("avg", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+# Train / validation / test fractions when a dataset does not say (the spec's default too).
+DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class DataConfig:
     image_dir: Path | None = None
     margin: float = 0.0
     min_confidence: float | None = None
-    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split: tuple[float, float, float] = DEFAULT_SPLIT
     split_seed: int = 0
     strict: bool = False
     cache_dir: Path = field(default_factory=lambda: Path(".cache"))

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,11 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from trainer.atomic import atomic_dir, file_lock, remove_stale_temps
+from trainer.atomic import (
+    atomic_dir,
+    disk_full_as_error,
+    file_lock,
+    remove_stale_temps,
+    require_free_space,
+    shrink_npy,
+)
 from trainer.errors import DataError
-from trainer.expw import FaceRecord, clip_box
+from trainer.expw import FaceRecord
+from trainer.faces import UnreadableImage, crop_face, read_image
+from trainer.problems import EMPTY_BOX, OUTSIDE_IMAGE, ProblemTally, box_problem
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +162,9 @@ def ensure_crops(
     cached = _try_open(final, key)
     if cached is not None:
         return cached
+    # Before anything is created: a memory-mapped file the disk cannot back kills the process
+    # with SIGBUS when a page of it is first written.
+    require_free_space(final.parent, crops_bytes(len(records), image_size), "the crop cache")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -169,7 +179,9 @@ def ensure_crops(
             shutil.rmtree(final)
         remove_stale_temps(final)
         logger.info("building crop cache %s (%d faces)", final, len(records))
-        with atomic_dir(final) as tmp:
+        needed = crops_bytes(len(records), image_size)
+        require_free_space(final.parent, needed, "the crop cache")  # others may have written
+        with disk_full_as_error(final.parent, needed, "the crop cache"), atomic_dir(final) as tmp:
             _build_crops(records, image_dir, tmp, image_size, margin,
                          workers=workers, strict=strict, meta={"key": key, **(info or {})})
     built = _try_open(final, key)
@@ -204,15 +216,14 @@ class _ImageResult:
     name: str
     crops: np.ndarray | None = None  # (k, S, S, 3) for the faces kept
     kept: list[FaceRecord] = field(default_factory=list)
-    empty_boxes: int = 0
-    error: str | None = None
+    bad_boxes: list[str] = field(default_factory=list)  # EMPTY_BOX / OUTSIDE_IMAGE per face
+    error: str | None = None  # a `trainer.faces.IMAGE_PROBLEMS` kind
+    detail: str = ""
 
 
-def _decode_image(path: Path) -> Image.Image:
-    """Decodes an image file fully into RGB (tests replace this to watch or break decoding)."""
-    with Image.open(path) as img:
-        img.load()  # decode now: a truncated file fails here, not later in resize
-        return img.convert("RGB")
+def _decode_image(path: Path):
+    """`trainer.faces.read_image` (tests replace this to watch or break decoding)."""
+    return read_image(path)
 
 
 def _crop_image(
@@ -222,27 +233,16 @@ def _crop_image(
     result = _ImageResult(name)
     try:
         img = _decode_image(image_dir / name)
-    except FileNotFoundError:
-        result.error = "missing"
-        return result
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # Pillow reports corrupt data as OSError (UnidentifiedImageError, truncation),
-        # ValueError or SyntaxError depending on the format plugin.
-        result.error = f"unreadable: {err}"
+    except UnreadableImage as err:
+        result.error, result.detail = err.kind, err.detail
         return result
     crops = []
     for face in faces:
-        box = clip_box(face, img.width, img.height, margin)
-        if box is None:
-            result.empty_boxes += 1
+        crop = crop_face(img, face.box, image_size, margin)  # the one path, also predict's
+        if crop is None:
+            result.bad_boxes.append(box_problem(face.box))
             continue
-        top, left, bottom, right = box
-        # resize(box=...) crops and resizes in one pass; bilinear with Pillow's support scaling
-        # averages over the source pixels when shrinking, so small faces do not alias.
-        face_img = img.resize(
-            (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, right, bottom)
-        )
-        crops.append(np.asarray(face_img, dtype=np.uint8))
+        crops.append(crop)
         result.kept.append(face)
     if crops:
         result.crops = np.stack(crops)
@@ -299,13 +299,13 @@ class _CropWriter:
         self.labels = np.empty(capacity, dtype=np.int64)
         self.groups: list[str] = []
         self.rows = 0
-        self.empty_boxes = 0
-        self.skipped_faces = 0
-        self.skipped_count = 0
+        self.problems = ProblemTally()
+        self.skipped_faces = 0  # faces of unreadable images
         self.skipped: list[dict[str, str]] = []
 
     def add(self, result: _ImageResult) -> None:
-        self.empty_boxes += result.empty_boxes
+        for kind in result.bad_boxes:
+            self.problems.add(kind, result.name)
         k = len(result.kept)
         if k:
             self.faces[self.rows:self.rows + k] = result.crops
@@ -314,10 +314,24 @@ class _CropWriter:
             self.rows += k
 
     def skip(self, result: _ImageResult, faces: int) -> None:
-        self.skipped_count += 1
+        self.problems.add(result.error or "corrupt", result.name, faces)
         self.skipped_faces += faces
         if len(self.skipped) < MAX_SKIPPED_NAMES:
-            self.skipped.append({"name": result.name, "reason": result.error or ""})
+            reason = result.error + (f" ({result.detail})" if result.detail else "")
+            self.skipped.append({"name": result.name, "reason": reason})
+
+    @property
+    def empty_boxes(self) -> int:
+        return sum(self.problems.kinds[k].faces for k in (EMPTY_BOX, OUTSIDE_IMAGE)
+                   if k in self.problems.kinds)
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(1 for _ in self.skipped_names())
+
+    def skipped_names(self):
+        return (n for k, p in self.problems.kinds.items() if k not in (EMPTY_BOX, OUTSIDE_IMAGE)
+                for n in p.seen)
 
     def close(self, out_dir: Path) -> None:
         """Flushes the faces, cuts them to the rows written, saves labels and groups."""
@@ -325,9 +339,14 @@ class _CropWriter:
         self.faces.flush()
         del self.faces  # unmap before the file is shrunk
         if self.rows < capacity:
-            _shrink_npy(self.faces_path, self.rows)
+            shrink_npy(self.faces_path, self.rows)
         np.save(out_dir / "labels.npy", self.labels[:self.rows], allow_pickle=False)
         np.save(out_dir / "groups.npy", np.asarray(self.groups, dtype=str), allow_pickle=False)
+
+
+def crops_bytes(faces: int, image_size: int) -> int:
+    """Disk space a crop cache entry of ``faces`` faces needs (faces.npy dominates)."""
+    return faces * (image_size * image_size * 3 + 8 + 64) + 64 * 1024
 
 
 def _build_crops(
@@ -355,7 +374,8 @@ def _build_crops(
             elif strict:
                 raise DataError(
                     f"{image_dir / result.name}: expected a readable image, found it "
-                    f"{result.error} (strict mode)"
+                    f"{result.error}{f' ({result.detail})' if result.detail else ''} "
+                    f"(strict mode)"
                 )
             else:
                 writer.skip(result, len(by_image[result.name]))
@@ -380,6 +400,7 @@ def _build_crops(
         "image_size": image_size,
         "margin": margin,
         "empty_boxes": writer.empty_boxes,
+        "problems": writer.problems.to_dict(),
         "skipped_faces": writer.skipped_faces,
         "skipped_file_count": writer.skipped_count,
         "skipped_files": writer.skipped,
@@ -392,36 +413,3 @@ def _build_crops(
         writer.rows, len(by_image), meta["build_seconds"], writer.skipped_count,
     )
     return meta
-
-
-def _shrink_npy(path: Path, rows: int) -> None:
-    """Cuts a C-order .npy file down to its first ``rows`` rows, in place.
-
-    The header is rewritten with the new shape, padded to its old length so the data does not
-    move, and the file is truncated: no copy of the (possibly gigabytes of) data is made.
-    """
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        version = fmt.read_magic(f)
-        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
-        shape, fortran_order, dtype = read_header[version](f)
-        offset = f.tell()
-        if fortran_order or rows > shape[0]:
-            raise ValueError(f"cannot shrink {path} of shape {shape} to {rows} rows")
-        new_shape = (rows, *shape[1:])
-        header = (
-            f"{{'descr': {fmt.dtype_to_descr(dtype)!r}, 'fortran_order': False, "
-            f"'shape': {new_shape!r}, }}"
-        )
-        length_format = "<H" if version == (1, 0) else "<I"
-        prefix = fmt.magic(*version) + struct.pack(length_format, 0)
-        header_len = offset - len(prefix)
-        # A shorter shape always fits in the old header's space; pad with spaces as numpy does.
-        padded = header.ljust(header_len - 1) + "\n"
-        if len(padded) != header_len:
-            raise ValueError(f"new header of {path} does not fit its old {header_len} bytes")
-        f.seek(0)
-        f.write(fmt.magic(*version) + struct.pack(length_format, header_len))
-        f.write(padded.encode("latin1"))
-        f.truncate(offset + rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
-

@@ -52,6 +52,15 @@ class DataReport:
     skipped_faces: int = 0
     label_file: str = ""
     image_dir: str = ""
+    # kind -> {"files", "faces", "examples"}: see trainer.problems (faces skipped, and why)
+    problems: dict[str, dict] = field(default_factory=dict)
+
+    def skipped_summary(self) -> str | None:
+        """One line: faces skipped and why, with the first file names; None when none were."""
+        from trainer.problems import summary
+
+        return summary(self.problems, self.faces + sum(p["faces"] for p in
+                                                       self.problems.values()))
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +76,7 @@ class DataReport:
             "skipped_faces": self.skipped_faces,
             "label_file": self.label_file,
             "image_dir": self.image_dir,
+            "problems": {k: dict(v) for k, v in self.problems.items()},
         }
 
 

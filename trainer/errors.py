@@ -2,7 +2,7 @@
 
 Bad input (`ConfigError`, `DataError`, `WeightsError`) is the user's to fix and stops before any
 training starts. `TrainingDiverged` is a failure of one configuration: a search marks that trial
-failed and goes on.
+failed and goes on. `DiskFull` stops a run (exit 1) before a cache is half-written.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ class DataError(TrainerError):
 
 class WeightsError(TrainerError):
     """VGG16 weights cannot be found or loaded."""
+
+
+class DiskFull(TrainerError):
+    """A cache cannot be written: its folder's file system has too little free space.
+
+    A runtime failure (exit code 1), not bad input: free space, or point ``cache_dir`` elsewhere.
+    """
+
+    def __init__(self, folder: object, needed: int, free: int, what: str) -> None:
+        self.folder, self.needed, self.free = folder, needed, free
+        super().__init__(
+            f"{folder}: not enough free space for {what}: it needs {needed:,} bytes, "
+            f"{free:,} are free (free some space or set cache_dir elsewhere)"
+        )
 
 
 class TrainingDiverged(TrainerError):

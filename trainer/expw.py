@@ -278,10 +278,18 @@ def _filter_confidence(
 def clip_box(
     record: FaceRecord, width: int, height: int, margin: float = 0.0
 ) -> tuple[int, int, int, int] | None:
-    """The face's crop box, widened by ``margin`` and clipped to a ``width`` x ``height`` image.
+    """`clip_region` of a face record's box."""
+    return clip_region(record.box, width, height, margin)
+
+
+def clip_region(
+    box: tuple[int, int, int, int] | None, width: int, height: int, margin: float = 0.0
+) -> tuple[int, int, int, int] | None:
+    """A face's crop region, widened by ``margin`` and clipped to a ``width`` x ``height`` image.
 
     Args:
-        record: the face.
+        box: (top, left, right, bottom) as annotated (label.lst's order); None means the
+            whole image.
         width, height: the decoded image's size in pixels.
         margin: context added on each side, as a fraction of the box's height (top and bottom)
             and width (left and right); 0 keeps the annotated box.
@@ -291,16 +299,15 @@ def clip_box(
         ``array[top:bottom, left:right]``; None when the box is empty (zero or negative size as
         annotated, or lying entirely outside the image).
     """
-    box_h = record.bottom - record.top
-    box_w = record.right - record.left
+    if box is None:
+        return 0, 0, height, width
+    top, left, right, bottom = box
+    box_h, box_w = bottom - top, right - left
     if box_h <= 0 or box_w <= 0:
         return None
-    pad_h = round(margin * box_h)
-    pad_w = round(margin * box_w)
-    top = max(0, record.top - pad_h)
-    left = max(0, record.left - pad_w)
-    bottom = min(height, record.bottom + pad_h)
-    right = min(width, record.right + pad_w)
+    pad_h, pad_w = round(margin * box_h), round(margin * box_w)
+    top, left = max(0, top - pad_h), max(0, left - pad_w)
+    bottom, right = min(height, bottom + pad_h), min(width, right + pad_w)
     if bottom <= top or right <= left:
         return None
     return top, left, bottom, right

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import file_lock
+from trainer.atomic import disk_full_as_error, file_lock, require_free_space
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset
 from trainer.model import Network, cut_name, weights_fingerprint
@@ -62,22 +62,28 @@ def features_for(
     if network.frozen is None:
         raise ValueError("nothing is frozen (trainable_blocks = 5): there are no features to cache")
     path = feature_path(data, split, config)
+    images = data.split(split).images
+    shape = (len(images), *network.frozen.output.shape[1:])
+    needed = int(np.prod(shape, dtype=np.int64)) * 4 + 4096  # float32 and the .npy header
+    # Before anything is created: see `trainer.atomic.require_free_space` (SIGBUS otherwise).
+    require_free_space(path.parent, needed, "the feature cache")
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_suffix(".lock")):
         # Another worker may have finished it while we waited for the lock.
         if path.is_file():
             _loaded[path] = np.load(path, mmap_mode="r")
             return _loaded[path], 0.0
+        require_free_space(path.parent, needed, "the feature cache")
         start = time.perf_counter()
-        _extract_to(path, network, data.split(split).images)
+        with disk_full_as_error(path.parent, needed, "the feature cache"):
+            _extract_to(path, network, images, shape)
         seconds = time.perf_counter() - start
     _loaded[path] = np.load(path, mmap_mode="r")
     return _loaded[path], seconds
 
 
-def _extract_to(path: Path, network: Network, images: np.ndarray) -> None:
+def _extract_to(path: Path, network: Network, images: np.ndarray, shape: tuple) -> None:
     """Streams the frozen part's outputs into a temporary .npy, then renames it into place."""
-    shape = (len(images), *network.frozen.output.shape[1:])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=shape)

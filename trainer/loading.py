@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from trainer.dataset import SPLIT_NAMES, DataReport, Dataset, Split
 from trainer.errors import ConfigError, DataError
 from trainer.expw import FaceRecord, ReadStats, locate_expw, parse_label_bytes
 from trainer.labels import CLASS_NAMES, NUM_CLASSES
+from trainer.problems import BOX_PROBLEMS, IMAGE_PROBLEMS, describe
 from trainer.split import grouped_stratified_split
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ def load_dataset(config: DataConfig, image_size: int) -> Dataset:
         empty_boxes=int(cache.meta.get("empty_boxes", 0)),
         skipped_faces=int(cache.meta.get("skipped_faces", 0)),
         skipped_files=tuple(item["name"] for item in cache.meta.get("skipped_files", [])),
+        problems=cache.meta.get("problems", {}),
     )
     return Dataset(
         train=splits["train"],
@@ -103,33 +106,51 @@ def load_dataset(config: DataConfig, image_size: int) -> Dataset:
     )
 
 
-def inspect_dataset(config: DataConfig) -> DataReport:
-    """Checks a dataset without decoding images or writing anything (``fer-search data check``).
+def inspect_dataset(
+    config: DataConfig, *, on_progress: Callable[[int, int], None] | None = None
+) -> DataReport:
+    """Checks a dataset without writing anything (``fer-search data check``).
 
-    A reader-only pass: label.lst is read and validated exactly as `load_dataset` does, every
-    referenced image is stat'ed (missing ones are counted as skipped, or raise in strict mode),
-    and the split is computed on the remaining faces. Corrupt-but-present images and boxes that
-    fall outside their image are only found when the faces are cropped, so they are not counted
-    here (``empty_boxes`` counts boxes that are empty as annotated). Raises the same errors as
-    `load_dataset` for the same inputs.
+    label.lst is read and validated exactly as `load_dataset` does; then every referenced image
+    is decoded (in parallel) and every face's box checked against its image
+    (`trainer.scan.scan_images`), and the split is computed on the faces that remain, which are
+    the faces `load_dataset` would keep.
 
-    Returns:
-        The report `load_dataset` would give, up to the limits above.
+    Args:
+        config: the dataset; in strict mode any problem found is an error.
+        on_progress: called with (images done, images in all) as images are checked.
+
+    Raises:
+        DataError: as `load_dataset`; in strict mode also any missing, zero-byte, truncated,
+            non-image or corrupt file and any box that crops to nothing (one line: the counts
+            by kind and the first file names).
     """
-    source = _read_source(config)
-    missing = set(source.images.missing)
-    kept = [r for r in source.records if r.image_name not in missing]
-    non_empty = [r for r in kept if r.bottom > r.top and r.right > r.left]
-    labels = np.asarray([r.label for r in non_empty], dtype=np.int64)
-    groups = np.asarray([r.image_name for r in non_empty], dtype=str)
-    _require_all_classes(labels, f"{source.label_file} (after skipping missing images)")
+    from trainer.scan import scan_images
+
+    source = _read_source(config, strict_missing=False)  # every kind counted, then judged
+    tally, lost = scan_images(source.image_dir, source.records, config.margin,
+                              workers=config.workers, on_progress=on_progress)
+    problems = tally.to_dict()
+    if config.strict and problems:
+        lost_faces = sum(p["faces"] for p in problems.values())
+        raise DataError(
+            f"{source.image_dir}: expected every image readable and every box on its image, "
+            f"found {lost_faces} of {len(source.records)} faces unusable: {describe(problems)} "
+            f"(strict mode)"
+        )
+    kept = [r for r in source.records if (r.image_name, r.line_no) not in lost]
+    labels = np.asarray([r.label for r in kept], dtype=np.int64)
+    groups = np.asarray([r.image_name for r in kept], dtype=str)
+    _require_all_classes(labels, f"{source.label_file} (after skipping unusable faces)")
     indices = grouped_stratified_split(labels, groups, config.split, config.split_seed)
     _require_filled_splits(indices, config.split, labels.size)
+    image_kinds = [k for k in problems if k in IMAGE_PROBLEMS]
     return _report(
         source, labels, indices,
-        empty_boxes=len(kept) - len(non_empty),
-        skipped_faces=len(source.records) - len(kept),
-        skipped_files=source.images.missing[:20],
+        empty_boxes=sum(p["faces"] for k, p in problems.items() if k in BOX_PROBLEMS),
+        skipped_faces=sum(problems[k]["faces"] for k in image_kinds),
+        skipped_files=tuple(n for k in image_kinds for n in problems[k]["examples"]),
+        problems=problems,
     )
 
 
@@ -169,8 +190,11 @@ def _check_image_size(image_size: object) -> None:
         )
 
 
-def _read_source(config: DataConfig) -> _Source:
-    """Locates, reads and validates label.lst and surveys its images; writes nothing."""
+def _read_source(config: DataConfig, *, strict_missing: bool = True) -> _Source:
+    """Locates, reads and validates label.lst and surveys its images; writes nothing.
+
+    In strict mode a missing image is an error here, unless ``strict_missing`` is False (the
+    caller judges it with the other problems)."""
     label_file, image_dir = locate_expw(config.root, config.label_file, config.image_dir)
     try:
         label_bytes = label_file.read_bytes()
@@ -190,9 +214,10 @@ def _read_source(config: DataConfig) -> _Source:
     _require_all_classes(labels, f"{label_file}{filtered}")
     images = survey_images(image_dir, [r.image_name for r in records])
     if images.missing:
-        logger.warning("%d images named in %s are missing from %s (first: %s)",
-                       len(images.missing), label_file, image_dir, images.missing[0])
-        if config.strict:
+        # Not a warning here: `run` prints one line for every face it skipped, and why.
+        logger.info("%d images named in %s are missing from %s (first: %s)",
+                    len(images.missing), label_file, image_dir, images.missing[0])
+        if config.strict and strict_missing:
             first = next(r for r in records if r.image_name == images.missing[0])
             raise DataError(
                 f"{label_file}:{first.line_no}: expected image {image_dir / first.image_name} "
@@ -251,6 +276,7 @@ def _report(
     empty_boxes: int,
     skipped_faces: int,
     skipped_files: tuple[str, ...],
+    problems: dict[str, dict] | None = None,
 ) -> DataReport:
     def counts(values: np.ndarray) -> dict[str, int]:
         found = np.bincount(values, minlength=NUM_CLASSES)
@@ -269,4 +295,5 @@ def _report(
         skipped_faces=skipped_faces,
         label_file=str(source.label_file),
         image_dir=str(source.image_dir),
+        problems=dict(problems or {}),
     )

@@ -6,9 +6,16 @@ before anything imports Keras.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 
 _configured_threads: int | None = None
+# Optional extras Keras imports eagerly if installed, for features this project never uses (the
+# scikit-learn wrappers, an image-gallery plot); hidden while Keras loads, they cost ~1 s of
+# start-up (scikit-learn pulls in SciPy; matplotlib.pyplot its backends).
+_UNUSED_BY_KERAS = ("sklearn", "matplotlib")
 
 
 def prepare_environment() -> None:
@@ -73,7 +80,9 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
         os.dup2(devnull, 2)
         os.close(devnull)
     try:
-        import tensorflow as tf
+        with _hidden(_UNUSED_BY_KERAS):
+            import keras  # noqa: F401  (TensorFlow imports it too; either way, under the guard)
+            import tensorflow as tf
 
         set_threads(threads)
         tf.constant(0)  # the CUDA probe runs on first use, not on import
@@ -83,3 +92,19 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
         if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _hidden(names: tuple[str, ...]) -> Iterator[None]:
+    """Makes ``import NAME`` raise ImportError for the block (modules already imported stay
+    visible), then makes them importable again: `trainer.loading.class_weights` still imports
+    scikit-learn when a study asks for balanced class weights."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  (the import system's "not found")
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]

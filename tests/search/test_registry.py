@@ -18,18 +18,19 @@ from mlflow import MlflowClient
 from PIL import Image
 
 import trainer
+from search.aliases import alias_history
+from search.cli import main
 from search.data import DataProvider
 from search.errors import InputError
 from search.predict import load_images, predict_images
+from search.promotion import check_reproduced, promote
 from search.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
-    check_reproduced,
     fetch,
     models_uri,
     parse_model_ref,
-    promote,
 )
 from search.spec import load_spec
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
@@ -55,9 +56,12 @@ def faces(tiny_study):  # noqa: F811
     return np.asarray(data.test.images[:4])
 
 
+def _study(tiny_study):  # noqa: F811
+    return optuna.load_study(study_name=tiny_study.name, storage=tiny_study.storage_url)
+
+
 def _best(tiny_study):  # noqa: F811
-    return optuna.load_study(study_name=tiny_study.name,
-                             storage=tiny_study.storage_url).best_trial
+    return _study(tiny_study).best_trial
 
 
 # ------------------------------------------------------------------------------------ promote
@@ -101,29 +105,83 @@ def test_promotion_leaves_the_trial_run_finished_with_test_scores(tiny_study, ch
 
 def test_champion_moves_only_for_a_better_test_score_or_when_forced(tiny_study, client):  # noqa: F811
     name = "expw-aliases"
-    run_id = _best(tiny_study).user_attrs["mlflow_run_id"]
+    best = _best(tiny_study)
+    other = next(t.number for t in _study(tiny_study).trials if t.number != best.number)
+    run_id = best.user_attrs["mlflow_run_id"]
     ended = client.get_run(run_id).info
     first = promote(tiny_study.name, **tiny_study.urls, model_name=name)
-    assert (first.version, first.alias) == (1, CHAMPION)
+    assert (first.version, first.alias, first.reused) == (1, CHAMPION, False)
     # The trial's run was reopened to log the model and closed as it was.
     after = client.get_run(run_id).info
     assert (after.status, after.end_time) == (ended.status, ended.end_time)
 
-    same = promote(tiny_study.name, **tiny_study.urls, model_name=name)
-    assert (same.version, same.alias) == (2, CHALLENGER)  # equal is not better
-    assert (same.previous_champion_version, same.previous_champion_score) == (1, first.score)
+    # The same trial again: its version is reused, never registered twice.
+    again = promote(tiny_study.name, **tiny_study.urls, model_name=name)
+    assert (again.version, again.alias, again.reused) == (1, CHAMPION, True)
+    assert again.test_metrics == first.test_metrics
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
 
-    # The champion looks worse than the same model promoted again: the new version wins.
-    client.set_model_version_tag(name, "1", "test_accuracy", str(first.score - 0.5))
-    better = promote(tiny_study.name, **tiny_study.urls, model_name=name)
-    assert (better.version, better.alias, better.previous_champion_version) == (3, CHAMPION, 1)
+    # The other trial against an unbeatable champion: challenger.
+    client.set_model_version_tag(name, "1", "test_accuracy", "2.0")
+    second = promote(tiny_study.name, **tiny_study.urls, model_name=name, trial_number=other)
+    assert (second.version, second.alias, second.trial_number) == (2, CHALLENGER, other)
+    assert (second.previous_champion_version, second.previous_champion_score) == (1, 2.0)
+
+    # The champion now looks worse: the other trial, promoted again, takes it over.
+    client.set_model_version_tag(name, "1", "test_accuracy", "-1.0")
+    better = promote(tiny_study.name, **tiny_study.urls, model_name=name, trial_number=other)
+    assert (better.version, better.alias, better.reused) == (2, CHAMPION, True)
+    assert better.previous_champion_version == 1
 
     # An unbeatable champion, replaced anyway by force.
-    client.set_model_version_tag(name, "3", "test_accuracy", "2.0")
+    client.set_model_version_tag(name, "2", "test_accuracy", "2.0")
     forced = promote(tiny_study.name, **tiny_study.urls, model_name=name, force=True)
-    assert (forced.version, forced.alias, forced.previous_champion_score) == (4, CHAMPION, 2.0)
+    assert (forced.version, forced.alias, forced.previous_champion_score) == (1, CHAMPION, 2.0)
     aliases = client.get_registered_model(name).aliases
-    assert {alias: int(v) for alias, v in aliases.items()} == {CHAMPION: 4, CHALLENGER: 2}
+    assert {alias: int(v) for alias, v in aliases.items()} == {CHAMPION: 1, CHALLENGER: 2}
+
+    # Every move is recorded, in order, with the version it replaced.
+    moves = [(m.alias, m.version, m.replaced, m.trial) for m in alias_history(client, name)]
+    assert moves == [(CHAMPION, 1, None, best.number), (CHALLENGER, 2, None, other),
+                     (CHAMPION, 2, 1, other), (CHAMPION, 1, 2, best.number)]
+    assert "Champion now**: version 1" in client.get_registered_model(name).description
+
+
+def test_history_prints_who_held_the_champion_when(tiny_study, champion, capsys):  # noqa: F811
+    assert main(["history", "expw-vgg16", "--tracking-uri", tiny_study.tracking_uri]) == 0
+    text = capsys.readouterr().out
+    assert "expw-vgg16: alias moves (champion = version 1)" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("│ 1 "))
+    assert "champion" in row and "now" in row and f"{tiny_study.name} / " in row
+
+    assert main(["history", "no-such-model", "--tracking-uri", tiny_study.tracking_uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().startswith("error: no registered model named 'no-such-model'")
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_the_logged_model_is_named_after_the_trial_and_shown_as_registered(
+        tiny_study, champion, client):  # noqa: F811
+    version = client.get_model_version("expw-vgg16", "1")
+    # The SQL registry keeps the logged model in the source (models:/<model id>).
+    logged = client.get_logged_model(version.model_id or version.source.removeprefix("models:/"))
+    assert logged.name == f"{tiny_study.name}-trial-{champion.trial_number}"
+    assert logged.source_run_id == champion.run_id
+    # The link `mlflow.register_model` writes, which the UI reads ("Registered: version 1").
+    links = json.loads(logged.tags["mlflow.modelVersions"])
+    assert [(link["name"], str(link["version"])) for link in links] == [("expw-vgg16", "1")]
+
+    text = version.description
+    assert f"Trial **{champion.trial_number}** of study **{tiny_study.name}**" in text
+    assert f"| test | {champion.test_metrics['test_accuracy']:.4f} |" in text
+    assert all(f"| {cls} | " in text for cls in trainer.CLASS_NAMES)  # per-class recall rows
+    assert f"`{version.tags['data_fingerprint']}`" in text
+    assert f"runs/{champion.run_id}/artifacts/test/confusion_matrix.png" in text
+    for param, value in _best(tiny_study).params.items():
+        assert f"| {param} | `{value}` |" in text
+    model_text = client.get_registered_model("expw-vgg16").description
+    assert "Champion now**: version 1 (study tiny" in model_text
+    assert "fer-search serve expw-vgg16@champion" in model_text
 
 
 def test_a_model_that_cannot_serve_is_not_registered(tiny_study, client, monkeypatch):  # noqa: F811
@@ -357,3 +415,240 @@ def test_the_champion_loads_as_pyfunc_in_a_fresh_process(tiny_study, champion, f
     np.testing.assert_allclose(result["probs"], here.drop(columns="expression").to_numpy(),
                                atol=1e-6)
     assert result["expression"] == list(here["expression"])
+
+
+# ----------------------------------------------------------------------- racing promotions
+
+RACER = """
+import contextlib, json, sys, time
+from pathlib import Path
+from search import promotion
+
+study, name, trial, marks, me = sys.argv[1:6]
+real_lock = promotion.champion_lock
+
+@contextlib.contextmanager
+def watched_lock(*args):
+    # Start line: every racer has done its slow part and now goes for the lock at once.
+    (marks / f"ready-{me}").touch()
+    deadline = time.monotonic() + 600
+    while len(list(marks.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with real_lock(*args):
+        entered = time.time()
+        time.sleep(0.5)  # widen the read-compare-set window
+        yield
+        (marks / f"held-{me}.json").write_text(json.dumps([entered, time.time()]))
+
+promotion.champion_lock = watched_lock
+marks = Path(marks)
+result = promotion.promote(study, storage_url=sys.argv[6], tracking_uri=sys.argv[7],
+                           model_name=name, trial_number=int(trial))
+print(json.dumps({"version": result.version, "alias": result.alias, "reused": result.reused}))
+"""
+
+
+def test_racing_promotions_end_with_the_better_champion_and_one_version_per_trial(
+        tiny_study, client, tmp_path):  # noqa: F811
+    """Three `promote` processes on one model name, two of them on the same trial, reach the
+    registry together: the lock serialises them, the trial is registered once, and the
+    champion is the version with the better test score."""
+    name = "expw-race"
+    trials = sorted(t.number for t in _study(tiny_study).trials)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, tiny_study.name, name, str(trial), str(marks),
+             f"racer{i}", tiny_study.storage_url, tiny_study.tracking_uri],
+            cwd=tiny_study.folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, trial in enumerate([trials[0], trials[1], trials[0]])
+    ]
+    outputs = [racer.communicate(timeout=600) for racer in racers]
+    for racer, (_, stderr) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, stderr[-3000:]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+
+    held = sorted(json.loads(p.read_text()) for p in marks.glob("held-*.json"))
+    assert len(held) == 3
+    for (_, end), (start, _) in zip(held, held[1:], strict=False):
+        assert end <= start, f"two promotions held the lock at once: {held}"
+
+    versions = client.search_model_versions(f"name='{name}'")
+    runs = {t.number: t.user_attrs["mlflow_run_id"] for t in _study(tiny_study).trials}
+    assert sorted(v.run_id for v in versions) == sorted(runs[t] for t in trials)
+    assert sorted(r["reused"] for r in results) == [False, False, True]
+    assert results[0]["version"] == results[2]["version"]  # the same trial, one version
+
+    scores = {int(v.version): float(v.tags["test_accuracy"]) for v in versions}
+    aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
+    assert scores[aliases[CHAMPION]] == max(scores.values())
+    # The other version is challenger if it came second, or a replaced champion (no alias).
+    assert aliases.get(CHALLENGER, 0) != aliases[CHAMPION]
+    assert set(aliases) <= {CHAMPION, CHALLENGER}
+    # The recorded history agrees with where the aliases are.
+    last = {m.alias: m.version for m in alias_history(client, name)}
+    assert last == aliases
+
+
+def test_the_promotion_lock_lives_in_the_registry_store_else_the_optuna_storage(tmp_path):
+    from search.promotion import champion_lock
+
+    optuna_url = f"sqlite:///{tmp_path}/studies/optuna.db"
+    with champion_lock(f"sqlite:///{tmp_path}/mlruns/mlflow.db", optuna_url, "m1"):
+        assert (tmp_path / "mlruns" / "mlflow.db.registry-m1.lock").exists()
+    # An MLflow server's database is out of reach: the study's storage carries the lock.
+    with champion_lock("http://127.0.0.1:5000", optuna_url, "m1"):
+        assert (tmp_path / "studies" / "optuna.db.registry-m1.lock").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("tracking", ["postgres", "http"])
+def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, tracking):
+    """A second holder of the model's lock waits (seen in pg_locks) until the first lets go,
+    whether the lock lives in the MLflow database or, behind an MLflow server, in Optuna's."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from search.promotion import champion_lock
+
+    url = pg_cluster.url()
+    tracking_uri = url if tracking == "postgres" else "http://127.0.0.1:1"
+    order: list[str] = []
+    trying = threading.Event()
+
+    def second() -> None:
+        trying.set()
+        with champion_lock(tracking_uri, url, f"race-{tracking}"):
+            order.append("second in")
+
+    engine = create_engine(url)
+    try:
+        with champion_lock(tracking_uri, url, f"race-{tracking}"):
+            thread = threading.Thread(target=second)
+            thread.start()
+            trying.wait(30)
+            with engine.connect() as connection:
+                for _ in range(600):  # until the second promoter waits on the advisory lock
+                    waiting = connection.execute(text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted")).scalar()
+                    if waiting:
+                        break
+                    connection.commit()
+                    threading.Event().wait(0.05)
+            assert waiting == 1 and order == []
+            order.append("first out")
+        thread.join(30)
+    finally:
+        engine.dispose()
+    assert order == ["first out", "second in"]
+
+
+# ---------------------------------------------------------------------- pixels and serving
+
+
+def test_the_pyfunc_model_takes_uint8_and_float32_faces(tiny_study, champion, faces):  # noqa: F811
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/expw-vgg16/1")
+    as_uint8 = model.predict(faces)
+    as_float = model.predict(faces.astype(np.float32))  # through MLflow's schema enforcement
+    columns = list(trainer.CLASS_NAMES)
+    np.testing.assert_allclose(as_float[columns].to_numpy(), as_uint8[columns].to_numpy(),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match=r"pixel values in 0\.\.255, but got values from 30"):
+        model.predict(faces.astype(np.float32) + 300)
+    with pytest.raises(ValueError, match="shaped"):
+        model.predict(faces[..., :2])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _http(url: str, body: dict | None = None, timeout: float = 60):
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def test_serve_answers_uint8_and_float32_faces_like_the_pyfunc_model(  # noqa: F811
+        tiny_study, champion, faces):  # noqa: F811
+    import signal
+    import time
+    import urllib.error
+
+    import mlflow.pyfunc
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "serve", "expw-vgg16@champion", "--port",
+         str(port), "--tracking-uri", tiny_study.tracking_uri],
+        cwd=tiny_study.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the server loads TensorFlow and the model first
+            assert server.poll() is None, server.communicate()[1][-3000:]
+            try:
+                if _http(f"{base}/ping", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /ping in 300 s"
+            time.sleep(0.5)
+        pyfunc = mlflow.pyfunc.load_model("models:/expw-vgg16/1")
+        columns = list(trainer.CLASS_NAMES)
+        two = faces[:2]
+        # A uint8 batch arrives as JSON integers; a float32 one (not whole numbers) as floats.
+        for batch in (two, two.astype(np.float32) * 0.75 + 0.5):
+            status, body = _http(f"{base}/invocations", {"inputs": batch.tolist()})
+            assert status == 200
+            rows = json.loads(body)["predictions"]
+            served = np.array([[row[c] for c in columns] for row in rows])
+            np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+            expected = pyfunc.predict(batch)
+            np.testing.assert_allclose(served, expected[columns].to_numpy(), atol=1e-6)
+            assert [row["expression"] for row in rows] == list(expected["expression"])
+    finally:
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=60)
+    assert "serving expw-vgg16 version 1 (expw-vgg16@champion)" in stdout
+    assert server.returncode == 0, stderr[-3000:]
+
+
+# --------------------------------------------------------------- fetching needs no Optuna
+
+NO_OPTUNA = """
+import sys
+from search.registry import fetch
+import search.aliases, search.registration, search.serve  # noqa: F401
+fetch("expw-vgg16/1", sys.argv[1], tracking_uri=sys.argv[2])
+print(sorted(m for m in sys.modules if m.split(".")[0] == "optuna"))
+"""
+
+
+def test_fetching_imports_no_optuna(tiny_study, champion, tmp_path):  # noqa: F811
+    done = subprocess.run(
+        [sys.executable, "-c", NO_OPTUNA, str(tmp_path / "m"), tiny_study.tracking_uri],
+        cwd=tiny_study.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "m" / "model.keras").exists()

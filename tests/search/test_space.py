@@ -1,4 +1,4 @@
-"""Search-space parameters translate to Optuna distributions, grids and suggest calls."""
+"""Search-space parameters translate to grids and to suggest calls (and their distributions)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from search.space import (
     Categorical,
     FloatRange,
     IntRange,
-    distributions,
     grid_of,
     grid_size,
     suggest,
     suggest_all,
-    to_optuna_distribution,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,17 +48,10 @@ RANGES = (
         (IntRange("head_width", 64, 1024, log=True), IntDistribution(64, 1024, log=True)),
     ],
 )
-def test_to_optuna_distribution(param, expected) -> None:
-    assert to_optuna_distribution(param) == expected
-
-
-def test_to_optuna_distribution_rejects_other_objects() -> None:
-    with pytest.raises(TypeError):
-        to_optuna_distribution("learning_rate")  # type: ignore[arg-type]
-
-
-def test_distributions_by_name() -> None:
-    assert list(distributions(RANGES)) == [param.name for param in RANGES]
+def test_suggest_samples_from_the_matching_distribution(param, expected) -> None:
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest(trial, param)
+    assert trial.distributions == {param.name: expected}
 
 
 def test_grid_of_keeps_order_and_types() -> None:
@@ -93,7 +84,7 @@ def test_suggest_with_a_real_trial() -> None:
         assert type(values["head_width"]) is int and 64 <= values["head_width"] <= 1024
         assert values["batch_size"] % 16 == 0 and 16 <= values["batch_size"] <= 128
         assert values["pooling"] in ("avg", "flatten")
-        assert trial.distributions == distributions(RANGES)
+        assert list(trial.distributions) == [param.name for param in RANGES]
         study.tell(trial, 0.0)
 
 

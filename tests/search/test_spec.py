@@ -12,7 +12,7 @@ import yaml
 from search.errors import SearchError, SpecError
 from search.space import Categorical, FloatRange, IntRange
 from search.spec import ExpwData, StudySpec, SyntheticData, load_spec
-from trainer.config import DataConfig, TrainConfig
+from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -120,6 +120,21 @@ def test_grid_may_run_part_of_the_grid(tmp_path: Path) -> None:
     assert (spec.n_trials, spec.timeout) == (3, 60)
 
 
+@pytest.mark.parametrize("seconds", [600, 0.5])
+def test_trial_timeout(tmp_path: Path, seconds: float) -> None:
+    assert load_spec(_write(tmp_path, BASE)).trial_timeout is None  # default: no limit
+    assert load_spec(_write(tmp_path, _with(("trial_timeout", None)))).trial_timeout is None
+    spec = load_spec(_write(tmp_path, _with(("trial_timeout", seconds))))
+    assert spec.trial_timeout == seconds
+    assert spec.timeout is None  # the study's budget is a different key
+
+
+def test_a_misspelt_trial_timeout_is_an_unknown_key(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(_write(tmp_path, _with(("trial_timout", 60))))
+    assert "did you mean 'trial_timeout'?" in str(caught.value)
+
+
 def test_random_with_timeout_only(tmp_path: Path) -> None:
     spec = load_spec(_write(tmp_path, _with(RANDOM, ("timeout", 1.5))))
     assert (spec.n_trials, spec.timeout) == (None, 1.5)
@@ -176,6 +191,15 @@ def test_expw_data(tmp_path: Path) -> None:
     assert (config.split_seed, config.strict, config.workers) == (3, True, 2)
     assert config.cache_dir == Path("/tmp/cache")
     assert spec.data_config(cache_dir="elsewhere").cache_dir == Path("elsewhere")
+    # The ExpW options are DataConfig's own, declared once in the trainer.
+    assert isinstance(spec.data, ExpwData) and spec.data.config.margin == 0.1
+
+
+def test_the_default_split_is_the_trainers(tmp_path: Path) -> None:
+    spec = load_spec(_write(tmp_path, BASE))
+    assert spec.data.split == DEFAULT_SPLIT == DataConfig(Path("x")).split
+    expw = load_spec(_write(tmp_path, _with(("data", {"root": "data/expw"}))))
+    assert expw.data_config() == DataConfig(Path("data/expw"))
 
 
 @pytest.mark.parametrize(
@@ -317,6 +341,11 @@ BAD_SPECS = {
     "zero n_trials": (_with(RANDOM, ("n_trials", 0)), "n_trials", "0"),
     "negative timeout": (_with(("timeout", -5)), "timeout", "-5"),
     "timeout is a string": (_with(("timeout", "1h")), "timeout", "'1h'"),
+    "zero trial_timeout": (_with(("trial_timeout", 0)), "trial_timeout", "0"),
+    "negative trial_timeout": (_with(("trial_timeout", -1.5)), "trial_timeout", "-1.5"),
+    "trial_timeout is a string": (_with(("trial_timeout", "10m")), "trial_timeout", "'10m'"),
+    "trial_timeout is true": (_with(("trial_timeout", True)), "trial_timeout", "True"),
+    "trial_timeout is a list": (_with(("trial_timeout", [60])), "trial_timeout", "[60]"),
     "grid n_trials above grid": (_with(("n_trials", 5)), "n_trials", "5"),
     "random without a budget": (_with(RANDOM), "n_trials", "nothing"),
     "max_consecutive_failures 0": (

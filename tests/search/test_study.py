@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -193,3 +195,41 @@ def test_grid_trials_differing_only_in_epochs_share_one_training(project):
         "epochs_trained"]) for t in trials}
     assert sum(trained.values()) == 3  # one training to 3 epochs answered all three trials
     assert max(trained.values()) == 3
+
+
+def test_sigterm_mid_trial_finishes_that_trial_and_starts_no_other(project, monkeypatch):
+    """`run_study` called as a library (no command installed handlers) behaves as `run`."""
+    spec_path = write_spec(project)
+    where = urls(project)
+    real_train = trainer.train
+
+    def signalled_during_the_first(config, data, on_epoch_end=None, **options):
+        signal.raise_signal(signal.SIGTERM)  # as a supervisor would, mid-trial
+        return real_train(config, data, on_epoch_end, **options)
+
+    monkeypatch.setattr(trainer, "train", signalled_during_the_first)
+    summary = run_study(load_spec(spec_path), **where)
+    assert summary.stopped_because == "stopped by SIGTERM"
+    assert [o.state for o in summary.outcomes] == [TrialState.COMPLETE]
+    states = sorted(t.state.name for t in _trials(spec_path, where["storage_url"]))
+    assert states == ["COMPLETE", "WAITING", "WAITING", "WAITING"]
+    runs, studies = _runs(where["tracking_uri"], "tiny")
+    assert [r.info.status for r in runs] == ["FINISHED"] and studies[0].info.status == "FINISHED"
+
+
+def test_a_loop_asked_to_stop_before_it_starts_runs_nothing(project, monkeypatch):
+    spec_path = write_spec(project)
+    where = urls(project)
+    seen = []
+
+    class StopAtOnce(study_module.StudyLoop):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.request_stop("asked")
+            self.request_stop("asked again")  # the first reason is kept
+            seen.append(self)
+
+    monkeypatch.setattr(study_module, "StudyLoop", StopAtOnce)
+    summary = run_study(load_spec(spec_path), **where)
+    assert summary.stopped_because == "asked" and summary.outcomes == [] and len(seen) == 1
+    assert all(t.state == TrialState.WAITING for t in _trials(spec_path, where["storage_url"]))

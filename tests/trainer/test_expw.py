@@ -10,7 +10,7 @@ import pytest
 from tests.trainer.conftest import BACKGROUND, draw_image, save_jpeg
 from trainer.crops import ensure_crops
 from trainer.errors import DataError
-from trainer.expw import FaceRecord, clip_box, locate_expw, read_label_file
+from trainer.expw import FaceRecord, clip_box, clip_region, locate_expw, read_label_file
 
 # The example line from ExpW's readme: rows 28..141, columns 113..226, score 22.9, label 0.
 REAL_LINE = "angry_actor_104.jpg 0 28 113 226 141 22.9362 0"
@@ -164,6 +164,15 @@ def test_empty_boxes_counted_by_the_crop_cache(tmp_path: Path) -> None:
     cache = ensure_crops(records, image_dir, tmp_path / "cache", "k", 32, 0.0, workers=1)
     assert cache.faces.shape[0] == 1
     assert cache.meta["empty_boxes"] == 1
+    assert cache.meta["problems"] == {
+        "box outside its image": {"files": 1, "faces": 1, "examples": ["a.jpg"]}
+    }
+
+
+def test_clip_region_takes_a_bare_box_or_the_whole_image() -> None:
+    assert clip_region((-10, -5, 300, 200), 260, 180) == (0, 0, 180, 260)
+    assert clip_region(None, 260, 180) == (0, 0, 180, 260)
+    assert clip_region((10, 10, 10, 20), 100, 100) is None
 
 
 # --- malformed files: one clear, fatal error naming file:line ---------------------------------

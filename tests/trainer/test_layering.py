@@ -1,4 +1,4 @@
-"""`trainer` never imports optuna, mlflow or search (DESIGN.md: imports run search -> trainer)."""
+"""`trainer` never imports optuna, mlflow or search (ARCHITECTURE.md: search -> trainer only)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,48 @@
+"""Names and numbers that more than one module (or another program) relies on, defined once.
+
+Optuna attribute keys and MLflow tag keys are read back by other commands (`promote` reads what
+`run` wrote) and by people (the MLflow UI, optuna-dashboard), so a key renamed in one place only
+would silently break the other side. Exit codes are read by shells and supervisors, and `run
+--workers N` sums up its workers' codes. This module imports nothing heavy: every command may
+import it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------ Optuna trial user attributes
+
+TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
+TRIAL_REASON_ATTR = "reason"  # why a trial failed or was pruned, in words
+TRIAL_FAILURE_ATTR = "failure"  # PERMANENT_FAILURE: never re-queued (the loss diverged)
+PERMANENT_FAILURE = "permanent"
+
+# ------------------------------------------------------------------ Optuna study user attributes
+
+SPEC_ATTR = "spec_yaml"  # the spec's text (passwords masked): what `promote` rebuilds from
+SPEC_PATH_ATTR = "spec_path"  # the spec file, as given when the study was created
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+METRIC_ATTR = "metric"
+SAMPLER_ATTR = "sampler"
+MODEL_NAME_ATTR = "model_name"
+
+# ------------------------------------------------------------------------------- MLflow tags
+
+KIND_TAG = "fer_search.kind"  # "study" (parent run) or "trial" (nested run)
+FAIL_REASON_TAG = "fail_reason"  # why a run ended FAILED or KILLED
+
+# ------------------------------------------------------------------------------ exit codes
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a runtime failure (a study failing, a database gone)
+EXIT_BAD_INPUT = 2  # input the user can fix; one line on stderr names it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+# ------------------------------------------------------------------------- model registry
+
+# Names end up in URLs (`models:/name@alias`), file names and MLflow experiment names.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MODEL_NAME_EXPECTED = "a name of letters, digits, '_', '.' and '-', starting with a letter or digit"
+DEFAULT_MODEL_NAME = "expw-vgg16"
+CHAMPION_ALIAS = "champion"
