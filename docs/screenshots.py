@@ -42,10 +42,8 @@ def main() -> int:
         page.wait_for_timeout(1000)
         page.screenshot(path=args.out / "runs-view.png")
 
-        name = page.locator("a", has=study.locator("xpath=..")).first
         run_link = page.locator('a[href*="/runs/"]').filter(has_not_text="trial-").first
         href = run_link.get_attribute("href") or ""
-        del name
         base = args.url.split("#")[0]
         run_path = href.split("#")[-1].split("?")[0]
         page.goto(f"{base}#{run_path}/artifacts/plots/{PLOT}?workflowType=machine_learning")
