@@ -147,14 +147,13 @@ def test_model_registry_shows_the_champion(inspected, page, screenshots):
     page.screenshot(path=screenshots / "registry.png")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the registry helper's change: the logged model "
-                   "gets its mlflow.modelVersions link (mlflow.register_model)")
 def test_logged_model_page_shows_its_model_version(inspected, page, screenshots):
     page.goto(f"{inspected.base}/#/experiments/{inspected.experiment_id}/models/"
               f"{inspected.logged_model_id}?{ML_VIEW}")
     page.get_by_text("test_accuracy").first.wait_for()  # its metrics: the page is there
     _close_assistant(page)
     page.screenshot(path=screenshots / "logged-model.png")
+    # Registered: no "Not registered" tag, and its version listed under "Model versions".
     assert page.get_by_text("Not registered").count() == 0
     assert page.locator(f'a[href*="/models/{MODEL}/versions/1"]').count()
 

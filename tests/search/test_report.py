@@ -149,3 +149,30 @@ def test_ui_picks_the_most_recent_study_and_links_its_runs_in_the_training_view(
     assert runs_url("http://127.0.0.1:5000", experiment.experiment_id) == (
         f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
         "?workflowType=machine_learning")
+
+
+@pytest.mark.postgres
+def test_report_on_postgres_with_a_tracking_server(pg_cluster, mlflow_server, tmp_path,
+                                                   monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from search.spec import load_spec
+    from search.study import run_study
+    from trainer.runtime import load_tensorflow
+
+    monkeypatch.chdir(tmp_path)
+    load_tensorflow()
+    where = {"storage_url": pg_cluster.url(), "tracking_uri": mlflow_server.uri}
+    space = {**SPACE, "epochs": [1], "head_width": [16, 32]}
+    run_study(load_spec(write_spec(tmp_path, "pg-report", space=space)), **where)
+    assert main(["report", "pg-report", "--storage", where["storage_url"], "--tracking-uri",
+                 where["tracking_uri"]]) == 0
+    assert "Trials: 4 complete, 0 pruned, 0 failed." in capsys.readouterr().out
+    study = optuna.load_study(study_name="pg-report", storage=where["storage_url"])
+    client = MlflowClient(where["tracking_uri"])
+    run = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert run.data.tags["best_trial_number"] == str(study.best_trial.number)
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == PLOT_FILES
+    # PostgreSQL holds MLflow's dataset digests to 36 characters: the fingerprint is cut to 32.
+    assert len(run.inputs.dataset_inputs[0].dataset.digest) == 32
