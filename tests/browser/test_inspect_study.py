@@ -183,8 +183,9 @@ class _Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        """Stops the server's whole process group (`mlflow ui` runs uvicorn as a child)."""
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        """Stops the server's whole process group (`mlflow ui` runs uvicorn as a child) as a
+        Ctrl-C would: `mlflow ui` outlives a SIGTERM to it, waiting on its child."""
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
             try:
