@@ -313,7 +313,9 @@ def _analyse_study(storage: str, tracking: str, t_start: float, t_end: float) ->
     own_clock = True  # every run logged `train_seconds` (the trainer's own clock)
     for t in done:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
-        m = run.data.metrics
+        # The trial's bookkeeping (duration_s, epochs_trained, ...) is in its tags.
+        m = {**{k: float(v) for k, v in run.data.tags.items() if _is_number(v)},
+             **run.data.metrics}
         claimed = t.datetime_start.timestamp()  # naive local time, as Optuna wrote it
         closed = run.info.end_time / 1000
         wall = closed - claimed
@@ -781,6 +783,14 @@ def _markdown(report: dict[str, Any]) -> str:
         + "\n" + benchlib.provenance_markdown(report)
         + f"- benchmark total: {report['benchmark_seconds']:.0f} s\n"
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

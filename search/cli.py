@@ -152,10 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     studies = _command(commands, "studies", cmd_studies, "the studies in the storage")
     _storage_option(studies)
 
-    ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on the project's store")
+    ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on the project's store and print "
+                  "the URL of a study's runs")
     _tracking_option(ui)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--study", help="the study whose runs to show (default: the most recent)")
+    ui.add_argument("--open", action="store_true", help="open the URL in a web browser")
+
+    report = _command(commands, "report", cmd_report, "refresh a study run's description and "
+                      "plots (works on a study in progress)")
+    report.add_argument("study", help="the study's name")
+    _storage_options(report)
+    report.add_argument("--out", type=Path, help="also write description.md and plots/ here")
 
     dashboard = _command(commands, "dashboard", cmd_dashboard,
                          "start optuna-dashboard on the Optuna storage")
@@ -337,8 +346,8 @@ def _run(args, leaderboard: bool):
         if summary.best is not None:
             out.print(f"best: trial {summary.best.number}, {spec.metric} = "
                       f"{summary.best.value:.4f}, params {summary.best.params}")
-        out.print(f"inspect the runs: fer-search ui   (then open http://127.0.0.1:5000, "
-                  f"experiment '{spec.name}')")
+        out.print(f"inspect the runs: fer-search ui --study {spec.name}   (prints the URL of "
+                  "the runs; the study run holds the report and plots)")
     return summary, spec, (storage_url, tracking_uri), data
 
 
@@ -359,8 +368,20 @@ def _promote(study_name: str, urls: tuple[str, str], force: bool, model_name: st
     from search.promotion import promote
 
     storage_url, tracking_uri = urls
-    return promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                   model_name=model_name, data=data, trial_number=trial_number)
+    result = promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
+                     model_name=model_name, data=data, trial_number=trial_number)
+    _refresh_report(study_name, urls)  # the study run names the version registered
+    return result
+
+
+def _refresh_report(study_name: str, urls: tuple[str, str]) -> None:
+    from search.report import refresh_study
+
+    try:
+        refresh_study(study_name, *urls)
+    except Exception as error:  # the promotion stands; only its mention on the study run waits
+        err.print(f"warning: the study report was not refreshed ({_one_line(error)}); "
+                  f"`fer-search report {study_name}` retries", markup=False)
 
 
 def _print_promotion(result) -> None:
@@ -495,21 +516,90 @@ def cmd_studies(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from search.tracking import DEFAULT_ARTIFACT_ROOT, resolve_tracking_uri
+    """Prints the URL of the study's runs in the model-training view (MLflow 3 would open its
+    GenAI view), then becomes the MLflow UI; on a tracking server, that server is the UI."""
+    from search.tracking import (
+        DEFAULT_ARTIFACT_ROOT,
+        Tracker,
+        pick_experiment,
+        resolve_tracking_uri,
+        runs_url,
+    )
 
     uri = resolve_tracking_uri(args.tracking_uri, None)
     _require_stores(None, uri)
+    on_server = uri.startswith(("http://", "https://"))
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    base = _without_userinfo(uri) if on_server else f"http://{host}:{args.port}"
+    experiment = pick_experiment(Tracker(uri).client, args.study)
+    url = runs_url(base, experiment.experiment_id) if experiment is not None else base
+    what = f"study {experiment.name!r}" if experiment is not None else "no study yet"
+    if on_server:
+        out.print(f"{what}: {url}", soft_wrap=True)
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(url)
+        return EXIT_OK
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    if not uri.startswith(("http://", "https://")):
-        DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
-        command += ["--default-artifact-root", DEFAULT_ARTIFACT_ROOT.resolve().as_uri()]
-    out.print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
+    command += ["--default-artifact-root", DEFAULT_ARTIFACT_ROOT.resolve().as_uri()]
+    out.print(f"MLflow UI on {base} (Ctrl-C to stop); {what}: {url}", soft_wrap=True)
     sys.stdout.flush()
+    if args.open:
+        _open_when_up(f"{base}/health", url)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     # Become the UI process: Ctrl-C and kill reach MLflow itself, and no server outlives us.
     os.execve(sys.executable, command, env)
     return EXIT_OK  # not reached
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` without `user:password@`: for printing and for a browser (which asks itself)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
+                                                               else "")))
+
+
+_OPEN_WHEN_UP = """
+import sys, time, urllib.request, webbrowser
+for _ in range(240):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2)
+        break
+    except Exception:
+        time.sleep(0.5)
+webbrowser.open(sys.argv[2])
+"""
+
+
+def _open_when_up(health_url: str, url: str) -> None:
+    """Opens `url` in a browser once the server answers `health_url` (we are about to become
+    the server, so a small detached process waits for it)."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_UP, health_url, url],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def cmd_report(args) -> int:
+    from search.report import refresh_study
+    from search.storage import resolve_storage
+    from search.tracking import resolve_tracking_uri
+
+    report = refresh_study(args.study, resolve_storage(args.storage, None),
+                           resolve_tracking_uri(args.tracking_uri, None), args.out)
+    out.print(report.description, markup=False, soft_wrap=True)
+    where = f"study run {report.run_id}" if report.run_id else "no study run (never run here)"
+    drawn = ", ".join(report.plots) or "none"
+    out.print(f"refreshed {where}: description, tags and plots ({drawn})", soft_wrap=True)
+    if args.out is not None:
+        out.print(f"wrote {args.out / 'description.md'} and {args.out / 'plots'}/")
+    return EXIT_OK
 
 
 def cmd_dashboard(args) -> int:
@@ -518,8 +608,8 @@ def cmd_dashboard(args) -> int:
     try:
         import optuna_dashboard
     except ImportError:
-        raise InputError("optuna-dashboard is not installed: pip install -c constraints.txt "
-                         "-e '.[dashboard]'") from None
+        raise InputError("optuna-dashboard is not installed (a dependency of fer-search): "
+                         "pip install -c constraints.txt -e .") from None
     url = resolve_storage(args.storage, None)
     # The URL comes by flag or $FER_SEARCH_STORAGE (compose), never on optuna-dashboard's own
     # command line, where `ps` would show its password.

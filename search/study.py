@@ -27,6 +27,7 @@ from search.contracts import (
 )
 from search.data import DataProvider
 from search.errors import StudyError
+from search.report import dashboard_note, refresh_after_run
 from search.space import Categorical, Param
 from search.spec import StudySpec
 from search.storage import (
@@ -112,6 +113,7 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
         study.set_user_attr(METRIC_ATTR, spec.metric)
         study.set_user_attr(SAMPLER_ATTR, spec.sampler)
         study.set_user_attr(MODEL_NAME_ATTR, spec.model_name)
+        dashboard_note(study)  # the spec, readable in optuna-dashboard
     return study
 
 
@@ -197,6 +199,8 @@ def run_study(
                 status,
                 {f"best_{spec.metric}": summary.best.value} if summary.best else {},
             )
+            if status == "FINISHED":  # the study run's description and plots (search.report)
+                refresh_after_run(study, tracker)
         finally:
             close_storage(storage)  # its pooled connections, now rather than at exit
     return summary
@@ -358,6 +362,7 @@ def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
         params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
         params["faces"] = report.faces
     tracker.log(run_id, params=params)
+    tracker.log_dataset(run_id, data, str(spec.data_config().root), "study")
     if report is not None:
         tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
 

@@ -22,12 +22,55 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlruns/artifacts")
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 WEIGHTS_ARTIFACT = "trained/top_weights.npz"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+# A trial's bookkeeping: tags, not metrics, so the UI's charts show only learning curves.
+BOOKKEEPING = ("best_epoch", "epochs_run", "epochs_trained", "feature_seconds", "duration_s")
+ANSWERED_TAG = "answered_from_record"
+# MLflow's dataset table holds a digest of at most 36 characters (enforced by PostgreSQL).
+DIGEST_CHARS = 32
+DATASET_NAME = "expw"
 
 
 def resolve_tracking_uri(flag: str | None, spec_value: str | None) -> str:
     """The tracking URI in force: --tracking-uri, then $MLFLOW_TRACKING_URI, then the spec, then
     the embedded SQLite store."""
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
+
+
+def experiment_runs_path(experiment_id: str) -> str:
+    """The UI's route to an experiment's runs (after the `#`; a run's page is `/<run id>`)."""
+    return f"/experiments/{experiment_id}/runs"
+
+
+ML_VIEW = "workflowType=machine_learning"
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs, in the model-training view: MLflow 3 opens
+    experiments in its GenAI view (traces) unless the URL names the workflow type."""
+    return f"{base_url.rstrip('/')}/#{experiment_runs_path(experiment_id)}?{ML_VIEW}"
+
+
+def pick_experiment(client, study: str | None):
+    """The experiment of `study`, or when None the most recently updated study's one.
+
+    Returns:
+        The experiment, or None when no study has runs here yet.
+
+    Raises:
+        InputError: `study` names no experiment here (the message lists those that exist).
+    """
+    from search.errors import InputError
+
+    found = client.search_experiments(order_by=["last_update_time DESC"])
+    studies = [e for e in found if e.name != "Default"]
+    if study is None:
+        return studies[0] if studies else None
+    for experiment in studies:
+        if experiment.name == study:
+            return experiment
+    raise InputError(f"--study: no experiment named {study!r} in the tracking store; there: "
+                     f"{', '.join(e.name for e in studies) or 'none'}")
 
 
 def _prepare_mlflow_env() -> None:
@@ -200,10 +243,73 @@ class Tracker:
             with np.load(local) as archive:
                 return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
+    def log_dataset(self, run_id: str, dataset, source: str, context: str) -> None:
+        """The dataset as an MLflow dataset input (the runs table's "Dataset" column): digest =
+        the data fingerprint (its first 32 characters; the whole one is in the profile), the
+        source folder, and the faces per split in the profile."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self.client.log_inputs(run_id, datasets=[DatasetInput(
+            Dataset(**dataset_entity_fields(dataset, source)),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
+        )])
+
     def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
         if reason:
             self.client.set_tag(run_id, "fail_reason", reason[:4000])
         self.client.set_terminated(run_id, status=status)
+
+
+def dataset_entity_fields(dataset, source: str) -> dict[str, str]:
+    """Name, digest, source and profile of `dataset` (a trainer.Dataset) for MLflow."""
+    report = getattr(dataset, "report", None)
+    splits = {name: int(len(dataset.split(name).labels)) for name in ("train", "val", "test")}
+    profile = {
+        "fingerprint": dataset.fingerprint,
+        "image_size": dataset.image_size,
+        "faces": report.faces if report is not None else sum(splits.values()),
+        "split_sizes": splits,
+    }
+    uri = Path(source).resolve().as_uri() if "://" not in source else source
+    return {
+        "name": f"{DATASET_NAME}-{dataset.image_size}px",
+        "digest": dataset.fingerprint[:DIGEST_CHARS],
+        "source_type": "local",
+        "source": json.dumps({"uri": uri}),
+        "schema": json.dumps({"features": f"uint8 (n, {dataset.image_size}, "
+                              f"{dataset.image_size}, 3) RGB faces",
+                              "targets": "int label 0..6 (angry .. neutral)"}),
+        "profile": json.dumps(profile),
+    }
+
+
+def trial_tags(
+    result, duration_s: float, metric: str, params: Mapping[str, Any]
+) -> dict[str, str]:
+    """A finished trial's bookkeeping and one-line description, as run tags.
+
+    Args:
+        result: the trainer's TrainResult.
+        duration_s: the trial's wall time, logging included.
+        metric: the study's metric (its value opens the description).
+        params: the searched params and their values.
+    """
+    answered = result.epochs_trained == 0
+    tags = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "epochs_trained": result.epochs_trained,
+        "feature_seconds": f"{result.feature_seconds:.3f}",
+        "duration_s": f"{duration_s:.3f}",
+        ANSWERED_TAG: str(answered).lower(),
+    }
+    searched = ", ".join(f"{k}={_param_text(v)}" for k, v in params.items())
+    how = ("answered from its group's training record (0 epochs trained)" if answered
+           else f"{result.epochs_trained} epochs trained")
+    tags[NOTE_TAG] = (f"{metric} {result.metrics[metric]:.4f} at epoch {result.best_epoch} of "
+                      f"{result.epochs_run}; {searched}; {how}.")
+    return {key: str(value) for key, value in tags.items()}
 
 
 def _param_text(value: Any) -> str:

@@ -47,7 +47,7 @@ from search.data import DataProvider
 from search.deadline import Deadline, TrialTimedOut, Watchdog
 from search.space import suggest_all
 from search.spec import StudySpec
-from search.tracking import Tracker
+from search.tracking import Tracker, trial_tags
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
 # Test-only: a worker SIGKILLs itself right after reporting this epoch of a trial (a machine lost
@@ -263,22 +263,21 @@ class TrialSession:
         summary = {
             **{f"val_f1_{name}": row["f1"] for name, row in per_class.items()},
             **{f"val_recall_{name}": row["recall"] for name, row in per_class.items()},
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "epochs_trained": result.epochs_trained,
-            "feature_seconds": result.feature_seconds,
-            "duration_s": time.perf_counter() - self.start,
         }
         if result.best_epoch != result.epochs_run:
             # Early stopping kept an earlier epoch: its values become the run's latest ones.
             summary.update(result.metrics)
-        tags = {}
+        # Bookkeeping goes into tags, out of the learning-curve charts (search.tracking).
+        tags = trial_tags(result, time.perf_counter() - self.start, runner.spec.metric,
+                          self.params)
         resumed = int(getattr(result, "resumed_from_epoch", 0) or 0)
         if resumed or self.resumes:
             tags[RESUMED_FROM_EPOCH] = str(resumed)
             trial.set_user_attr(RESUMED_FROM_EPOCH, resumed)
         runner.tracker.log(run_id, metrics=summary, history=result.history,
                            step=result.epochs_run, tags=tags)
+        runner.tracker.log_dataset(run_id, runner.data.get(self.config.image_size),
+                                   str(runner.spec.data_config().root), "training")
         runner.tracker.log_evaluation(run_id, result.val_evaluation, "val")
         runner.tracker.log_top_weights(run_id, result.top_weights)
         if runner.study.tell(trial, value, skip_if_finished=True).state != TrialState.COMPLETE:
@@ -291,7 +290,7 @@ class TrialSession:
         runner = self.runner
         self.trial.set_user_attr(TRIAL_REASON_ATTR, reason[:1000])
         runner.tracker.log(self.run_id, history=list(self.history),
-                           metrics={"duration_s": time.perf_counter() - self.start})
+                           tags={"duration_s": f"{time.perf_counter() - self.start:.3f}"})
         runner.study.tell(self.trial, state=state, skip_if_finished=True)
         status = mlflow_status or ("KILLED" if state == TrialState.PRUNED else "FAILED")
         runner.tracker.end_run(self.run_id, status, reason)

@@ -193,8 +193,8 @@ def test_grid_trials_differing_only_in_epochs_share_one_training(project):
     run_study(load_spec(spec_path), **where)
     trials = _trials(spec_path, where["storage_url"])
     client = MlflowClient(where["tracking_uri"])
-    trained = {t.params["epochs"]: client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics[
-        "epochs_trained"] for t in trials}
+    trained = {t.params["epochs"]: int(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags[
+        "epochs_trained"]) for t in trials}
     assert sum(trained.values()) == 3  # one training to 3 epochs answered all three trials
     assert max(trained.values()) == 3
 
