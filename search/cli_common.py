@@ -31,7 +31,8 @@ def storage_for(url: str, read_only: bool = False):
 
 def require_stores(storage_url: str | None, tracking_uri: str) -> None:
     """One-shot commands: each store exists and answers, else one line within seconds."""
-    from search.storage import require_tracking_store, storage_session
+    from search.storage import storage_session
+    from search.tracking_store import require_tracking_store
 
     if storage_url is not None:
         with storage_session(storage_url, read_only=True):

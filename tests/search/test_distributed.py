@@ -127,7 +127,7 @@ def test_transient_errors_are_told_from_permanent_ones():
 
 def test_retry_backs_off_until_the_database_answers(monkeypatch):
     sleeps = []
-    monkeypatch.setattr("search.storage.time.sleep", sleeps.append)
+    monkeypatch.setattr("search.storage_retry.time.sleep", sleeps.append)
     answers = iter([_operational("connection refused"), _operational("connection refused")])
 
     def flaky():
@@ -158,7 +158,7 @@ def _lose_first_answer(monkeypatch):
         return result
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", commit_then_fail)
-    monkeypatch.setattr("search.storage.time.sleep", lambda s: None)
+    monkeypatch.setattr("search.storage_retry.time.sleep", lambda s: None)
     return calls
 
 
