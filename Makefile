@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up .venv first (scripts/setup.sh is idempotent).
-.PHONY: quickstart test lint bench-smoke
+.PHONY: quickstart test test-fast lint bench-smoke
 
 quickstart:
 	scripts/quickstart.sh
@@ -8,6 +8,11 @@ test:
 	scripts/setup.sh dev,bench
 	.venv/bin/ruff check trainer search tests benchmarks
 	.venv/bin/python -m pytest
+
+# The inner loop: everything but the slow, postgres and browser tests.
+test-fast:
+	scripts/setup.sh dev,bench
+	.venv/bin/python -m pytest -m "not slow and not postgres and not browser"
 
 lint:
 	scripts/setup.sh dev,bench
