@@ -44,8 +44,9 @@ from tests.search.studyhelp import Stores, stores_fixture, write_spec  # noqa: F
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
-# ~0.1 s an epoch on 2 busy cores: a trial that can be caught mid-training.
-SLOW = 80
+# A trial that can be caught mid-training: tens of ms an epoch on the head engine, so several
+# seconds a trial on 2 busy cores, far more than a poll and a signal take.
+SLOW = 400
 
 
 def _sqlite(folder: Path) -> tuple[str, str]:
