@@ -42,6 +42,8 @@ class TrainConfig:
         early_stopping_patience: stop after this many epochs without a better val_loss; 0 = off.
         augment: random horizontal flips of the training faces (disables the feature cache).
         seed: seeds the head's initialisation, shuffling and dropout.
+        weight_decay: decoupled weight decay of the trained part's weights (AdamW-style, each
+            step shrinks a weight by learning_rate * weight_decay of itself), >= 0; 0 = off.
     """
 
     learning_rate: float = 1e-3
@@ -57,6 +59,7 @@ class TrainConfig:
     early_stopping_patience: int = 0
     augment: bool = False
     seed: int = 0
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number(
@@ -85,6 +88,7 @@ class TrainConfig:
         if not isinstance(self.augment, bool):
             raise ConfigError("augment", "true or false", self.augment)
         _check_number("seed", self.seed, int, "an integer >= 0", low=0)
+        _check_number("weight_decay", self.weight_decay, float, "a number >= 0", low=0)
 
     @property
     def uses_feature_cache(self) -> bool:

@@ -37,7 +37,7 @@ from trainer.runtime import seed_everything
 from trainer.train import TrainResult, _check_inputs, _class_weight, _head_features, _val_only
 
 GroupCallback = Callable[[int, int, dict[str, float]], None]
-_FREE = ("learning_rate", "head_width", "epochs")
+_FREE = ("learning_rate", "head_width", "epochs", "weight_decay")
 
 
 def group_key(config: TrainConfig) -> tuple | None:
@@ -110,7 +110,8 @@ def train_group(
         track = tracks.get(record.key)
         if track is None:
             spec = engine.HeadSpec(member.config.head_width, member.config.dropout,
-                                   member.config.learning_rate, member.config.seed)
+                                   member.config.learning_rate, member.config.seed,
+                                   member.config.weight_decay)
             track = tracks[record.key] = _Track(record, [], target, spec)
         track.members.append(member)
         track.target = max(track.target, target)

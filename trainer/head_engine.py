@@ -50,19 +50,22 @@ class HeadState:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """What a head is: its hidden width, dropout rate, learning rate and seed."""
+    """What a head is: its hidden width, dropout rate, learning rate, seed and weight decay."""
 
     width: int
     dropout: float
     learning_rate: float
     seed: int
+    weight_decay: float = 0.0
 
 
 class _Program:
     """Variables for k heads of fixed shapes and the two compiled functions that use them."""
 
-    def __init__(self, features: int, classes: int, widths: tuple, dropouts: tuple) -> None:
+    def __init__(self, features: int, classes: int, widths: tuple, dropouts: tuple,
+                 decays: tuple) -> None:
         self.dropouts = dropouts
+        self.decays = decays  # static, like dropout rates: a head without decay pays nothing
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
         self.vars = []
         for width in widths:
@@ -157,6 +160,9 @@ class _Program:
                 per_face = -tf.reduce_sum(onehot * tf.nn.log_softmax(logits), axis=1)
                 loss = tf.reduce_sum(per_face * wb) / size  # Keras' sum_over_batch_size
             grads = tape.gradient(loss, weights)
+            if self.decays[h] > 0:  # decoupled, before the Adam step, as Keras' AdamW does
+                for var in weights:
+                    var.assign_sub(var * (self.decays[h] * rates[h]))
             for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
                 tf.raw_ops.ResourceApplyAdam(
                     var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
@@ -175,10 +181,11 @@ class _Program:
 
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
     """The compiled program for these head shapes, reused when one exists."""
-    key = (features, classes, tuple(h.width for h in heads), tuple(h.dropout for h in heads))
+    key = (features, classes, tuple(h.width for h in heads), tuple(h.dropout for h in heads),
+           tuple(h.weight_decay for h in heads))
     found = _programs.get(key)
     if found is None:
-        found = _programs[key] = _Program(features, classes, key[2], key[3])
+        found = _programs[key] = _Program(features, classes, *key[2:])
         while len(_programs) > _PROGRAMS:
             _programs.popitem(last=False)
     _programs.move_to_end(key)

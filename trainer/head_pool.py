@@ -26,12 +26,13 @@ def pooled_head(
     config: TrainConfig, feature_shape: tuple[int, ...], class_names: tuple[str, ...]
 ) -> keras.Model:
     """A compiled head for `config`, in the state of a freshly built and compiled one."""
-    key = (tuple(feature_shape), config.head_width, config.dropout, tuple(class_names))
+    key = (tuple(feature_shape), config.head_width, config.dropout, config.weight_decay,
+           tuple(class_names))
     fresh = build_head(config, feature_shape, class_names)  # building traces nothing
     head = _pool.get(key)
     if head is None:
         head = fresh
-        compile_head(head, config.learning_rate)
+        compile_head(head, config.learning_rate, config.weight_decay)
         _pool[key] = head
         while len(_pool) > _POOL_SIZE:
             _pool.popitem(last=False)
@@ -58,9 +59,9 @@ class SingleDeviceAdam(keras.optimizers.Adam):
         return grads_and_vars
 
 
-def compile_head(model: keras.Model, learning_rate: float) -> None:
+def compile_head(model: keras.Model, learning_rate: float, weight_decay: float = 0.0) -> None:
     model.compile(
-        optimizer=SingleDeviceAdam(learning_rate=learning_rate),
+        optimizer=SingleDeviceAdam(learning_rate=learning_rate, weight_decay=weight_decay or None),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )

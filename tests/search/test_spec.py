@@ -477,3 +477,16 @@ def test_storage_password_is_masked_in_errors(tmp_path: Path) -> None:
     spec = _with(("storage", 5))
     with pytest.raises(SpecError, match="storage: expected a database URL"):
         load_spec(_write(tmp_path, spec))
+
+
+def test_weight_decay_is_searchable_and_reaches_the_trainer(tmp_path):
+    """A new TrainConfig field is a spec key, an Optuna param and an MLflow param at once."""
+    path = tmp_path / "wd.yaml"
+    path.write_text(
+        "sampler: grid\nspace:\n  weight_decay: [0.0, 1.0e-4]\n"
+        "train: {weights: none, image_size: 32}\ndata: {synthetic: {faces: 140}}\n"
+    )
+    spec = load_spec(path)
+    assert spec.grid == {"weight_decay": [0.0, 1.0e-4]}
+    config = spec.train_config({"weight_decay": 1.0e-4})
+    assert config.weight_decay == 1.0e-4 and config.to_dict()["weight_decay"] == 1.0e-4

@@ -1,0 +1,47 @@
+"""`weight_decay`, the hyperparameter added as ARCHITECTURE.md's example: a TrainConfig field the
+head engine, the Keras path and a group of heads all honour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trainer.arrays import array_dataset
+from trainer import ConfigError, TrainConfig, group_key, train, train_group
+
+BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
+                   learning_rate=1e-2, dropout=0.0)
+
+
+def _norm(result) -> float:
+    return float(sum(np.sum(np.square(w)) for w in result.top_weights))
+
+
+def test_decay_shrinks_the_heads_weights_on_the_engine(tmp_path):
+    plain = train(BASE, array_dataset(tmp_path / "plain"))
+    decayed = train(BASE.replace(weight_decay=0.5), array_dataset(tmp_path / "decayed"))
+    assert _norm(decayed) < 0.95 * _norm(plain)
+
+
+def test_heads_differing_in_decay_train_together_and_equal_each_alone(tmp_path):
+    configs = [BASE, BASE.replace(weight_decay=0.1, head_width=16)]
+    assert group_key(configs[0]) == group_key(configs[1])
+    together = train_group(configs, array_dataset(tmp_path / "group"))
+    for i, config in enumerate(configs):
+        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
+        assert together[i].history == alone.history
+        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_decay_reaches_the_keras_path(tmp_path):
+    # Early stopping trains through Keras `fit` (a pooled head compiled with AdamW-style decay).
+    keras_base = BASE.replace(early_stopping_patience=5)
+    plain = train(keras_base, array_dataset(tmp_path / "plain"))
+    decayed = train(keras_base.replace(weight_decay=0.5), array_dataset(tmp_path / "decayed"))
+    assert _norm(decayed) < 0.95 * _norm(plain)
+
+
+def test_a_negative_decay_is_refused_with_the_rule():
+    with pytest.raises(ConfigError, match="weight_decay"):
+        BASE.replace(weight_decay=-1e-4)
