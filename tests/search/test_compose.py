@@ -190,3 +190,12 @@ def test_dockerfile_builds_the_project_with_its_pins():
     assert ["ENTRYPOINT", '["fer-search"]'] in instructions
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0")
+
+
+def test_a_worker_that_exits_for_a_stuck_trial_is_restarted(compose):
+    """The watchdog ends a worker whose trial is stuck inside an epoch with exit 75
+    (search.deadline); compose must start a fresh one, and leave a finished one (exit 0) down."""
+    from search.contracts import EXIT_TRIAL_STUCK
+
+    assert EXIT_TRIAL_STUCK != 0
+    assert compose["services"]["worker"]["restart"] == "on-failure"
