@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from search.contracts import METRIC_ATTR
+
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
                 "WAITING": "dim"}
 
@@ -85,7 +87,7 @@ def trials_table(study) -> Table:
     table.add_column("state")
     for name in names:
         table.add_column(name, justify="right")
-    table.add_column(study.user_attrs.get("metric", "value"), justify="right")
+    table.add_column(study.user_attrs.get(METRIC_ATTR, "value"), justify="right")
     table.add_column("seconds", justify="right")
     for trial in trials:
         params = trial.params or trial.system_attrs.get("fixed_params", {})

@@ -30,12 +30,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 import trainer
 from search import aliases, registration
+from search.contracts import (
+    METRIC_ATTR,
+    MODEL_NAME_ATTR,
+    PARENT_RUN_ATTR,
+    SPEC_ATTR,
+    SPEC_PATH_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
 from search.data import DataProvider
 from search.errors import InputError
 from search.registry import RegistryError, check_model_name, registry_tracker
 from search.spec import StudySpec, spec_from_text
 from search.storage import mask_url, named_lock, storage_session
-from search.study import PARENT_RUN_ATTR, SPEC_ATTR, SPEC_PATH_ATTR
 from search.tracking import Tracker
 
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.
@@ -140,8 +147,8 @@ def promote(
     trial = (best_trial(study, storage_url) if trial_number is None
              else complete_trial(study, trial_number))
     spec = study_spec(study)
-    name = check_model_name(model_name or study.user_attrs.get("model_name") or spec.model_name)
-    metric = study.user_attrs.get("metric", spec.metric)
+    name = check_model_name(model_name or study.user_attrs.get(MODEL_NAME_ATTR) or spec.model_name)
+    metric = study.user_attrs.get(METRIC_ATTR, spec.metric)
     run_id = _trial_run_id(trial)
     tracker = registry_tracker(tracking_uri)
     client = tracker.client
@@ -321,7 +328,7 @@ def check_reproduced(
 
 
 def _trial_run_id(trial: FrozenTrial) -> str:
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial.user_attrs.get(TRIAL_RUN_ID_ATTR)
     if not run_id:
         raise RegistryError(
             f"trial {trial.number} has no MLflow run (no 'mlflow_run_id' attribute)"

@@ -361,7 +361,8 @@ def test_load_images_crops_like_expw_and_clips_the_box(tmp_path):
     assert whole.shape == (1, 32, 32, 3) and whole.dtype == np.uint8
     # (top, left, right, bottom) running past the right and bottom edges: clipped to rows 10:30,
     # columns 20:40, then resized in one bilinear pass, as the trainer's crop cache does.
-    block = load_images([path], 32, box=(10, 20, 90, 70))
+    with pytest.warns(UserWarning, match="only 10% of the box .* was clipped"):
+        block = load_images([path], 32, box=(10, 20, 90, 70))
     expected = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR,
                                               box=(20, 10, 40, 30))
     np.testing.assert_array_equal(block[0], np.asarray(expected))
