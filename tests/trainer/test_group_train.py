@@ -89,3 +89,18 @@ def test_group_keys():
     assert group_key(BASE.replace(early_stopping_patience=2)) is None
     with pytest.raises(ValueError, match="one group"):
         train_group([BASE, BASE.replace(batch_size=8)], None)
+
+
+def test_the_engine_computes_what_keras_fit_computes_on_the_same_batches(tmp_path):
+    """The engine is Keras' arithmetic, not another model: without dropout (the one random
+    stream they do not share), the engine and Keras `fit` (the early-stopping path, which feeds
+    the same (seed, epoch) order) give the same per-epoch scores up to float round-off. (Their
+    kept weights differ by design: early stopping keeps the best val_loss epoch's.)"""
+    config = BASE.replace(dropout=0.0, class_weight="balanced")
+    engine = train(config, array_dataset(tmp_path / "engine"), resume=False)
+    keras_fit = train(config.replace(early_stopping_patience=100),
+                      array_dataset(tmp_path / "keras"), resume=False)
+    assert len(engine.history) == len(keras_fit.history) == config.epochs
+    for got, want in zip(engine.history, keras_fit.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
