@@ -16,4 +16,4 @@ echo "predicting data/synthetic-1400-0/image/origin/$image (labelled ${names[$la
 $fer predict --model expw-vgg16@champion "data/synthetic-1400-0/image/origin/$image" \
   --box "$top,$left,$right,$bottom"
 echo
-echo "Inspect every trial in the MLflow UI:  .venv/bin/fer-search ui   -> http://127.0.0.1:5000"
+echo "Inspect every trial in the MLflow UI:  .venv/bin/fer-search ui   (prints the address of the runs)"
