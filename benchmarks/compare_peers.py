@@ -502,17 +502,23 @@ def _keras_tuner_search(grid, image_size, train, val, work: Path) -> dict[str, A
     tuner = kt.GridSearch(VGGHead(), objective="val_accuracy", seed=0, overwrite=True,
                           directory=str(work / "tuner"), project_name="benchmark")
     tuner.search(train[0], train[1], validation_data=val, verbose=0)
-    best = max(trials, key=lambda t: t["val_accuracy"])
     kt_best = tuner.oracle.get_best_trials(1)[0]
+    # kt_objective_best: the best epoch of the best trial, keras-tuner's way.
+    return _summary(trials, checksum[0], kt_objective_best=kt_best.score)
+
+
+def _summary(trials: list[dict[str, Any]], checksum: float, **extra: Any) -> dict[str, Any]:
+    """What every peer reports: its trials, the best one, epochs and fit time, its base."""
+    best = max(trials, key=lambda t: t["val_accuracy"])
     return {
         "trials": len(trials),
         "distinct_points": len({json.dumps(t["params"], sort_keys=True) for t in trials}),
         "best_val_accuracy": best["val_accuracy"],
         "best_params": best["params"],
-        "kt_objective_best": kt_best.score,  # the best epoch of the best trial, keras-tuner's way
+        **extra,
         "epochs_run": sum(t["epochs_run"] for t in trials),
         "fit_seconds": sum(t["fit_s"] for t in trials),
-        "base_checksum": checksum[0],
+        "base_checksum": checksum,
         "per_trial": trials,
     }
 
@@ -549,17 +555,7 @@ def _optuna_search(grid, image_size, train, val, work: Path) -> dict[str, Any]:
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.GridSampler(grid, seed=0))
     study.optimize(objective, n_trials=size)
-    best = max(trials, key=lambda t: t["val_accuracy"])
-    return {
-        "trials": len(trials),
-        "distinct_points": len({json.dumps(t["params"], sort_keys=True) for t in trials}),
-        "best_val_accuracy": best["val_accuracy"],
-        "best_params": best["params"],
-        "epochs_run": sum(t["epochs_run"] for t in trials),
-        "fit_seconds": sum(t["fit_s"] for t in trials),
-        "base_checksum": checksum[0],
-        "per_trial": trials,
-    }
+    return _summary(trials, checksum[0])
 
 
 def _cached_keras_search(grid, image_size, train, val, work: Path) -> dict[str, Any]:
@@ -595,17 +591,7 @@ def _cached_keras_search(grid, image_size, train, val, work: Path) -> dict[str, 
                            batch_size=params["batch_size"], epochs=params["epochs"], verbose=0)
         trials.append({"params": params, "val_accuracy": history.history["val_accuracy"][-1],
                        "fit_s": time.perf_counter() - start, "epochs_run": len(history.epoch)})
-    best = max(trials, key=lambda t: t["val_accuracy"])
-    return {
-        "trials": len(trials),
-        "distinct_points": len({json.dumps(t["params"], sort_keys=True) for t in trials}),
-        "best_val_accuracy": best["val_accuracy"],
-        "best_params": best["params"],
-        "epochs_run": sum(t["epochs_run"] for t in trials),
-        "fit_seconds": sum(t["fit_s"] for t in trials),
-        "base_checksum": checksum,
-        "per_trial": trials,
-    }
+    return _summary(trials, checksum)
 
 
 # ---------------------------------------------------------------------------------- report
