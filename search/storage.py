@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -215,7 +215,15 @@ def _require_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
     checked on an engine of our own before Optuna's, which would create them."""
     engine = create_engine(url, **engine_kwargs)
     try:
-        has_tables = inspect(engine).has_table("studies")
+        found = inspect(engine)
+        has_tables = found.has_table("studies")
+        # Optuna stamps its schema version after creating the tables. A storage without the
+        # stamp is still being created by another process, and opening it now would make this
+        # reader stamp it too: the creator's stamp would then fail on a UNIQUE constraint.
+        stamped = has_tables and all(
+            found.has_table(table) and _has_rows(engine, table)
+            for table in ("version_info", "alembic_version")
+        )
     except Exception as exc:
         raise _open_error(url, exc) from None
     finally:
@@ -223,6 +231,14 @@ def _require_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
     if not has_tables:
         raise InputError(f"storage: {mask_url(url)} holds no Optuna study tables (an empty "
                          f"database?); this command only reads a storage and never creates one")
+    if not stamped:
+        raise InputError(f"storage: {mask_url(url)} is still being created (Optuna's schema "
+                         f"version is not recorded yet); try again in a moment")
+
+
+def _has_rows(engine, table: str) -> bool:
+    with engine.connect() as connection:
+        return connection.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first() is not None
 
 
 def _open_error(url: str, error: BaseException) -> SearchError:

@@ -189,3 +189,33 @@ def test_a_password_is_masked_in_its_url_only(text, url, expected):
 ])
 def test_urls_in_free_text_lose_their_passwords_and_nothing_else(text, expected):
     assert mask_url_secrets_in(text) == expected
+
+
+def test_a_reader_never_stamps_a_storage_another_process_is_still_creating(tmp_path):
+    """Optuna creates its tables, then records its schema version. A reader that opened the
+    store in between used to record it too, and the creator then failed on a UNIQUE constraint
+    (seen as a worker exiting 1 while a test polled its study). Now the reader is refused and
+    writes nothing."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine, text
+
+    from search.errors import InputError
+    from search.storage import storage_session
+
+    path = tmp_path / "optuna.db"
+    engine = create_engine(f"sqlite:///{path}")
+    models.BaseModel.metadata.create_all(engine)  # the creator, half-way
+    with pytest.raises(InputError, match="is still being created"):
+        with storage_session(f"sqlite:///{path}", read_only=True):
+            pass
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM version_info")).scalar() == 0
+        tables = {row[0] for row in connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type='table'"))}
+        if "alembic_version" in tables:
+            assert connection.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar() == 0
+    engine.dispose()
+    with storage_session(f"sqlite:///{path}") as storage:  # the creator finishes
+        assert optuna.get_all_study_names(storage) == []
+    with storage_session(f"sqlite:///{path}", read_only=True) as storage:  # now it reads
+        assert optuna.get_all_study_names(storage) == []
