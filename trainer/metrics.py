@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from trainer.labels import CLASS_NAMES
 
@@ -79,12 +78,17 @@ class Evaluation:
 def evaluation_from_probs(
     labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES
 ) -> Evaluation:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
-    indices = list(range(len(class_names)))
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (as
+    scikit-learn computes them with zero_division=0; numpy, so that a trial's result does not
+    import scikit-learn and SciPy, about a second)."""
+    classes = len(class_names)
     predicted = probs.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
+    confusion = confusion_matrix(labels, predicted, classes)
+    tp = np.diag(confusion).astype(np.float64)
+    support, guessed = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = _ratio(tp, guessed)
+    recall = _ratio(tp, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -100,6 +104,19 @@ def evaluation_from_probs(
         macro_f1=base["macro_f1"],
         loss=base["loss"],
         per_class=per_class,
-        confusion=confusion_matrix(labels, predicted, labels=indices).tolist(),
+        confusion=confusion.tolist(),
         class_names=tuple(class_names),
     )
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Rows = true class, columns = predicted class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    return np.bincount(labels * classes + predicted, minlength=classes * classes)[
+        : classes * classes].reshape(classes, classes)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(len(den)), where=den > 0)
