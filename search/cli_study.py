@@ -8,6 +8,7 @@ from search import signals
 from search.cli_common import err, load_study_named, out, start_tensorflow, storage_for
 from search.cli_registry import print_promotion, promote_study
 from search.contracts import EXIT_OK
+from trainer.runtime import defer_tensorflow
 
 
 def cmd_run(args) -> int:
@@ -89,7 +90,9 @@ def _run(args, leaderboard: bool):
 
     data = DataProvider(spec, args.cache_dir)
     data.first()  # bad data stops here, before the banner names a study that never starts
-    start_tensorflow(args.threads)
+    # TensorFlow starts with the first trial that trains (trials answered from epoch records
+    # never need it): the study reaches its first trial without its ~2-3 s import.
+    defer_tensorflow(args.threads)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study
 

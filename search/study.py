@@ -27,7 +27,7 @@ from search.contracts import (
 )
 from search.data import DataProvider
 from search.errors import StudyError
-from search.report import dashboard_note, refresh_after_run
+from search.report import refresh_after_run
 from search.space import Categorical, Param
 from search.spec import StudySpec
 from search.storage import (
@@ -113,7 +113,8 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
         study.set_user_attr(METRIC_ATTR, spec.metric)
         study.set_user_attr(SAMPLER_ATTR, spec.sampler)
         study.set_user_attr(MODEL_NAME_ATTR, spec.model_name)
-        dashboard_note(study)  # the spec, readable in optuna-dashboard
+        # optuna-dashboard's note (report and spec) is written when a run ends
+        # (`refresh_after_run`), not here: importing the dashboard costs ~1 s of start-up.
     return study
 
 

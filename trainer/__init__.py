@@ -12,7 +12,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from trainer.runtime import prepare_environment
+from trainer.runtime import load_tensorflow, prepare_environment
 
 prepare_environment()  # before anything imports TensorFlow
 
@@ -39,11 +39,12 @@ _EXPORTS = {
     "generate_synthetic_expw": "trainer.synthetic",
     "set_threads": "trainer.runtime",
     "load_tensorflow": "trainer.runtime",
+    "defer_tensorflow": "trainer.runtime",
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
     "train_group": "trainer.group_train",
-    "group_key": "trainer.group_train",
+    "group_key": "trainer.grouping",
     "GroupCallback": "trainer.group_train",
     "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
@@ -54,12 +55,18 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+# Modules that import TensorFlow: it is started first, quietly and with the planned threads
+# (trainer.runtime), whoever asks for one of their names first.
+_NEEDS_TENSORFLOW = {"trainer.train", "trainer.group_train", "trainer.evaluate", "trainer.export",
+                     "trainer.model"}
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    if module in _NEEDS_TENSORFLOW:
+        load_tensorflow()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -97,11 +104,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.evaluate import evaluate  # noqa: F401
     from trainer.export import load_model, save_model  # noqa: F401
     from trainer.faces import UnreadableImage, crop_face, read_image  # noqa: F401
-    from trainer.group_train import GroupCallback, group_key, train_group  # noqa: F401
+    from trainer.group_train import GroupCallback, train_group  # noqa: F401
+    from trainer.grouping import group_key  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
     from trainer.model import class_names_of, predict_proba  # noqa: F401
-    from trainer.runtime import load_tensorflow, set_threads  # noqa: F401
+    from trainer.runtime import defer_tensorflow, set_threads  # noqa: F401
     from trainer.synthetic import generate_synthetic_expw  # noqa: F401
     from trainer.train import EpochCallback, TrainResult, build_model, train  # noqa: F401

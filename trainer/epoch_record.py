@@ -29,16 +29,6 @@ from trainer.model import cut_name, weights_fingerprint
 _FORMAT = 2
 
 
-def shareable(config: TrainConfig) -> bool:
-    """Epochs can be shared when the base is frozen, inputs are cached features and nothing but
-    the epoch count decides how training unfolds (early stopping would)."""
-    return (
-        config.trainable_blocks == 0
-        and config.uses_feature_cache
-        and config.early_stopping_patience == 0
-    )
-
-
 @dataclass
 class EpochAnswer:
     """The state of a group's training after `epoch` epochs."""

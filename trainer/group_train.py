@@ -29,23 +29,15 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset
-from trainer.epoch_record import EpochRecord, shareable
+from trainer.epoch_record import EpochRecord
 from trainer.errors import TrainingDiverged
+from trainer.grouping import group_key
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.model import build_head
 from trainer.runtime import seed_everything
 from trainer.train import TrainResult, _check_inputs, _class_weight, _head_features, _val_only
 
 GroupCallback = Callable[[int, int, dict[str, float]], None]
-_FREE = ("learning_rate", "head_width", "epochs", "weight_decay")
-
-
-def group_key(config: TrainConfig) -> tuple | None:
-    """Configs with equal keys train together in `train_group`; None: this one trains alone
-    (fine-tuning, augmentation or early stopping decide their own batches or length)."""
-    if not shareable(config):
-        return None
-    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in _FREE))
 
 
 @dataclass

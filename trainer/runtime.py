@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 
 _configured_threads: int | None = None
+_planned_threads: int | None = None  # `defer_tensorflow`'s, used when TensorFlow starts
 # Optional extras Keras imports eagerly if installed, for features this project never uses (the
 # scikit-learn wrappers, an image-gallery plot); hidden while Keras loads, they cost ~1 s of
 # start-up (scikit-learn pulls in SciPy; matplotlib.pyplot its backends).
@@ -47,6 +48,17 @@ def set_threads(threads: int | None) -> None:
     _configured_threads = threads
 
 
+def defer_tensorflow(threads: int | None) -> None:
+    """TensorFlow starts when a training first needs it (`load_tensorflow`, called by the
+    package's lazy names), sized to `threads` then. A command whose first trials are answered
+    from epoch records, or that fails on bad input, never pays its ~2-3 s import."""
+    global _planned_threads
+    if "tensorflow" in sys.modules:
+        set_threads(threads)  # already running (tests): the same value, or an error
+        return
+    _planned_threads = threads
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and TensorFlow, and makes TensorFlow's ops deterministic, so the same
     config and seed give the same metrics."""
@@ -62,15 +74,16 @@ def seed_everything(seed: int) -> None:
 def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
     """Imports TensorFlow now, keeping its native start-up chatter (oneDNN, CUDA probes) off the
     terminal unless FER_SEARCH_TF_LOGS=1; Python-level errors still surface as exceptions.
-    `threads` sizes its thread pools (`set_threads`) before its first op, the last moment it can.
+    `threads` sizes its thread pools (`set_threads`) before its first op, the last moment it can
+    (None: the value given to `defer_tensorflow`, if any).
 
     TensorFlow writes those lines from C++ before its logging is initialised, so no environment
     variable silences them; the only way is to point file descriptor 2 elsewhere meanwhile.
     """
-    import sys
 
     if "tensorflow" in sys.modules:
         return
+    threads = _planned_threads if threads is None else threads
     quiet = quiet and os.environ.get("FER_SEARCH_TF_LOGS", "") in ("", "0")
     saved = None
     if quiet:

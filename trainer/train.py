@@ -18,9 +18,9 @@ import numpy as np
 
 from trainer.config import VGG16_BLOCKS, TrainConfig
 from trainer.dataset import Dataset
-from trainer.epoch_record import shareable
 from trainer.errors import ConfigError, DataError, TrainingDiverged
 from trainer.features import cached_features, features_for
+from trainer.grouping import shareable
 from trainer.head_pool import clear_pool, compile_head, pooled_head
 from trainer.labels import CLASS_NAMES
 from trainer.metrics import Evaluation, epoch_metrics, evaluation_from_probs
