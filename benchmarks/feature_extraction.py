@@ -21,6 +21,15 @@ Measured in one run:
 3. `trainer.train` on 1000 training faces (+100 validation) with a frozen random base: the first
    call extracts and caches the features (its `feature_seconds`), later calls (other seeds, so that
    no epoch record answers them) train the head alone on the cached features, 8 epochs.
+
+With `--precisions float32 mixed_bfloat16` (any of `trainer.config.PRECISIONS`), step 2 measures
+each precision in turn, side by side, and a fourth step measures what the precision changes:
+the same learnable faces (a class-coloured square on noise) are trained on once per precision
+(`trainer.train`, same seed), and the cached features of each are compared with float32's
+(relative error) along with the head's validation accuracy and loss. The results then go to
+`feature_extraction-precision.{json,md}`:
+
+    python benchmarks/feature_extraction.py --precisions float32 mixed_bfloat16 --sizes 64
 """
 
 from __future__ import annotations
@@ -55,10 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     load_tensorflow()  # TensorFlow's native start-up chatter off the output
     vgg, numpy_in_process = _interleaved(args.sizes, args.batches, args.repeats,
-                                         args.matmul_repeats)
+                                         args.matmul_repeats, args.precisions)
     numpy_sub = _numpy_rates(args.matmul_repeats)  # also with the OpenBLAS pins unset, if set
     head = _head_vs_extraction(args.head_faces, args.head_epochs, args.head_image_size,
                                args.head_repeats)
+    precision = None
+    if len(args.precisions) > 1:
+        precision = _precision_accuracy(args.precisions, args.head_faces, args.head_epochs,
+                                        args.head_image_size)
     prov["load_average_at_end"] = benchlib.load_average()
     numpy_rate = {"as_set": max(numpy_in_process["gflops_best"],
                                 numpy_sub["as_set"]["gflops_best"])}
@@ -74,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         "numpy_matmul": {"size": MATMUL_N, "interleaved_in_process": numpy_in_process,
                          "subprocess": numpy_sub, "gflops": numpy_rate},
         "vgg16_frozen": vgg,
-        "goal_ratio_at_least_0.85": all(r["ratio_to_numpy"] >= 0.85 for r in vgg),
+        "goal_ratio_at_least_0.85": all(r["ratio_to_numpy"] >= 0.85 for r in vgg
+                                        if r["precision"] == "float32"),
         "head_vs_extraction": head,
+        "precision": precision,
         "benchmark_seconds": time.perf_counter() - started,
     }
     out = Path(args.out) if args.out else benchlib.RESULTS_DIR
-    paths = benchlib.write_results(out, "feature_extraction", report, _markdown(report))
+    name = "feature_extraction" if precision is None else "feature_extraction-precision"
+    paths = benchlib.write_results(out, name, report, _markdown(report))
     print(_markdown(report))
     print(f"[feature_extraction] wrote {', '.join(map(str, paths))}")
     return 0
@@ -87,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from trainer.config import PRECISIONS
+
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 96])
+    p.add_argument("--precisions", nargs="+", default=["float32"], choices=PRECISIONS,
+                   help="TrainConfig precisions measured side by side (the first is the baseline)")
     p.add_argument("--batches", type=int, default=6, help="batches of 64 per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--matmul-repeats", type=int, default=10)
@@ -165,10 +185,12 @@ def conv_flops(model) -> int:
 
 
 def _interleaved(
-    sizes: list[int], batches: int, repeats: int, matmul_repeats: int
+    sizes: list[int], batches: int, repeats: int, matmul_repeats: int,
+    precisions: list[str] = ("float32",),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Faces/s of the trainer's frozen VGG16 at each size (batches of 64, after a warm-up) and
-    numpy's matmul rate, measured in turns so that both see the same load on a shared machine."""
+    """Faces/s of the trainer's frozen VGG16 at each size and precision (batches of 64, after a
+    warm-up) and numpy's matmul rate, measured in turns so that all see the same load on a
+    shared machine."""
     import numpy as np
 
     from trainer.config import TrainConfig
@@ -177,33 +199,42 @@ def _interleaved(
 
     rng = np.random.default_rng(0)
     models, inputs = {}, {}
+    keys = [(size, precision) for size in sizes for precision in precisions]
     for size in sizes:
-        models[size] = build_network(TrainConfig(image_size=size, weights="none")).frozen
         inputs[size] = rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8)
+    for key in keys:
+        size, precision = key
+        models[key] = build_network(
+            TrainConfig(image_size=size, weights="none", precision=precision)
+        ).frozen
         for _ in range(2):  # graph tracing and oneDNN primitive creation happen here
-            models[size].predict_on_batch(inputs[size])
+            models[key].predict_on_batch(inputs[size])
     a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
     b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
     a @ b  # warm-up: BLAS thread pool start, page faults
-    times: dict[int, list[float]] = {size: [] for size in sizes}
+    times: dict[tuple[int, str], list[float]] = {key: [] for key in keys}
     matmul: list[float] = []
     for _ in range(repeats):
         for _ in range(max(1, matmul_repeats // repeats)):
             start = time.perf_counter()
             a @ b
             matmul.append(time.perf_counter() - start)
-        for size in sizes:
+        for key in keys:
             start = time.perf_counter()
             for _ in range(batches):
-                models[size].predict_on_batch(inputs[size])
-            times[size].append(time.perf_counter() - start)
+                models[key].predict_on_batch(inputs[key[0]])
+            times[key].append(time.perf_counter() - start)
     rows = []
-    for size in sizes:
+    for key in keys:
+        size, precision = key
         faces = batches * BATCH
-        flops = conv_flops(models[size])
-        best, median = faces / min(times[size]), faces / statistics.median(times[size])
+        flops = conv_flops(models[key])
+        best, median = faces / min(times[key]), faces / statistics.median(times[key])
+        baseline = faces / min(times[(size, precisions[0])])
         rows.append({
             "image_size": size,
+            "precision": precision,
+            "speed_over_baseline_best": best / baseline,
             "batch": BATCH,
             "trainer_extract_batch": EXTRACT_BATCH,
             "faces_per_repeat": faces,
@@ -272,21 +303,83 @@ def _head_vs_extraction(faces: int, epochs: int, size: int, repeats: int) -> dic
     }
 
 
+# ------------------------------------------------------------------------------- precision
+
+
+def _precision_accuracy(
+    precisions: list[str], faces: int, epochs: int, size: int
+) -> dict[str, Any]:
+    """One training per precision on the same learnable faces: the features' error against the
+    first precision's, extraction time, and the head's validation accuracy and loss."""
+    import numpy as np
+
+    import trainer
+    from trainer.dataset import Dataset, Split
+    from trainer.features import cached_features
+
+    rng = np.random.default_rng(1)
+    n_val = max(faces // 4, 14)
+
+    def split(name: str, n: int) -> Split:
+        # A class-coloured square on noise: learnable from the frozen random base's features.
+        labels = rng.permutation(np.arange(n) % 7)
+        images = rng.integers(0, 120, (n, size, size, 3)).astype(np.uint8)
+        lo, hi = size // 4, 3 * size // 4
+        images[:, lo:hi, lo:hi, :] = (60 + labels * 25)[:, None, None, None].astype(np.uint8)
+        return Split(name, images, labels, np.array([f"{name}{i}.jpg" for i in range(n)]))
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fer-bench-") as cache:
+        data = Dataset(
+            train=split("train", faces), val=split("val", n_val), test=split("test", 7),
+            fingerprint=f"bench-precision-{os.getpid()}-{time.time_ns()}", image_size=size,
+            cache_dir=Path(cache),
+        )
+        base = trainer.TrainConfig(image_size=size, weights="none", epochs=epochs,
+                                   batch_size=32, head_width=256, learning_rate=1e-3)
+        features = {}
+        for precision in precisions:
+            config = base.replace(precision=precision)
+            result = trainer.train(config, data)
+            features[precision] = np.array(cached_features(data, "train", config))
+            rows.append({
+                "precision": precision,
+                "extraction_seconds": result.feature_seconds,
+                "extraction_faces_per_s": (faces + n_val) / result.feature_seconds,
+                "val_accuracy": result.metrics["val_accuracy"],
+                "val_loss": result.metrics["val_loss"],
+            })
+    reference = features[precisions[0]]
+    scale = float(np.abs(reference).max())
+    for row in rows:
+        diff = features[row["precision"]] - reference
+        row["feature_relative_error_norm"] = float(
+            np.linalg.norm(diff) / np.linalg.norm(reference))
+        row["feature_max_abs_error_over_max"] = float(np.abs(diff).max() / scale)
+        row["val_accuracy_minus_baseline"] = row["val_accuracy"] - rows[0]["val_accuracy"]
+    return {"train_faces": faces, "val_faces": n_val, "image_size": size, "epochs": epochs,
+            "baseline": precisions[0], "rows": rows}
+
+
 # ---------------------------------------------------------------------------------- report
 
 
 def _markdown(r: dict[str, Any]) -> str:
     np_rates = r["numpy_matmul"]["gflops"]
     unset = "openblas_unset" in np_rates
+    several = len({v["precision"] for v in r["vgg16_frozen"]}) > 1
     rows = []
     for v in r["vgg16_frozen"]:
         rows.append([
-            f"{v['image_size']} px", f"{v['faces_per_s_best']:.0f}",
+            f"{v['image_size']} px",
+            *([v["precision"], f"{v['speed_over_baseline_best']:.2f}x"] if several else []),
+            f"{v['faces_per_s_best']:.0f}",
             f"{v['faces_per_s_median']:.0f}", f"{v['conv_gflop_per_face']:.2f}",
             f"{v['gflops_best']:.0f}", f"{np_rates['as_set']:.0f}", f"{v['ratio_to_numpy']:.2f}",
             *([f"{v['ratio_to_numpy_openblas_unset']:.2f}"] if unset else []),
         ])
-    headers = ["VGG16 frozen part", "faces/s (best)", "faces/s (median)", "conv GFLOP/face",
+    headers = ["VGG16 frozen part", *(["precision", "speed vs first"] if several else []),
+               "faces/s (best)", "faces/s (median)", "conv GFLOP/face",
                "achieved GFLOP/s", "numpy matmul GFLOP/s", "ratio"]
     if unset:
         headers.append("ratio (OpenBLAS pins unset)")
@@ -320,8 +413,34 @@ def _markdown(r: dict[str, Any]) -> str:
         f"head: Dense({h['head_width']}) -> 7, batch {h['batch_size']}, {h['epochs']} epochs, "
         "validation scored after each epoch (`trainer.train`).\n\n"
         + benchlib.table(["what", "time"], head_rows)
+        + _precision_markdown(r.get("precision"))
         + "\n\n" + benchlib.provenance_markdown(r)
         + f"- benchmark total: {r['benchmark_seconds']:.0f} s\n"
+    )
+
+
+def _precision_markdown(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return ""
+    rows = [
+        [row["precision"], f"{row['extraction_faces_per_s']:.0f}",
+         f"{row['feature_relative_error_norm']:.2e}",
+         f"{row['feature_max_abs_error_over_max']:.2e}",
+         f"{row['val_accuracy']:.3f}", f"{row['val_accuracy_minus_baseline']:+.3f}",
+         f"{row['val_loss']:.4f}"]
+        for row in p["rows"]
+    ]
+    return (
+        f"\n\n## What the precision changes\n\n"
+        f"{p['train_faces']} training + {p['val_faces']} validation faces at {p['image_size']} px "
+        "(a class-coloured square on noise), one `trainer.train` per precision, same seed, "
+        f"{p['epochs']} epochs. Feature errors are against {p['baseline']}'s cached features: "
+        "||f - f0|| / ||f0||, and the largest element-wise difference over the largest "
+        "feature. GFLOP/s and the numpy ratio above count a mixed precision's bf16/fp16 "
+        "arithmetic as if it were float32's.\n\n"
+        + benchlib.table(["precision", "extraction faces/s", "feature error (norm)",
+                          "feature error (max / max)", "val accuracy", "vs first",
+                          "val loss"], rows)
     )
 
 

@@ -19,6 +19,9 @@ VGG16_MIN_IMAGE_SIZE = 32
 VGG16_BLOCKS = 5
 POOLINGS = ("avg", "flatten")
 CLASS_WEIGHTS = ("none", "balanced")
+# Keras dtype policies of VGG16's conv layers: float32, or bfloat16 / float16 arithmetic on float32
+# weights (the head, its softmax and the cached features stay float32).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Train / validation / test fractions when a dataset does not say (the spec's default too).
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 
@@ -44,6 +47,10 @@ class TrainConfig:
         seed: seeds the head's initialisation, shuffling and dropout.
         weight_decay: decoupled weight decay of the trained part's weights (AdamW-style, each
             step shrinks a weight by learning_rate * weight_decay of itself), >= 0; 0 = off.
+        precision: the Keras dtype policy of VGG16's conv layers: ``float32`` (the default),
+            ``mixed_bfloat16`` (CPUs with AMX / AVX-512 BF16, recent GPUs) or ``mixed_float16``
+            (GPUs). Weights, the head and the cached features stay float32; features computed
+            in another precision are cached apart.
     """
 
     learning_rate: float = 1e-3
@@ -60,6 +67,7 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     weight_decay: float = 0.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check_number(
@@ -89,6 +97,7 @@ class TrainConfig:
             raise ConfigError("augment", "true or false", self.augment)
         _check_number("seed", self.seed, int, "an integer >= 0", low=0)
         _check_number("weight_decay", self.weight_decay, float, "a number >= 0", low=0)
+        _check_choice("precision", self.precision, PRECISIONS)
 
     @property
     def uses_feature_cache(self) -> bool:

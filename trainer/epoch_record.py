@@ -45,7 +45,11 @@ class EpochRecord:
     finish, so a killed training leaves every epoch it finished."""
 
     def __init__(self, data: Dataset, config: TrainConfig) -> None:
-        group = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+        # float32 is left out so that records written before `precision` existed stay valid.
+        group = {
+            k: v for k, v in config.to_dict().items()
+            if k != "epochs" and (k, v) != ("precision", "float32")
+        }
         key = json.dumps(
             [
                 _FORMAT,

@@ -1,10 +1,12 @@
 """The frozen-feature cache: VGG16's frozen part runs once per dataset, not once per trial.
 
 Features are keyed by everything that determines them: the data's fingerprint, the split, the
-image size, the cut point (pooling when fully frozen, else the last frozen block) and the base's
-weights. They are written once, atomically and under a lock (several workers may ask at once),
-then memory-mapped by every later training with the same inputs. A process keeps the arrays it
-has loaded, so a study pays for them once.
+image size, the cut point (pooling when fully frozen, else the last frozen block), the base's
+weights and, when it is not float32, the precision it computed in (float32 keys are those of
+the caches written before `precision` existed). They are written once, atomically and under a
+lock (several workers may ask at once), then memory-mapped by every later training with the same
+inputs. A process keeps the arrays it has loaded, so a study pays for them once. They are float32
+whatever the base computed in.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ _loaded: dict[Path, np.ndarray] = {}
 
 def feature_path(data: Dataset, split: str, config: TrainConfig) -> Path:
     """The cache file for one split's features under `config`'s frozen part."""
-    key = "|".join(
-        [
-            data.fingerprint,
-            split,
-            str(config.image_size),
-            cut_name(config),
-            weights_fingerprint(config.weights),
-        ]
-    )
+    parts = [
+        data.fingerprint,
+        split,
+        str(config.image_size),
+        cut_name(config),
+        weights_fingerprint(config.weights),
+    ]
+    if config.precision != "float32":
+        parts.append(config.precision)
+    key = "|".join(parts)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(data.cache_dir) / "features" / f"{split}-{digest}.npy"
 
@@ -91,8 +94,9 @@ def _extract_to(path: Path, network: Network, images: np.ndarray, shape: tuple) 
             chunk = np.asarray(images[start : start + _CHUNK])
             for i in range(0, len(chunk), EXTRACT_BATCH):
                 batch = chunk[i : i + EXTRACT_BATCH]
+                # Stored float32 whatever the base computed in (mixed precision included).
                 out[start + i : start + i + len(batch)] = np.asarray(
-                    network.frozen.predict_on_batch(batch)
+                    network.frozen.predict_on_batch(batch), dtype="float32"
                 )
         out.flush()
         del out

@@ -59,9 +59,17 @@ class SingleDeviceAdam(keras.optimizers.Adam):
         return grads_and_vars
 
 
-def compile_head(model: keras.Model, learning_rate: float, weight_decay: float = 0.0) -> None:
+def compile_head(
+    model: keras.Model, learning_rate: float, weight_decay: float = 0.0, *, loss_scale: bool = False
+) -> None:
+    """Compiles with Adam (AdamW-style decay when `weight_decay` > 0). `loss_scale` wraps it in
+    Keras' dynamic loss scaling, which float16 layers being trained need (their small gradients
+    would round to zero); bfloat16 has float32's range and does not."""
+    optimizer = SingleDeviceAdam(learning_rate=learning_rate, weight_decay=weight_decay or None)
+    if loss_scale:
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=SingleDeviceAdam(learning_rate=learning_rate, weight_decay=weight_decay or None),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )

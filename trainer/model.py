@@ -5,12 +5,18 @@ pooling -> Dense(head_width, relu) -> Dropout -> 7-way softmax. `trainable_block
 the chain is cut: everything before the cut is frozen (and its output can be cached), everything
 after it is trained. `build_network` returns the full model and both halves, sharing layer objects,
 so weights trained in the `top` half are the weights of the exported `full` model.
+
+`precision` is the dtype policy of VGG16's conv layers alone (`precision_scope` sets it while they
+are built and restores the caller's policy after): preprocessing, pooling and the head are always
+float32, so features and probabilities come out float32 whatever the base computed in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +91,10 @@ def cut_name(config: TrainConfig) -> str:
 
 
 def build_network(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAMES) -> Network:
-    """Builds VGG16 (with the configured weights) and a freshly initialised head, seeded."""
-    vgg = _vgg16(config)
+    """Builds VGG16 (with the configured weights and precision) and a freshly initialised head,
+    seeded."""
+    with precision_scope(config.precision):
+        vgg = _vgg16(config)
     keras.utils.set_random_seed(config.seed)
     conv_layers = vgg.layers[1:]  # drop VGG16's own Input
     pooling = (
@@ -111,6 +119,18 @@ def build_network(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAME
         top_in = keras.Input((config.image_size, config.image_size, 3), name="pixels")
     top = keras.Model(top_in, _apply(chain[n_frozen:], top_in), name="trainable_top")
     return Network(full=full, frozen=frozen, top=top, cut=cut_name(config))
+
+
+@contextmanager
+def precision_scope(precision: str) -> Iterator[None]:
+    """Layers built inside take `precision` as their Keras dtype policy; the global policy (of
+    this thread: Keras keeps it per thread) is restored on the way out, even on an error."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def head_layers(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAMES) -> list:

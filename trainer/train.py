@@ -153,7 +153,9 @@ def _fit(config, data, on_epoch_end, target_epochs: int, checkpointer, start: fl
     plan = _plan(config, data)
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
     if not plan.compiled:
-        compile_head(plan.fit_model, config.learning_rate, config.weight_decay)
+        # Fine-tuned float16 conv layers need loss scaling; a frozen base's head is float32.
+        compile_head(plan.fit_model, config.learning_rate, config.weight_decay,
+                     loss_scale=config.precision == "mixed_float16" and config.trainable_blocks > 0)
     reporter = _EpochReporter(plan, y_val, config, on_epoch_end, checkpointer)
     reporter.set_model(plan.fit_model)
     keras.utils.set_random_seed(config.seed)

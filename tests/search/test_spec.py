@@ -291,6 +291,8 @@ BAD_SPECS = {
     "batch_size < 1": (_with(("space.batch_size", [32, 0])), "space.batch_size[1]", "0"),
     "image_size < 32": (_with(("train.image_size", 16)), "train.image_size", "16"),
     "unknown pooling choice": (_with(("space.pooling", ["max"])), "space.pooling[0]", "'max'"),
+    "unknown precision": (_with(("train.precision", "bfloat16")), "train.precision",
+                          "'bfloat16'"),
     "dropout range reaches 1": (
         _with(RANDOM, TRIALS, ("space.dropout", {"low": 0.0, "high": 1.0})),
         "space.dropout.high", "1.0",
@@ -490,3 +492,16 @@ def test_weight_decay_is_searchable_and_reaches_the_trainer(tmp_path):
     assert spec.grid == {"weight_decay": [0.0, 1.0e-4]}
     config = spec.train_config({"weight_decay": 1.0e-4})
     assert config.weight_decay == 1.0e-4 and config.to_dict()["weight_decay"] == 1.0e-4
+
+
+def test_precision_is_a_train_key_and_a_searched_one(tmp_path):
+    path = tmp_path / "precision.yaml"
+    path.write_text(
+        "sampler: grid\nspace:\n  precision: [float32, mixed_bfloat16]\n"
+        "train: {weights: none, image_size: 32}\ndata: {synthetic: {faces: 140}}\n"
+    )
+    spec = load_spec(path)
+    assert spec.grid == {"precision": ["float32", "mixed_bfloat16"]}
+    config = spec.train_config({"precision": "mixed_bfloat16"})
+    assert config.to_dict()["precision"] == "mixed_bfloat16"
+    assert spec.train_config().precision == "float32"
