@@ -16,6 +16,9 @@ start to the first trial's start and to its end, as Optuna recorded them, in two
 - `answered`: the grid's own settings, so a trial can be answered from its epoch record (the
   old code has no records and trains).
 
+`--precision mixed_bfloat16` adds a third grid: this commit with that `precision` (the feature
+extraction's conv layers in bfloat16; float32 stays the default).
+
 `--warm-only` skips the grids and measures warm starts on the projects an earlier run left.
 
 Writes results/grid_wall_time.{json,md}.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -56,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     folders = {name: work / ("old" if src is old_src else "new")
                for name, src in contenders.items()}
     if not args.warm_only:
+        for folder in (*folders.values(), work / str(args.precision)):
+            shutil.rmtree(folder, ignore_errors=True)  # fresh stores and caches
         for name, src in contenders.items():
             results[name] = _run(src, folders[name], data_root, args, "grid")
+            print(f"{name}: {results[name]['wall_s']:.1f} s", flush=True)
+        if args.precision:
+            name = f"this commit, precision: {args.precision}"
+            results[name] = _run(benchlib.REPO, work / args.precision, data_root, args, "grid",
+                                 precision=args.precision)
             print(f"{name}: {results[name]['wall_s']:.1f} s", flush=True)
     warm = {}
     for case, seed in (("trains", 1), ("answered", 0)):
@@ -82,14 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         "new_over_old": new_s / old_s,
         "warm_start": warm,
     }
-    rows = [[name, f"{r['wall_s']:.1f}", r["complete"], f"{r['best']:.4f}"]
-            for name, r in results.items()]
+    rows = [[name, f"{r['wall_s']:.1f}", f"{r['wall_s'] / old_s:.3f}", r["complete"],
+             f"{r['best']:.4f}"] for name, r in results.items()]
     markdown = (
         "# The quickstart grid at real size: this commit vs the old one\n\n"
         f"24-point grid (the quickstart's space), {args.faces} synthetic faces "
         f"(70% train), {args.image_size} px, frozen VGG16 (`weights: none`), each contender "
         "with fresh stores and caches, timed as the whole `fer-search run` command.\n\n"
-        + benchlib.table(["code", "wall s", "complete trials", "best val_accuracy"], rows)
+        + benchlib.table(["code", "wall s", "/ old", "complete trials", "best val_accuracy"],
+                         rows)
         + f"\n\nnew / old wall time: **{new_s / old_s:.3f}** ({old_s / new_s:.2f}x faster)\n\n"
         "Warm starts (data, crops, features and MLflow store present; a new study, "
         "`--n-trials 1`; seconds from process start, as Optuna recorded the trial):\n\n"
@@ -126,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "grid-wall-time")
     p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p.add_argument("--name", default="grid_wall_time")
+    p.add_argument("--precision", choices=("mixed_bfloat16", "mixed_float16"),
+                   help="also run this commit's grid with this precision")
     p.add_argument("--warm-only", action="store_true",
                    help="only the warm starts, on the projects an earlier run left")
     return p
@@ -159,13 +173,16 @@ def _env(src: Path) -> dict[str, str]:
     return env
 
 
-def _spec(folder: Path, data_root: Path, image_size: int, name: str, seed: int = 0) -> Path:
+def _spec(folder: Path, data_root: Path, image_size: int, name: str, seed: int = 0,
+          precision: str | None = None) -> Path:
     space = "\n".join(f"  {k}: {v}" for k, v in SPACE.items())
     spec = folder / f"{name}.yaml"
     spec.write_text(
         f"name: {name}\nsampler: grid\nseed: 0\nspace:\n{space}\n"
         f"train:\n  image_size: {image_size}\n  weights: none\n  trainable_blocks: 0\n"
         f"  dropout: 0.3\n  seed: {seed}\n"
+        + (f"  precision: {precision}\n" if precision else "")
+        +
         f"data:\n  root: {data_root}\n  cache_dir: {folder / '.cache'}\n"
         f"storage: sqlite:///{folder / 'optuna.db'}\n"
         f"tracking_uri: sqlite:///{folder / 'mlflow.db'}\n"
@@ -174,9 +191,9 @@ def _spec(folder: Path, data_root: Path, image_size: int, name: str, seed: int =
 
 
 def _run(src: Path, folder: Path, data_root: Path, args, name: str,
-         extra: tuple[str, ...] = (), seed: int = 0) -> dict:
+         extra: tuple[str, ...] = (), seed: int = 0, precision: str | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    spec = _spec(folder, data_root, args.image_size, name, seed)
+    spec = _spec(folder, data_root, args.image_size, name, seed, precision)
     log = folder / f"{name}.log"
     started = time.time()
     t0 = time.perf_counter()
