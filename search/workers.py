@@ -15,6 +15,10 @@ exactly once). This module only starts them and looks after them:
   command line, which any user of the machine can read with `ps`;
 - each worker's output is prefixed with its number;
 - SIGINT and SIGTERM are forwarded (search.signals documents what each does);
+- a worker that ends with EXIT_TRIAL_STUCK (75: its watchdog gave up on a trial stuck inside an
+  epoch, see search.deadline) is started again, as compose's `restart: on-failure` does, at most
+  MAX_RESTARTS times per worker; it is given its share of `--n-trials` again (the trials it
+  finished before are not subtracted), so such a run can end with more trials than asked;
 - the exit code sums theirs up: 0 when all succeeded, 2 when one reported bad input, else 1;
   130 when the run was interrupted with SIGINT.
 """
@@ -27,16 +31,25 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from search import signals
-from search.contracts import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from search.contracts import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TRIAL_STUCK,
+)
 from search.errors import InputError
 from search.spec import StudySpec
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
+MAX_RESTARTS = 5  # per worker: a worker stuck again and again has a problem a restart won't fix
+_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,7 @@ class WorkersResult:
 
     exit_codes: list[int] = field(default_factory=list)
     signal_received: int | None = None
+    restarts: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -83,6 +97,8 @@ class WorkersResult:
     def summary(self) -> str:
         codes = ", ".join(str(code) for code in self.exit_codes) or "none started"
         text = f"{len(self.exit_codes)} workers done (exit codes: {codes})"
+        if self.restarts:
+            text += f"; {self.restarts} restarted after a stuck trial"
         if self.signal_received is not None:
             text += f"; stopped by {signal.Signals(self.signal_received).name}"
         return text
@@ -203,29 +219,53 @@ def run_workers(plan: WorkerPlan, sink: TextIO | None = None) -> WorkersResult:
     sink = sink or sys.stderr
     result = WorkersResult()
     lock = threading.Lock()
-    processes: list[subprocess.Popen] = []
+    processes: list[subprocess.Popen] = []  # each worker's current process (signals reach it)
     pumps: list[threading.Thread] = []
     shares = split_trials(plan.n_trials, plan.workers)
     threads = plan.threads or threads_per_worker(len(shares))
+
+    def start(index: int) -> subprocess.Popen:
+        process = subprocess.Popen(
+            worker_command(plan, shares[index], threads),
+            env=worker_env(plan, index),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            process_group=0,  # a terminal's Ctrl-C reaches them through us only
+        )
+        pump = threading.Thread(target=_relay, args=(process, f"[worker {index + 1}] ", sink,
+                                                     lock), daemon=True)
+        pump.start()
+        pumps.append(pump)
+        return process
+
     with _forwarding_signals(processes, result):
         try:
-            for index, share in enumerate(shares, 1):
-                process = subprocess.Popen(
-                    worker_command(plan, share, threads),
-                    env=worker_env(plan, index - 1),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                    process_group=0,  # a terminal's Ctrl-C reaches them through us only
-                )
-                processes.append(process)
-                pump = threading.Thread(target=_relay, args=(process, f"[worker {index}] ",
-                                                             sink, lock), daemon=True)
-                pump.start()
-                pumps.append(pump)
-            result.exit_codes = [process.wait() for process in processes]
+            processes.extend(start(index) for index in range(len(shares)))
+            codes: list[int | None] = [None] * len(processes)
+            restarts = [0] * len(processes)
+            while None in codes:
+                for index, process in enumerate(processes):
+                    code = None if codes[index] is not None else process.poll()
+                    if code is None:
+                        continue
+                    if (code == EXIT_TRIAL_STUCK and result.signal_received is None
+                            and restarts[index] < MAX_RESTARTS):
+                        restarts[index] += 1
+                        result.restarts += 1
+                        with lock:
+                            sink.write(f"[worker {index + 1}] exited {code} after a stuck "
+                                       f"trial: starting it again ({restarts[index]} of at "
+                                       f"most {MAX_RESTARTS})\n")
+                            sink.flush()
+                        processes[index] = start(index)
+                    else:
+                        codes[index] = code
+                if None in codes:
+                    time.sleep(_POLL_S)
+            result.exit_codes = [int(code) for code in codes if code is not None]
         finally:
             _stop_leftovers(processes)
             for pump in pumps:

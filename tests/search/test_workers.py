@@ -128,3 +128,39 @@ def test_sigterm_is_forwarded_to_every_worker(monkeypatch):
     assert sink.getvalue().count(f"got {int(signal.SIGTERM)}") == 2
     assert result.exit_code == 0
     assert signal.getsignal(signal.SIGTERM) is before  # the parent's handler is restored
+
+
+def _stuck_then(tmp_path: Path, stuck_times: int, then: int) -> str:
+    """A worker that exits 75 (a stuck trial) its first `stuck_times` starts, then `then`;
+    each start appends to a file, so the test counts the starts."""
+    starts = tmp_path / "starts"
+    return (
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(starts)!r})\n"
+        "with p.open('a') as f: f.write('x')\n"
+        "n = len(p.read_text())\n"
+        "print('start', n, flush=True)\n"
+        f"sys.exit({workers.EXIT_TRIAL_STUCK} if n <= {stuck_times} else {then})\n"
+    )
+
+
+def test_a_worker_ending_with_a_stuck_trial_is_started_again(monkeypatch, tmp_path):
+    """Exit 75 (the watchdog's, search.deadline) means "restart me": the run starts the worker
+    again, as compose's `restart: on-failure` does, and its final code is the restarted one's."""
+    result, lines = _run_reporting(monkeypatch, _plan(1, None), _stuck_then(tmp_path, 2, 0))
+    assert (tmp_path / "starts").read_text() == "xxx"
+    assert result.exit_codes == [0] and result.restarts == 2 and result.exit_code == 0
+    assert [line for line in lines[1] if line.startswith("start")] == [
+        "start 1", "start 2", "start 3"]
+    assert sum("after a stuck trial: starting it again" in line for line in lines[1]) == 2
+    assert "2 restarted after a stuck trial" in result.summary()
+
+
+def test_restarts_stop_after_the_limit_and_other_codes_are_final(monkeypatch, tmp_path):
+    result, _ = _run_reporting(monkeypatch, _plan(1, None),
+                               _stuck_then(tmp_path, 100, 0))
+    assert len((tmp_path / "starts").read_text()) == workers.MAX_RESTARTS + 1
+    assert result.exit_codes == [workers.EXIT_TRIAL_STUCK] and result.exit_code == 1
+    (tmp_path / "starts").unlink()
+    result, _ = _run_reporting(monkeypatch, _plan(1, None), _stuck_then(tmp_path, 0, 3))
+    assert result.exit_codes == [3] and result.restarts == 0
