@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _answered(folder: Path, run_id: str | None) -> bool:
-    """The trial run's `answered_from_record` tag (older code has none: it always trained)."""
+def _answered(folder: Path, run_id: str | None) -> str:
+    """The trial run's `answered_from_record` tag; "-" where the code sets none (older code)."""
     if run_id is None:
-        return False
+        return "-"
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    return client.get_run(run_id).data.tags.get("answered_from_record") == "true"
+    return client.get_run(run_id).data.tags.get("answered_from_record", "-")
 
 
 def _warm_table(warm: dict) -> str:
