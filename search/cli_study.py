@@ -90,8 +90,8 @@ def _run(args, leaderboard: bool):
 
     data = DataProvider(spec, args.cache_dir)
     data.first()  # bad data stops here, before the banner names a study that never starts
-    # TensorFlow starts with the first trial that trains (trials answered from epoch records
-    # never need it): the study reaches its first trial without its ~2-3 s import.
+    # TensorFlow starts when the first trial trains (trainer.runtime.defer_tensorflow): the
+    # study reaches its first trial without waiting for its ~2-3 s import.
     defer_tensorflow(args.threads)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study

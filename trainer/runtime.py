@@ -50,8 +50,10 @@ def set_threads(threads: int | None) -> None:
 
 def defer_tensorflow(threads: int | None) -> None:
     """TensorFlow starts when a training first needs it (`load_tensorflow`, called by the
-    package's lazy names), sized to `threads` then. A command whose first trials are answered
-    from epoch records, or that fails on bad input, never pays its ~2-3 s import."""
+    package's lazy names for the modules that import it), sized to `threads` then: a study
+    reaches its first trial without waiting for the ~2-3 s import, and a command that stops
+    before training never pays it. (A trial answered from its epoch record still loads it:
+    `trainer.train`'s module imports TensorFlow.)"""
     global _planned_threads
     if "tensorflow" in sys.modules:
         set_threads(threads)  # already running (tests): the same value, or an error
@@ -80,7 +82,6 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
     TensorFlow writes those lines from C++ before its logging is initialised, so no environment
     variable silences them; the only way is to point file descriptor 2 elsewhere meanwhile.
     """
-
     if "tensorflow" in sys.modules:
         return
     threads = _planned_threads if threads is None else threads
