@@ -14,6 +14,8 @@ Two rates per configuration:
 
     .venv/bin/python benchmarks/workers_bench.py            # writes results/workers.{md,json}
     .venv/bin/python benchmarks/workers_bench.py --quick    # a smoke run, results not written
+    .venv/bin/python benchmarks/workers_bench.py --epochs 40 --name workers-epochs-40
+                                                            # longer trials: a longer busy span
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from tests.search import pgcluster  # noqa: E402
 WORKERS = (1, 2, 4)
 
 
-def spec(name: str, quick: bool) -> dict[str, Any]:
+def spec(name: str, quick: bool, epochs: int = 10) -> dict[str, Any]:
     """The quickstart's shape: 1,400 synthetic faces at 48 px, a frozen random VGG16, a 16-point
-    grid of 10-epoch trials (epochs fixed, so no trial is answered from another's epochs)."""
+    grid of `epochs`-epoch trials (epochs fixed, so no trial is answered from another's
+    epochs)."""
     return {
         "name": name,
         "sampler": "grid",
@@ -49,7 +52,7 @@ def spec(name: str, quick: bool) -> dict[str, Any]:
         "space": {
             "learning_rate": [1.0e-3, 3.0e-3] if quick else [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
             "batch_size": [32] if quick else [32, 64],
-            "epochs": [2 if quick else 10],
+            "epochs": [2 if quick else epochs],
             "head_width": [64] if quick else [64, 256],
         },
         "train": {"image_size": 48, "weights": "none", "dropout": 0.3, "seed": 0},
@@ -57,10 +60,10 @@ def spec(name: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def write_spec(folder: Path, name: str, quick: bool) -> Path:
+def write_spec(folder: Path, name: str, quick: bool, epochs: int = 10) -> Path:
     path = folder / "studies" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec(name, quick), sort_keys=False))
+    path.write_text(yaml.safe_dump(spec(name, quick, epochs), sort_keys=False))
     return path
 
 
@@ -111,6 +114,8 @@ def measure(cluster, spec_path: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny grid; no results written")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of every trial")
+    parser.add_argument("--name", default="workers", help="stem of the result files")
     args = parser.parse_args()
     prov = benchlib.provenance()
     folder = benchlib.WORK_DIR / ("workers-quick" if args.quick else "workers")
@@ -127,7 +132,7 @@ def main() -> None:
             # records; a record left by an earlier configuration would answer this one's trials
             # without training. Crops and features stay.
             shutil.rmtree(folder / ".cache" / "epochs", ignore_errors=True)
-            spec_path = write_spec(folder, f"grid-{workers}w", args.quick)
+            spec_path = write_spec(folder, f"grid-{workers}w", args.quick, args.epochs)
             wall = run_workers(folder, spec_path, workers, env)
             row = {"workers": workers,
                    "threads_per_worker": max(1, len(os.sched_getaffinity(0)) // workers),
@@ -142,7 +147,8 @@ def main() -> None:
     markdown = "\n\n".join([
         "# Trials per hour with 1, 2 and 4 workers on PostgreSQL",
         "One study per configuration, the same 16-point grid (1,400 synthetic faces at 48 px, "
-        "frozen random VGG16, 10 epochs, features cached beforehand), `fer-search worker` "
+        f"frozen random VGG16, {args.epochs} epochs, features cached beforehand), "
+        "`fer-search worker` "
         "processes sharing a throwaway PostgreSQL cluster and an `mlflow server` on this "
         "machine; each worker gets cores // N TensorFlow threads.",
         benchlib.table(
@@ -153,12 +159,12 @@ def main() -> None:
               r["wall_s"], r["end_to_end_trials_per_hour"]] for r in rows]),
         "Steady: trials / (last end - first start) from Optuna's timestamps. End to end: "
         "trials / wall time from starting the workers to the last exit (start-up included). "
-        "A head-only trial is mostly single-threaded Keras work, so one worker leaves a core "
-        "idle; more workers than cores add little. The machine may be shared: read the rates "
-        "with the load averages below.",
+        "A worker trains a grid group's heads together on the head engine, which keeps both "
+        "cores of this machine busy, so extra workers add little. The machine may be shared: "
+        "read the rates with the load averages below.",
         benchlib.provenance_markdown(prov),
     ])
-    paths = benchlib.write_results(benchlib.RESULTS_DIR, "workers",
+    paths = benchlib.write_results(benchlib.RESULTS_DIR, args.name,
                                    {"provenance": prov, "rows": rows}, markdown)
     print("wrote", *paths)
 
