@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import multiprocessing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,18 @@ def stores_fixture() -> Iterator[Stores]:
         yield opened
     finally:
         opened.close()
+
+
+def race(target: Callable, args: tuple, processes: int, timeout: float) -> list:
+    """Runs `target(*args, results)` in `processes` spawned processes at once (spawn: no fork of
+    a process that may hold TensorFlow) and returns what each put on `results`, one entry per
+    process, waiting at most `timeout` seconds for each."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    started = [context.Process(target=target, args=(*args, results)) for _ in range(processes)]
+    for process in started:
+        process.start()
+    answers = [results.get(timeout=timeout) for _ in started]
+    for process in started:
+        process.join(timeout=30)
+    return answers

@@ -8,7 +8,6 @@ tests/search/pgcluster.py): two `fer-search worker` processes sharing a grid wit
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -40,7 +39,12 @@ from search.workers import (
 )
 from tests.search.pgcluster import spawn_worker, wait_for
 from tests.search.pgcluster import worker_env as env_for
-from tests.search.studyhelp import Stores, stores_fixture, write_spec  # noqa: F401 (fixture)
+from tests.search.studyhelp import (  # noqa: F401 (fixture)
+    Stores,
+    race,
+    stores_fixture,
+    write_spec,
+)
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
@@ -314,15 +318,7 @@ def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request)
         study = optuna.create_study(study_name=name, storage=storage)
         for i in range(60):
             study.enqueue_trial({"x": i})
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF
-    results = context.Queue()
-    processes = [context.Process(target=_claim_all, args=(url, name, results))
-                 for _ in range(3)]
-    for process in processes:
-        process.start()
-    claimed = [n for _ in processes for n in results.get(timeout=120)]
-    for process in processes:
-        process.join(timeout=30)
+    claimed = [n for answer in race(_claim_all, (url, name), 3, 120) for n in answer]
     assert sorted(claimed) == list(range(60)), Counter(claimed).most_common(3)
 
 

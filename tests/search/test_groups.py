@@ -8,7 +8,6 @@ tested is the search side: who claims what, and how each member is recorded.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
 
 import optuna
@@ -23,7 +22,7 @@ from search.spec import load_spec
 from search.storage import open_storage
 from search.study import run_study
 from search.trial_runner import _Heartbeat
-from tests.search.studyhelp import urls, write_spec
+from tests.search.studyhelp import race, urls, write_spec
 
 
 def _by_batch(params: dict) -> int:
@@ -108,15 +107,7 @@ def _claim_groups(url: str, name: str, results) -> None:
 def test_groups_are_claimed_exactly_once_by_racing_processes(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
     _queue(url, "racing", sizes=(16, 32, 64, 128), rates=12)  # 48 trials, 4 groups of 12
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TF
-    results = context.Queue()
-    processes = [context.Process(target=_claim_groups, args=(url, "racing", results))
-                 for _ in range(2)]
-    for process in processes:
-        process.start()
-    groups = [g for _ in processes for g in results.get(timeout=180)]
-    for process in processes:
-        process.join(timeout=30)
+    groups = [g for answer in race(_claim_groups, (url, "racing"), 2, 180) for g in answer]
     numbers = [number for group in groups for number, _ in group]
     assert sorted(numbers) == list(range(48)), Counter(numbers).most_common(3)
     for group in groups:
