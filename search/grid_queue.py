@@ -10,8 +10,9 @@ retried.
 
 Groups (`claim_group`): grid points equal but for the axes one training pass can share (the
 trainer's `group_key`: learning_rate, head_width, epochs) are claimed together, so that one
-worker trains their heads in one pass. Each member is still claimed by its own atomic
-WAITING -> RUNNING transition, so exactly-once holds per trial, not per group.
+worker trains their heads in one pass. Points equal but for `epochs` are one head (the trainer's
+`track_key`), so the cap counts heads, not trials. Each member is still claimed by its own
+atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per group.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from search.contracts import (
 from search.spec import StudySpec
 
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
-# At most this many trials trained together by one worker. A group's pass costs about k times
+# At most this many heads trained together by one worker. A group's pass costs about k times
 # one head's arithmetic but one Python dispatch and one read of each batch: by k = 8 the
 # per-batch overhead is already amortised to an eighth, while a larger k makes one worker hold
-# (and, if it dies, hand back) more trials, and leaves other workers idle on a small grid (the
-# quickstart's 24 points make two groups of 12: two workers take 8 + 8, then 4 + 4).
+# (and, if it dies, hand back) more trials, and leaves other workers idle on a small grid. The
+# quickstart's 24 points make two groups of 6 heads (12 trials: each head for 10 and 30
+# epochs): one worker trains each group in one pass, two workers take one group each.
 MAX_GROUP = int(os.environ.get("FER_SEARCH_MAX_GROUP", "8"))
 GroupOf = Callable[[dict[str, Any]], Hashable | None]
 
@@ -105,9 +107,12 @@ def claim_group(
     storage: optuna.storages.BaseStorage,
     group_of: GroupOf,
     limit: int = MAX_GROUP,
+    *,
+    head_of: GroupOf | None = None,
+    max_trials: int | None = None,
 ) -> list[optuna.Trial]:
-    """Claims the trials of one group for this process (at most `limit`); [] when the queue is
-    empty.
+    """Claims the trials of one group for this process (at most `limit` heads); [] when the
+    queue is empty.
 
     The first WAITING trial this worker wins decides the group; the group's other WAITING
     trials are then claimed one by one, each by its own atomic WAITING -> RUNNING transition. A
@@ -122,9 +127,13 @@ def claim_group(
 
     Args:
         group_of: a grid point's group key; None: the point trains alone.
-        limit: at most this many trials (>= 1).
+        limit: at most this many heads (>= 1).
+        head_of: a grid point's head (points with equal heads train as one head, e.g. equal but
+            for `epochs`); None, or a None head: every point is a head of its own.
+        max_trials: at most this many trials (what is left of `--n-trials`); None: no cap.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
+    max_trials = max(1, max_trials) if max_trials is not None else None
     while True:
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting:
@@ -135,12 +144,17 @@ def claim_group(
             groups.setdefault(("alone", frozen.number) if key is None else key, []).append(frozen)
         for members in groups.values():
             claimed: list[optuna.Trial] = []
+            heads: set[Hashable] = set()
             for frozen in members:
-                if len(claimed) >= max(1, limit):
+                if max_trials is not None and len(claimed) >= max_trials:
                     break
+                head = _head_key(head_of, frozen)
+                if head not in heads and len(heads) >= max(1, limit):
+                    continue  # a new head over the cap; a member of a claimed head still fits
                 trial = _claim(study, storage, study_id, frozen)
                 if trial is not None:
                     claimed.append(trial)
+                    heads.add(head)
                 elif not claimed:
                     break  # another worker is taking this group: leave it to them
             if claimed:
@@ -153,6 +167,11 @@ def _group_key(group_of: GroupOf, frozen: optuna.trial.FrozenTrial) -> Hashable 
         return group_of(params_of(frozen))
     except Exception:  # a point the trainer cannot key (a bad value): it trains, and fails, alone
         return None
+
+
+def _head_key(head_of: GroupOf | None, frozen: optuna.trial.FrozenTrial) -> Hashable:
+    head = _group_key(head_of, frozen) if head_of is not None else None
+    return ("trial", frozen.number) if head is None else head
 
 
 def _claim(study, storage, study_id: int, frozen) -> optuna.Trial | None:

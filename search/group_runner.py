@@ -5,8 +5,8 @@ same order; the trainer says which configs can train together (`trainer.group_ke
 them in one pass (`trainer.train_group`). This module joins that to the queue and the runner:
 
 - `claim` takes one group's WAITING trials from the grid queue (grid_queue.claim_group: each
-  trial by its own atomic claim, at most grid_queue.MAX_GROUP; another worker meanwhile takes
-  another group).
+  trial by its own atomic claim, at most grid_queue.MAX_GROUP heads, where points equal but for
+  `epochs` are one head; another worker meanwhile takes another group).
 - `run_group` trains them together. Each trial keeps everything it has alone: its own
   per-epoch Optuna reports and pruning (a member pruned, timed out or diverged stops alone), its
   own MLflow run and metrics, its own tell; one heartbeat thread beats them all.
@@ -27,10 +27,20 @@ from search.trial_runner import TrialOutcome, TrialRunner, TrialSession
 
 def group_of(spec: StudySpec) -> grid_queue.GroupOf:
     """A grid point's group key: the trainer's `group_key` of its TrainConfig (None: alone)."""
-    key_of = getattr(trainer, "group_key", None)  # None until the trainer trains groups
+    return _keyed(spec, "group_key")
+
+
+def head_of(spec: StudySpec) -> grid_queue.GroupOf:
+    """A grid point's head: the trainer's `track_key` (points equal but for `epochs` train one
+    head together, so a group's cap counts them once)."""
+    return _keyed(spec, "track_key")
+
+
+def _keyed(spec: StudySpec, name: str) -> grid_queue.GroupOf:
+    key_of = getattr(trainer, name, None)  # None with a trainer that does not train groups
 
     def key(params: dict[str, Any]) -> Hashable | None:
-        if key_of is None:  # a trainer without group training: every trial alone
+        if key_of is None:  # every trial alone
             return None
         return key_of(spec.train_config(params))
 
@@ -40,13 +50,14 @@ def group_of(spec: StudySpec) -> grid_queue.GroupOf:
 def claim(
     study: optuna.Study, storage, spec: StudySpec, limit: int | None = None
 ) -> list[optuna.Trial]:
-    """One group's WAITING trials, claimed for this process ([] when the queue is empty).
+    """One group's WAITING trials, claimed for this process ([] when the queue is empty): at
+    most grid_queue.MAX_GROUP heads.
 
     Args:
-        limit: at most this many (what is left of `--n-trials`); never above MAX_GROUP.
+        limit: at most this many trials (what is left of `--n-trials`).
     """
-    cap = grid_queue.MAX_GROUP if limit is None else min(grid_queue.MAX_GROUP, limit)
-    return grid_queue.claim_group(study, storage, group_of(spec), max(1, cap))
+    return grid_queue.claim_group(study, storage, group_of(spec), grid_queue.MAX_GROUP,
+                                  head_of=head_of(spec), max_trials=limit)
 
 
 def run_group(runner: TrialRunner, trials: Sequence[optuna.Trial]) -> list[TrialOutcome]:

@@ -45,6 +45,7 @@ _EXPORTS = {
     "train": "trainer.train",
     "train_group": "trainer.group_train",
     "group_key": "trainer.grouping",
+    "track_key": "trainer.grouping",
     "GroupCallback": "trainer.group_train",
     "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
@@ -105,7 +106,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.export import load_model, save_model  # noqa: F401
     from trainer.faces import UnreadableImage, crop_face, read_image  # noqa: F401
     from trainer.group_train import GroupCallback, train_group  # noqa: F401
-    from trainer.grouping import group_key  # noqa: F401
+    from trainer.grouping import group_key, track_key  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401

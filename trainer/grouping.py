@@ -5,6 +5,8 @@ grid queue can group trials before anything is trained).
   trains on the compiled engine (trainer.head_engine).
 - `group_key`: configs with equal keys see the same batches in the same order, so
   `trainer.train_group` trains them in one pass.
+- `track_key`: configs of a group with equal keys differ only in `epochs`: they are one head
+  (one track), trained once to the largest count, so they cost one head of a group's pass.
 """
 
 from __future__ import annotations
@@ -32,3 +34,11 @@ def group_key(config: TrainConfig) -> tuple | None:
     if not shareable(config):
         return None
     return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in FREE_IN_GROUP))
+
+
+def track_key(config: TrainConfig) -> tuple | None:
+    """Configs with equal keys are one head in `train_group` (they differ only in `epochs`);
+    None: this one trains alone."""
+    if not shareable(config):
+        return None
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "epochs"))

@@ -65,6 +65,26 @@ def test_a_group_is_claimed_together_up_to_its_cap(tmp_path):
     assert grid_queue.count(study, TrialState.RUNNING) == 10
 
 
+def test_the_cap_counts_heads_and_points_equal_but_for_epochs_are_one_head(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="heads", storage=storage)
+    for rate in (1e-4, 2e-4, 3e-4):
+        for epochs in (10, 30):
+            study.enqueue_trial({"learning_rate": rate, "batch_size": 32, "epochs": epochs})
+
+    def head(params):
+        return params["learning_rate"]
+
+    first = grid_queue.claim_group(study, storage, _by_batch, limit=2, head_of=head)
+    points = [_params(study, t.number) for t in first]
+    assert len(first) == 4 and len({p["learning_rate"] for p in points}) == 2  # 2 heads, 4 trials
+    assert sorted(p["epochs"] for p in points) == [10, 10, 30, 30]
+    rest = grid_queue.claim_group(study, storage, _by_batch, limit=2, head_of=head, max_trials=1)
+    assert len(rest) == 1  # --n-trials' remainder caps trials whatever the heads
+    assert len(grid_queue.claim_group(study, storage, _by_batch, head_of=head)) == 1
+    assert grid_queue.claim_group(study, storage, _by_batch, head_of=head) == []
+
+
 def test_points_the_trainer_cannot_group_are_claimed_alone(tmp_path):
     study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "alone", sizes=(32,), rates=3)
     groups = []

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, TrainingDiverged, group_key, train, train_group
+from trainer import TrainConfig, TrainingDiverged, group_key, track_key, train, train_group
+from trainer import head_engine
 from trainer.epoch_record import EpochRecord
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
@@ -87,6 +88,24 @@ def test_group_keys():
     assert group_key(BASE.replace(trainable_blocks=1)) is None
     assert group_key(BASE.replace(augment=True)) is None
     assert group_key(BASE.replace(early_stopping_patience=2)) is None
+
+
+def test_track_keys_join_configs_equal_but_for_epochs():
+    assert track_key(BASE) == track_key(BASE.replace(epochs=9))
+    assert track_key(BASE) != track_key(BASE.replace(learning_rate=0.1))
+    assert track_key(BASE) != track_key(BASE.replace(head_width=8))
+    assert track_key(BASE.replace(trainable_blocks=1)) is None
+
+
+def test_groups_of_the_same_widths_in_another_order_share_one_compiled_program(tmp_path):
+    head_engine.clear_programs()
+    first = train_group(MEMBERS, array_dataset(tmp_path / "a"))
+    assert len(head_engine._programs) == 2  # widths (16, 32, 48), then (16, 32) after epoch 2
+    reordered = [MEMBERS[2], MEMBERS[0], MEMBERS[1]]
+    second = train_group(reordered, array_dataset(tmp_path / "b"))
+    assert len(head_engine._programs) == 2  # reused, not traced again
+    for i, j in ((0, 2), (1, 0), (2, 1)):
+        assert_same(second[i], first[j])
     with pytest.raises(ValueError, match="one group"):
         train_group([BASE, BASE.replace(batch_size=8)], None)
 
