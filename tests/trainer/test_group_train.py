@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, TrainingDiverged, group_key, track_key, train, train_group
-from trainer import head_engine
+from trainer import (
+    TrainConfig,
+    TrainingDiverged,
+    group_key,
+    head_engine,
+    track_key,
+    train,
+    train_group,
+)
 from trainer.epoch_record import EpochRecord
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
