@@ -113,6 +113,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
         _require_optuna_tables(url, kwargs)
     elif on_disk:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _write_ahead_log(Path(parsed.database))
 
     def create() -> ResilientRDBStorage:
         return ResilientRDBStorage(
@@ -137,6 +138,8 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
     storage.retry_s = DB_RETRY_S if resilient else 0.0
     if sqlite:
         _begin_immediate(storage.engine)
+        if on_disk:
+            _sync_normal(storage.engine)
     return storage
 
 
@@ -286,6 +289,41 @@ def _begin_immediate(engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _write_ahead_log(path: Path) -> None:
+    """Puts the SQLite database at `path` in WAL mode (stored in the file: once for all its
+    users). A commit (a trial's per-epoch report, a heartbeat) then appends to the log, and with
+    `_sync_normal` without an fsync: about half the time of a rollback-journal commit (2.4 ->
+    1.2 ms per `trial.report` here); readers no longer block the writer. Best effort: a database
+    another process holds open in the old mode keeps it (and full syncs)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    except sqlite3.Error:
+        return  # open_storage reports what is wrong with the file
+    try:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error:
+        pass
+    finally:
+        connection.close()
+
+
+def _sync_normal(engine) -> None:
+    """synchronous=NORMAL on every connection of a WAL database: a killed process loses
+    nothing; a power cut may lose the last commits but never the database (SQLite's documented
+    guarantee for WAL + NORMAL), and a trial lost so is re-run after its heartbeat stops. A
+    database in rollback-journal mode keeps FULL, where NORMAL would not be safe."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection, record) -> None:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            connection.execute("PRAGMA synchronous = NORMAL")
+
+    engine.dispose()  # connections opened while Optuna set up get the setting too
 
 
 # ------------------------------------------------------------------------------------- retries

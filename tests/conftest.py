@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# A head checkpoint after every epoch, so a test that kills a training after epoch k knows where
+# it resumes (the default writes one every 10 s; tests/trainer/test_resume.py tests that too).
+os.environ.setdefault("FER_SEARCH_CHECKPOINT_S", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

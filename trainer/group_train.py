@@ -5,8 +5,9 @@ differ in `learning_rate`, `head_width` and `epochs`) see the same batches in th
 one pass over the batches trains all of them (trainer.head_engine). Configs equal but for
 `epochs` share one track: it trains once, to the largest count asked, and each config hears of
 its own epochs only. Every finished epoch goes to the track's epoch record (trainer.epoch_record)
-and, with `resume`, to its checkpoint (trainer.checkpoint), so a killed training resumes after its
-last finished epoch, replaying the finished ones to the caller first.
+and, with `resume`, every CHECKPOINT_EVERY_S to its checkpoint (trainer.checkpoint), so a killed
+training resumes after its last checkpointed epoch, replaying the finished ones to the caller
+first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainer import checkpoint as checkpoints
 from trainer import head_engine as engine
 from trainer.checkpoint import (
     Checkpoint,
@@ -83,7 +85,7 @@ def train_group(
 
     Returns one entry per config, in order: its TrainResult, or the exception that stopped it
     (raised by `on_epoch_end(index, epoch, metrics)`, or TrainingDiverged). KeyboardInterrupt
-    and SystemExit propagate; finished epochs stay checkpointed.
+    and SystemExit propagate; checkpointed epochs stay checkpointed.
     """
     start = time.perf_counter()
     keys = {group_key(c) for c in configs}
@@ -147,6 +149,7 @@ class _GroupRun:
         self.feature_seconds = feature_seconds
         self._y_train = y_train
         self._weight_memo: dict[str, tuple] = {}
+        self._checkpointed = time.monotonic()
 
     def weights_for(self, config: TrainConfig):
         """Per-face loss weights (class_weight: balanced), as Keras' fit applies them."""
@@ -253,6 +256,7 @@ class _GroupRun:
                        "accuracy": float(hits[j]) / weight_sum}
                 if self._store_epoch(track, row, states[j], probs[j]):
                     stored.append((track, row, states[j], probs[j]))
+            self._checkpoint_if_due([track for track, *_ in stored])
             for track, row, state, track_probs in stored:
                 self._report_epoch(track, row, state, track_probs)
 
@@ -274,11 +278,21 @@ class _GroupRun:
         track.trained += 1
         track.history.append(row)
         track.record.add_epoch(row, state.weights, probs)
-        if self.resume and epoch < track.target:
-            parts = {"w": state.weights, "m": state.m, "v": state.v}
-            arrays = {f"{p}{i}": a for p, group in parts.items() for i, a in enumerate(group)}
-            save_checkpoint(self._ckpt(track), Checkpoint(epoch, arrays, track.history))
         return True
+
+    def _checkpoint_if_due(self, tracks: list[_Track]) -> None:
+        """Checkpoints these tracks' states when the last checkpoint is CHECKPOINT_EVERY_S old
+        (all of a pass's tracks at once: one clock for the pass)."""
+        now = time.monotonic()
+        if not self.resume or now - self._checkpointed < checkpoints.CHECKPOINT_EVERY_S:
+            return
+        self._checkpointed = now
+        for track in tracks:
+            if track.epoch < track.target:
+                state = track.state
+                parts = {"w": state.weights, "m": state.m, "v": state.v}
+                arrays = {f"{p}{i}": a for p, group in parts.items() for i, a in enumerate(group)}
+                save_checkpoint(self._ckpt(track), Checkpoint(track.epoch, arrays, track.history))
 
     def _report_epoch(self, track, row, state, probs) -> None:
         epoch = row["epoch"]

@@ -97,9 +97,11 @@ def _project(folder: Path) -> None:
 
 
 def _tree(folder: Path) -> dict[str, tuple]:
-    """Every path under `folder` with its size and modification time."""
-    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*")}
+    """Every path under `folder`, with each file's size and modification time. A folder's own
+    times are left out: SQLite opens a WAL database with a transient `-shm`/`-wal` pair beside
+    it (deleted at close), which touches the folder's mtime but leaves no file behind."""
+    return {str(p.relative_to(folder)): (True,) if p.is_dir() else
+            (False, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def _cli(folder: Path, *args: str) -> tuple[int, list[str], float]:
