@@ -91,8 +91,9 @@ def _run(args, leaderboard: bool):
     data = DataProvider(spec, args.cache_dir)
     data.first()  # bad data stops here, before the banner names a study that never starts
     # TensorFlow starts when the first trial trains (trainer.runtime.defer_tensorflow): the
-    # study reaches its first trial without waiting for its ~2-3 s import.
-    defer_tensorflow(args.threads)
+    # study reaches its first trial without waiting for its ~2-3 s import. A study that only
+    # trains heads runs small ops side by side rather than splitting each over the cores.
+    defer_tensorflow(args.threads, ops_in_parallel=spec.heads_only)
     from search.progress import TrialProgress, leaderboard_table
     from search.study import run_study
 

@@ -131,6 +131,18 @@ class StudySpec:
         return grid_of(self.space)
 
     @property
+    def heads_only(self) -> bool:
+        """Every trial trains only a head on cached features (the trainer's `shareable`, for
+        each value a searched param can take: each choice, both ends of a range)."""
+        from trainer.grouping import shareable
+
+        values = [{}]
+        for param in self.space:
+            ends = getattr(param, "choices", None) or (param.low, param.high)
+            values += [{param.name: value} for value in ends]
+        return all(shareable(self.train_config(v)) for v in values)
+
+    @property
     def redacted_text(self) -> str:
         """`text` with passwords in URLs replaced by ``***``: the version to log or print."""
         return mask_url_secrets(self.text)

@@ -221,6 +221,18 @@ def test_train_config_merges_fixed_and_trial_values(tmp_path: Path) -> None:
     assert (config.image_size, config.weights) == (48, "none")
 
 
+@pytest.mark.parametrize("changes, heads_only", [
+    ((), True),
+    ((("space.trainable_blocks", [0, 1]),), False),  # one choice fine-tunes
+    ((RANDOM, TRIALS, ("space.trainable_blocks", {"low": 0, "high": 2})), False),  # one end
+    ((("train.augment", True),), False),
+    ((("space.early_stopping_patience", [0]),), True),
+])
+def test_heads_only_when_every_value_trains_only_a_head(tmp_path: Path, changes,
+                                                        heads_only: bool) -> None:
+    assert load_spec(_write(tmp_path, _with(*changes))).heads_only is heads_only
+
+
 def test_redacted_text_hides_passwords(tmp_path: Path) -> None:
     url = "postgresql+psycopg2://optuna:s3cret@db:5432/optuna"
     spec = load_spec(_write(tmp_path, _with(("storage", url))))
