@@ -45,13 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="head_training")
     p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "head_training")
+    p.add_argument("--ops-in-parallel", action="store_true",
+                   help="TensorFlow's threads as `fer-search run` sets them for a heads-only "
+                        "study (intra-op 1, inter-op = cores), for every contender; default: "
+                        "TensorFlow's own (each op split over the cores)")
     args = p.parse_args(argv)
     prov = benchlib.provenance()
     prov["git"]["head"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=benchlib.REPO,
                                          capture_output=True, text=True).stdout.strip()
     import trainer  # noqa: F401  (sets the TensorFlow environment first)
-    from trainer.runtime import load_tensorflow
+    from trainer.runtime import defer_tensorflow, load_tensorflow
 
+    defer_tensorflow(None, ops_in_parallel=args.ops_in_parallel)
     load_tensorflow()
     result = run(args)
     result["provenance"] = {**prov, "load_average_at_end": benchlib.load_average()}
@@ -115,7 +120,8 @@ def run(args) -> dict:
         "setup": {"faces": args.faces, "val_faces": args.val, "epochs": args.epochs,
                   "features": DIM, "head_width": WIDTH, "batch_size": BATCH,
                   "learning_rates": RATES, "flop_per_head_epoch": flop_epoch,
-                  "FER_SEARCH_HEAD_JIT": os.environ.get("FER_SEARCH_HEAD_JIT", "0")},
+                  "FER_SEARCH_HEAD_JIT": os.environ.get("FER_SEARCH_HEAD_JIT", "0"),
+                  "ops_in_parallel": args.ops_in_parallel},
         "rows": rows,
         "numpy_matmul_gflops": numpy_gflops,
         "engine_1_vs_keras_fit": ratio_one,
@@ -212,7 +218,12 @@ def markdown(r: dict) -> str:
         f"{'met' if r['goal_group_6_at_least_10x'] else 'NOT met'}); its first call in a "
         f"process (tracing the 6-head program): {r['group_6_first_call_vs_6_keras_fits']:.1f}x",
         "- engine rows include everything `train`/`train_group` do: per-epoch validation "
-        "metrics, the epoch record and checkpoint writes",
+        "metrics, the epoch record and checkpoint writes (a checkpoint once the last is "
+        "FER_SEARCH_CHECKPOINT_S old, 10 s by default)",
+        "- TensorFlow's threads, for every contender: "
+        + ("each op on one thread, as many ops as cores at once (`fer-search run`'s setting "
+           "for a heads-only study)" if s.get("ops_in_parallel")
+           else "TensorFlow's default (each op split over the cores)"),
     ]
     if "provenance" in r:
         lines += ["", benchlib.provenance_markdown(r["provenance"]),
