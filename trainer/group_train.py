@@ -81,7 +81,8 @@ def train_group(
     share_epochs_to: int | None = None,
     resume: bool = True,
 ) -> list[TrainResult | BaseException]:
-    """Trains `configs` (one group) together; see the module docstring and ENGINE_API.md.
+    """Trains `configs` (one group) together; see the module docstring and ARCHITECTURE.md
+    ("The epochs axis and group training").
 
     Returns one entry per config, in order: its TrainResult, or the exception that stopped it
     (raised by `on_epoch_end(index, epoch, metrics)`, or TrainingDiverged). KeyboardInterrupt

@@ -5,7 +5,7 @@ ends.
 
 NEEDS THE ENGINE: `test_an_interrupted_trial_resumes_from_its_checkpoint` and
 `test_a_sigkilled_workers_trial_resumes_on_another_worker` need the trainer's checkpoints
-(`trainer.train(..., resume=True)`, TrainResult.resumed_from_epoch; see ENGINE_API). With a
+(`trainer.train(..., resume=True)`, TrainResult.resumed_from_epoch; see ARCHITECTURE.md). With a
 trainer that retrains from epoch 1 they FAIL on `resumed_from_epoch` (by design, not a skip).
 The first test covers the search side alone, with a stand-in for the trainer's resume.
 """
