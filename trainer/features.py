@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from trainer.atomic import disk_full_as_error, file_lock, require_free_space
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset
 from trainer.model import Network, cut_name, weights_fingerprint
-from trainer.runtime import parallel_batches
+from trainer.runtime import side_by_side
 
 EXTRACT_BATCH = 64
 _CHUNK = 1024  # faces read from the crop memmap per step: bounded memory on full ExpW
@@ -90,30 +88,22 @@ def features_for(
 
 def _extract_to(path: Path, network: Network, images: np.ndarray, shape: tuple) -> None:
     """Streams the frozen part's outputs into a temporary .npy, then renames it into place.
-    With TensorFlow's ops on one thread each (`runtime.parallel_batches`), that many batches run
-    side by side; each batch's features are the same either way (deterministic ops)."""
+    With TensorFlow's ops on one thread each, batches run side by side (`runtime.side_by_side`);
+    each batch's features are the same either way (deterministic ops)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=shape)
+        for start in range(0, len(images), _CHUNK):
+            chunk = np.asarray(images[start : start + _CHUNK])
 
-        def extract(out: np.ndarray, chunk: np.ndarray, start: int, i: int) -> None:
-            batch = chunk[i : i + EXTRACT_BATCH]
-            # Stored float32 whatever the base computed in (mixed precision included).
-            out[start + i : start + i + len(batch)] = np.asarray(
-                network.frozen.predict_on_batch(batch), dtype="float32"
-            )
+            def extract(i: int, out=out, chunk=chunk, start=start) -> None:
+                batch = chunk[i : i + EXTRACT_BATCH]
+                # Stored float32 whatever the base computed in (mixed precision included).
+                out[start + i : start + i + len(batch)] = np.asarray(
+                    network.frozen.predict_on_batch(batch), dtype="float32"
+                )
 
-        side_by_side = parallel_batches()
-        with ThreadPoolExecutor(side_by_side) if side_by_side > 1 else nullcontext() as pool:
-            for start in range(0, len(images), _CHUNK):
-                chunk = np.asarray(images[start : start + _CHUNK])
-                jobs = [(out, chunk, start, i) for i in range(0, len(chunk), EXTRACT_BATCH)]
-                if pool is None:
-                    for job in jobs:
-                        extract(*job)
-                    continue
-                for future in [pool.submit(extract, *job) for job in jobs]:
-                    future.result()  # an error in any batch is raised here
+            side_by_side(extract, range(0, len(chunk), EXTRACT_BATCH))
         out.flush()
         del out
         with open(tmp, "rb") as f:

@@ -26,6 +26,7 @@ import numpy as np
 from trainer.config import VGG16_BLOCKS, TrainConfig
 from trainer.errors import WeightsError
 from trainer.labels import CLASS_NAMES
+from trainer.runtime import side_by_side
 
 # A random (`weights: none`) base is always initialised from this seed, whatever the trial's seed,
 # so that every trial sees the same frozen features and they can be cached and shared.
@@ -252,11 +253,12 @@ def class_names_of(model: keras.Model) -> tuple[str, ...]:
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for raw uint8 RGB faces, in chunks so memory-mapped splits stay on disk."""
-    outputs = [
-        model.predict_on_batch(np.asarray(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
+    """Probabilities for raw uint8 RGB faces, in chunks so memory-mapped splits stay on disk
+    (side by side when TensorFlow runs its ops so: `runtime.side_by_side`)."""
+    outputs = side_by_side(
+        lambda i: model.predict_on_batch(np.asarray(images[i : i + batch_size])),
+        range(0, len(images), batch_size),
+    )
     if not outputs:
         return np.zeros((0, model.output.shape[-1]), dtype="float32")
     return np.concatenate([np.asarray(o) for o in outputs])

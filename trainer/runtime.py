@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _configured: tuple[int, int] | None = None  # (intra-op, inter-op) threads set
 _planned: tuple[int | None, bool] = (None, False)  # `defer_tensorflow`'s, used when it starts
@@ -70,6 +75,17 @@ def parallel_batches() -> int:
     if _configured is None or _configured[0] != 1:
         return 1
     return _configured[1]
+
+
+def side_by_side(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`[function(item) for item in items]`, `parallel_batches()` items at a time (threads: each
+    runs TensorFlow ops, which release the GIL); results in order, the first error raised."""
+    items = list(items)
+    workers = parallel_batches()
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(function, items))
 
 
 def defer_tensorflow(threads: int | None, *, ops_in_parallel: bool = False) -> None:

@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, features
-from trainer.model import build_network
+from trainer import TrainConfig, features, runtime
+from trainer.model import build_network, predict_proba
 
 PROBE = """
 import sys
@@ -43,13 +44,28 @@ def test_batches_extracted_side_by_side_equal_one_at_a_time(tmp_path, monkeypatc
     config = TrainConfig(weights="none", image_size=32)
     network = build_network(config)
     monkeypatch.setattr(features, "EXTRACT_BATCH", 8)  # 84 faces: 11 batches, the last short
-    got = {}
+    got, probs = {}, {}
     for side_by_side in (1, 2):
-        monkeypatch.setattr(features, "parallel_batches", lambda n=side_by_side: n)
+        monkeypatch.setattr(runtime, "parallel_batches", lambda n=side_by_side: n)
         features.forget_loaded()
         data = array_dataset(tmp_path / str(side_by_side))
         array, seconds = features.features_for(data, "train", config, network)
         assert seconds > 0  # computed here, not read from a cache
         got[side_by_side] = np.array(array)
-    assert got[1].shape == (84, 512)
+        probs[side_by_side] = predict_proba(network.frozen, data.val.images, batch_size=8)
+    assert got[1].shape == (84, 512) and probs[1].shape == (28, 512)
     np.testing.assert_array_equal(got[1], got[2])
+    np.testing.assert_array_equal(probs[1], probs[2])
+
+
+def test_side_by_side_keeps_the_order_and_raises_the_first_error(monkeypatch):
+    monkeypatch.setattr(runtime, "parallel_batches", lambda: 2)
+    assert runtime.side_by_side(lambda i: i * i, range(7)) == [0, 1, 4, 9, 16, 25, 36]
+
+    def fail_on_three(i):
+        if i == 3:
+            raise ValueError("batch 3")
+        return i
+
+    with pytest.raises(ValueError, match="batch 3"):
+        runtime.side_by_side(fail_on_three, range(7))
