@@ -32,7 +32,7 @@ from trainer.model import cut_name, weights_fingerprint
 logger = logging.getLogger(__name__)
 _FORMAT = 1
 # Seconds of head training a kill may cost. Writing a head's weights and Adam state after every
-# epoch took ~8% of a 6-head group's time on 4,000 faces; 0: after every epoch (tests).
+# epoch took ~5-6% of a 6-head group's time (profiled) on 4,000 faces; 0: after every epoch (tests).
 CHECKPOINT_EVERY_S = float(os.environ.get("FER_SEARCH_CHECKPOINT_S", "10"))
 
 
