@@ -31,14 +31,17 @@ def shareable(config: TrainConfig) -> bool:
 def group_key(config: TrainConfig) -> tuple | None:
     """Configs with equal keys train together in `train_group`; None: this one trains alone
     (fine-tuning, augmentation or early stopping decide their own batches or length)."""
-    if not shareable(config):
-        return None
-    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in FREE_IN_GROUP))
+    return _key_without(config, FREE_IN_GROUP)
 
 
 def track_key(config: TrainConfig) -> tuple | None:
     """Configs with equal keys are one head in `train_group` (they differ only in `epochs`);
     None: this one trains alone."""
+    return _key_without(config, ("epochs",))
+
+
+def _key_without(config: TrainConfig, free: tuple[str, ...]) -> tuple | None:
+    """The config's fields but `free`, as a hashable key; None when it cannot share work."""
     if not shareable(config):
         return None
-    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "epochs"))
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in free))

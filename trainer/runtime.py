@@ -41,8 +41,8 @@ def set_threads(threads: int | None, *, ops_in_parallel: bool = False) -> None:
             parallelism), instead of splitting each op over `threads` (intra-op). For work made
             of many small independent ops: the head engine's k heads per batch ran ~25% faster
             so on 2 cores, where splitting each small matmul and Adam update cost more than it
-            gave; feature extraction then runs `threads` batches side by side
-            (`parallel_batches`), ~15% faster than one batch split over 2 cores. Not for Keras
+            gave; feature extraction and `predict_proba` then run `threads` batches at once
+            (`side_by_side`), ~15% faster than one batch split over 2 cores. Not for Keras
             `fit` (fine-tuning): its ops run one after another.
 
     Must run before TensorFlow executes its first op; later calls with another value are ignored by
@@ -52,9 +52,9 @@ def set_threads(threads: int | None, *, ops_in_parallel: bool = False) -> None:
     if threads is None and not ops_in_parallel:
         return
     cores = threads or os.cpu_count() or 1
-    split, side_by_side = (cores, max(1, min(2, cores))), (1, cores)
-    pools = side_by_side if ops_in_parallel else split
-    if _configured == pools or (threads is not None and _configured in (split, side_by_side)):
+    split, unsplit = (cores, max(1, min(2, cores))), (1, cores)  # (intra-op, inter-op)
+    pools = unsplit if ops_in_parallel else split
+    if _configured == pools or (threads is not None and _configured in (split, unsplit)):
         return  # that many cores already, either way (the way is a speed preference)
     import tensorflow as tf
 
@@ -70,8 +70,8 @@ def set_threads(threads: int | None, *, ops_in_parallel: bool = False) -> None:
 
 
 def parallel_batches() -> int:
-    """How many batches feature extraction runs side by side: the inter-op threads when each op
-    runs on one thread (`set_threads(ops_in_parallel=True)`), else 1."""
+    """How many batches `side_by_side` runs at once: the inter-op threads when each op runs on
+    one thread (`set_threads(ops_in_parallel=True)`), else 1."""
     if _configured is None or _configured[0] != 1:
         return 1
     return _configured[1]
