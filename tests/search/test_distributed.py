@@ -325,6 +325,11 @@ def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request)
 # ------------------------------------------------------------------------ SQLite, by the CLI
 
 
+def _described(trials) -> list[tuple]:
+    """Each trial's number, state, params and attributes: what a failed count needs to say."""
+    return [(t.number, t.state.name, t.params, t.user_attrs) for t in trials]
+
+
 def _local_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI")}
@@ -344,7 +349,7 @@ def test_run_with_two_workers_on_sqlite(tmp_path, stores):
     assert "leaderboard: local" in result.stdout
     storage_url, tracking_uri = _sqlite(tmp_path)
     trials = stores.trials(storage_url, "local")
-    assert len(trials) == 4
+    assert len(trials) == 4, (_described(trials), output[-3000:])
     assert_every_point_complete_once(trials, GRID)
     runs, studies = _trial_runs(tracking_uri, "local")
     assert len(studies) == 1, "the study's parent run was made twice"
@@ -533,7 +538,9 @@ def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_p
     assert max(peak["fer-test-worker-1"], peak["fer-test-worker-2"]) <= PER_PROCESS, peak
 
     for _ in range(200):  # polls through the test's one storage
-        assert len(stores.trials(url, "pg-conns")) == 4
+        found = stores.trials(url, "pg-conns")
+        assert len(found) == 4, (_described(found),
+                                 [w.output()[-1500:] for w in workers])
     for _ in range(200):  # one-shot commands in this process: each opens and closes a storage
         assert main(["status", "pg-conns", "--storage", url]) == 0
     capsys.readouterr()
