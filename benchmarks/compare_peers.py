@@ -63,7 +63,7 @@ import benchlib  # noqa: E402  (a sibling module; benchmarks/ is not a package)
 
 CONTENDERS = ("fer-search", "keras-tuner", "optuna-naive", "cached-keras")
 NUM_CLASSES = 7
-BASE_SEED = 0  # trainer.model.RANDOM_BASE_SEED: the random base every trial of all three uses
+BASE_SEED = 0  # trainer.network.model.RANDOM_BASE_SEED: the random base every trial of all three uses
 HEAD_SEED = 0  # TrainConfig.seed: head initialisers, dropout, shuffling
 DROPOUT = 0.3
 DATA_SEED = 0
@@ -191,8 +191,8 @@ def _prepare(setup: Setup) -> None:
     """The dataset (generated once, reused across runs: not timed), a fresh work folder, and the
     crop cache the peers load from (built here so that no peer pays for it)."""
     from trainer.config import DataConfig
-    from trainer.loading import load_dataset
-    from trainer.synthetic import generate_synthetic_expw
+    from trainer.data.loading import load_dataset
+    from trainer.data.synthetic import generate_synthetic_expw
 
     generate_synthetic_expw(setup.data_root, setup.faces, DATA_SEED)
     if setup.run_dir.exists():
@@ -478,7 +478,7 @@ def _same_base_as_trainer(image_size: int, result: dict[str, Any]) -> bool:
     import numpy as np
 
     from trainer.config import TrainConfig
-    from trainer.model import build_network
+    from trainer.network.model import build_network
 
     network = build_network(TrainConfig(image_size=image_size, weights="none"))
     ours = sum(np.abs(np.asarray(w, dtype="float64")).sum() for w in network.frozen.get_weights())

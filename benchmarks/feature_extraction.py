@@ -13,7 +13,7 @@ Measured in one run:
    and slow numpy; their values are recorded, and when set the rate is measured a second time with
    both unset in that subprocess alone (see /work/.library/env/README.md). Tests and CI never
    change them.
-2. VGG16's frozen part (`trainer.model.build_network(config).frozen`, the model the feature cache
+2. VGG16's frozen part (`trainer.network.model.build_network(config).frozen`, the model the feature cache
    runs) at 64 and 96 px: faces/s with `predict_on_batch` on batches of 64 (the trainer's
    `EXTRACT_BATCH`), after a warm-up, best and median of several repeats. Achieved GFLOP/s counts
    VGG16's convolutions only, 2*H*W*Cin*Cout*9 per conv layer at that input size (the pooling,
@@ -194,8 +194,8 @@ def _interleaved(
     import numpy as np
 
     from trainer.config import TrainConfig
-    from trainer.features import EXTRACT_BATCH
-    from trainer.model import build_network
+    from trainer.network.features import EXTRACT_BATCH
+    from trainer.network.model import build_network
 
     rng = np.random.default_rng(0)
     models, inputs = {}, {}
@@ -258,7 +258,7 @@ def _head_vs_extraction(faces: int, epochs: int, size: int, repeats: int) -> dic
     import numpy as np
 
     import trainer
-    from trainer.dataset import Dataset, Split
+    from trainer.data.dataset import Dataset, Split
 
     rng = np.random.default_rng(0)
     n_val = max(faces // 10, 7)
@@ -314,8 +314,8 @@ def _precision_accuracy(
     import numpy as np
 
     import trainer
-    from trainer.dataset import Dataset, Split
-    from trainer.features import cached_features
+    from trainer.data.dataset import Dataset, Split
+    from trainer.network.features import cached_features
 
     rng = np.random.default_rng(1)
     n_val = max(faces // 4, 14)
@@ -399,7 +399,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "# Feature extraction vs this machine's matmul rate\n\n"
         + benchlib.table(headers, rows)
         + f"\n\nBatches of {r['vgg16_frozen'][0]['batch']} faces through "
-        "`trainer.model.build_network(config).frozen.predict_on_batch` (random base, random "
+        "`trainer.network.model.build_network(config).frozen.predict_on_batch` (random base, random "
         "uint8 pixels; speed does not depend on either), after a warm-up. GFLOP counts VGG16's "
         "13 convolutions (2*H*W*Cin*Cout*9 each). numpy: float32 "
         f"{MATMUL_N}x{MATMUL_N} matmul, best of runs interleaved with the VGG16 repeats and of a "

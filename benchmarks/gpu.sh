@@ -57,7 +57,7 @@ mkdir -p "$WORK/qs"
 sed -e "s#cache_dir: .cache#cache_dir: $WORK/qs/cache#" studies/quickstart.yaml \
   > "$WORK/qs/quickstart.yaml"
 qs_start=$(date +%s.%N)
-if timeout 150 "$PY" -m search.cli run "$WORK/qs/quickstart.yaml" \
+if timeout 150 "$PY" -m search.cli.main run "$WORK/qs/quickstart.yaml" \
     --storage "sqlite:///$WORK/qs/optuna.db" --tracking-uri "sqlite:///$WORK/qs/mlflow.db" \
     > "$WORK/qs/run.log" 2>&1; then status=ok; else status="FAILED ($?)"; fi
 qs_end=$(date +%s.%N)

@@ -158,7 +158,7 @@ def _generate(root: Path, faces: int) -> None:
         return
     subprocess.run(
         [sys.executable, "-c",
-         "import sys; from trainer.synthetic import generate_synthetic_expw as g; "
+         "import sys; from trainer.data.synthetic import generate_synthetic_expw as g; "
          "g(sys.argv[1], int(sys.argv[2]), 0)", str(root), str(faces)],
         check=True, env=_env(benchlib.REPO),
     )
@@ -206,7 +206,7 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str,
     started = time.time()
     t0 = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), *extra],
+        proc = subprocess.run([sys.executable, "-m", "search.cli.main", "run", str(spec), *extra],
                               cwd=folder, env=_env(src), stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

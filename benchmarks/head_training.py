@@ -5,7 +5,7 @@ their values): 4,000 training faces, 500 validation faces, 7 classes, batch 32, 
 dropout 0.3. Measured in one process, in turns, each contender on a fresh cache (no epoch record
 or checkpoint from an earlier contender can answer it):
 
-1. plain Keras `fit`: a freshly built and compiled head (`trainer.model.build_head`), one `fit`
+1. plain Keras `fit`: a freshly built and compiled head (`trainer.network.model.build_head`), one `fit`
    of E epochs with a per-epoch `predict` of the validation split (what a hand-written loop over
    cached features does);
 2. one head on the engine: `trainer.train` (records, checkpoints and val metrics included);
@@ -135,8 +135,8 @@ def _dataset(cache, x, xv, y, yv, config):
     """A Dataset whose train/val features are already in its cache (random stand-ins)."""
     import numpy as np
 
-    from trainer.dataset import Dataset, Split
-    from trainer.features import feature_path
+    from trainer.data.dataset import Dataset, Split
+    from trainer.network.features import feature_path
 
     def split(name, labels):
         images = np.zeros((len(labels), 32, 32, 3), "uint8")  # never read: features are cached
@@ -155,8 +155,8 @@ def _keras_fit(config, x, y, xv):
     """What a hand-written cached-feature trial does: build, compile, fit, score val."""
     import keras
 
-    from trainer.head_pool import compile_head
-    from trainer.model import build_head
+    from trainer.heads.keras_pool import compile_head
+    from trainer.network.model import build_head
 
     head = build_head(config, x.shape[1:])
     compile_head(head, config.learning_rate)

@@ -78,7 +78,7 @@ def _loop(
     import numpy as np
 
     import trainer
-    from trainer.dataset import Dataset, Split
+    from trainer.data.dataset import Dataset, Split
 
     rng = np.random.default_rng(0)
 

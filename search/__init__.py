@@ -22,27 +22,27 @@ from typing import Any
 
 # name -> the module that defines it
 _EXPORTS = {
-    "load_spec": "search.spec",
-    "spec_from_text": "search.spec",
-    "StudySpec": "search.spec",
-    "SyntheticData": "search.spec",
-    "ExpwData": "search.spec",
-    "run_study": "search.study",
-    "RunSummary": "search.study",
-    "StudyLoop": "search.study",
-    "TrialOutcome": "search.trial_runner",
-    "promote": "search.promotion",
-    "PromotionResult": "search.promotion",
-    "fetch": "search.registry",
-    "parse_model_ref": "search.registry",
-    "predict_images": "search.predict",
-    "Prediction": "search.predict",
-    "WorkerPlan": "search.workers",
-    "run_workers": "search.workers",
-    "open_storage": "search.storage",
-    "resolve_storage": "search.storage",
-    "resolve_tracking_uri": "search.tracking",
-    "mask_url": "search.storage",
+    "load_spec": "search.spec.loader",
+    "spec_from_text": "search.spec.loader",
+    "StudySpec": "search.spec.loader",
+    "SyntheticData": "search.spec.loader",
+    "ExpwData": "search.spec.loader",
+    "run_study": "search.study.loop",
+    "RunSummary": "search.study.loop",
+    "StudyLoop": "search.study.loop",
+    "TrialOutcome": "search.study.trial_runner",
+    "promote": "search.registry.promotion",
+    "PromotionResult": "search.registry.promotion",
+    "fetch": "search.registry.refs",
+    "parse_model_ref": "search.registry.refs",
+    "predict_images": "search.registry.predict",
+    "Prediction": "search.registry.predict",
+    "WorkerPlan": "search.study.workers",
+    "run_workers": "search.study.workers",
+    "open_storage": "search.storage.sessions",
+    "resolve_storage": "search.storage.sessions",
+    "resolve_tracking_uri": "search.tracking.runs",
+    "mask_url": "search.storage.sessions",
     "SearchError": "search.errors",
     "SpecError": "search.errors",
     "StudyError": "search.errors",
@@ -68,7 +68,7 @@ def __dir__() -> list[str]:
 # Optuna warnings this package triggers on purpose, each for a documented reason; every other
 # warning still shows. Heartbeats, their retry callback and `fail_stale_trials` are marked
 # experimental, and they are the documented way to recover the trials of dead workers. Trials
-# are claimed and told by `search.study`, not `Study.optimize`, and `TrialRunner` beats their
+# are claimed and told by `search.study.loop`, not `Study.optimize`, and `TrialRunner` beats their
 # heartbeat itself, so Optuna's reminder that heartbeats go with `optimize` does not apply.
 # (pytest resets filters per test: pyproject.toml repeats these.)
 KNOWN_WARNINGS = (

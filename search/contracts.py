@@ -46,7 +46,7 @@ EXIT_FAILURE = 1  # a runtime failure (a study failing, a database gone)
 EXIT_BAD_INPUT = 2  # input the user can fix; one line on stderr names it
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # A trial stuck inside an epoch past trial_timeout: recorded, then the worker exits for its
-# supervisor to restart it (sysexits' EX_TEMPFAIL). search.deadline.
+# supervisor to restart it (sysexits' EX_TEMPFAIL). search.study.deadline.
 EXIT_TRIAL_STUCK = 75
 
 # ------------------------------------------------------------------------- model registry

@@ -15,7 +15,7 @@ def mask_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        from search.spec import mask_url_secrets
+        from search.spec.loader import mask_url_secrets
 
         return mask_url_secrets(url)
 

@@ -15,7 +15,7 @@ os.environ.setdefault("FER_SEARCH_CHECKPOINT_S", "0")
 
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_template_dir(tmp_path_factory):
-    """New MLflow stores are copied from a pre-migrated template (search.mlflow_store); the
+    """New MLflow stores are copied from a pre-migrated template (search.tracking.local_store); the
     suite builds its own instead of writing into the user's ~/.cache."""
     os.environ["FER_SEARCH_MLFLOW_TEMPLATE_DIR"] = str(tmp_path_factory.mktemp("mlflow-template"))
     yield

@@ -26,40 +26,40 @@ _EXPORTS = {
     "WeightsError": "trainer.errors",
     "DataConfig": "trainer.config",
     "TrainConfig": "trainer.config",
-    "DataReport": "trainer.dataset",
-    "Dataset": "trainer.dataset",
-    "Split": "trainer.dataset",
+    "DataReport": "trainer.data.dataset",
+    "Dataset": "trainer.data.dataset",
+    "Split": "trainer.data.dataset",
     "Evaluation": "trainer.metrics",
-    "UnreadableImage": "trainer.faces",
-    "crop_face": "trainer.faces",
-    "read_image": "trainer.faces",
-    "class_weights": "trainer.loading",
-    "load_dataset": "trainer.loading",
-    "inspect_dataset": "trainer.loading",
-    "generate_synthetic_expw": "trainer.synthetic",
+    "UnreadableImage": "trainer.data.faces",
+    "crop_face": "trainer.data.faces",
+    "read_image": "trainer.data.faces",
+    "class_weights": "trainer.data.loading",
+    "load_dataset": "trainer.data.loading",
+    "inspect_dataset": "trainer.data.loading",
+    "generate_synthetic_expw": "trainer.data.synthetic",
     "set_threads": "trainer.runtime",
     "load_tensorflow": "trainer.runtime",
     "defer_tensorflow": "trainer.runtime",
     "EpochCallback": "trainer.train",
     "TrainResult": "trainer.train",
     "train": "trainer.train",
-    "train_group": "trainer.group_train",
-    "group_key": "trainer.grouping",
-    "track_key": "trainer.grouping",
-    "GroupCallback": "trainer.group_train",
+    "train_group": "trainer.heads.group_train",
+    "group_key": "trainer.heads.grouping",
+    "track_key": "trainer.heads.grouping",
+    "GroupCallback": "trainer.heads.group_train",
     "build_model": "trainer.train",
     "evaluate": "trainer.evaluate",
-    "load_model": "trainer.export",
-    "save_model": "trainer.export",
-    "class_names_of": "trainer.model",
-    "predict_proba": "trainer.model",
+    "load_model": "trainer.network.export",
+    "save_model": "trainer.network.export",
+    "class_names_of": "trainer.network.model",
+    "predict_proba": "trainer.network.model",
 }
 
 __all__ = sorted(_EXPORTS)
 # Modules that import TensorFlow: it is started first, quietly and with the planned threads
 # (trainer.runtime), whoever asks for one of their names first.
-_NEEDS_TENSORFLOW = {"trainer.train", "trainer.group_train", "trainer.evaluate", "trainer.export",
-                     "trainer.model"}
+_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.evaluate", "trainer.network.export",
+                     "trainer.network.model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -93,7 +93,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above load on first use
     from trainer.config import DataConfig, TrainConfig  # noqa: F401
-    from trainer.dataset import DataReport, Dataset, Split  # noqa: F401
+    from trainer.data.dataset import DataReport, Dataset, Split  # noqa: F401
+    from trainer.data.faces import UnreadableImage, crop_face, read_image  # noqa: F401
+    from trainer.data.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
+    from trainer.data.synthetic import generate_synthetic_expw  # noqa: F401
     from trainer.errors import (  # noqa: F401
         ConfigError,
         DataError,
@@ -103,14 +106,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
         WeightsError,
     )
     from trainer.evaluate import evaluate  # noqa: F401
-    from trainer.export import load_model, save_model  # noqa: F401
-    from trainer.faces import UnreadableImage, crop_face, read_image  # noqa: F401
-    from trainer.group_train import GroupCallback, train_group  # noqa: F401
-    from trainer.grouping import group_key, track_key  # noqa: F401
+    from trainer.heads.group_train import GroupCallback, train_group  # noqa: F401
+    from trainer.heads.grouping import group_key, track_key  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
-    from trainer.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
-    from trainer.model import class_names_of, predict_proba  # noqa: F401
+    from trainer.network.export import load_model, save_model  # noqa: F401
+    from trainer.network.model import class_names_of, predict_proba  # noqa: F401
     from trainer.runtime import defer_tensorflow, set_threads  # noqa: F401
-    from trainer.synthetic import generate_synthetic_expw  # noqa: F401
     from trainer.train import EpochCallback, TrainResult, build_model, train  # noqa: F401

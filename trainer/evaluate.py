@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 
-from trainer.dataset import Split
+from trainer.data.dataset import Split
 from trainer.metrics import Evaluation, evaluation_from_probs
-from trainer.model import class_names_of, predict_proba
+from trainer.network.model import class_names_of, predict_proba
 
 
 def evaluate(model: keras.Model, split: Split, batch_size: int = 64) -> Evaluation:

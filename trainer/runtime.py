@@ -153,7 +153,7 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
 @contextlib.contextmanager
 def _hidden(names: tuple[str, ...]) -> Iterator[None]:
     """Makes ``import NAME`` raise ImportError for the block (modules already imported stay
-    visible), then makes them importable again: `trainer.loading.class_weights` still imports
+    visible), then makes them importable again: `trainer.data.loading.class_weights` still imports
     scikit-learn when a study asks for balanced class weights."""
     hidden = [name for name in names if name not in sys.modules]
     for name in hidden:

@@ -17,14 +17,14 @@ import keras
 import numpy as np
 
 from trainer.config import VGG16_BLOCKS, TrainConfig
-from trainer.dataset import Dataset
+from trainer.data.dataset import Dataset
 from trainer.errors import ConfigError, DataError, TrainingDiverged
-from trainer.features import cached_features, features_for
-from trainer.grouping import shareable
-from trainer.head_pool import clear_pool, compile_head, pooled_head
+from trainer.heads.grouping import shareable
+from trainer.heads.keras_pool import clear_pool, compile_head, pooled_head
 from trainer.labels import CLASS_NAMES
 from trainer.metrics import Evaluation, epoch_metrics, evaluation_from_probs
-from trainer.model import build_network
+from trainer.network.features import cached_features, features_for
+from trainer.network.model import build_network
 from trainer.runtime import seed_everything
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -112,7 +112,7 @@ def train(
     start = time.perf_counter()
     _check_inputs(config, data)
     if shareable(config):  # frozen base, cached features: the compiled head engine
-        from trainer.group_train import train_group
+        from trainer.heads.group_train import train_group
 
         callback = None
         if on_epoch_end is not None:
@@ -124,7 +124,7 @@ def train(
             raise outcome
         outcome.seconds = time.perf_counter() - start
         return outcome
-    from trainer.fit_checkpoint import FitCheckpointer
+    from trainer.heads.fit_checkpoint import FitCheckpointer
 
     checkpointer = FitCheckpointer(data, config) if resume else None
     return _fit(config, data, on_epoch_end, config.epochs, checkpointer, start)
@@ -147,7 +147,7 @@ def _fit(config, data, on_epoch_end, target_epochs: int, checkpointer, start: fl
          ) -> TrainResult:
     """Fits with Keras for `target_epochs`, one `fit` call per epoch on that epoch's order of
     the faces (a function of seed and epoch, so a resumed training sees the same batches)."""
-    from trainer.head_engine import epoch_order
+    from trainer.heads.engine import epoch_order
 
     seed_everything(config.seed)
     plan = _plan(config, data)
@@ -270,7 +270,7 @@ def _check_inputs(config: TrainConfig, data: Dataset) -> None:
 def _class_weight(config: TrainConfig, labels: np.ndarray) -> dict[int, float] | None:
     if config.class_weight == "none":
         return None
-    from trainer.loading import class_weights
+    from trainer.data.loading import class_weights
 
     return class_weights(labels)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from search.tracking import ML_VIEW
+from search.tracking.runs import ML_VIEW
 from tests.search.pgcluster import free_port
 from tests.search.studyhelp import urls, write_spec
 
@@ -50,9 +50,9 @@ class Inspected:
 def inspected(tmp_path_factory, browser):
     from mlflow import MlflowClient
 
-    from search.cli import main
-    from search.spec import load_spec
-    from search.study import run_study
+    from search.cli.main import main
+    from search.spec.loader import load_spec
+    from search.study.loop import run_study
     from trainer.runtime import load_tensorflow
 
     folder = tmp_path_factory.mktemp("project")
@@ -198,7 +198,7 @@ class _Server:
 def _start(folder: Path, env: dict[str, str], name: str, args: list[str]) -> _Server:
     log = folder / f"{name}.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=folder,
+        process = subprocess.Popen([sys.executable, "-m", "search.cli.main", *args], cwd=folder,
                                    env=env, stdout=sink, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     return _Server(process, log)

@@ -72,8 +72,8 @@ def write_tiny_spec(folder: Path, name: str = STUDY_NAME) -> Path:
 
 def run_tiny_study(folder: Path) -> TinyStudy:
     """Writes and runs the tiny study; call it with `folder` as the working directory."""
-    from search.spec import load_spec
-    from search.study import run_study
+    from search.spec.loader import load_spec
+    from search.study.loop import run_study
     from trainer.runtime import load_tensorflow
 
     load_tensorflow()

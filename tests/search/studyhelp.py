@@ -52,7 +52,7 @@ class Stores:
         self._open: dict[str, object] = {}
 
     def get(self, url: str):
-        from search.storage import open_storage
+        from search.storage.sessions import open_storage
 
         if url not in self._open:
             self._open[url] = open_storage(url, read_only=True)
@@ -67,7 +67,7 @@ class Stores:
         return self.study(url, name).get_trials()
 
     def close(self) -> None:
-        from search.storage import close_storage
+        from search.storage.engines import close_storage
 
         for storage in self._open.values():
             close_storage(storage)

@@ -20,5 +20,5 @@ def test_import_search_loads_no_heavy_library():
 def test_every_public_name_resolves():
     for name in search.__all__:
         assert getattr(search, name) is not None, name
-    assert search.load_spec.__module__ == "search.spec"
+    assert search.load_spec.__module__ == "search.spec.loader"
     assert set(search.__all__) <= set(dir(search))

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from search.cli import main
+from search.cli.main import main
 from tests.search.studyhelp import urls, write_spec
 
 
 def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -99,7 +99,7 @@ def test_ui_serves_the_project_store(tmp_path):
     import time
     import urllib.request
 
-    from search.tracking import Tracker
+    from search.tracking.runs import Tracker
 
     tracking = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     Tracker(tracking).experiment_id("shown")
@@ -108,7 +108,7 @@ def test_ui_serves_the_project_store(tmp_path):
         port = probe.getsockname()[1]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     ui = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "ui", "--port", str(port), "--tracking-uri", tracking],
+        [sys.executable, "-m", "search.cli.main", "ui", "--port", str(port), "--tracking-uri", tracking],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,  # the UI's server processes are stopped with it below
     )

@@ -21,15 +21,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from search import grid_queue
-from search.storage import (
-    ResilientRDBStorage,
-    is_transient,
-    open_storage,
-    retry_transient,
-    storage_session,
-)
-from search.workers import (
+from search.storage.retry import ResilientRDBStorage, is_transient, retry_transient
+from search.storage.sessions import open_storage, storage_session
+from search.study import grid_queue
+from search.study.workers import (
     WorkerPlan,
     aggregate_exit_codes,
     split_trials,
@@ -132,7 +127,7 @@ def test_transient_errors_are_told_from_permanent_ones():
 
 def test_retry_backs_off_until_the_database_answers(monkeypatch):
     sleeps = []
-    monkeypatch.setattr("search.storage_retry.time.sleep", sleeps.append)
+    monkeypatch.setattr("search.storage.retry.time.sleep", sleeps.append)
     answers = iter([_operational("connection refused"), _operational("connection refused")])
 
     def flaky():
@@ -163,7 +158,7 @@ def _lose_first_answer(monkeypatch):
         return result
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", commit_then_fail)
-    monkeypatch.setattr("search.storage_retry.time.sleep", lambda s: None)
+    monkeypatch.setattr("search.storage.retry.time.sleep", lambda s: None)
     return calls
 
 
@@ -233,7 +228,7 @@ def test_a_trial_end_does_not_wait_for_a_stuck_beat():
     """During an outage a beat may hang on a dead connection: the trial ends without it."""
     import threading
 
-    from search.trial_runner import _Heartbeat
+    from search.study.trial_runner import _Heartbeat
 
     released, entered = threading.Event(), threading.Event()
 
@@ -286,7 +281,7 @@ def test_urls_reach_workers_by_environment_not_command_line():
     assert command[-6:] == ["worker", "s.yaml", "--threads", "1", "--n-trials", "3"]
     env = worker_env(plan)
     assert env["FER_SEARCH_STORAGE"] == url and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    from search.cli import build_parser
+    from search.cli.main import build_parser
 
     args = build_parser().parse_args(command[3:])
     assert args.handler.__name__ == "cmd_worker" and args.threads == 1
@@ -339,7 +334,7 @@ def _local_env() -> dict[str, str]:
 def test_run_with_two_workers_on_sqlite(tmp_path, stores):
     spec = write_spec(tmp_path, name="local", space=GRID)
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", str(spec), "--workers", "2"],
+        [sys.executable, "-m", "search.cli.main", "run", str(spec), "--workers", "2"],
         cwd=tmp_path, env=_local_env(), capture_output=True, text=True, timeout=600,
     )
     output = result.stdout + result.stderr
@@ -513,7 +508,7 @@ def _connections(cluster) -> Counter:
 @pytest.mark.postgres
 def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_path, stores,
                                                 monkeypatch, capsys):
-    from search.cli import main
+    from search.cli.main import main
 
     url = pg_cluster.url()
     baseline = _connections(pg_cluster)

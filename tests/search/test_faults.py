@@ -4,7 +4,7 @@ One row per case in `CASES`: the command, what the setup breaks first, the exit 
 the one-line message, and the paths the command may create or change (anything else created or
 changed under the project folder fails the row). The next bad input is one more row.
 
-Rows run the CLI in this process (`search.cli.main`) in a project folder holding a tiny real
+Rows run the CLI in this process (`search.cli.main.main`) in a project folder holding a tiny real
 study with a promoted champion (`tests.search.fixtures.tiny_study`), so fetch and predict have a
 registry to read. Cases that need a fresh process (imports, a real small disk) follow the table.
 """
@@ -25,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from search.cli import main
+from search.cli.main import main
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
 from tests.trainer.conftest import write_expw
 
@@ -229,7 +229,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def project(tiny_study) -> Project:  # noqa: F811
-    from search.registry import promote
+    from search.registry.promotion import promote
 
     promote(tiny_study.name, **tiny_study.urls)
     good = tiny_study.folder / "rows" / "good"
@@ -287,7 +287,7 @@ def test_a_bad_model_reference_is_rejected_before_tensorflow_loads(tmp_path: Pat
     image = tmp_path / "face.png"
     Image.new("RGB", (8, 8)).save(image)
     result = fresh(
-        "import sys\nfrom search.cli import main\n"
+        "import sys\nfrom search.cli.main import main\n"
         f"code = main(['predict', '--model', '@@', {str(image)!r}])\n"
         "print(code, 'tensorflow' in sys.modules, 'mlflow' in sys.modules)",
         tmp_path,
@@ -299,7 +299,7 @@ def test_a_bad_model_reference_is_rejected_before_tensorflow_loads(tmp_path: Pat
 def test_ctrl_c_during_start_up_does_not_claim_a_trial_was_recorded(
     project: Project, capsys, monkeypatch
 ) -> None:
-    from search.data import DataProvider
+    from search.study.data_provider import DataProvider
 
     def interrupted(self):
         raise KeyboardInterrupt
@@ -317,7 +317,7 @@ def test_data_check_footer_is_not_wrapped_when_piped(tmp_path: Path) -> None:
     write_expw(root)
     (root / "image" / "origin" / "img_001.jpg").write_bytes(b"")
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli", "data", "check", str(root)], cwd=tmp_path,
+        [sys.executable, "-m", "search.cli.main", "data", "check", str(root)], cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "40"}, text=True,
         capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -352,7 +352,7 @@ def test_run_with_the_cache_on_a_full_disk_fails_in_one_line(
     spec = write_run_spec(tmp_path, root, "small", image_size=96)
     text = spec.read_text().replace(str(tmp_path / ".cache-small"), str(small_disk / "cache"))
     spec.write_text(text)
-    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec)],
+    result = subprocess.run([sys.executable, "-m", "search.cli.main", "run", str(spec)],
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             text=True, capture_output=True, timeout=300)
     assert result.returncode == 1, result.stderr  # not 135 (SIGBUS)
@@ -380,8 +380,8 @@ def test_fetch_onto_a_full_disk_names_the_cause_and_leaves_no_folder(
 
 
 def test_run_warns_once_with_the_counts_of_skipped_faces(tmp_path: Path) -> None:
-    from search.data import DataProvider
-    from search.spec import load_spec
+    from search.spec.loader import load_spec
+    from search.study.data_provider import DataProvider
 
     root = tmp_path / "expw"
     write_expw(root)

@@ -16,12 +16,12 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
-from search import grid_queue
-from search import study as study_module
-from search.spec import load_spec
-from search.storage import open_storage
-from search.study import run_study
-from search.trial_runner import _Heartbeat
+from search.spec.loader import load_spec
+from search.storage.sessions import open_storage
+from search.study import grid_queue
+from search.study import loop as study_module
+from search.study.loop import run_study
+from search.study.trial_runner import _Heartbeat
 from tests.search.studyhelp import race, urls, write_spec
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from search import mlflow_store
-from search.mlflow_store import ensure_sqlite_store, sqlite_path
+from search.tracking import local_store as mlflow_store
+from search.tracking.local_store import ensure_sqlite_store, sqlite_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Each process creates the store (if missing), then uses it: an experiment and a run.
 _WORKER = """
 import sys
-from search.tracking import Tracker
+from search.tracking.runs import Tracker
 t = Tracker(sys.argv[1])
 exp = t.experiment_id("race")
 run = t.client.create_run(exp)

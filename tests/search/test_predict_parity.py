@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.cli import main
+from search.cli.main import main
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
-from trainer.expw import locate_expw, read_label_file
+from trainer.data.expw import locate_expw, read_label_file
 
 
 @pytest.fixture(scope="module")
 def champion(tiny_study):  # noqa: F811
-    from search.registry import promote
+    from search.registry.promotion import promote
 
     return promote(tiny_study.name, **tiny_study.urls)
 

@@ -18,13 +18,12 @@ from mlflow import MlflowClient
 from PIL import Image
 
 import trainer
-from search.aliases import alias_history
-from search.cli import main
-from search.data import DataProvider
+from search.cli.main import main
 from search.errors import InputError
-from search.predict import load_images, predict_images
-from search.promotion import check_reproduced, promote
-from search.registry import (
+from search.registry.aliases import alias_history
+from search.registry.predict import load_images, predict_images
+from search.registry.promotion import check_reproduced, promote
+from search.registry.refs import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
@@ -32,7 +31,8 @@ from search.registry import (
     models_uri,
     parse_model_ref,
 )
-from search.spec import load_spec
+from search.spec.loader import load_spec
+from search.study.data_provider import DataProvider
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
 
 FILES = {"model.keras", "class_names.json", "metadata.json"}
@@ -423,8 +423,7 @@ def test_the_champion_loads_as_pyfunc_in_a_fresh_process(tiny_study, champion, f
 RACER = """
 import contextlib, json, sys, time
 from pathlib import Path
-from search import promotion
-
+from search.registry import promotion
 study, name, trial, marks, me = sys.argv[1:6]
 real_lock = promotion.champion_lock
 
@@ -496,7 +495,7 @@ def test_racing_promotions_end_with_the_better_champion_and_one_version_per_tria
 
 
 def test_the_promotion_lock_lives_in_the_registry_store_else_the_optuna_storage(tmp_path):
-    from search.promotion import champion_lock
+    from search.registry.promotion import champion_lock
 
     optuna_url = f"sqlite:///{tmp_path}/studies/optuna.db"
     with champion_lock(f"sqlite:///{tmp_path}/mlruns/mlflow.db", optuna_url, "m1"):
@@ -515,7 +514,7 @@ def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, t
 
     from sqlalchemy import create_engine, text
 
-    from search.promotion import champion_lock
+    from search.registry.promotion import champion_lock
 
     url = pg_cluster.url()
     tracking_uri = url if tracking == "postgres" else "http://127.0.0.1:1"
@@ -596,7 +595,7 @@ def test_serve_answers_uint8_and_float32_faces_like_the_pyfunc_model(  # noqa: F
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "expw-vgg16@champion", "--port",
+        [sys.executable, "-m", "search.cli.main", "serve", "expw-vgg16@champion", "--port",
          str(port), "--tracking-uri", tiny_study.tracking_uri],
         cwd=tiny_study.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -637,8 +636,8 @@ def test_serve_answers_uint8_and_float32_faces_like_the_pyfunc_model(  # noqa: F
 
 NO_OPTUNA = """
 import sys
-from search.registry import fetch
-import search.aliases, search.registration, search.serve  # noqa: F401
+from search.registry.refs import fetch
+import search.registry.aliases, search.registry.registration, search.registry.serve  # noqa: F401
 fetch("expw-vgg16/1", sys.argv[1], tracking_uri=sys.argv[2])
 print(sorted(m for m in sys.modules if m.split(".")[0] == "optuna"))
 """

@@ -1,4 +1,4 @@
-"""The study a person reads: the study run's description, tags and plots (search.report), the
+"""The study a person reads: the study run's description, tags and plots (search.tracking.report), the
 trial runs' bookkeeping tags, description and dataset input, the dashboard note, and the `ui`
 and `report` commands, on one small real study."""
 
@@ -9,8 +9,8 @@ import json
 import optuna
 import pytest
 
-from search.cli import main
-from search.tracking import BOOKKEEPING, NOTE_TAG
+from search.cli.main import main
+from search.tracking.runs import BOOKKEEPING, NOTE_TAG
 from tests.search.studyhelp import urls, write_spec
 
 STUDY = "story"
@@ -28,9 +28,9 @@ def story(tmp_path_factory):
     study, the report seen in between)."""
     from mlflow import MlflowClient
 
-    from search.report import refresh_study
-    from search.spec import load_spec
-    from search.study import run_study
+    from search.spec.loader import load_spec
+    from search.study.loop import run_study
+    from search.tracking.report import refresh_study
     from trainer.runtime import load_tensorflow
 
     folder = tmp_path_factory.mktemp("story")
@@ -141,7 +141,7 @@ def test_report_and_ui_name_an_unknown_study_with_exit_code_2(story, capsys):
 
 
 def test_ui_picks_the_most_recent_study_and_links_its_runs_in_the_training_view(story):
-    from search.tracking import pick_experiment, runs_url
+    from search.tracking.runs import pick_experiment, runs_url
 
     _, client, _, _, _ = story
     experiment = pick_experiment(client, None)
@@ -156,8 +156,8 @@ def test_report_on_postgres_with_a_tracking_server(pg_cluster, mlflow_server, tm
                                                    monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from search.spec import load_spec
-    from search.study import run_study
+    from search.spec.loader import load_spec
+    from search.study.loop import run_study
     from trainer.runtime import load_tensorflow
 
     monkeypatch.chdir(tmp_path)

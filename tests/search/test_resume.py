@@ -22,10 +22,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
-from search.spec import load_spec
-from search.study import run_study
-from search.tracking import Tracker
-from search.trial_runner import KILL_AT_EPOCH_ENV
+from search.spec.loader import load_spec
+from search.study.loop import run_study
+from search.study.trial_runner import KILL_AT_EPOCH_ENV
+from search.tracking.runs import Tracker
 from tests.search.pgcluster import spawn_worker
 from tests.search.pgcluster import worker_env as env_for
 from tests.search.studyhelp import SPEC, urls, write_spec

@@ -1,4 +1,4 @@
-"""search.signals: one behaviour per signal per command (the table in its docstring)."""
+"""search.study.signals: one behaviour per signal per command (the table in its docstring)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from search import signals
+from search.study import signals
 
 
 class _Loop:

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from search.space import (
+from search.spec.params import (
     Categorical,
     FloatRange,
     IntRange,

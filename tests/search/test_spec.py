@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from search.errors import SearchError, SpecError
-from search.space import Categorical, FloatRange, IntRange
-from search.spec import ExpwData, StudySpec, SyntheticData, load_spec
+from search.spec.data_section import ExpwData, SyntheticData
+from search.spec.loader import StudySpec, load_spec
+from search.spec.params import Categorical, FloatRange, IntRange
 from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"

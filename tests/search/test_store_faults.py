@@ -19,11 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.storage import (
-    mask_url_in_text,
-    mask_url_secrets_in,
-    storage_session,
-)
+from search.storage.sessions import storage_session
+from search.urls import mask_url_in_text, mask_url_secrets_in
 from tests.search.pgcluster import free_port
 from tests.search.studyhelp import write_spec
 
@@ -108,7 +105,7 @@ def _cli(folder: Path, *args: str) -> tuple[int, list[str], float]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI")}
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=folder,
+    result = subprocess.run([sys.executable, "-m", "search.cli.main", *args], cwd=folder,
                             capture_output=True, text=True, timeout=600,
                             env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"})
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -202,7 +199,7 @@ def test_a_reader_never_stamps_a_storage_another_process_is_still_creating(tmp_p
     from sqlalchemy import create_engine, text
 
     from search.errors import InputError
-    from search.storage import storage_session
+    from search.storage.sessions import storage_session
 
     path = tmp_path / "optuna.db"
     engine = create_engine(f"sqlite:///{path}")

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
-from search import study as study_module
 from search.errors import StudyError
-from search.spec import load_spec
-from search.study import run_study
+from search.spec.loader import load_spec
+from search.study import loop as study_module
+from search.study.loop import run_study
 from tests.search.studyhelp import urls, write_spec
 
 

@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
-from search import deadline, grid_queue
-from search.spec import load_spec
-from search.study import run_study
+from search.spec.loader import load_spec
+from search.study import deadline, grid_queue
+from search.study.loop import run_study
 from tests.search.studyhelp import urls, write_spec
 
 SPACE = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [3], "head_width": [16, 32]}

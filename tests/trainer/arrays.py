@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.dataset import Dataset, Split
+from trainer.data.dataset import Dataset, Split
 
 
 def array_dataset(cache_dir: Path, *, size: int = 32, n_train: int = 84, n_val: int = 28,

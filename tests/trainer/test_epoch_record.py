@@ -7,9 +7,9 @@ import pytest
 
 from tests.trainer.arrays import array_dataset
 from trainer import TrainConfig, train
-from trainer.epoch_record import EpochRecord
-from trainer.grouping import shareable
-from trainer.model import predict_proba
+from trainer.heads.epoch_record import EpochRecord
+from trainer.heads.grouping import shareable
+from trainer.network.model import predict_proba
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=2, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3)

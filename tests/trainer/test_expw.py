@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests.trainer.conftest import BACKGROUND, draw_image, save_jpeg
-from trainer.crops import ensure_crops
+from trainer.data.crops import ensure_crops
+from trainer.data.expw import FaceRecord, clip_box, clip_region, locate_expw, read_label_file
 from trainer.errors import DataError
-from trainer.expw import FaceRecord, clip_box, clip_region, locate_expw, read_label_file
 
 # The example line from ExpW's readme: rows 28..141, columns 113..226, score 22.9, label 0.
 REAL_LINE = "angry_actor_104.jpg 0 28 113 226 141 22.9362 0"

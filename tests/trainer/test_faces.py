@@ -1,4 +1,4 @@
-"""One face from a file (trainer.faces), the problems found on the way (trainer.problems), the
+"""One face from a file (trainer.data.faces), the problems found on the way (trainer.data.problems), the
 crop cache's use of both, and its free-space check before a memory-mapped write."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 import trainer
-from trainer import crops
 from trainer.atomic import disk_full_as_error, free_bytes, require_free_space
 from trainer.config import DataConfig
+from trainer.data import crops
+from trainer.data.faces import UnreadableImage, crop_face, image_size, read_image
+from trainer.data.loading import inspect_dataset, load_dataset
+from trainer.data.problems import ProblemTally, summary
 from trainer.errors import DataError, DiskFull
-from trainer.faces import UnreadableImage, crop_face, image_size, read_image
-from trainer.loading import inspect_dataset, load_dataset
-from trainer.problems import ProblemTally, summary
 
 SIZE = 32
 
@@ -84,7 +84,7 @@ def test_the_crop_cache_makes_its_faces_with_crop_face(expw_root: Path, tmp_path
     data = load_dataset(DataConfig(root=expw_root, cache_dir=tmp_path / "c", split_seed=1), SIZE)
     entry = next((tmp_path / "c" / "crops").glob("*/meta.json")).parent
     faces, groups = np.load(entry / "faces.npy"), np.load(entry / "groups.npy")
-    from trainer.expw import read_label_file
+    from trainer.data.expw import read_label_file
 
     records, _ = read_label_file(expw_root / "label.lst")
     for row in (0, 1, len(records) - 1):
@@ -203,7 +203,7 @@ def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_anything_is_writ
 ) -> None:
     from tests.trainer.arrays import array_dataset
     from trainer import TrainConfig, train
-    from trainer.features import feature_path
+    from trainer.network.features import feature_path
 
     data = array_dataset(tmp_path / "cache")
     config = TrainConfig(weights="none", image_size=32, epochs=1, batch_size=16, head_width=8)

@@ -15,7 +15,7 @@ from trainer import (
     train,
     train_group,
 )
-from trainer.epoch_record import EpochRecord
+from trainer.heads.epoch_record import EpochRecord
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3)

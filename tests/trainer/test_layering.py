@@ -8,7 +8,7 @@ import sys
 PROBE = (
     "import sys, trainer\n"
     "for name in trainer.__all__: getattr(trainer, name)\n"  # load every lazy export
-    "import trainer.train, trainer.features, trainer.loading, trainer.synthetic\n"
+    "import trainer.train, trainer.network.features, trainer.data.loading, trainer.data.synthetic\n"
     "{extra}\n"
     "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'mlflow', 'search'))\n"
     "print(','.join(bad))\n"

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import trainer.crops as crops
+import trainer.data.crops as crops
 from tests.trainer.conftest import CLASS_COLOURS
 from trainer.atomic import atomic_dir, atomic_save_npy, atomic_write_bytes, file_lock
 from trainer.config import DataConfig
+from trainer.data.loading import class_weights, inspect_dataset, load_dataset
 from trainer.errors import ConfigError, DataError
-from trainer.loading import class_weights, inspect_dataset, load_dataset
 
 SIZE = 32
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.trainer.arrays import array_dataset
 from trainer import ConfigError, TrainConfig, group_key, train
-from trainer.features import feature_path, features_for, forget_loaded
-from trainer.model import build_network, cut_name, precision_scope, weights_fingerprint
+from trainer.network.features import feature_path, features_for, forget_loaded
+from trainer.network.model import build_network, cut_name, precision_scope, weights_fingerprint
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=2, batch_size=16, head_width=32,
                    learning_rate=1e-2, dropout=0.0)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.trainer.arrays import array_dataset
 from trainer import TrainConfig, checkpoint, train, train_group
-from trainer.checkpoint import checkpoint_dir
+from trainer.heads.checkpoint import checkpoint_dir
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=4, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3, class_weight="balanced")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainer.data.split import grouped_stratified_split
 from trainer.errors import ConfigError
-from trainer.split import grouped_stratified_split
 
 # ExpW-like imbalance: neutral and happy dominate, fear is rare.
 CLASS_P = np.array([0.06, 0.04, 0.03, 0.30, 0.12, 0.10, 0.35])

@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import trainer.synthetic as synthetic
-from trainer.errors import ConfigError, DataError
-from trainer.labels import CLASS_NAMES, NUM_CLASSES
-from trainer.synthetic import (
+import trainer.data.synthetic as synthetic
+from trainer.data.synthetic import (
     EXPW_CLASS_SHARES,
     IMAGE_SUBDIR,
     LABEL_FILE,
@@ -24,6 +22,8 @@ from trainer.synthetic import (
     class_counts,
     generate_synthetic_expw,
 )
+from trainer.errors import ConfigError, DataError
+from trainer.labels import CLASS_NAMES, NUM_CLASSES
 
 FACES = 150  # enough for several faces per photo and a few edge-crossing boxes; about a second
 
@@ -130,7 +130,7 @@ def test_boxes_frame_faces_and_some_cross_the_edge(dataset: Path) -> None:
 
 
 def test_reader_accepts_the_generated_set(dataset: Path) -> None:
-    from trainer.expw import clip_box, locate_expw, read_label_file
+    from trainer.data.expw import clip_box, locate_expw, read_label_file
 
     label_file, image_dir = locate_expw(dataset)
     assert label_file == dataset / LABEL_FILE and image_dir == dataset / IMAGE_SUBDIR

@@ -13,7 +13,7 @@ import pytest
 
 from tests.trainer.arrays import array_dataset
 from trainer import TrainConfig, features, runtime
-from trainer.model import build_network, predict_proba
+from trainer.network.model import build_network, predict_proba
 
 PROBE = """
 import sys

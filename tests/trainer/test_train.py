@@ -16,8 +16,8 @@ from trainer import (
     save_model,
     train,
 )
-from trainer.features import cached_features, feature_path, forget_loaded
-from trainer.model import build_head, predict_proba
+from trainer.network.features import cached_features, feature_path, forget_loaded
+from trainer.network.model import build_head, predict_proba
 
 BASE = TrainConfig(
     weights="none", image_size=32, epochs=3, batch_size=16, head_width=32, learning_rate=3e-3,
@@ -166,7 +166,7 @@ def test_evaluation_report(data):
 
 
 def test_a_reused_head_trains_exactly_like_a_fresh_one(data):
-    from trainer.head_pool import clear_pool
+    from trainer.heads.keras_pool import clear_pool
 
     # Early stopping (never triggered in 3 epochs) keeps every call a real training.
     config = BASE.replace(early_stopping_patience=50, learning_rate=1e-2)

@@ -1,0 +1,1 @@
+"""The `fer-search` command: the parser (`main`), and thin command bodies grouped by noun (study, registry, tools), each calling the library."""

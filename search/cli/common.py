@@ -1,0 +1,57 @@
+"""What the command modules share: the two consoles and the steps many commands begin with
+(start TensorFlow, open a store for a `with` block, check the stores exist and answer)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from search.errors import InputError
+
+# Tables stay readable when piped to a file or a CI log (rich would assume 80 columns).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+def start_tensorflow(threads: int | None) -> None:
+    from trainer.runtime import load_tensorflow, set_threads
+
+    load_tensorflow(threads=threads)
+    set_threads(threads)  # TensorFlow was already loaded (tests): the same value, or an error
+
+
+def storage_for(url: str, read_only: bool = False):
+    """The storage at `url` for a `with` block, closed after (a one-shot command: no retries;
+    `read_only`: it must exist, nothing is created)."""
+    from search.storage.sessions import storage_session
+
+    return storage_session(url, read_only=read_only)
+
+
+def require_stores(storage_url: str | None, tracking_uri: str) -> None:
+    """One-shot commands: each store exists and answers, else one line within seconds."""
+    from search.storage.sessions import storage_session
+    from search.tracking.store_check import require_tracking_store
+
+    if storage_url is not None:
+        with storage_session(storage_url, read_only=True):
+            pass
+    require_tracking_store(tracking_uri)
+
+
+def load_study_named(name: str, storage):
+    import optuna
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    if name not in names:
+        raise InputError(f"no study named {name!r} in the storage; studies there: "
+                         f"{', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def one_line(error: BaseException) -> str:
+    from search.urls import mask_url_secrets_in
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    return mask_url_secrets_in(text)

@@ -1,0 +1,225 @@
+"""`fer-search`: the command line, grouped by noun; each command body calls the library.
+
+Exit codes (search.contracts): 0 success, 2 bad input (one line on stderr), 1 runtime failure,
+130 interrupted (`run`; a `worker` stopped by SIGINT or SIGTERM records its trial and exits 0).
+`--debug` shows tracebacks. What each signal does to each command: search.study.signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from search.cli.common import err, one_line
+from search.cli.registry_commands import cmd_fetch, cmd_history, cmd_predict, cmd_promote, cmd_serve
+from search.cli.study_commands import cmd_report, cmd_run, cmd_status, cmd_studies, cmd_worker
+from search.cli.tool_commands import cmd_dashboard, cmd_data_check, cmd_data_synth, cmd_ui
+from search.contracts import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
+from search.errors import InputError, SearchError, SpecError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args) or EXIT_OK
+    except KeyboardInterrupt:
+        if getattr(args, "trials_started", False):
+            err.print("interrupted: the running trial was recorded as failed and will be retried")
+        else:
+            err.print("interrupted before any trial started: nothing was recorded")
+        # A worker is stopped on purpose (Ctrl-C twice, or a stop before any trial started):
+        # its trial is recorded, so that is a clean exit for whoever supervises it.
+        return EXIT_OK if args.handler is cmd_worker else EXIT_INTERRUPTED
+    except Exception as error:  # one line, unless --debug
+        code = exit_code_of(error)
+        if args.debug:
+            raise
+        err.print(f"error: {one_line(error)}", markup=False, soft_wrap=True)
+        if code == EXIT_FAILURE and not _explained(error):
+            err.print("(run with --debug for the traceback)")
+        return code
+
+
+def exit_code_of(error: BaseException) -> int:
+    """2 for input the user can fix (spec, data, weights, names), 1 for everything else."""
+    import trainer
+
+    bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
+                 trainer.WeightsError)
+    return EXIT_BAD_INPUT if isinstance(error, bad_input) else EXIT_FAILURE
+
+
+def _explained(error: BaseException) -> bool:
+    """Errors raised on purpose say all there is to say; no traceback hint after them."""
+    import trainer
+
+    return isinstance(error, SearchError | trainer.TrainerError)
+
+
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-search",
+        description="Hyperparameter search for facial-expression recognition (VGG16 on ExpW).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    run = _command(commands, "run", cmd_run, "run (or resume) a study from its spec")
+    _study_options(run)
+    run.add_argument("--promote", action="store_true",
+                     help="promote the best trial to the model registry at the end")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="run the study in N local worker processes (default 1: this one); "
+                     "each gets cores/N TensorFlow threads unless --threads says otherwise")
+    run.add_argument("--gpus", metavar="0,1,...",
+                     help="GPU indices: each worker sees one (CUDA_VISIBLE_DEVICES), worker i the "
+                     "i-th, round-robin when workers outnumber GPUs")
+
+    worker = _command(commands, "worker", cmd_worker,
+                      "run trials of a shared study until it is done (one of many workers)")
+    _study_options(worker)
+
+    promote = _command(commands, "promote", cmd_promote,
+                       "register the best trial's model; champion if it beats the champion")
+    promote.add_argument("study", help="the study's name")
+    _storage_options(promote)
+    promote.add_argument("--force", action="store_true", help="make it champion regardless")
+    promote.add_argument("--model-name", help="registered model name (default: the spec's)")
+    promote.add_argument("--trial", type=int, metavar="N",
+                         help="promote complete trial N instead of the best one")
+
+    fetch = _command(commands, "fetch", cmd_fetch, "download a registered model")
+    fetch.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    fetch.add_argument("--out", required=True, type=Path, help="folder to write the model into")
+    fetch.add_argument("--force", action="store_true", help="replace a model.keras already there")
+    _tracking_option(fetch)
+
+    history = _command(commands, "history", cmd_history,
+                       "the alias moves of a registered model (who was champion when)")
+    history.add_argument("model", help="the registered model's name")
+    _tracking_option(history)
+
+    serve = _command(commands, "serve", cmd_serve,
+                     "serve a registered model over HTTP (MLflow's scoring server)")
+    serve.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="default 5001 (the UI has 5000)")
+    _tracking_option(serve)
+
+    predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
+    default_model = f"{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
+    predict.add_argument("--model", default=default_model,
+                         help=f"NAME@ALIAS or NAME/VERSION (default {default_model})")
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per face, every probability at full precision")
+    _tracking_option(predict)
+
+    status = _command(commands, "status", cmd_status, "the trials of a study")
+    status.add_argument("study", help="the study's name")
+    _storage_option(status)
+
+    studies = _command(commands, "studies", cmd_studies, "the studies in the storage")
+    _storage_option(studies)
+
+    ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on the project's store and print "
+                  "the URL of a study's runs")
+    _tracking_option(ui)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--study", help="the study whose runs to show (default: the most recent)")
+    ui.add_argument("--open", action="store_true", help="open the URL in a web browser")
+
+    report = _command(commands, "report", cmd_report, "refresh a study run's description and "
+                      "plots (works on a study in progress)")
+    report.add_argument("study", help="the study's name")
+    _storage_options(report)
+    report.add_argument("--out", type=Path, help="also write description.md and plots/ here")
+
+    dashboard = _command(commands, "dashboard", cmd_dashboard,
+                         "start optuna-dashboard on the Optuna storage")
+    _storage_option(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+
+    data = commands.add_parser("data", help="datasets: check a real one, make a synthetic one")
+    data_commands = data.add_subparsers(metavar="COMMAND")
+    check = _command(data_commands, "check", cmd_data_check, "report what the reader sees")
+    check.add_argument("root", type=Path, help="the ExpW folder (holding label.lst)")
+    check.add_argument("--label-file", type=Path)
+    check.add_argument("--image-dir", type=Path)
+    check.add_argument("--strict", action="store_true", help="unreadable images are errors")
+    check.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    synth = _command(data_commands, "synth", cmd_data_synth, "write a synthetic ExpW dataset")
+    synth.add_argument("out", type=Path)
+    synth.add_argument("--faces", type=int, default=1400)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--imbalance", action="store_true", help="ExpW's class frequencies")
+    return parser
+
+
+def _command(group, name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def _storage_option(parser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default: $FER_SEARCH_STORAGE, "
+                        "the spec's, else sqlite:///studies/optuna.db)")
+
+
+def _tracking_option(parser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, the spec's, else sqlite:///mlruns/mlflow.db)")
+
+
+def _storage_options(parser) -> None:
+    _storage_option(parser)
+    _tracking_option(parser)
+
+
+def _study_options(parser) -> None:
+    parser.add_argument("spec", type=Path, help="the study spec (studies/*.yaml)")
+    parser.add_argument("--n-trials", type=_positive_int, help="run at most N trials now")
+    parser.add_argument("--timeout", type=float, help="start no trial after S seconds")
+    _storage_options(parser)
+    parser.add_argument("--cache-dir", type=Path, help="crop and feature cache (default: spec's)")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="TensorFlow threads for this process (default: all cores)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

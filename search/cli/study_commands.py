@@ -1,0 +1,169 @@
+"""`fer-search run`, `worker`, `status`, `studies`, `report`: the commands about studies."""
+
+from __future__ import annotations
+
+import os
+
+from search.cli.common import err, load_study_named, out, start_tensorflow, storage_for
+from search.cli.registry_commands import print_promotion, promote_study
+from search.contracts import EXIT_OK
+from search.study import signals
+from trainer.runtime import defer_tensorflow
+
+
+def cmd_run(args) -> int:
+    # `run --workers N` forwards signals to its workers once they start (search.study.workers).
+    gpus = None
+    if args.gpus is not None:
+        from search.study.workers import GPU_ENV, parse_gpus
+
+        gpus = parse_gpus(args.gpus)  # checked before anything starts
+        if args.workers == 1:  # this process is the worker: before TensorFlow starts
+            os.environ[GPU_ENV] = gpus[0]
+    with signals.for_command(signals.RUN):
+        if args.workers > 1:
+            return _run_workers(args, gpus)
+        summary, spec, urls, data = _run(args, leaderboard=True)
+        if args.promote:
+            print_promotion(promote_study(spec.name, urls, force=False, model_name=None, data=data))
+    return EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    with signals.for_command(signals.WORKER):
+        _run(args, leaderboard=False)
+    return EXIT_OK
+
+
+def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
+    """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
+    it (search.study.workers), and prints the leaderboard when they are done."""
+    from search.spec.loader import load_spec
+    from search.storage.sessions import check_reachable, resolve_storage
+    from search.study.data_provider import DataProvider
+    from search.study.workers import WorkerPlan, prepare_study, run_workers
+    from search.tracking.runs import resolve_tracking_uri
+    from search.urls import mask_url
+
+    spec = load_spec(args.spec)
+    storage_url = resolve_storage(args.storage, spec.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)
+    # Bad data stops before the banner; prepare_study warns about skipped faces, once.
+    DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
+    err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
+              f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
+              f"{args.workers} workers")
+    prepare_study(spec, storage_url=storage_url, tracking_uri=tracking_uri,
+                  cache_dir=args.cache_dir)
+    plan = WorkerPlan(spec_path=args.spec, workers=args.workers, storage_url=storage_url,
+                      tracking_uri=tracking_uri, n_trials=args.n_trials, timeout=args.timeout,
+                      cache_dir=args.cache_dir, threads=args.threads, debug=args.debug,
+                      gpus=gpus)
+    result = run_workers(plan, sink=err.file)
+    err.print(result.summary())
+    import optuna
+
+    from search.cli.progress import leaderboard_table
+
+    with storage_for(storage_url) as storage:
+        out.print(leaderboard_table(optuna.load_study(study_name=spec.name, storage=storage),
+                                    spec.metric))
+    if result.exit_code != EXIT_OK:
+        return result.exit_code
+    if args.promote:
+        start_tensorflow(args.threads)
+        print_promotion(promote_study(spec.name, (storage_url, tracking_uri), force=False,
+                                  model_name=None))
+    return EXIT_OK
+
+
+def _run(args, leaderboard: bool):
+    from search.spec.loader import load_spec
+    from search.storage.sessions import check_reachable, resolve_storage
+    from search.tracking.runs import resolve_tracking_uri
+    from search.urls import mask_url
+
+    spec = load_spec(args.spec)  # validated before anything is created
+    storage_url = resolve_storage(args.storage, spec.storage)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
+    check_reachable(storage_url)  # an unreachable store fails in seconds, not after TF loads
+    from search.study.data_provider import DataProvider
+
+    data = DataProvider(spec, args.cache_dir)
+    data.first()  # bad data stops here, before the banner names a study that never starts
+    # TensorFlow starts when the first trial trains (trainer.runtime.defer_tensorflow): the
+    # study reaches its first trial without waiting for its ~2-3 s import. A study that only
+    # trains heads runs small ops side by side rather than splitting each over the cores.
+    defer_tensorflow(args.threads, ops_in_parallel=spec.heads_only)
+    from search.cli.progress import TrialProgress, leaderboard_table
+    from search.study.loop import run_study
+
+    err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
+              f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}")
+
+    def on_start(expected: int) -> None:
+        args.trials_started = True  # from here on, Ctrl-C has a trial to record
+        progress.start(expected)
+
+    with TrialProgress(err, spec.metric, spec.direction) as progress:
+        summary = run_study(
+            spec,
+            storage_url=storage_url,
+            tracking_uri=tracking_uri,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            data=data,
+            on_start=on_start,
+            on_trial_end=progress.advance,
+        )
+    err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
+    if leaderboard:
+        import optuna
+
+        with storage_for(storage_url) as storage:
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+            out.print(leaderboard_table(study, spec.metric))
+        if summary.best is not None:
+            out.print(f"best: trial {summary.best.number}, {spec.metric} = "
+                      f"{summary.best.value:.4f}, params {summary.best.params}")
+        out.print(f"inspect the runs: fer-search ui --study {spec.name}   (prints the URL of "
+                  "the runs; the study run holds the report and plots)")
+    return summary, spec, (storage_url, tracking_uri), data
+
+
+def cmd_status(args) -> int:
+
+    from search.cli.progress import trials_table
+    from search.storage.sessions import resolve_storage
+
+    with storage_for(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(trials_table(load_study_named(args.study, storage)))
+    return EXIT_OK
+
+
+def cmd_studies(args) -> int:
+    import optuna
+
+    from search.cli.progress import studies_table
+    from search.storage.sessions import resolve_storage
+
+    with storage_for(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from search.storage.sessions import resolve_storage
+    from search.tracking.report import refresh_study
+    from search.tracking.runs import resolve_tracking_uri
+
+    report = refresh_study(args.study, resolve_storage(args.storage, None),
+                           resolve_tracking_uri(args.tracking_uri, None), args.out)
+    out.print(report.description, markup=False, soft_wrap=True)
+    where = f"study run {report.run_id}" if report.run_id else "no study run (never run here)"
+    drawn = ", ".join(report.plots) or "none"
+    out.print(f"refreshed {where}: description, tags and plots ({drawn})", soft_wrap=True)
+    if args.out is not None:
+        out.print(f"wrote {args.out / 'description.md'} and {args.out / 'plots'}/")
+    return EXIT_OK

@@ -1,0 +1,372 @@
+"""Promote a study's best trial to the MLflow model registry.
+
+::
+
+    best trial -> TrainConfig + trained weights (from its MLflow run) -> the full VGG16 + head
+    -> same validation score as the trial? -> test split score
+    -- under the model's lock --
+    -> already registered from this trial? reuse that version : log the pyfunc model into the
+       trial's run and register a new version (search.registry.registration)
+    -> `champion` if it beats the current champion's test score, else `challenger`; the move
+       recorded (search.registry.aliases); the registered model's description names the champion
+
+Registry stages are deprecated in MLflow; aliases replace them. A version's tags record where it
+came from (study, trial, every TrainConfig field, data fingerprint) and how it scored (val_* and
+test_*), so a later promotion compares against the champion without recomputing anything.
+
+Racing promotions: the read-compare-set of the aliases and the "is this trial registered yet"
+check run under a named lock (`champion_lock`), so two `fer-search promote` on one model name
+end with the better version as champion and no trial registered twice. See ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import trainer
+from search.contracts import (
+    METRIC_ATTR,
+    MODEL_NAME_ATTR,
+    PARENT_RUN_ATTR,
+    SPEC_ATTR,
+    SPEC_PATH_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
+from search.errors import InputError
+from search.registry import aliases, registration
+from search.registry.refs import RegistryError, check_model_name, registry_tracker
+from search.spec.loader import StudySpec, spec_from_text
+from search.storage.locks import named_lock
+from search.storage.sessions import storage_session
+from search.study.data_provider import DataProvider
+from search.tracking.runs import Tracker
+from search.urls import mask_url
+
+# The rebuilt model must score what the trial recorded: the same weights on the same faces.
+SANITY_TOLERANCE = 1e-6
+# Stores `search.storage.sessions.named_lock` can lock in (a file lock, an advisory lock).
+_LOCKABLE_SCHEMES = ("sqlite:", "postgresql")
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What `promote` registered.
+
+    Attributes:
+        model_name: the registered model.
+        version: the version's number (new, or the trial's existing one when `reused`).
+        alias: ``champion`` or ``challenger``, the alias the version got.
+        test_metrics: test_accuracy, test_macro_f1, test_loss of the version.
+        score_name: the test metric compared with the champion's (``test_accuracy`` for a study
+            optimising ``val_accuracy``).
+        score: the version's `score_name`.
+        previous_champion_version: the champion before this promotion, or None.
+        previous_champion_score: its `score_name` tag, or None.
+        trial_number: the promoted trial.
+        run_id: the trial's MLflow run, which holds the logged model.
+        reason: why the alias went where it went, in words.
+        reused: the trial was registered already; no new version was made.
+    """
+
+    model_name: str
+    version: int
+    alias: str
+    test_metrics: dict[str, float]
+    score_name: str
+    score: float
+    previous_champion_version: int | None
+    previous_champion_score: float | None
+    trial_number: int
+    run_id: str
+    reason: str = ""
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+    @property
+    def model_uri(self) -> str:
+        """``models:/NAME/VERSION``: this exact version, whatever the aliases do later."""
+        return f"models:/{self.model_name}/{self.version}"
+
+
+def champion_lock(tracking_uri: str, storage_url: str, model_name: str):
+    """The lock every promotion to `model_name` takes around registering and moving aliases.
+
+    Keyed on the MLflow store when it is a SQLite or PostgreSQL database (a file lock beside
+    the file, an advisory lock in the database): the registry lives there, so every promoter
+    of the model shares it, whatever Optuna storage its study is in. With an MLflow HTTP
+    server its database is out of reach; then the study's Optuna storage carries the lock,
+    which covers promoters sharing that storage (the compose deployment: one PostgreSQL for
+    both) but not promoters of studies in other Optuna storages writing to the same server.
+    Any other store (MySQL) gets no lock from `named_lock`, as for the study lock.
+    """
+    shared = tracking_uri if tracking_uri.startswith(_LOCKABLE_SCHEMES) else storage_url
+    return named_lock(shared, f"registry-{model_name}")
+
+
+def promote(
+    study_name: str,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    force: bool = False,
+    model_name: str | None = None,
+    data: DataProvider | None = None,
+    cache_dir: Path | str | None = None,
+    trial_number: int | None = None,
+) -> PromotionResult:
+    """Registers the best trial of a study as a model version and sets its alias.
+
+    TensorFlow must be loadable (the full model is rebuilt and scored on the test split),
+    unless the trial was registered under this model name already.
+
+    Args:
+        study_name: the Optuna study.
+        storage_url: its storage.
+        tracking_uri: the MLflow tracking and registry store holding the study's runs.
+        force: make the version champion even if it does not beat the current one.
+        model_name: the registered model; default: the one the study's spec names.
+        data: a provider that already holds the dataset (e.g. the one a study just ran on).
+        cache_dir: where crops and features are cached, if not the spec's ``data.cache_dir``.
+        trial_number: promote this complete trial instead of the best one.
+
+    Returns:
+        What was registered and where the aliases went.
+
+    Raises:
+        InputError: unknown study or trial, no complete trial, study not made by fer-search,
+            bad name.
+        RegistryError: the trial's run or weights are gone, or the rebuilt model does not
+            reproduce the trial's validation score.
+    """
+    if model_name is not None:
+        check_model_name(model_name)  # before anything slow
+    study = load_study(study_name, storage_url)
+    trial = (best_trial(study, storage_url) if trial_number is None
+             else complete_trial(study, trial_number))
+    spec = study_spec(study)
+    name = check_model_name(model_name or study.user_attrs.get(MODEL_NAME_ATTR) or spec.model_name)
+    metric = study.user_attrs.get(METRIC_ATTR, spec.metric)
+    run_id = _trial_run_id(trial)
+    tracker = registry_tracker(tracking_uri)
+    client = tracker.client
+
+    # The slow part (rebuild and score) outside the lock, skipped if the trial is registered.
+    built = None
+    if registration.version_of_run(client, name, run_id) is None:
+        built = _build(tracker, study, trial, spec, metric, run_id, data, cache_dir,
+                       tracking_uri)
+    with champion_lock(tracking_uri, storage_url, name):
+        version = registration.version_of_run(client, name, run_id)
+        reused = version is not None
+        if version is None:  # a version seen above and deleted since costs a rebuild
+            built = built or _build(tracker, study, trial, spec, metric, run_id, data,
+                                    cache_dir, tracking_uri)
+            created = registration.log_and_register(tracker, run_id, built.model, name=name,
+                                                    **built.registration)
+            version = client.get_model_version(name, str(created.version))  # with its tags
+        number = int(version.version)
+        score_name = champion_score_name(metric)
+        score = aliases.float_tag(version.tags, score_name)
+        if score is None:
+            raise RegistryError(f"{name} version {number} has no {score_name} tag")
+        decision = aliases.choose_alias(
+            client, name, number, score_name, score,
+            maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE, force=force,
+        )
+        aliases.move_alias(client, name, decision.alias, number, study=study.study_name,
+                           trial=trial.number, score_name=score_name, score=score,
+                           reason=decision.reason)
+        champion = aliases.version_by_alias(client, name, aliases.CHAMPION)
+        client.update_registered_model(name, registration.model_description(name, champion))
+    tags = version.tags
+    return PromotionResult(
+        model_name=name,
+        version=number,
+        alias=decision.alias,
+        test_metrics=_tag_metrics(tags, "test"),
+        score_name=score_name,
+        score=score,
+        previous_champion_version=decision.previous_version,
+        previous_champion_score=decision.previous_score,
+        trial_number=trial.number,
+        run_id=run_id,
+        reason=decision.reason,
+        val_metrics=_tag_metrics(tags, "val"),
+        reused=reused,
+    )
+
+
+@dataclass
+class _Built:
+    model: object
+    registration: dict
+
+
+def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: StudySpec,
+           metric: str, run_id: str, data: DataProvider | None, cache_dir,
+           tracking_uri: str) -> _Built:
+    """Rebuilds the trial's full model, checks it against the trial, scores it on test and
+    logs the test scores to the trial's run; returns it with what registering it needs."""
+    config = spec.train_config(trial.params)
+    weights = _trial_weights(tracker, run_id, trial.number, tracking_uri)
+    dataset = (data or DataProvider(spec, Path(cache_dir) if cache_dir else None)).get(
+        config.image_size
+    )
+    model = trainer.build_model(config, weights, dataset.class_names)
+    val = trainer.evaluate(model, dataset.val)
+    check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study))
+    test = trainer.evaluate(model, dataset.test)
+    val_metrics, test_metrics = _metrics(val, "val"), _metrics(test, "test")
+    # Before logging the model: MLflow links the run's step-0 metrics to the logged model.
+    tracker.log(run_id, metrics=test_metrics)
+    tracker.log_evaluation(run_id, test, "test")
+    tags = {
+        "study": study.study_name,
+        "trial_number": trial.number,
+        **config.to_dict(),
+        **val_metrics,
+        **test_metrics,
+        "data_fingerprint": dataset.fingerprint,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+    }
+    description = registration.version_description(
+        study=study.study_name, trial_number=trial.number, run_id=run_id,
+        experiment_id=tracker.client.get_run(run_id).info.experiment_id, params=trial.params,
+        val=val, test=test, fingerprint=dataset.fingerprint, metric=metric,
+    )
+    return _Built(model, {
+        "logged_name": registration.logged_model_name(study.study_name, trial.number),
+        "image_size": config.image_size, "tags": tags, "description": description,
+    })
+
+
+def load_study(study_name: str, storage_url: str) -> optuna.Study:
+    """The study, or an `InputError` naming the storage and the studies it does hold.
+
+    A snapshot in memory: the storage (which must exist; it is only read) is closed here."""
+    with storage_session(storage_url, read_only=True) as storage:
+        names = optuna.get_all_study_names(storage)
+        if study_name not in names:
+            raise InputError(
+                f"no study named {study_name!r} in {mask_url(storage_url)}; studies there: "
+                f"{', '.join(sorted(names)) or 'none'}"
+            )
+        snapshot = optuna.storages.InMemoryStorage()
+        optuna.copy_study(from_study_name=study_name, from_storage=storage,
+                          to_storage=snapshot)
+    return optuna.load_study(study_name=study_name, storage=snapshot)
+
+
+def best_trial(study: optuna.Study, storage_url: str) -> FrozenTrial:
+    """The study's best complete trial, or an `InputError` saying there is none yet."""
+    try:
+        return study.best_trial
+    except ValueError:  # Optuna's way of saying no trial is complete
+        raise InputError(
+            f"study {study.study_name!r} in {mask_url(storage_url)} has no complete trial to "
+            f"promote yet"
+        ) from None
+
+
+def complete_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial `number` of the study if it is complete, else an `InputError` listing those that
+    are."""
+    complete = {t.number: t for t in study.get_trials(deepcopy=False,
+                                                      states=(TrialState.COMPLETE,))}
+    if number not in complete:
+        have = ", ".join(map(str, sorted(complete))) or "none"
+        raise InputError(f"--trial: study {study.study_name!r} has no complete trial {number}; "
+                         f"complete trials: {have}")
+    return complete[number]
+
+
+def study_spec(study: optuna.Study) -> StudySpec:
+    """The spec the study was created from, as kept in its user attributes."""
+    text = study.user_attrs.get(SPEC_ATTR)
+    if not text:
+        raise InputError(
+            f"study {study.study_name!r} was not created by fer-search (it keeps no "
+            f"{SPEC_ATTR!r} attribute), so its trials cannot be rebuilt"
+        )
+    return spec_from_text(text, study.user_attrs.get(SPEC_PATH_ATTR, f"{study.study_name}.yaml"))
+
+
+def champion_score_name(metric: str) -> str:
+    """The test metric matching a study's validation metric: val_accuracy -> test_accuracy."""
+    return "test_" + metric.removeprefix("val_")
+
+
+def check_reproduced(
+    trial: FrozenTrial,
+    metric: str,
+    val: trainer.Evaluation,
+    fingerprint: str,
+    study_fingerprint: str | None = None,
+) -> None:
+    """Raises `RegistryError` unless the rebuilt model scores the trial's value on val.
+
+    The trial's value is what training measured (on cached features when the base is frozen);
+    the rebuilt model runs raw pixels through the whole network. Equal scores show that the
+    exported model is the model that was trained and that the dataset has not changed since.
+    """
+    got = {"val_accuracy": val.accuracy, "val_macro_f1": val.macro_f1}.get(metric)
+    if got is None or trial.value is None:
+        raise RegistryError(f"cannot check the rebuilt model: unknown study metric {metric!r}")
+    if abs(got - trial.value) <= SANITY_TOLERANCE:
+        return
+    then = f"; at study time {study_fingerprint}" if study_fingerprint else ""
+    raise RegistryError(
+        f"the rebuilt model of trial {trial.number} scores {metric} {got:.6f} on the validation "
+        f"split, but the trial recorded {trial.value:.6f}: the cached-feature path and the "
+        f"exported model disagree, or the dataset changed since the study ran (data fingerprint "
+        f"now {fingerprint}{then}); nothing was registered"
+    )
+
+
+def _trial_run_id(trial: FrozenTrial) -> str:
+    run_id = trial.user_attrs.get(TRIAL_RUN_ID_ATTR)
+    if not run_id:
+        raise RegistryError(
+            f"trial {trial.number} has no MLflow run (no 'mlflow_run_id' attribute)"
+        )
+    return run_id
+
+
+def _trial_weights(tracker: Tracker, run_id: str, number: int, tracking_uri: str) -> list:
+    try:
+        return tracker.load_top_weights(run_id)
+    except Exception as exc:  # run deleted, artifacts moved, another tracking URI
+        raise RegistryError(
+            f"cannot read the trained weights of trial {number} (MLflow run {run_id}) from "
+            f"{mask_url(tracking_uri)}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
+
+
+def _study_fingerprint(tracker: Tracker, study: optuna.Study) -> str | None:
+    """The data fingerprint the study's parent run recorded, for error messages only."""
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not parent:
+        return None
+    with contextlib.suppress(Exception):  # a deleted parent run only costs the hint
+        return tracker.client.get_run(parent).data.params.get("data_fingerprint")
+    return None
+
+
+def _metrics(evaluation: trainer.Evaluation, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}_accuracy": float(evaluation.accuracy),
+        f"{prefix}_macro_f1": float(evaluation.macro_f1),
+        f"{prefix}_loss": float(evaluation.loss),
+    }
+
+
+def _tag_metrics(tags: dict[str, str], prefix: str) -> dict[str, float]:
+    """The version's `prefix`_accuracy, _macro_f1 and _loss, read back from its tags."""
+    names = (f"{prefix}_accuracy", f"{prefix}_macro_f1", f"{prefix}_loss")
+    return {n: value for n in names if (value := aliases.float_tag(tags, n)) is not None}

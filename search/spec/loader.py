@@ -1,0 +1,299 @@
+"""Study specs: one commented YAML file per study, loaded into frozen, validated objects.
+
+`load_spec` reads a file such as ``studies/quickstart.yaml`` and returns a `StudySpec`, or raises
+`SpecError` naming the file (and line), the field path, what was expected and what was found.
+Nothing outside the spec file is touched: the dataset, weights file and databases are checked
+later by whoever opens them. Unknown keys are errors at every level.
+
+The work is split by section: `search.spec.reader` (generic YAML-node checks and error messages),
+`search.spec.sections` (``space`` and ``train``), `search.spec.data_section` (``data``); this module reads
+the top-level keys and builds the `StudySpec`.
+
+Relative paths (``data.root``, ``data.cache_dir``, ``train.weights`` files, the synthetic dataset
+under ``data/``, ``sqlite:///relative.db`` URLs) are kept as written, so they are relative to the
+current working directory, not to the spec file: the project is run from the repository root,
+where ``studies/``, ``data/`` and ``mlruns/`` live. Only the ``data`` paths get ``~`` expanded.
+
+Format (see ``studies/quickstart.yaml`` for a commented example)::
+
+    name: quickstart                  # optional, default: the file's stem
+    sampler: grid                     # grid | random | tpe (required)
+    seed: 0                           # sampler seed, default 0
+    metric: val_accuracy              # val_accuracy | val_macro_f1, default val_accuracy
+    direction: maximize               # maximize | minimize, default maximize
+    n_trials: null                    # grid: default and maximum = grid size;
+                                      # random/tpe: required unless timeout is set
+    timeout: null                     # seconds after which no new trial starts, optional
+    trial_timeout: null               # seconds one trial may run, optional
+    max_consecutive_failures: 3       # default 3
+    pruner: none                      # none | median | hyperband, default none
+    space: {...}                      # required: see search.spec.sections
+    train: {image_size: 48}           # fixed TrainConfig fields, default {}
+    data: {...}                       # required: see search.spec.data_section
+    storage: sqlite:///studies/optuna.db        # optional
+    tracking_uri: sqlite:///mlruns/mlflow.db    # optional
+    registry: {model_name: expw-vgg16}          # optional, default expw-vgg16
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.contracts import DEFAULT_MODEL_NAME
+from search.errors import _MISSING, SpecError
+from search.spec.data_section import SYNTHETIC_DIR, ExpwData, SyntheticData, read_data
+from search.spec.params import Categorical, Param, grid_of, grid_size
+from search.spec.reader import At, NodeReader, parse, read_text
+from search.spec.sections import read_space, read_train
+from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
+
+__all__ = [
+    "DEFAULT_MODEL_NAME", "DEFAULT_SPLIT", "DIRECTIONS", "METRICS", "PRUNERS", "SAMPLERS",
+    "SYNTHETIC_DIR", "ExpwData", "SpecError", "StudySpec", "SyntheticData", "load_spec",
+    "mask_url_secrets", "spec_from_text",
+]
+
+SAMPLERS = ("grid", "random", "tpe")
+METRICS = ("val_accuracy", "val_macro_f1")
+DIRECTIONS = ("maximize", "minimize")
+PRUNERS = ("none", "median", "hyperband")
+
+_TOP_KEYS = (
+    "name", "sampler", "seed", "metric", "direction", "n_trials", "timeout", "trial_timeout",
+    "max_consecutive_failures", "pruner", "space", "train", "data", "storage", "tracking_uri",
+    "registry",
+)
+_SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
+# The password of `user:password@host`, in a URL or in a mistyped one. A password in a URL has
+# ':', '/', '@' percent-encoded, so it cannot contain them.
+_URL_SECRET = re.compile(r"(?<=:)[^:@/\s]+(?=@)")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study, as validated from its YAML file.
+
+    Attributes:
+        name: the study's name (Optuna study, MLflow experiment); default: the file's stem.
+        sampler: ``grid``, ``random`` or ``tpe``.
+        seed: the sampler's seed.
+        metric: the validation metric optimised, ``val_accuracy`` or ``val_macro_f1``.
+        direction: ``maximize`` or ``minimize``.
+        n_trials: trials to run; for a grid at most (and by default) the grid's size; None when
+            only ``timeout`` bounds a random or TPE study.
+        timeout: seconds after which no new trial starts, or None.
+        trial_timeout: seconds one trial may run before it is stopped and failed, or None.
+        max_consecutive_failures: stop the study after this many failed trials in a row.
+        pruner: ``none``, ``median`` or ``hyperband``.
+        space: the searched parameters, in spec order.
+        train: fixed `TrainConfig` values (never one of the searched names).
+        data: the dataset.
+        cache_dir: where crops and features are cached.
+        storage: the Optuna storage URL, or None for the CLI's default.
+        tracking_uri: the MLflow tracking URI, or None for the CLI's default.
+        model_name: the MLflow registered model the best trial is promoted to.
+        path: the spec file, as given.
+        text: the file's raw text, logged as an artifact (see `redacted_text`).
+    """
+
+    name: str
+    sampler: str
+    seed: int
+    metric: str
+    direction: str
+    n_trials: int | None
+    timeout: float | None
+    trial_timeout: float | None
+    max_consecutive_failures: int
+    pruner: str
+    space: tuple[Param, ...]
+    train: dict[str, Any]
+    data: SyntheticData | ExpwData
+    cache_dir: Path
+    storage: str | None
+    tracking_uri: str | None
+    model_name: str
+    path: Path
+    text: str = field(repr=False)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The searched `TrainConfig` fields, in spec order."""
+        return tuple(param.name for param in self.space)
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        """The `GridSampler` search space (only for ``sampler: grid``)."""
+        return grid_of(self.space)
+
+    @property
+    def heads_only(self) -> bool:
+        """Every trial trains only a head on cached features (the trainer's `shareable`, for
+        each value a searched param can take: each choice, both ends of a range)."""
+        from trainer.heads.grouping import shareable
+
+        values = [{}]
+        for param in self.space:
+            ends = getattr(param, "choices", None) or (param.low, param.high)
+            values += [{param.name: value} for value in ends]
+        return all(shareable(self.train_config(v)) for v in values)
+
+    @property
+    def redacted_text(self) -> str:
+        """`text` with passwords in URLs replaced by ``***``: the version to log or print."""
+        return mask_url_secrets(self.text)
+
+    def train_config(self, params: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The trainer config of one trial: the fixed ``train`` values plus the trial's params.
+
+        Args:
+            params: sampled values by `TrainConfig` field (e.g. ``trial.params``).
+
+        Raises:
+            trainer.errors.ConfigError: a key is not a `TrainConfig` field or a value is invalid.
+        """
+        return TrainConfig.from_dict({**self.train, **(params or {})})
+
+    def data_config(
+        self, *, cache_dir: Path | str | None = None, workers: int | None = None
+    ) -> DataConfig:
+        """The trainer's `DataConfig` for this study's dataset.
+
+        For synthetic data the root is where the dataset is (or will be) generated; making it is
+        the caller's job.
+
+        Args:
+            cache_dir: overrides the spec's ``data.cache_dir`` (e.g. from a CLI flag).
+            workers: image-decoding threads; a property of the machine, so not in the spec.
+        """
+        return DataConfig(
+            **self.data.reading_options(),
+            cache_dir=Path(cache_dir) if cache_dir is not None else self.cache_dir,
+            workers=workers,
+        )
+
+
+def mask_url_secrets(text: str) -> str:
+    """Replaces every password in ``user:password@host`` (as in database URLs) by ``***``."""
+    return _URL_SECRET.sub("***", text)
+
+
+def load_spec(path: Path | str) -> StudySpec:
+    """Reads and validates a study spec.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The frozen, validated spec.
+
+    Raises:
+        SpecError: the file is missing, unreadable, not YAML, or holds an invalid spec.
+    """
+    path = Path(path)
+    return spec_from_text(read_text(path), path)
+
+
+def spec_from_text(text: str, path: Path | str) -> StudySpec:
+    """Validates a spec held in memory (e.g. the copy a study keeps), as if read from `path`."""
+    path = Path(path)
+    node, raw = parse(path, text)
+    return _SpecReader(path, node).read(raw, text)
+
+
+class _SpecReader(NodeReader):
+    """The top-level keys; the sections are read by `read_space`, `read_train`, `read_data`."""
+
+    def read(self, raw: object, text: str) -> StudySpec:
+        if raw is None:
+            raise self.error((), "a mapping of spec keys", found_text="an empty document")
+        top = self.mapping(
+            raw, (), _TOP_KEYS, required=("sampler", "space", "data"),
+            what="a mapping of spec keys (sampler, space, train, data, ...)",
+        )
+        sampler = self.choice(top["sampler"], ("sampler",), SAMPLERS)
+        train = read_train(self, top.get("train"))
+        space = read_space(self, top["space"], sampler, train)
+        n_trials, timeout = self.budget(top, sampler, space)
+        data, cache_dir = read_data(self, top["data"])
+        return StudySpec(
+            name=self.study_name(top),
+            sampler=sampler,
+            seed=self.integer(top.get("seed", 0), ("seed",), 0, _SEED_LIMIT),
+            metric=self.choice(top.get("metric", METRICS[0]), ("metric",), METRICS),
+            direction=self.choice(top.get("direction", "maximize"), ("direction",), DIRECTIONS),
+            n_trials=n_trials,
+            timeout=timeout,
+            trial_timeout=self.seconds(top.get("trial_timeout"), ("trial_timeout",)),
+            max_consecutive_failures=self.integer(
+                top.get("max_consecutive_failures", 3), ("max_consecutive_failures",), 1
+            ),
+            pruner=self.choice(_or_default(top.get("pruner"), "none"), ("pruner",), PRUNERS),
+            space=space,
+            train=train,
+            data=data,
+            cache_dir=cache_dir,
+            storage=self.storage(top.get("storage")),
+            tracking_uri=self.optional_string(top.get("tracking_uri"), ("tracking_uri",)),
+            model_name=self.model_name(top.get("registry")),
+            path=self.path,
+            text=text,
+        )
+
+    def study_name(self, top: dict[str, Any]) -> str:
+        if "name" in top:
+            return self.name(top["name"], ("name",))
+        return self.name(self.path.stem, ("name",), " (the file's stem; set name: explicitly)")
+
+    def budget(
+        self, top: dict[str, Any], sampler: str, space: tuple[Param, ...]
+    ) -> tuple[int | None, float | None]:
+        """Resolves ``n_trials`` (a grid's default is its size) and ``timeout``."""
+        n_trials = top.get("n_trials")
+        if n_trials is not None:
+            n_trials = self.integer(n_trials, ("n_trials",), 1)
+        timeout = self.seconds(top.get("timeout"), ("timeout",))
+        if sampler == "grid":
+            size = grid_size(space)
+            if n_trials is not None and n_trials > size:
+                axes = " x ".join(str(len(p.choices)) for p in space if isinstance(p, Categorical))
+                raise self.error(
+                    ("n_trials",), f"at most the grid's size {size} ({axes}), or null", n_trials
+                )
+            return (size if n_trials is None else n_trials), timeout
+        if n_trials is None and timeout is None:
+            raise self.error(
+                ("n_trials",),
+                f"an integer >= 1 (sampler {sampler} needs n_trials, timeout or both)",
+                top.get("n_trials", _MISSING),
+            )
+        return n_trials, timeout
+
+    def storage(self, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or "://" not in value:
+            found = mask_url_secrets(value) if isinstance(value, str) else value
+            raise self.error(
+                ("storage",), "a database URL such as sqlite:///studies/optuna.db, or null", found
+            )
+        return value
+
+    def optional_string(self, value: object, at: At) -> str | None:
+        if value is None:
+            return None
+        return self.string(value, at, "a non-empty string, or null")
+
+    def model_name(self, value: object) -> str:
+        if value is None:
+            return DEFAULT_MODEL_NAME
+        registry = self.mapping(value, ("registry",), ("model_name",))
+        return self.name(registry.get("model_name", DEFAULT_MODEL_NAME), ("registry", "model_name"))
+
+
+def _or_default(value: object, default: object) -> object:
+    return default if value is None else value

@@ -1,0 +1,63 @@
+"""Named locks every process sharing a storage sees: a file lock beside a SQLite file, an
+advisory lock in PostgreSQL. Study set-up, the study run and promotion are serialised with them."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from search.storage.engines import engine_kwargs
+from search.storage.retry import retry_transient
+
+
+def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[None]:
+    """Serialises study set-up (create, fail stale trials, fill the grid queue) across processes
+    that share the storage: a file lock beside a SQLite file, an advisory lock in PostgreSQL."""
+    return named_lock(url, study_name)
+
+
+@contextlib.contextmanager
+def named_lock(url: str, name: str, retry_s: float | None = None) -> Iterator[None]:
+    """A lock named `name` that every process sharing the storage at `url` sees: a file lock
+    beside a SQLite file, an advisory lock in PostgreSQL, nothing for an in-memory database.
+
+    Args:
+        retry_s: how long to retry connecting through an outage (default FER_SEARCH_DB_RETRY_S;
+            0 for a first connection, which fails at once).
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        lock_path = Path(f"{parsed.database}.{name}.lock")
+        with open(lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        engine = create_engine(url, **engine_kwargs(url))
+        try:
+            with retry_transient(engine.connect, what=f"lock {name}", url=url,
+                                 deadline_s=retry_s) as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    # A connection cut meanwhile (server restarted) released the lock already.
+                    with contextlib.suppress(Exception):
+                        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+    else:  # in-memory or another backend: one process, nothing to serialise
+        yield

@@ -1,0 +1,204 @@
+"""Riding out a database outage: which errors are transient, retrying a call with backoff, and
+the RDB storage whose calls retry (`open_storage(..., resilient=True)`, a worker's study loop)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from search.storage.engines import close_storage
+from search.urls import mask_url_in_text, mask_url_secrets_in
+
+# How long a worker keeps retrying a storage call that failed for a transient reason (a server
+# restart, a cut connection, SQLite busy) before giving up.
+DB_RETRY_S = float(os.environ.get("FER_SEARCH_DB_RETRY_S", "300"))
+
+logger = logging.getLogger("search.storage.sessions")
+T = TypeVar("T")
+
+
+_TRANSIENT_TEXT = (
+    "database is locked", "server closed the connection", "terminating connection",
+    "connection refused", "could not connect", "connection timed out", "timeout expired",
+    "the database system is", "connection already closed", "ssl connection has been closed",
+    "deadlock detected", "could not serialize access", "connection reset", "broken pipe",
+    "no connection to the server", "server conn crashed", "connection to server at",
+)
+# Connection errors that no wait will fix: fail at once rather than retry for minutes.
+_PERMANENT_TEXT = (
+    "password authentication failed", "does not exist", "no pg_hba.conf entry",
+    "permission denied", "could not translate host name", "authentication failed",
+    "file is not a database", "unable to open database file", "no such table",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for database errors that a later attempt may not meet: a restarted or unreachable
+    server, a cut connection, a deadlock, SQLite busy. Optuna wraps them in
+    `StorageInternalError`; the cause chain is searched."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).lower()
+        if any(marker in text for marker in _PERMANENT_TEXT):
+            return False
+        if isinstance(current, sa.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
+            return True
+        if any(marker in text for marker in _TRANSIENT_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_transient(
+    call: Callable[[], T],
+    *,
+    what: str = "a storage call",
+    deadline_s: float | None = None,
+    url: str | None = None,
+) -> T:
+    """Runs `call`, retrying with exponential backoff (0.5 s doubling to 10 s, jittered) while
+    it fails with a transient database error, for at most `deadline_s` (FER_SEARCH_DB_RETRY_S).
+
+    Each retry is logged as one warning line, with any password of `url` masked.
+    """
+    deadline = time.monotonic() + (DB_RETRY_S if deadline_s is None else deadline_s)
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() + delay > deadline:
+                raise
+            reason = " ".join(f"{type(error).__name__}: {root_message(error)}".split())[:200]
+            if url:
+                reason = mask_url_in_text(reason, url)
+            logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
+                           mask_url_secrets_in(reason), delay)
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)
+
+
+def root_message(error: BaseException) -> str:
+    """The first line of the deepest cause (the driver's own words), or the error's type."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause).strip()
+    return text.splitlines()[0].strip() if text else type(cause).__name__
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls survive a database restart or a busy SQLite file.
+
+    Every method that reaches the database is retried by `retry_transient`; only the outermost
+    call of a thread retries (Optuna's methods call each other), so one logical operation
+    never multiplies its waits.
+
+    A claim (WAITING -> RUNNING) also records the trial's first heartbeat at once: Optuna fails
+    only RUNNING trials that have a heartbeat, so a worker dying between its claim and its first
+    beat would otherwise leave the trial RUNNING forever, and a grid study waiting for it.
+    """
+
+    _depth = threading.local()
+    retry_s = 0.0  # set by open_storage: DB_RETRY_S for a resilient storage
+
+    def record_heartbeat_once(self, trial_id: int) -> None:
+        """One heartbeat, never retried: a missed beat is harmless (the next one comes an
+        interval later), and a beat stuck in retries would hold up the trial's end."""
+        optuna.storages.RDBStorage.record_heartbeat(self, trial_id)
+
+    def close(self) -> None:
+        close_storage(self)
+
+    def __enter__(self) -> ResilientRDBStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values=None) -> bool:
+        attempts = 0
+
+        def change() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state,
+                                                                         values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry may find the trial finished by our own first attempt, whose commit
+                # landed before its connection died: the same state and values are a success.
+                if attempts > 1 and self._finished_as(trial_id, state, values):
+                    return True
+                raise
+
+        changed = self._retrying(change, "set_trial_state_values")
+        # After a retried claim the first attempt may have committed before its connection
+        # died: then "not claimed" is ours, with no heartbeat. Beating it is harmless if it is
+        # another worker's (it beats too) and lets it go stale if it was ours.
+        if state == TrialState.RUNNING and self.heartbeat_interval and (changed or attempts > 1):
+            self.record_heartbeat(trial_id)
+        return changed
+
+    def _finished_as(self, trial_id: int, state: TrialState, values) -> bool:
+        trial = optuna.storages.RDBStorage.get_trial(self, trial_id)
+        return trial.state == state and (values is None or list(trial.values or []) == list(values))
+
+    def _create_new_trial(self, study_id: int, template_trial=None):
+        trial = self._retrying(
+            lambda: optuna.storages.RDBStorage._create_new_trial(self, study_id, template_trial),
+            "create_new_trial")
+        if trial.state == TrialState.RUNNING and self.heartbeat_interval:
+            self.record_heartbeat(trial._trial_id)  # as for a claim: beat from the start
+        return trial
+
+    def _retrying(self, call: Callable[[], T], name: str) -> T:
+        depth = getattr(self._depth, "value", 0)
+        if depth or not self.retry_s:
+            return call()
+        self._depth.value = depth + 1
+        try:
+            return retry_transient(call, what=name, url=self.url, deadline_s=self.retry_s)
+        finally:
+            self._depth.value = depth
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(lambda: method(self, *args, **kwargs), name)
+
+    return wrapper
+
+
+# Every RDBStorage method that reaches the database (Optuna's _CachedStorage calls the private
+# ones directly).
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "_set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat",
+    "_get_stale_trial_ids", "get_current_version", "get_head_version",
+):
+    setattr(ResilientRDBStorage, _name, _retried(_name))

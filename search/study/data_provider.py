@@ -1,0 +1,84 @@
+"""The study's dataset, loaded once per process and image size (crops and features are cached on
+disk by the trainer; this keeps the arrays in memory between trials)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trainer
+from search.spec.data_section import SyntheticData
+from search.spec.loader import StudySpec
+
+
+def _to_stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+class DataProvider:
+    """Hands each trial the dataset at its image size, generating synthetic data on first use.
+
+    Faces the reader had to skip (unreadable images, boxes off their image) are told once, in one
+    line, through ``warn`` (default: ``warning: ...`` on stderr).
+    """
+
+    def __init__(self, spec: StudySpec, cache_dir: Path | None = None,
+                 warn: Callable[[str], None] = _to_stderr) -> None:
+        self._spec = spec
+        self._cache_dir = cache_dir
+        self._warn = warn
+        self._warned: set[str] = set()
+        self._loaded: dict[int, trainer.Dataset] = {}
+
+    def get(self, image_size: int) -> trainer.Dataset:
+        if image_size not in self._loaded:
+            self._ensure_synthetic()
+            config = self._spec.data_config(cache_dir=self._cache_dir)
+            self._loaded[image_size] = dataset = trainer.load_dataset(config, image_size)
+            line = dataset.report.skipped_summary() if dataset.report is not None else None
+            if line and line not in self._warned:  # once, not once per image size
+                self._warned.add(line)
+                self._warn(f"{line} (fer-search data check {config.root} lists them)")
+        return self._loaded[image_size]
+
+    def first(self) -> trainer.Dataset:
+        """The dataset at the first image size the study tries: loading it validates the data
+        (bad data stops here, before a study or run exists)."""
+        return self.get(first_image_size(self._spec))
+
+    def _ensure_synthetic(self) -> None:
+        data = self._spec.data
+        if isinstance(data, SyntheticData):
+            trainer.generate_synthetic_expw(
+                data.root, data.faces, data.seed, imbalance=data.imbalance
+            )
+
+
+def first_image_size(spec: StudySpec) -> int:
+    """The image size of the study's first trial (each searched parameter at its first value)."""
+    from search.spec.params import Categorical
+
+    first = {p.name: p.choices[0] if isinstance(p, Categorical) else p.low for p in spec.space}
+    return spec.train_config(first).image_size
+
+
+def report_lines(report: trainer.DataReport) -> list[str]:
+    """``data check``'s footer: where the images are, what the reader dropped from label.lst,
+    and each kind of problem found in the images, with counts and the first file names."""
+    lines = [
+        f"images in {report.image_dir}",
+        f"label.lst: {report.duplicate_lines} duplicate lines, {report.skipped_lines} "
+        f"conflicting lines, {report.low_confidence} faces below min_confidence",
+    ]
+    if not report.problems:
+        lines.append("every image opened and every box lies on its image")
+    for kind, problem in report.problems.items():
+        lines.append(f"{kind}: {_count(problem['faces'], 'face')} in "
+                     f"{_count(problem['files'], 'file')} (first: "
+                     f"{', '.join(problem['examples'])})")
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

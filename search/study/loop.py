@@ -1,0 +1,369 @@
+"""Running a study: create or resume it, claim trials until the budget is spent, record all.
+
+    spec -> Optuna study (SQL storage) -> TrialRunner -> trainer.train -> MLflow runs
+
+The same loop serves `fer-search run` and every `fer-search worker`: any number of processes may
+run it against one storage; they coordinate only through the storage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.contracts import (
+    METRIC_ATTR,
+    MODEL_NAME_ATTR,
+    PARENT_RUN_ATTR,
+    SAMPLER_ATTR,
+    SPEC_ATTR,
+    SPEC_PATH_ATTR,
+    TRIAL_RUN_ID_ATTR,
+)
+from search.errors import StudyError
+from search.spec.loader import StudySpec
+from search.spec.params import Categorical, Param
+from search.storage.engines import close_storage
+from search.storage.locks import study_lock
+from search.storage.sessions import MAX_RETRY, open_storage
+from search.study import grid_queue, group_runner, signals
+from search.study.data_provider import DataProvider
+from search.study.trial_runner import TrialOutcome, TrialRunner
+from search.tracking.report import refresh_after_run
+from search.tracking.runs import Tracker
+from search.urls import mask_url
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+__all__ = [  # the attribute keys stay importable from here for older callers
+    "PARENT_RUN_ATTR", "SPEC_ATTR", "SPEC_PATH_ATTR", "RunSummary", "StudyLoop", "open_study",
+    "run_study",
+]
+
+
+@dataclass
+class RunSummary:
+    """What one `run_study` call did."""
+
+    study_name: str
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    stopped_because: str = ""
+    best: FrozenTrial | None = None
+    parent_run_id: str = ""
+
+    def count(self, state: TrialState) -> int:
+        return sum(1 for o in self.outcomes if o.state == state)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    # A grid's points come from the queue (grid_queue); its sampler never picks a value.
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+class _LostRuns:
+    """Heartbeat-stale callback: re-queues the dead trial (Optuna's retry callback) and remembers
+    its MLflow run, which the dead worker could not close."""
+
+    def __init__(self) -> None:
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        self.run_ids: list[str] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
+            self.run_ids.append(trial.user_attrs[TRIAL_RUN_ID_ATTR])
+        self.retry(study, trial)
+
+
+def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
+    """Creates the study or loads it, and checks it is the same kind of study as the spec."""
+    direction = spec.direction
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction=direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != direction:
+        raise StudyError(
+            f"study {spec.name!r} in {mask_url(storage_url)} optimises "
+            f"{study.direction.name.lower()}, but the spec says direction: {direction}"
+        )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec.redacted_text)
+        study.set_user_attr(SPEC_PATH_ATTR, str(spec.path))
+        study.set_user_attr(METRIC_ATTR, spec.metric)
+        study.set_user_attr(SAMPLER_ATTR, spec.sampler)
+        study.set_user_attr(MODEL_NAME_ATTR, spec.model_name)
+        # optuna-dashboard's note (report and spec) is written when a run ends
+        # (`refresh_after_run`), not here: importing the dashboard costs ~1 s of start-up.
+    return study
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    data: DataProvider | None = None,
+    on_trial_end: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Runs trials of `spec`'s study until its budget is spent (or `n_trials` / `timeout` of this
+    call), failing it after `max_consecutive_failures` failed trials in a row.
+
+    Args:
+        n_trials: at most this many trials in this call (default: as many as the study needs).
+        timeout: start no trial after this many seconds (default: the spec's timeout).
+        on_trial_end: called after each trial (progress display).
+        on_start: called with the number of trials this call expects to run.
+    """
+    deadline = time.monotonic() + (timeout or spec.timeout or float("inf"))
+    # Bad data stops here, before the study or any MLflow run exists.
+    provider = data or DataProvider(spec)
+    dataset = provider.get(_first_image_size(spec))
+    lost = _LostRuns()
+    # Held for this loop's life (retrying through outages), closed in the `finally` below.
+    storage = open_storage(storage_url, on_stale=lost, resilient=True)
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.experiment_id(spec.name)
+    # Under the lock, so that workers starting together on a new study share one parent run.
+    with study_lock(storage_url, spec.name):
+        study = open_study(spec, storage, storage_url)
+        optuna.storages.fail_stale_trials(study)
+        if spec.sampler == "grid":
+            grid_queue.fill_queue(study, spec)
+        parent_run_id = tracker.open_study_run(
+            experiment_id,
+            study.user_attrs.get(PARENT_RUN_ATTR),
+            spec.name,
+            params={
+                "sampler": spec.sampler,
+                "metric": spec.metric,
+                "direction": spec.direction,
+                "pruner": spec.pruner,
+                "storage": mask_url(storage_url),
+                "searched": ",".join(spec.param_names),
+                "grid_size": _grid_size(spec),
+            },
+            spec_text=spec.redacted_text,
+        )
+        if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
+            study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    _close_lost_runs(tracker, lost)
+
+    summary = RunSummary(spec.name, parent_run_id=parent_run_id)
+    runner = TrialRunner(spec, study, storage, provider, tracker, experiment_id, parent_run_id)
+    if on_start is not None:
+        on_start(_expected_trials(spec, study, n_trials))
+    _log_data(tracker, parent_run_id, spec, dataset)
+
+    loop = StudyLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials,
+                     deadline=deadline, on_trial_end=on_trial_end)
+    summary.outcomes = loop.outcomes
+    status = "FAILED"
+    try:
+        with signals.stoppable(loop):
+            summary.stopped_because = loop.run()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if spec.sampler == "grid":  # re-queue the interrupted point for the workers still running
+            with study_lock(storage_url, spec.name):
+                grid_queue.fill_queue(study, spec)
+        raise
+    finally:
+        try:
+            summary.best = _best_trial(study)
+            tracker.close_study_run(
+                parent_run_id,
+                status,
+                {f"best_{spec.metric}": summary.best.value} if summary.best else {},
+            )
+            if status == "FINISHED":  # the study run's description and plots (search.tracking.report)
+                refresh_after_run(study, tracker)
+        finally:
+            close_storage(storage)  # its pooled connections, now rather than at exit
+    return summary
+
+
+class StudyLoop:
+    """Claims and runs one process's trials of a study until a budget is spent, the study is
+    done, or `request_stop` is called (by a signal handler: `search.study.signals`).
+
+    Failing the study after `max_consecutive_failures` failed trials in a row is the loop's job
+    too; a trial taken over by another worker (this one was cut off) does not count.
+
+    Attributes:
+        outcomes: the trials this loop ran, in order.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        runner: TrialRunner,
+        tracker: Tracker,
+        lost: _LostRuns,
+        *,
+        n_trials: int | None = None,
+        deadline: float = float("inf"),
+        on_trial_end: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.study = study
+        self.storage = storage
+        self.runner = runner
+        self.tracker = tracker
+        self.lost = lost
+        self.n_trials = n_trials
+        self.deadline = deadline  # time.monotonic() after which no trial starts
+        self.on_trial_end = on_trial_end
+        self.outcomes: list[TrialOutcome] = []
+        self._stop_reason: str | None = None
+        self._failures_in_a_row = 0
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Starts no further trial; the running one is finished. Safe from a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def run(self) -> str:
+        """Runs trials until one of the loop's ends; returns why it ended, in words.
+
+        Raises:
+            StudyError: too many trials failed in a row.
+            KeyboardInterrupt: after the interrupted trial was recorded (`TrialRunner.run`).
+        """
+        while True:
+            reason = self._why_stop()
+            if reason is not None:
+                return reason
+            self._recover_lost_trials()
+            trials = self._next_trials()
+            if not trials:
+                if self._others_still_running():
+                    time.sleep(2)  # others are finishing the last points; theirs may yet fail
+                    continue
+                return "study complete"
+            for outcome in self._run_trials(trials):
+                self._record(outcome)
+
+    def _why_stop(self) -> str | None:
+        if self._stop_reason is not None:
+            return self._stop_reason
+        if self.n_trials is not None and len(self.outcomes) >= self.n_trials:
+            return f"ran the {self.n_trials} trials asked for"
+        if time.monotonic() >= self.deadline:
+            return "timeout reached"
+        return None
+
+    def _recover_lost_trials(self) -> None:
+        """Fails (and re-queues) dead workers' trials, and closes their MLflow runs."""
+        optuna.storages.fail_stale_trials(self.study)
+        _close_lost_runs(self.tracker, self.lost)
+
+    def _next_trials(self) -> list[optuna.Trial]:
+        """Claims the next trials (a grid group, or one new ask); [] when none is left."""
+        left = None if self.n_trials is None else self.n_trials - len(self.outcomes)
+        return _next_trials(self.spec, self.study, self.storage, left)
+
+    def _run_trials(self, trials: list[optuna.Trial]) -> list[TrialOutcome]:
+        """Runs them (a group trains together: search.study.group_runner); one outcome each."""
+        return group_runner.run_group(self.runner, trials)
+
+    def _others_still_running(self) -> bool:
+        return self.spec.sampler == "grid" and grid_queue.count(self.study, TrialState.RUNNING) > 0
+
+    def _record(self, outcome: TrialOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.on_trial_end is not None:
+            self.on_trial_end(outcome, self.study)
+        if not outcome.taken_over:
+            failed = outcome.state == TrialState.FAIL
+            self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
+        if self._failures_in_a_row >= self.spec.max_consecutive_failures:
+            raise StudyError(
+                f"{self._failures_in_a_row} trials failed in a row (max_consecutive_failures="
+                f"{self.spec.max_consecutive_failures}); the last one: {outcome.reason}"
+            )
+
+
+def _next_trials(spec: StudySpec, study: optuna.Study, storage,
+                 limit: int | None) -> list[optuna.Trial]:
+    if spec.sampler == "grid":
+        return group_runner.claim(study, storage, spec, limit)
+    done = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    if spec.n_trials is not None and done >= spec.n_trials:
+        return []
+    return [study.ask()]
+
+
+def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
+    if spec.sampler == "grid":
+        left = grid_queue.count(study, TrialState.WAITING)
+    elif spec.n_trials is not None:
+        left = spec.n_trials - grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED)
+    else:
+        left = n_trials or 0
+    return max(0, min(left, n_trials) if n_trials is not None else left)
+
+
+def _grid_size(spec: StudySpec) -> int | str:
+    return len(grid_queue.grid_points(spec)) if spec.sampler == "grid" else "n/a"
+
+
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
+    while lost.run_ids:
+        run_id = lost.run_ids.pop()
+        try:
+            if tracker.client.get_run(run_id).info.status == "RUNNING":
+                tracker.end_run(run_id, "FAILED", "worker lost: no heartbeat (trial re-queued)")
+        except Exception:  # the run is gone; nothing to close
+            pass
+
+
+def _first_image_size(spec: StudySpec) -> int:
+    return spec.train_config({p.name: _first_value(p) for p in spec.space}).image_size
+
+
+def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
+    """The dataset's fingerprint and split sizes, on the study run."""
+    report = data.report
+    params = {"data_fingerprint": data.fingerprint, "data_root": str(spec.data_config().root)}
+    if report is not None:
+        params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
+        params["faces"] = report.faces
+    tracker.log(run_id, params=params)
+    tracker.log_dataset(run_id, data, str(spec.data_config().root), "study")
+    if report is not None:
+        tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
+
+
+def _first_value(param: Param):
+    return param.choices[0] if isinstance(param, Categorical) else param.low

@@ -1,0 +1,91 @@
+"""The MLflow tracking store, checked before a one-shot command touches it: a local store must
+exist, a server must answer, and neither may keep a command waiting for minutes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from search.errors import InputError, SearchError
+from search.storage.sessions import SQLITE_MAGIC
+from search.urls import mask_url, mask_url_secrets_in
+
+TRACKING_PROBE_S = 5.0  # a tracking server that does not answer /health in this long is down
+
+
+class TrackingStoreError(SearchError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def require_tracking_store(uri: str) -> None:
+    """Before a one-shot command (promote, fetch, predict, ui) touches the MLflow store at
+    `uri`: it must exist and answer, or the command stops at once with one line.
+
+    A local store (`sqlite:///...`, a folder) that does not exist is an `InputError` (MLflow
+    would create it); a server is probed once at /health, without MLflow's retries (7 of them,
+    minutes); and MLflow's own HTTP calls after it retry once, not for minutes.
+
+    Raises:
+        InputError: a local store that does not exist or is not a database file.
+        TrackingStoreError: a server that refuses, times out or answers with an error.
+    """
+    import urllib.error
+    import urllib.request
+
+    masked = mask_url(uri)
+    if uri.startswith(("http://", "https://")):
+        # The user's own settings win; a one-shot command fails rather than wait minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        try:
+            with urllib.request.urlopen(_health_request(uri), timeout=TRACKING_PROBE_S):
+                return
+        except urllib.error.HTTPError as error:
+            if error.code < 500:  # it answers (a proxy or an auth wall): let MLflow say more
+                return
+            reason = f"HTTP {error.code} {error.reason}"
+        except (urllib.error.URLError, OSError) as error:
+            reason = str(getattr(error, "reason", error)) or type(error).__name__
+        raise TrackingStoreError(f"tracking store: cannot reach {masked}: "
+                                 f"{mask_url_secrets_in(reason)}")
+    if uri.startswith("sqlite:"):
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return
+        path = Path(database)
+        if not path.is_file():
+            kind = "a folder, not a database file" if path.is_dir() else f"no file {path}"
+            raise InputError(f"tracking store: {masked} does not exist ({kind}); this command "
+                             f"never creates one: check --tracking-uri / $MLFLOW_TRACKING_URI")
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        if head != SQLITE_MAGIC:
+            raise InputError(f"tracking store: {masked}: {path} is not a SQLite database file")
+        return
+    if "://" not in uri or uri.startswith("file:"):  # a local folder store (mlruns/)
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        if not path.is_dir():
+            raise InputError(f"tracking store: {masked} does not exist (no folder {path}); this "
+                             f"command never creates one: check --tracking-uri")
+
+
+def _health_request(uri: str):
+    """GET <uri>/health; a `user:password@` in the URL becomes basic auth, as MLflow sends it
+    (urllib would take it for part of the host name)."""
+    import base64
+    import urllib.request
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/") + "/health"
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, path, "", "")))
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    return request

@@ -1,0 +1,134 @@
+"""Sharing work along the epochs axis: trials that differ only in `epochs` train the same first
+epochs, so one training to the group's largest epoch count answers them all.
+
+A record holds, for one group (everything but `epochs` equal, same data, same frozen base), the
+per-epoch history, the head's weights after each epoch and the validation probabilities after
+each epoch. Heads are small (a 512 -> 256 -> 7 head is 0.5 MB an epoch), so only trainings with a
+frozen base keep records. With a constant learning rate, a fixed seed and deterministic ops, the
+first e epochs of a longer training are exactly a training of e epochs (a test checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.atomic import file_lock
+from trainer.config import TrainConfig
+from trainer.data.dataset import Dataset
+from trainer.network.model import cut_name, weights_fingerprint
+
+_FORMAT = 2
+
+
+@dataclass
+class EpochAnswer:
+    """The state of a group's training after `epoch` epochs."""
+
+    history: list[dict[str, float]]
+    top_weights: list[np.ndarray]
+    val_probs: np.ndarray
+
+
+class EpochRecord:
+    """The on-disk record of one group's training: a folder with one file per epoch (the head's
+    weights and the val probabilities after it) and `history.json`, each written atomically,
+    the epoch's file before the history that names it. Epochs are added one at a time as they
+    finish, so a killed training leaves every epoch it finished."""
+
+    def __init__(self, data: Dataset, config: TrainConfig) -> None:
+        # float32 is left out so that records written before `precision` existed stay valid.
+        group = {
+            k: v for k, v in config.to_dict().items()
+            if k != "epochs" and (k, v) != ("precision", "float32")
+        }
+        key = json.dumps(
+            [
+                _FORMAT,
+                data.fingerprint,
+                cut_name(config),
+                weights_fingerprint(config.weights),
+                group,
+            ],
+            sort_keys=True,
+        )
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:24]
+        self.path = Path(data.cache_dir) / "epochs" / self.key
+        self._history: list[dict[str, float]] | None = None
+
+    def lock(self) -> AbstractContextManager:
+        """Held while a group trains, so a worker asking for the same group waits for the
+        record instead of training the same epochs again."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return file_lock(self.path.with_suffix(".lock"))
+
+    def history(self) -> list[dict[str, float]]:
+        if self._history is None:
+            file = self.path / "history.json"
+            try:
+                self._history = json.loads(file.read_text()) if file.is_file() else []
+            except ValueError:  # torn by a machine crash (see _replace): start the record over
+                self._history = []
+            n = 0  # only epochs whose files are there count
+            while n < len(self._history) and (self.path / f"e{n + 1}.npz").is_file():
+                n += 1
+            self._history = self._history[:n]
+        return self._history
+
+    def epochs(self) -> int:
+        return len(self.history())
+
+    def answer(self, epoch: int) -> EpochAnswer | None:
+        """The training's state after `epoch` epochs, if the record reaches that far."""
+        history = self.history()
+        if len(history) < epoch:
+            return None
+        weights, probs = self.epoch_arrays(epoch)
+        return EpochAnswer(history=history[:epoch], top_weights=weights, val_probs=probs)
+
+    def epoch_arrays(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The head's weights and the val probabilities after `epoch`."""
+        with np.load(self.path / f"e{epoch}.npz") as archive:
+            n_weights = int(archive["n_weights"])
+            return [archive[f"w{i}"] for i in range(n_weights)], archive["probs"]
+
+    def add_epoch(
+        self, row: dict[str, float], weights: list[np.ndarray], val_probs: np.ndarray
+    ) -> None:
+        """Records epoch `row["epoch"]`, the one after the last recorded (an epoch already on
+        record was computed the same way before and is kept)."""
+        history = self.history()
+        epoch = int(row["epoch"])
+        if epoch <= len(history):
+            return
+        if epoch != len(history) + 1:
+            raise ValueError(f"epoch {epoch} after {len(history)} recorded epochs")
+        self.path.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
+        buffer = io.BytesIO()
+        np.savez(buffer, n_weights=np.asarray(len(weights)), probs=val_probs, **arrays)
+        _replace(self.path / f"e{epoch}.npz", buffer.getvalue())
+        self._history = [*history, dict(row)]
+        _replace(self.path / "history.json", json.dumps(self._history).encode())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write-then-rename: atomic for readers and for a killed process. Not fsynced: the record
+    is a cache that can be recomputed, and two fsyncs per head and epoch cost more than a small
+    head's epoch. (Checkpoints, which resume depends on, are fsynced.)"""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

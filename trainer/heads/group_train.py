@@ -1,0 +1,339 @@
+"""`train_group(configs, data)`: k frozen-base heads trained together on cached features.
+
+Configs of one group (equal `group_key`: same data, batch size, seed, dropout, ...; they may
+differ in `learning_rate`, `head_width` and `epochs`) see the same batches in the same order, so
+one pass over the batches trains all of them (trainer.heads.engine). Configs equal but for
+`epochs` share one track: it trains once, to the largest count asked, and each config hears of
+its own epochs only. Every finished epoch goes to the track's epoch record (trainer.heads.epoch_record)
+and, with `resume`, every CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed
+training resumes after its last checkpointed epoch, replaying the finished ones to the caller
+first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.data.dataset import Dataset
+from trainer.errors import TrainingDiverged
+from trainer.heads import checkpoint as checkpoints
+from trainer.heads import engine as engine
+from trainer.heads.checkpoint import (
+    Checkpoint,
+    drop_checkpoint,
+    head_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainer.heads.epoch_record import EpochRecord
+from trainer.heads.grouping import group_key
+from trainer.metrics import epoch_metrics, evaluation_from_probs
+from trainer.network.model import build_head
+from trainer.runtime import seed_everything
+from trainer.train import TrainResult, _check_inputs, _class_weight, _head_features, _val_only
+
+GroupCallback = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class _Member:
+    index: int
+    config: TrainConfig
+    outcome: TrainResult | BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.outcome is None
+
+
+@dataclass
+class _Track:
+    """One head being trained, and the configs (equal but for `epochs`) waiting on it."""
+
+    record: EpochRecord
+    members: list[_Member]
+    target: int
+    spec: engine.HeadSpec
+    state: engine.HeadState | None = None
+    epoch: int = 0
+    start: int = 0
+    trained: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.members[0].config
+
+
+def train_group(
+    configs: list[TrainConfig],
+    data: Dataset,
+    on_epoch_end: GroupCallback | None = None,
+    *,
+    share_epochs_to: int | None = None,
+    resume: bool = True,
+) -> list[TrainResult | BaseException]:
+    """Trains `configs` (one group) together; see the module docstring and ARCHITECTURE.md
+    ("The epochs axis and group training").
+
+    Returns one entry per config, in order: its TrainResult, or the exception that stopped it
+    (raised by `on_epoch_end(index, epoch, metrics)`, or TrainingDiverged). KeyboardInterrupt
+    and SystemExit propagate; checkpointed epochs stay checkpointed.
+    """
+    start = time.perf_counter()
+    keys = {group_key(c) for c in configs}
+    if not configs or None in keys or len(keys) != 1:
+        raise ValueError("train_group needs configs of one group (equal, non-None group_key)")
+    for config in configs:
+        _check_inputs(config, data)
+    first = configs[0]
+    seed_everything(first.seed)
+    x_train, x_val, feature_seconds = _head_features(first, data)
+    members = [_Member(i, c) for i, c in enumerate(configs)]
+    tracks: dict[str, _Track] = {}
+    for member in members:
+        record = EpochRecord(data, member.config)
+        target = max(member.config.epochs, share_epochs_to or 0)
+        track = tracks.get(record.key)
+        if track is None:
+            spec = engine.HeadSpec(member.config.head_width, member.config.dropout,
+                                   member.config.learning_rate, member.config.seed,
+                                   member.config.weight_decay)
+            track = tracks[record.key] = _Track(record, [], target, spec)
+        track.members.append(member)
+        track.target = max(track.target, target)
+    run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds)
+    with ExitStack() as stack:
+        for key in sorted(tracks):  # one order for every process: no lock-order deadlock
+            stack.enter_context(tracks[key].record.lock())
+        for track in tracks.values():
+            run.prepare(track)
+        run.train([t for t in tracks.values() if not t.done])
+    return [m.outcome for m in members]
+
+
+_inits: dict[tuple, list[np.ndarray]] = {}
+
+
+def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> list[np.ndarray]:
+    """`build_head`'s seeded initial weights (building a Keras head costs ~0.1 s; a study asks
+    for the same few shapes again and again)."""
+    key = (config.seed, config.head_width, config.dropout, shape, tuple(class_names))
+    if key not in _inits:
+        if len(_inits) > 64:
+            _inits.clear()
+        _inits[key] = build_head(config, shape, class_names).get_weights()
+    return [np.array(w) for w in _inits[key]]
+
+
+class _GroupRun:
+    def __init__(self, data, x_train, x_val, on_epoch_end, resume, start, feature_seconds):
+        self.data = data
+        self.y_val = np.asarray(data.val.labels)
+        y_train = np.asarray(data.train.labels).astype("int32")
+        self.n = len(y_train)
+        self.x = engine.Tensors.of(x_train)
+        self.xv = engine.Tensors.of(x_val)
+        self.y = engine.Tensors.of(y_train, engine.tf.int32)
+        self.x_shape = tuple(x_train.shape[1:])
+        self.on_epoch_end = on_epoch_end
+        self.resume = resume
+        self.start = start
+        self.feature_seconds = feature_seconds
+        self._y_train = y_train
+        self._weight_memo: dict[str, tuple] = {}
+        self._checkpointed = time.monotonic()
+
+    def weights_for(self, config: TrainConfig):
+        """Per-face loss weights (class_weight: balanced), as Keras' fit applies them."""
+        found = self._weight_memo.get(config.class_weight)
+        if found is None:
+            table = _class_weight(config, self._y_train)
+            w = np.ones(self.n, "float32") if table is None else np.asarray(
+                [table[int(c)] for c in self._y_train], "float32")
+            found = self._weight_memo[config.class_weight] = (engine.Tensors.of(w), float(w.sum()))
+        return found
+
+    def prepare(self, track: _Track) -> None:
+        """Answers configs from the record, restores the checkpoint, replays restored epochs."""
+        record = track.record
+        for member in track.members:
+            answer = record.answer(member.config.epochs)
+            if answer is not None:
+                self._replay(member, answer.history)
+                if member.alive:
+                    member.outcome = self._result(member, track, answer.top_weights,
+                                                  answer.val_probs, answer.history, trained=0)
+        if not any(m.alive for m in track.members):
+            track.done = True
+            return
+        config = track.config
+        track.state = engine.HeadState.fresh(_initial_weights(config, self.x_shape,
+                                                              self.data.class_names))
+        if self.resume:
+            restored = self._restore(track)
+            if restored:
+                for member in track.members:
+                    if member.alive:
+                        self._replay(member, track.history)
+                if not any(m.alive for m in track.members):
+                    track.done = True
+                    drop_checkpoint(self._ckpt(track))
+
+    def _restore(self, track: _Track) -> bool:
+        ckpt = load_checkpoint(self._ckpt(track))
+        if ckpt is None or not 0 < ckpt.epoch <= track.record.epochs():
+            return False
+        shapes = [w.shape for w in track.state.weights]
+        try:
+            state = engine.HeadState(*[[ckpt.arrays[f"{p}{i}"] for i in range(4)]
+                                       for p in ("w", "m", "v")])
+        except KeyError:
+            return False
+        if [w.shape for w in state.weights] != shapes:
+            return False
+        track.state, track.epoch, track.start = state, ckpt.epoch, ckpt.epoch
+        track.history = track.record.history()[: ckpt.epoch]
+        return True
+
+    def _ckpt(self, track: _Track):
+        return head_checkpoint_path(self.data, track.record.key)
+
+    def _replay(self, member: _Member, rows: list[dict[str, float]]) -> None:
+        for row in rows[: member.config.epochs]:
+            if not self._tell(member, row):
+                return
+
+    def _tell(self, member: _Member, row: dict[str, float]) -> bool:
+        if self.on_epoch_end is None:
+            return True
+        try:
+            self.on_epoch_end(member.index, int(row["epoch"]), dict(row))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # pruned (or the caller failed): this member stops
+            member.outcome = exc
+            return False
+        return True
+
+    def train(self, tracks: list[_Track]) -> None:
+        """Epoch by epoch, every track due for that epoch in one pass over the batches."""
+        config = tracks[0].config if tracks else None
+        if config is None:
+            return
+        weight, weight_sum = self.weights_for(config)
+        steps = math.ceil(self.n / config.batch_size)
+        first = min(t.epoch for t in tracks) + 1
+        last = max(t.target for t in tracks)
+        for epoch in range(first, last + 1):
+            active = [t for t in tracks if not t.done and t.epoch == epoch - 1]
+            if not active:
+                continue
+            # One order of shapes for every group with the same widths: they share one compiled
+            # program instead of tracing another (~1 s) for a reordering. A head's numbers do
+            # not depend on its place in the program.
+            active.sort(key=lambda t: (t.spec.width, t.spec.dropout, t.spec.weight_decay))
+            specs = [t.spec for t in active]
+            prog = engine.program(self.x_shape[0], len(self.data.class_names), specs)
+            prog.load([t.state for t in active])
+            order = engine.epoch_order(config.seed, epoch, self.n)
+            loss, hits = engine.run_epoch(prog, specs, self.x, self.y, weight, order,
+                                          config.batch_size, (epoch - 1) * steps)
+            probs = engine.predict(prog, self.xv)
+            states = prog.dump()
+            # Every head's epoch is on disk before anyone hears of it: a caller that dies in its
+            # callback (or a kill then) loses no finished epoch of any member.
+            stored = []
+            for j, track in enumerate(active):
+                row = {"epoch": epoch, "loss": float(loss[j]) / self.n,
+                       "accuracy": float(hits[j]) / weight_sum}
+                if self._store_epoch(track, row, states[j], probs[j]):
+                    stored.append((track, row, states[j], probs[j]))
+            self._checkpoint_if_due([track for track, *_ in stored])
+            for track, row, state, track_probs in stored:
+                self._report_epoch(track, row, state, track_probs)
+
+    def _store_epoch(self, track, row, state, probs) -> bool:
+        epoch = row["epoch"]
+        finite = all(np.all(np.isfinite(w)) for w in state.weights)
+        if not (math.isfinite(row["loss"]) and finite and np.all(np.isfinite(probs))):
+            error = TrainingDiverged(
+                f"the training loss became {row['loss']} at epoch {epoch} "
+                f"(learning_rate={track.spec.learning_rate}, "
+                f"batch_size={track.config.batch_size})")
+            for member in track.members:
+                if member.alive:
+                    member.outcome = error
+            self._end(track)
+            return False
+        row.update(epoch_metrics(self.y_val, probs))
+        track.state, track.epoch = state, epoch
+        track.trained += 1
+        track.history.append(row)
+        track.record.add_epoch(row, state.weights, probs)
+        return True
+
+    def _checkpoint_if_due(self, tracks: list[_Track]) -> None:
+        """Checkpoints these tracks' states when the last checkpoint is CHECKPOINT_EVERY_S old
+        (all of a pass's tracks at once: one clock for the pass)."""
+        now = time.monotonic()
+        if not self.resume or now - self._checkpointed < checkpoints.CHECKPOINT_EVERY_S:
+            return
+        self._checkpointed = now
+        for track in tracks:
+            if track.epoch < track.target:
+                state = track.state
+                parts = {"w": state.weights, "m": state.m, "v": state.v}
+                arrays = {f"{p}{i}": a for p, group in parts.items() for i, a in enumerate(group)}
+                save_checkpoint(self._ckpt(track), Checkpoint(track.epoch, arrays, track.history))
+
+    def _report_epoch(self, track, row, state, probs) -> None:
+        epoch = row["epoch"]
+        for member in track.members:
+            if member.alive and epoch <= member.config.epochs and self._tell(member, row):
+                if epoch == member.config.epochs:
+                    member.outcome = self._result(member, track, state.weights, probs,
+                                                  track.history, track.trained)
+        # A track whose configs were all stopped ends here; finished ones fill the record.
+        if epoch >= track.target or not any(
+            m.alive or isinstance(m.outcome, TrainResult) for m in track.members
+        ):
+            self._end(track)
+
+    def _end(self, track: _Track) -> None:
+        track.done = True
+        drop_checkpoint(self._ckpt(track))
+        # Results built mid-way: the track's epochs are charged once, to its longest member;
+        # the shorter ones were answered from its record (epochs_trained 0, as a replay is).
+        trained = [m for m in track.members
+                   if isinstance(m.outcome, TrainResult) and m.outcome.epochs_trained]
+        owner = max(trained, key=lambda m: m.config.epochs, default=None)
+        for member in trained:
+            member.outcome.epochs_trained = track.trained if member is owner else 0
+            member.outcome.seconds = time.perf_counter() - self.start
+
+    def _result(self, member, track, weights, probs, history, trained) -> TrainResult:
+        config = member.config
+        rows = [dict(r) for r in history[: config.epochs]]
+        return TrainResult(
+            config=config,
+            history=rows,
+            metrics=_val_only(rows[-1]),
+            best_epoch=config.epochs,
+            top_weights=[np.array(w) for w in weights],
+            class_names=self.data.class_names,
+            seconds=time.perf_counter() - self.start,
+            feature_seconds=self.feature_seconds,
+            used_feature_cache=True,
+            val_evaluation=evaluation_from_probs(self.y_val, probs, self.data.class_names),
+            epochs_trained=trained,
+            resumed_from_epoch=track.start,
+        )

@@ -1,0 +1,47 @@
+"""Which trainings can share work, decided from their configs alone (no TensorFlow here, so a
+grid queue can group trials before anything is trained).
+
+- `shareable`: epochs can be recorded and answered again (trainer.heads.epoch_record), and the head
+  trains on the compiled engine (trainer.heads.engine).
+- `group_key`: configs with equal keys see the same batches in the same order, so
+  `trainer.train_group` trains them in one pass.
+- `track_key`: configs of a group with equal keys differ only in `epochs`: they are one head
+  (one track), trained once to the largest count, so they cost one head of a group's pass.
+"""
+
+from __future__ import annotations
+
+from trainer.config import TrainConfig
+
+# What may differ inside a group: each head has its own learning rate (its own Adam), width,
+# weight decay; `epochs` only says how far a head's track is followed.
+FREE_IN_GROUP = ("learning_rate", "head_width", "epochs", "weight_decay")
+
+
+def shareable(config: TrainConfig) -> bool:
+    """Epochs can be shared when the base is frozen, inputs are cached features and nothing but
+    the epoch count decides how training unfolds (early stopping would)."""
+    return (
+        config.trainable_blocks == 0
+        and config.uses_feature_cache
+        and config.early_stopping_patience == 0
+    )
+
+
+def group_key(config: TrainConfig) -> tuple | None:
+    """Configs with equal keys train together in `train_group`; None: this one trains alone
+    (fine-tuning, augmentation or early stopping decide their own batches or length)."""
+    return _key_without(config, FREE_IN_GROUP)
+
+
+def track_key(config: TrainConfig) -> tuple | None:
+    """Configs with equal keys are one head in `train_group` (they differ only in `epochs`);
+    None: this one trains alone."""
+    return _key_without(config, ("epochs",))
+
+
+def _key_without(config: TrainConfig, free: tuple[str, ...]) -> tuple | None:
+    """The config's fields but `free`, as a hashable key; None when it cannot share work."""
+    if not shareable(config):
+        return None
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in free))

@@ -1,0 +1,80 @@
+"""Compiled heads, reused from one training to the next.
+
+Every `model.fit` of a new Keras model traces a new TensorFlow function, and TensorFlow keeps
+each trace: about 4 MB a training, so a worker running hundreds of cached-feature trials grew
+by gigabytes. Heads of one shape (feature size, width, dropout, classes) are therefore built and
+compiled once; before each training the pooled head is put back exactly in the state a freshly
+built one would have: its seeded initial weights, its dropout seed, a zeroed optimizer with the
+trial's learning rate. The traces are reused, and a training on a pooled head equals one on a
+fresh head (a test checks it).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import keras
+
+from trainer.config import TrainConfig
+from trainer.network.model import build_head
+
+_POOL_SIZE = 16
+_pool: OrderedDict[tuple, keras.Model] = OrderedDict()
+
+
+def pooled_head(
+    config: TrainConfig, feature_shape: tuple[int, ...], class_names: tuple[str, ...]
+) -> keras.Model:
+    """A compiled head for `config`, in the state of a freshly built and compiled one."""
+    key = (tuple(feature_shape), config.head_width, config.dropout, config.weight_decay,
+           tuple(class_names))
+    fresh = build_head(config, feature_shape, class_names)  # building traces nothing
+    head = _pool.get(key)
+    if head is None:
+        head = fresh
+        compile_head(head, config.learning_rate, config.weight_decay)
+        _pool[key] = head
+        while len(_pool) > _POOL_SIZE:
+            _pool.popitem(last=False)
+        return head
+    _pool.move_to_end(key)
+    head.set_weights(fresh.get_weights())
+    for pooled, new in zip(head.layers, fresh.layers, strict=True):
+        generator = getattr(pooled, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(new.seed_generator.state)
+    for variable in head.optimizer.variables:
+        variable.assign(keras.ops.zeros_like(variable))
+    head.optimizer.learning_rate.assign(config.learning_rate)
+    return head
+
+
+@keras.saving.register_keras_serializable(package="fer_search")
+class SingleDeviceAdam(keras.optimizers.Adam):
+    """Adam without the cross-replica gradient sum, which is a no-op on one device but, traced,
+    registers a uniquely named custom gradient in TensorFlow's global registry that is never
+    freed (about 4.7 MB per compiled model, whenever a head of a new shape is compiled)."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
+
+
+def compile_head(
+    model: keras.Model, learning_rate: float, weight_decay: float = 0.0, *, loss_scale: bool = False
+) -> None:
+    """Compiles with Adam (AdamW-style decay when `weight_decay` > 0). `loss_scale` wraps it in
+    Keras' dynamic loss scaling, which float16 layers being trained need (their small gradients
+    would round to zero); bfloat16 has float32's range and does not."""
+    optimizer = SingleDeviceAdam(learning_rate=learning_rate, weight_decay=weight_decay or None)
+    if loss_scale:
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+
+
+def clear_pool() -> None:
+    """Forgets the pooled heads (before `keras.backend.clear_session`)."""
+    _pool.clear()
