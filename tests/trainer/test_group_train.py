@@ -10,11 +10,11 @@ from trainer import (
     TrainConfig,
     TrainingDiverged,
     group_key,
-    head_engine,
     track_key,
     train,
     train_group,
 )
+from trainer.heads import engine as head_engine
 from trainer.heads.epoch_record import EpochRecord
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
