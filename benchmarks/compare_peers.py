@@ -63,7 +63,7 @@ import benchlib  # noqa: E402  (a sibling module; benchmarks/ is not a package)
 
 CONTENDERS = ("fer-search", "keras-tuner", "optuna-naive", "cached-keras")
 NUM_CLASSES = 7
-BASE_SEED = 0  # trainer.network.model.RANDOM_BASE_SEED: the random base every trial of all three uses
+BASE_SEED = 0  # trainer.network.model.RANDOM_BASE_SEED: every trial of all three uses this base
 HEAD_SEED = 0  # TrainConfig.seed: head initialisers, dropout, shuffling
 DROPOUT = 0.3
 DATA_SEED = 0

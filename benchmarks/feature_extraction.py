@@ -13,8 +13,8 @@ Measured in one run:
    and slow numpy; their values are recorded, and when set the rate is measured a second time with
    both unset in that subprocess alone (see /work/.library/env/README.md). Tests and CI never
    change them.
-2. VGG16's frozen part (`trainer.network.model.build_network(config).frozen`, the model the feature cache
-   runs) at 64 and 96 px: faces/s with `predict_on_batch` on batches of 64 (the trainer's
+2. VGG16's frozen part (`trainer.network.model.build_network(config).frozen`, the model the feature
+   cache runs) at 64 and 96 px: faces/s with `predict_on_batch` on batches of 64 (the trainer's
    `EXTRACT_BATCH`), after a warm-up, best and median of several repeats. Achieved GFLOP/s counts
    VGG16's convolutions only, 2*H*W*Cin*Cout*9 per conv layer at that input size (the pooling,
    bias and ReLU work is negligible); the ratio to numpy's rate is the efficiency.
@@ -399,9 +399,9 @@ def _markdown(r: dict[str, Any]) -> str:
         "# Feature extraction vs this machine's matmul rate\n\n"
         + benchlib.table(headers, rows)
         + f"\n\nBatches of {r['vgg16_frozen'][0]['batch']} faces through "
-        "`trainer.network.model.build_network(config).frozen.predict_on_batch` (random base, random "
-        "uint8 pixels; speed does not depend on either), after a warm-up. GFLOP counts VGG16's "
-        "13 convolutions (2*H*W*Cin*Cout*9 each). numpy: float32 "
+        "`trainer.network.model.build_network(config).frozen.predict_on_batch` (random base, "
+        "random uint8 pixels; speed does not depend on either), after a warm-up. GFLOP counts "
+        "VGG16's 13 convolutions (2*H*W*Cin*Cout*9 each). numpy: float32 "
         f"{MATMUL_N}x{MATMUL_N} matmul, best of runs interleaved with the VGG16 repeats and of a "
         f"separate process ({kernel}); "
         f"OPENBLAS_CORETYPE={r['env'].get('OPENBLAS_CORETYPE')!s}, "

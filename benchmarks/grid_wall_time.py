@@ -206,7 +206,7 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str,
     started = time.time()
     t0 = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "search.cli.main", "run", str(spec), *extra],
+        proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), *extra],
                               cwd=folder, env=_env(src), stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

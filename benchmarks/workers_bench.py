@@ -82,7 +82,7 @@ def run_workers(folder: Path, spec_path: Path, workers: int, env: dict[str, str]
     for i in range(workers):
         log = open(folder / f"{spec_path.stem}-worker-{i + 1}.log", "wb")  # noqa: SIM115
         processes.append((subprocess.Popen(
-            [sys.executable, "-m", "search.cli.main", "worker", str(spec_path), "--threads",
+            [sys.executable, "-m", "search.cli", "worker", str(spec_path), "--threads",
              str(threads), *extra], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL), log))
     for process, log in processes:

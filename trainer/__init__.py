@@ -58,8 +58,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 # Modules that import TensorFlow: it is started first, quietly and with the planned threads
 # (trainer.runtime), whoever asks for one of their names first.
-_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.evaluate", "trainer.network.export",
-                     "trainer.network.model"}
+_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.evaluate",
+                     "trainer.network.export", "trainer.network.model"}
 
 
 def __getattr__(name: str) -> Any:

@@ -6,13 +6,10 @@ Model references are ``NAME`` (= ``NAME@champion``), ``NAME@ALIAS`` or ``NAME/VE
 This module needs no Optuna (serving and fetching hosts need only MLflow and the trainer).
 The write side lives beside it:
 
-- `search.registry.promotion`: promote a study's best trial (reads the Optuna study; imports Optuna);
-- `search.registry.registration`: log the pyfunc model into the trial's run and register a version;
-- `search.registry.aliases`: where `champion` / `challenger` go, and the recorded history of moves;
-- `search.registry.serve`: a registered version behind MLflow's scoring server.
-
-`promote`, `PromotionResult` and `check_reproduced` are still importable from here (loaded on
-first use, so importing this module does not import Optuna).
+- `promotion`: promote a study's best trial (reads the Optuna study; imports Optuna);
+- `registration`: log the pyfunc model into the trial's run and register a version;
+- `aliases`: where `champion` / `challenger` go, and the recorded history of moves;
+- `serve`: a registered version behind MLflow's scoring server.
 """
 
 from __future__ import annotations

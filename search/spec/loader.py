@@ -6,8 +6,8 @@ Nothing outside the spec file is touched: the dataset, weights file and database
 later by whoever opens them. Unknown keys are errors at every level.
 
 The work is split by section: `search.spec.reader` (generic YAML-node checks and error messages),
-`search.spec.sections` (``space`` and ``train``), `search.spec.data_section` (``data``); this module reads
-the top-level keys and builds the `StudySpec`.
+`search.spec.sections` (``space`` and ``train``), `search.spec.data_section` (``data``); this
+module reads the top-level keys and builds the `StudySpec`.
 
 Relative paths (``data.root``, ``data.cache_dir``, ``train.weights`` files, the synthetic dataset
 under ``data/``, ``sqlite:///relative.db`` URLs) are kept as written, so they are relative to the

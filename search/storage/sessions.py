@@ -27,8 +27,8 @@ study that has started) retries its calls through an outage; permanent errors ne
 A `read_only=True` storage must already exist: nothing (folder, file, table) is created.
 
 Beside it: search.storage.retry (transient errors, retries, the resilient storage),
-search.storage.locks (named locks), search.urls (password masking), search.tracking.store_check (the MLflow
-store checks of one-shot commands).
+search.storage.locks (named locks), search.urls (password masking), search.tracking.store_check
+(the MLflow store checks of one-shot commands).
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def run_study(
                 status,
                 {f"best_{spec.metric}": summary.best.value} if summary.best else {},
             )
-            if status == "FINISHED":  # the study run's description and plots (search.tracking.report)
+            if status == "FINISHED":  # the study run's description and plots (tracking.report)
                 refresh_after_run(study, tracker)
         finally:
             close_storage(storage)  # its pooled connections, now rather than at exit

@@ -16,8 +16,8 @@ exactly once). This module only starts them and looks after them:
 - each worker's output is prefixed with its number;
 - SIGINT and SIGTERM are forwarded (search.study.signals documents what each does);
 - a worker that ends with EXIT_TRIAL_STUCK (75: its watchdog gave up on a trial stuck inside an
-  epoch, see search.study.deadline) is started again, as compose's `restart: on-failure` does, at most
-  MAX_RESTARTS times per worker; it is given its share of `--n-trials` again (the trials it
+  epoch, see search.study.deadline) is started again, as compose's `restart: on-failure` does, at
+  most MAX_RESTARTS times per worker; it is given its share of `--n-trials` again (the trials it
   finished before are not subtracted), so such a run can end with more trials than asked;
 - the exit code sums theirs up: 0 when all succeeded, 2 when one reported bad input, else 1;
   130 when the run was interrupted with SIGINT.
@@ -140,7 +140,7 @@ def aggregate_exit_codes(codes: list[int], signal_received: int | None = None) -
 
 def worker_command(plan: WorkerPlan, n_trials: int | None, threads: int) -> list[str]:
     """The `fer-search worker` command line of one worker (no URLs: see `worker_env`)."""
-    command = [sys.executable, "-m", "search.cli.main"]
+    command = [sys.executable, "-m", "search.cli"]
     if plan.debug:
         command.append("--debug")
     command += ["worker", str(plan.spec_path), "--threads", str(threads)]

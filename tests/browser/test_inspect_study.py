@@ -198,7 +198,7 @@ class _Server:
 def _start(folder: Path, env: dict[str, str], name: str, args: list[str]) -> _Server:
     log = folder / f"{name}.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "search.cli.main", *args], cwd=folder,
+        process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=folder,
                                    env=env, stdout=sink, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     return _Server(process, log)

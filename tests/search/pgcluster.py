@@ -328,7 +328,7 @@ def spawn_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
                  *args: str) -> Worker:
     """Starts `fer-search worker SPEC --threads 1 ARGS` in `folder` (its data and caches)."""
     log = folder / f"{name}.log"
-    command = [sys.executable, "-m", "search.cli.main", "worker", str(spec_path), "--threads", "1",
+    command = [sys.executable, "-m", "search.cli", "worker", str(spec_path), "--threads", "1",
                *args]
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=sink,

@@ -15,7 +15,7 @@ from tests.search.studyhelp import urls, write_spec
 
 def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-m", "search.cli.main", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -108,7 +108,7 @@ def test_ui_serves_the_project_store(tmp_path):
         port = probe.getsockname()[1]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     ui = subprocess.Popen(
-        [sys.executable, "-m", "search.cli.main", "ui", "--port", str(port), "--tracking-uri", tracking],
+        [sys.executable, "-m", "search.cli", "ui", "--port", str(port), "--tracking-uri", tracking],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,  # the UI's server processes are stopped with it below
     )

@@ -334,7 +334,7 @@ def _local_env() -> dict[str, str]:
 def test_run_with_two_workers_on_sqlite(tmp_path, stores):
     spec = write_spec(tmp_path, name="local", space=GRID)
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli.main", "run", str(spec), "--workers", "2"],
+        [sys.executable, "-m", "search.cli", "run", str(spec), "--workers", "2"],
         cwd=tmp_path, env=_local_env(), capture_output=True, text=True, timeout=600,
     )
     output = result.stdout + result.stderr

@@ -317,7 +317,7 @@ def test_data_check_footer_is_not_wrapped_when_piped(tmp_path: Path) -> None:
     write_expw(root)
     (root / "image" / "origin" / "img_001.jpg").write_bytes(b"")
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli.main", "data", "check", str(root)], cwd=tmp_path,
+        [sys.executable, "-m", "search.cli", "data", "check", str(root)], cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "40"}, text=True,
         capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -352,7 +352,7 @@ def test_run_with_the_cache_on_a_full_disk_fails_in_one_line(
     spec = write_run_spec(tmp_path, root, "small", image_size=96)
     text = spec.read_text().replace(str(tmp_path / ".cache-small"), str(small_disk / "cache"))
     spec.write_text(text)
-    result = subprocess.run([sys.executable, "-m", "search.cli.main", "run", str(spec)],
+    result = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec)],
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             text=True, capture_output=True, timeout=300)
     assert result.returncode == 1, result.stderr  # not 135 (SIGBUS)

@@ -595,7 +595,7 @@ def test_serve_answers_uint8_and_float32_faces_like_the_pyfunc_model(  # noqa: F
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "search.cli.main", "serve", "expw-vgg16@champion", "--port",
+        [sys.executable, "-m", "search.cli", "serve", "expw-vgg16@champion", "--port",
          str(port), "--tracking-uri", tiny_study.tracking_uri],
         cwd=tiny_study.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,5 +1,5 @@
-"""The study a person reads: the study run's description, tags and plots (search.tracking.report), the
-trial runs' bookkeeping tags, description and dataset input, the dashboard note, and the `ui`
+"""The study a person reads: the study run's description, tags and plots (search.tracking.report),
+the trial runs' bookkeeping tags, description and dataset input, the dashboard note, and the `ui`
 and `report` commands, on one small real study."""
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def _cli(folder: Path, *args: str, env: dict[str, str] | None = None) -> tuple[i
     base = {k: v for k, v in os.environ.items()
             if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI")}
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli.main", *args], cwd=folder, capture_output=True, text=True,
+        [sys.executable, "-m", "search.cli", *args], cwd=folder, capture_output=True, text=True,
         env={**base, "PYTHONUNBUFFERED": "1", "FER_SEARCH_DB_RETRY_S": "3", **(env or {})},
         timeout=600,
     )

@@ -105,7 +105,7 @@ def _cli(folder: Path, *args: str) -> tuple[int, list[str], float]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI")}
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "search.cli.main", *args], cwd=folder,
+    result = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=folder,
                             capture_output=True, text=True, timeout=600,
                             env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"})
     lines = [line for line in result.stderr.splitlines() if line.strip()]

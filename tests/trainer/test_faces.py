@@ -1,5 +1,6 @@
-"""One face from a file (trainer.data.faces), the problems found on the way (trainer.data.problems), the
-crop cache's use of both, and its free-space check before a memory-mapped write."""
+"""One face from a file (trainer.data.faces), the problems found on the way
+(trainer.data.problems), the crop cache's use of both, and its free-space check before a
+memory-mapped write."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ Box = tuple[int, int, int, int]  # (top, left, right, bottom): label.lst's order
 
 
 class UnreadableImage(DataError):
-    """An image file that cannot be decoded; ``kind``: one of `trainer.data.problems.IMAGE_PROBLEMS`."""
+    """An image file that cannot be decoded; ``kind``: one of
+    `trainer.data.problems.IMAGE_PROBLEMS`."""
 
     def __init__(self, path: Path, kind: str, detail: str = "") -> None:
         self.path = Path(path)
