@@ -7,6 +7,7 @@ quickstart:
 test:
 	scripts/setup.sh dev,bench
 	.venv/bin/ruff check trainer search tests benchmarks
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest
 
 # The inner loop: everything but the slow, postgres and browser tests.
@@ -17,6 +18,7 @@ test-fast:
 lint:
 	scripts/setup.sh dev,bench
 	.venv/bin/ruff check trainer search tests benchmarks
+	.venv/bin/lint-imports --no-cache
 
 # The peers benchmark at a tiny size (< 1 minute): keeps the harness from rotting; CI runs it.
 bench-smoke:
