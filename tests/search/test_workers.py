@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli.main import main as cli
+from search.cli import main as cli
 from search.errors import InputError
 from search.study import workers
 from search.study.workers import WorkerPlan, gpu_of_worker, parse_gpus, run_workers
