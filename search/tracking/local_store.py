@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer.atomic import file_lock, fsync_dir
+from trainer.atomic import fsync_dir
+from trainer.filelock import file_lock
 
 logger = logging.getLogger(__name__)
 

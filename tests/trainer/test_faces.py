@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 import trainer
-from trainer.atomic import disk_full_as_error, free_bytes, require_free_space
 from trainer.config import DataConfig
 from trainer.data import crops
 from trainer.data.faces import UnreadableImage, crop_face, image_size, read_image
 from trainer.data.loading import inspect_dataset, load_dataset
 from trainer.data.problems import ProblemTally, summary
+from trainer.diskspace import disk_full_as_error, free_bytes, require_free_space
 from trainer.errors import DataError, DiskFull
 
 SIZE = 32
