@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import trainer
-from search.contracts import MODEL_NAME_PATTERN
+from search.contracts import CHAMPION_ALIAS, MODEL_NAME_PATTERN
 from search.errors import InputError, SearchError
 from search.tracking.runs import Tracker
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 KERAS_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
@@ -109,16 +108,10 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
         valid = number.isdigit() and int(number) > 0
         version = int(number) if valid else None
     else:
-        alias, valid = CHAMPION, True
+        alias, valid = CHAMPION_ALIAS, True
     if not (valid and _NAME.fullmatch(name)):
         raise InputError(f"model reference: expected {_REF_HELP}, but got {ref!r}")
     return name, alias, version
-
-
-def models_uri(ref: str) -> str:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` for a model reference."""
-    name, alias, version = parse_model_ref(ref)
-    return f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
 
 
 def resolve_version(client, ref: str, tracking_uri: str = ""):

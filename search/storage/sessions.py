@@ -82,12 +82,6 @@ def resolve_storage(flag: str | None, spec_value: str | None) -> str:
     return flag or os.environ.get(STORAGE_ENV) or spec_value or DEFAULT_STORAGE
 
 
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
-
-
 def open_storage(url: str, on_stale=None, *, read_only: bool = False,
                  resilient: bool = False) -> ResilientRDBStorage:
     """Opens the RDB storage at `url`, with heartbeats. Close it (`close_storage`, or use
