@@ -19,9 +19,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from benchmarks.pgcluster import free_port
 from search.storage.sessions import storage_session
 from search.urls import mask_url_in_text, mask_url_secrets_in
-from tests.search.pgcluster import free_port
 from tests.search.studyhelp import write_spec
 
 # A server that is not there: the port of a socket just closed (nothing listens on it).
