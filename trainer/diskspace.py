@@ -10,10 +10,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from trainer import settings
 from trainer.errors import DiskFull
-
-# Caps the free space `require_free_space` sees, in bytes: a full disk, simulated (tests).
-DISK_LIMIT_ENV = "FER_SEARCH_DISK_LIMIT_BYTES"
 
 
 def free_bytes(folder: str | os.PathLike[str]) -> int:
@@ -23,9 +21,9 @@ def free_bytes(folder: str | os.PathLike[str]) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent
     free = shutil.disk_usage(path).free
-    limit = os.environ.get(DISK_LIMIT_ENV)
-    if limit:
-        free = min(free, int(limit))
+    limit = settings.disk_limit_bytes()  # a test hook: a full disk, simulated
+    if limit is not None:
+        free = min(free, limit)
     return free
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainer import settings
 from trainer.atomic import fsync_dir
 from trainer.filelock import file_lock
 
@@ -82,7 +83,7 @@ def template_path() -> Path:
     user cache folder)."""
     from importlib.metadata import version
 
-    root = os.environ.get("FER_SEARCH_MLFLOW_TEMPLATE_DIR")
+    root = settings.mlflow_template_dir()
     if root is None:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = str(Path(cache) / "fer-search" / "mlflow-store")
