@@ -9,8 +9,8 @@ variable, what was expected and what was found. An unset or empty variable means
 Tests inject knobs in-process with `override`; tests that start subprocesses pass them in the
 subprocess's environment. docs/settings.md is `markdown_table()`'s output (a test compares).
 
-This module is the bottom floor: both `trainer` and `search` read it, so it imports neither of
-them, nor optuna, mlflow or tensorflow.
+This module is the bottom floor: both `trainer` and `search` read it, so it imports nothing of
+either (but trainer.errors, which imports nothing), nor optuna, mlflow or tensorflow.
 """
 
 from __future__ import annotations
@@ -21,16 +21,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.errors import ConfigError
+
 USER = "users"
 TESTS = "tests"
 
 
-class SettingError(ValueError):
-    """An environment variable holds a value its knob cannot use."""
+class SettingError(ConfigError):
+    """An environment variable holds a value its knob cannot use (bad input: the CLI says so in
+    one line and exits 2)."""
 
     def __init__(self, name: str, expected: str, found: str) -> None:
-        self.name, self.expected, self.found = name, expected, found
-        super().__init__(f"environment variable {name}: expected {expected}, but found {found!r}")
+        self.name = name
+        super().__init__(f"environment variable {name}", expected, found)
 
 
 @dataclass(frozen=True)

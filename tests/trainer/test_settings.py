@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainer import settings
+from trainer.errors import ConfigError
 from trainer.settings import SettingError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,9 @@ def test_a_malformed_value_is_one_error_naming_variable_expected_and_found(
     monkeypatch.setenv(name, text)
     with pytest.raises(SettingError) as caught:
         settings.get(name)
+    assert isinstance(caught.value, ConfigError)  # bad input: the CLI's one line, exit 2
     assert str(caught.value) == (
-        f"environment variable {name}: expected {expected}, but found {text!r}")
+        f"environment variable {name}: expected {expected}, but got {text!r}")
 
 
 def test_override_wins_over_the_environment_and_is_undone(monkeypatch):
