@@ -112,14 +112,16 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         write_ahead_log(Path(parsed.database))
 
+    # A worker beats every FER_SEARCH_HEARTBEAT_S seconds; one silent for FER_SEARCH_GRACE_S is
+    # taken for dead. Read here, so that a malformed value is its own error, not the storage's.
+    heartbeat_s, grace_s, retry_s = settings.heartbeat_s(), settings.grace_s(), settings.db_retry_s()
+
     def create() -> ResilientRDBStorage:
         return ResilientRDBStorage(
             url,
             engine_kwargs=kwargs,
-            # A worker beats every FER_SEARCH_HEARTBEAT_S seconds; one silent for
-            # FER_SEARCH_GRACE_S is taken for dead.
-            heartbeat_interval=settings.heartbeat_s(),
-            grace_period=settings.grace_s(),
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
             heartbeat_stale_trial_callback=on_stale
             or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             skip_table_creation=read_only,
@@ -134,7 +136,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
                 storage = create()
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
-    storage.retry_s = settings.db_retry_s() if resilient else 0.0
+    storage.retry_s = retry_s if resilient else 0.0
     if sqlite:
         begin_immediate(storage.engine)
         if on_disk:
