@@ -31,6 +31,7 @@ import trainer
 from search.contracts import CHAMPION_ALIAS, MODEL_NAME_PATTERN
 from search.errors import InputError, SearchError
 from search.tracking.runs import Tracker
+from search.urls import mask_url
 
 CHALLENGER = "challenger"
 KERAS_FILE = "model.keras"
@@ -54,14 +55,6 @@ def registry_tracker(tracking_uri: str) -> Tracker:
     return tracker
 
 
-def masked(uri: str) -> str:
-    """`uri` with any password replaced by ***, for messages (no Optuna import, unlike
-    `search.storage.sessions.mask_url`)."""
-    from search.spec.loader import mask_url_secrets
-
-    return mask_url_secrets(uri)
-
-
 def check_model_name(name: str) -> str:
     """`name` if it can be a registered model name in a ``models:/`` reference."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -80,7 +73,7 @@ def registered_model(client, name: str, tracking_uri: str = ""):
         return client.get_registered_model(name)
     except MlflowException:
         names = sorted(m.name for m in client.search_registered_models(max_results=1000))
-        where = f" in {masked(tracking_uri)}" if tracking_uri else ""
+        where = f" in {mask_url(tracking_uri)}" if tracking_uri else ""
         raise InputError(
             f"no registered model named {name!r}{where}; registered models: "
             f"{', '.join(names) or 'none'}"

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.storage.engines import close_storage
-from search.urls import mask_url_in_text, mask_url_secrets_in
+from search.urls import mask_text
 from trainer import settings
 
 logger = logging.getLogger("search.storage.sessions")
@@ -80,11 +80,11 @@ def retry_transient(
         except Exception as error:
             if not is_transient(error) or time.monotonic() + delay > deadline:
                 raise
-            reason = " ".join(f"{type(error).__name__}: {root_message(error)}".split())[:200]
-            if url:
-                reason = mask_url_in_text(reason, url)
+            # Masked before it is cut: a cut could leave a password's first half unrecognised.
+            reason = mask_text(" ".join(f"{type(error).__name__}: {root_message(error)}".split()),
+                               url)[:200]
             logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
-                           mask_url_secrets_in(reason), delay)
+                           reason, delay)
             time.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 10.0)
 

@@ -54,7 +54,7 @@ from search.storage.engines import (
 )
 from search.storage.locks import named_lock
 from search.storage.retry import ResilientRDBStorage, root_message
-from search.urls import mask_url, mask_url_in_text, mask_url_secrets_in
+from search.urls import mask_text, mask_url
 from trainer import settings
 
 # Heartbeats and their retry callback are marked experimental; they are the documented way to
@@ -231,8 +231,8 @@ def _has_rows(engine, table: str) -> bool:
 def _open_error(url: str, error: BaseException) -> SearchError:
     """One line naming the URL (password masked) and the driver's cause. A database that does
     not exist, or a file that is not one, is bad input (exit 2); the rest is a failure (1)."""
-    cause = mask_url_in_text(root_message(error), url)
-    text = f"storage: cannot open {mask_url(url)}: {mask_url_secrets_in(cause)}"
+    cause = mask_text(root_message(error), url)
+    text = f"storage: cannot open {mask_url(url)}: {cause}"
     lowered = cause.lower()
     if any(marker in lowered for marker in _MISSING_TEXT):
         return InputError(text)
