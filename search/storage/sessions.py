@@ -114,7 +114,8 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
 
     # A worker beats every FER_SEARCH_HEARTBEAT_S seconds; one silent for FER_SEARCH_GRACE_S is
     # taken for dead. Read here, so that a malformed value is its own error, not the storage's.
-    heartbeat_s, grace_s, retry_s = settings.heartbeat_s(), settings.grace_s(), settings.db_retry_s()
+    heartbeat_s, grace_s = settings.heartbeat_s(), settings.grace_s()
+    retry_s = settings.db_retry_s()
 
     def create() -> ResilientRDBStorage:
         return ResilientRDBStorage(

@@ -63,7 +63,8 @@ def _best(tiny_study):  # noqa: F811
 
 def test_first_promotion_is_champion_with_its_provenance_in_tags(tiny_study, champion, client):  # noqa: F811
     best = _best(tiny_study)
-    assert (champion.model_name, champion.version, champion.alias) == ("expw-vgg16", 1, CHAMPION_ALIAS)
+    assert (champion.model_name, champion.version, champion.alias) == \
+        ("expw-vgg16", 1, CHAMPION_ALIAS)
     assert champion.previous_champion_version is None
     assert champion.trial_number == best.number
     assert champion.run_id == best.user_attrs["mlflow_run_id"]
@@ -130,7 +131,8 @@ def test_champion_moves_only_for_a_better_test_score_or_when_forced(tiny_study, 
     # An unbeatable champion, replaced anyway by force.
     client.set_model_version_tag(name, "2", "test_accuracy", "2.0")
     forced = promote(tiny_study.name, **tiny_study.urls, model_name=name, force=True)
-    assert (forced.version, forced.alias, forced.previous_champion_score) == (1, CHAMPION_ALIAS, 2.0)
+    assert (forced.version, forced.alias, forced.previous_champion_score) == \
+        (1, CHAMPION_ALIAS, 2.0)
     aliases = client.get_registered_model(name).aliases
     assert {alias: int(v) for alias, v in aliases.items()} == {CHAMPION_ALIAS: 1, CHALLENGER: 2}
 
