@@ -22,7 +22,6 @@ FLOPs of a head epoch: 3 x the forward pass (forward, and the backward pass's tw
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import benchlib  # noqa: E402
+from trainer import settings  # noqa: E402
 
 DIM, WIDTH, CLASSES, BATCH = 512, 256, 7, 32
 RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -120,7 +120,7 @@ def run(args) -> dict:
         "setup": {"faces": args.faces, "val_faces": args.val, "epochs": args.epochs,
                   "features": DIM, "head_width": WIDTH, "batch_size": BATCH,
                   "learning_rates": RATES, "flop_per_head_epoch": flop_epoch,
-                  "FER_SEARCH_HEAD_JIT": os.environ.get("FER_SEARCH_HEAD_JIT", "0"),
+                  "FER_SEARCH_HEAD_JIT": settings.head_jit(),
                   "ops_in_parallel": args.ops_in_parallel},
         "rows": rows,
         "numpy_matmul_gflops": numpy_gflops,

@@ -33,8 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import benchlib  # noqa: E402
-from tests.search import pgcluster  # noqa: E402
+from benchmarks import benchlib, pgcluster  # noqa: E402
 
 WORKERS = (1, 2, 4)
 

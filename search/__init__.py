@@ -42,7 +42,7 @@ _EXPORTS = {
     "open_storage": "search.storage.sessions",
     "resolve_storage": "search.storage.sessions",
     "resolve_tracking_uri": "search.tracking.runs",
-    "mask_url": "search.storage.sessions",
+    "mask_url": "search.urls",
     "SearchError": "search.errors",
     "SpecError": "search.errors",
     "StudyError": "search.errors",

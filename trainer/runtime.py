@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from trainer import settings
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -127,7 +129,7 @@ def load_tensorflow(quiet: bool = True, threads: int | None = None) -> None:
         return
     planned_threads, ops_in_parallel = _planned
     threads = planned_threads if threads is None else threads
-    quiet = quiet and os.environ.get("FER_SEARCH_TF_LOGS", "") in ("", "0")
+    quiet = quiet and not settings.tf_logs()
     saved = None
     if quiet:
         sys.stderr.flush()

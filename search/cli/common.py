@@ -51,7 +51,7 @@ def load_study_named(name: str, storage):
 
 
 def one_line(error: BaseException) -> str:
-    from search.urls import mask_url_secrets_in
+    from search.urls import mask_text
 
     text = " ".join(str(error).split()) or type(error).__name__
-    return mask_url_secrets_in(text)
+    return mask_text(text)

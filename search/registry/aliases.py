@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from search.registry.refs import CHALLENGER, CHAMPION
+from search.contracts import CHAMPION_ALIAS
+from search.registry.refs import CHALLENGER
 
 MOVE_TAG_PREFIX = "fer_search.alias_move."
 _REASON_CHARS = 1000  # registered-model tag values are capped (5000 characters in MLflow)
@@ -67,15 +68,15 @@ def choose_alias(
 ) -> AliasDecision:
     """Reads the current champion and compares: the read of read-compare-set (call it under
     the promotion lock)."""
-    champion = version_by_alias(client, name, CHAMPION)
+    champion = version_by_alias(client, name, CHAMPION_ALIAS)
     if champion is None:
-        return AliasDecision(CHAMPION, None, None, "no champion yet")
+        return AliasDecision(CHAMPION_ALIAS, None, None, "no champion yet")
     previous = int(champion.version)
     previous_score = float_tag(champion.tags, score_name)
     if previous == version:
-        return AliasDecision(CHAMPION, previous, previous_score, "already the champion")
+        return AliasDecision(CHAMPION_ALIAS, previous, previous_score, "already the champion")
     if force:
-        return AliasDecision(CHAMPION, previous, previous_score, "forced")
+        return AliasDecision(CHAMPION_ALIAS, previous, previous_score, "forced")
     if previous_score is None:
         return AliasDecision(
             CHALLENGER, previous, None,
@@ -85,7 +86,7 @@ def choose_alias(
     better = score > previous_score if maximize else score < previous_score
     relation = "beats" if better else "does not beat"
     return AliasDecision(
-        CHAMPION if better else CHALLENGER, previous, previous_score,
+        CHAMPION_ALIAS if better else CHALLENGER, previous, previous_score,
         f"{score_name} {score:.4f} {relation} the champion's (version {previous}) "
         f"{previous_score:.4f}",
     )

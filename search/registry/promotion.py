@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import trainer
 from search.contracts import (
+    CHAMPION_ALIAS,
     METRIC_ATTR,
     MODEL_NAME_ATTR,
     PARENT_RUN_ATTR,
@@ -181,7 +182,7 @@ def promote(
         aliases.move_alias(client, name, decision.alias, number, study=study.study_name,
                            trial=trial.number, score_name=score_name, score=score,
                            reason=decision.reason)
-        champion = aliases.version_by_alias(client, name, aliases.CHAMPION)
+        champion = aliases.version_by_alias(client, name, CHAMPION_ALIAS)
         client.update_registered_model(name, registration.model_description(name, champion))
     tags = version.tags
     return PromotionResult(

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import trainer
-from search.contracts import MODEL_NAME_PATTERN
+from search.contracts import CHAMPION_ALIAS, MODEL_NAME_PATTERN
 from search.errors import InputError, SearchError
 from search.tracking.runs import Tracker
+from search.urls import mask_url
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 KERAS_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
@@ -52,14 +52,6 @@ def registry_tracker(tracking_uri: str) -> Tracker:
     return tracker
 
 
-def masked(uri: str) -> str:
-    """`uri` with any password replaced by ***, for messages (no Optuna import, unlike
-    `search.storage.sessions.mask_url`)."""
-    from search.spec.loader import mask_url_secrets
-
-    return mask_url_secrets(uri)
-
-
 def check_model_name(name: str) -> str:
     """`name` if it can be a registered model name in a ``models:/`` reference."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -78,7 +70,7 @@ def registered_model(client, name: str, tracking_uri: str = ""):
         return client.get_registered_model(name)
     except MlflowException:
         names = sorted(m.name for m in client.search_registered_models(max_results=1000))
-        where = f" in {masked(tracking_uri)}" if tracking_uri else ""
+        where = f" in {mask_url(tracking_uri)}" if tracking_uri else ""
         raise InputError(
             f"no registered model named {name!r}{where}; registered models: "
             f"{', '.join(names) or 'none'}"
@@ -106,16 +98,10 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
         valid = number.isdigit() and int(number) > 0
         version = int(number) if valid else None
     else:
-        alias, valid = CHAMPION, True
+        alias, valid = CHAMPION_ALIAS, True
     if not (valid and _NAME.fullmatch(name)):
         raise InputError(f"model reference: expected {_REF_HELP}, but got {ref!r}")
     return name, alias, version
-
-
-def models_uri(ref: str) -> str:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` for a model reference."""
-    name, alias, version = parse_model_ref(ref)
-    return f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
 
 
 def resolve_version(client, ref: str, tracking_uri: str = ""):

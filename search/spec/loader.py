@@ -37,7 +37,6 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +48,13 @@ from search.spec.data_section import SYNTHETIC_DIR, ExpwData, SyntheticData, rea
 from search.spec.params import Categorical, Param, grid_of, grid_size
 from search.spec.reader import At, NodeReader, parse, read_text
 from search.spec.sections import read_space, read_train
+from search.urls import mask_text, mask_url
 from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "DEFAULT_SPLIT", "DIRECTIONS", "METRICS", "PRUNERS", "SAMPLERS",
     "SYNTHETIC_DIR", "ExpwData", "SpecError", "StudySpec", "SyntheticData", "load_spec",
-    "mask_url_secrets", "spec_from_text",
+    "spec_from_text",
 ]
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -68,9 +68,6 @@ _TOP_KEYS = (
     "registry",
 )
 _SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
-# The password of `user:password@host`, in a URL or in a mistyped one. A password in a URL has
-# ':', '/', '@' percent-encoded, so it cannot contain them.
-_URL_SECRET = re.compile(r"(?<=:)[^:@/\s]+(?=@)")
 
 
 @dataclass(frozen=True)
@@ -145,7 +142,7 @@ class StudySpec:
     @property
     def redacted_text(self) -> str:
         """`text` with passwords in URLs replaced by ``***``: the version to log or print."""
-        return mask_url_secrets(self.text)
+        return mask_text(self.text)
 
     def train_config(self, params: Mapping[str, Any] | None = None) -> TrainConfig:
         """The trainer config of one trial: the fixed ``train`` values plus the trial's params.
@@ -175,11 +172,6 @@ class StudySpec:
             cache_dir=Path(cache_dir) if cache_dir is not None else self.cache_dir,
             workers=workers,
         )
-
-
-def mask_url_secrets(text: str) -> str:
-    """Replaces every password in ``user:password@host`` (as in database URLs) by ``***``."""
-    return _URL_SECRET.sub("***", text)
 
 
 def load_spec(path: Path | str) -> StudySpec:
@@ -277,7 +269,7 @@ class _SpecReader(NodeReader):
         if value is None:
             return None
         if not isinstance(value, str) or "://" not in value:
-            found = mask_url_secrets(value) if isinstance(value, str) else value
+            found = mask_url(value) if isinstance(value, str) else value
             raise self.error(
                 ("storage",), "a database URL such as sqlite:///studies/optuna.db, or null", found
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
 import threading
 import time
@@ -16,11 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.storage.engines import close_storage
-from search.urls import mask_url_in_text, mask_url_secrets_in
-
-# How long a worker keeps retrying a storage call that failed for a transient reason (a server
-# restart, a cut connection, SQLite busy) before giving up.
-DB_RETRY_S = float(os.environ.get("FER_SEARCH_DB_RETRY_S", "300"))
+from search.urls import mask_text
+from trainer import settings
 
 logger = logging.getLogger("search.storage.sessions")
 T = TypeVar("T")
@@ -76,7 +72,7 @@ def retry_transient(
 
     Each retry is logged as one warning line, with any password of `url` masked.
     """
-    deadline = time.monotonic() + (DB_RETRY_S if deadline_s is None else deadline_s)
+    deadline = time.monotonic() + (settings.db_retry_s() if deadline_s is None else deadline_s)
     delay = 0.5
     while True:
         try:
@@ -84,11 +80,11 @@ def retry_transient(
         except Exception as error:
             if not is_transient(error) or time.monotonic() + delay > deadline:
                 raise
-            reason = " ".join(f"{type(error).__name__}: {root_message(error)}".split())[:200]
-            if url:
-                reason = mask_url_in_text(reason, url)
+            # Masked before it is cut: a cut could leave a password's first half unrecognised.
+            reason = mask_text(" ".join(f"{type(error).__name__}: {root_message(error)}".split()),
+                               url)[:200]
             logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
-                           mask_url_secrets_in(reason), delay)
+                           reason, delay)
             time.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 10.0)
 
@@ -115,7 +111,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     """
 
     _depth = threading.local()
-    retry_s = 0.0  # set by open_storage: DB_RETRY_S for a resilient storage
+    retry_s = 0.0  # set by open_storage: FER_SEARCH_DB_RETRY_S for a resilient storage
 
     def record_heartbeat_once(self, trial_id: int) -> None:
         """One heartbeat, never retried: a missed beat is harmless (the next one comes an

@@ -34,7 +34,6 @@ search.storage.locks (named locks), search.urls (password masking), search.track
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,19 +53,15 @@ from search.storage.engines import (
     write_ahead_log,
 )
 from search.storage.locks import named_lock
-from search.storage.retry import DB_RETRY_S, ResilientRDBStorage, root_message
-from search.urls import mask_url, mask_url_in_text, mask_url_secrets_in
+from search.storage.retry import ResilientRDBStorage, root_message
+from search.urls import mask_text, mask_url
+from trainer import settings
 
 # Heartbeats and their retry callback are marked experimental; they are the documented way to
 # recover trials of dead workers, which this project relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///studies/optuna.db"
-STORAGE_ENV = "FER_SEARCH_STORAGE"
-# A worker beats every HEARTBEAT_S seconds; one silent for GRACE_S is taken for dead. Overridable
-# for tests that kill workers on purpose.
-HEARTBEAT_S = int(os.environ.get("FER_SEARCH_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("FER_SEARCH_GRACE_S", "60"))
 MAX_RETRY = 3
 TABLES_LOCK = "optuna-tables"  # the lock `open_storage` holds while Optuna creates its tables
 
@@ -79,13 +74,7 @@ class StorageError(SearchError):
 def resolve_storage(flag: str | None, spec_value: str | None) -> str:
     """The storage URL in force: the --storage flag, then $FER_SEARCH_STORAGE, then the spec,
     then the embedded SQLite default."""
-    return flag or os.environ.get(STORAGE_ENV) or spec_value or DEFAULT_STORAGE
-
-
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
+    return flag or settings.storage() or spec_value or DEFAULT_STORAGE
 
 
 def open_storage(url: str, on_stale=None, *, read_only: bool = False,
@@ -123,12 +112,17 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         write_ahead_log(Path(parsed.database))
 
+    # A worker beats every FER_SEARCH_HEARTBEAT_S seconds; one silent for FER_SEARCH_GRACE_S is
+    # taken for dead. Read here, so that a malformed value is its own error, not the storage's.
+    heartbeat_s, grace_s = settings.heartbeat_s(), settings.grace_s()
+    retry_s = settings.db_retry_s()
+
     def create() -> ResilientRDBStorage:
         return ResilientRDBStorage(
             url,
             engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
             heartbeat_stale_trial_callback=on_stale
             or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             skip_table_creation=read_only,
@@ -143,7 +137,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
                 storage = create()
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
-    storage.retry_s = DB_RETRY_S if resilient else 0.0
+    storage.retry_s = retry_s if resilient else 0.0
     if sqlite:
         begin_immediate(storage.engine)
         if on_disk:
@@ -238,8 +232,8 @@ def _has_rows(engine, table: str) -> bool:
 def _open_error(url: str, error: BaseException) -> SearchError:
     """One line naming the URL (password masked) and the driver's cause. A database that does
     not exist, or a file that is not one, is bad input (exit 2); the rest is a failure (1)."""
-    cause = mask_url_in_text(root_message(error), url)
-    text = f"storage: cannot open {mask_url(url)}: {mask_url_secrets_in(cause)}"
+    cause = mask_text(root_message(error), url)
+    text = f"storage: cannot open {mask_url(url)}: {cause}"
     lowered = cause.lower()
     if any(marker in lowered for marker in _MISSING_TEXT):
         return InputError(text)

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from search.contracts import EXIT_TRIAL_STUCK  # 75; tests read it from here
+from trainer import settings
 
-DEFAULT_GRACE_S = 300.0
 clock = time.monotonic  # read at call time, so tests can move time on
 _exit = os._exit  # likewise replaceable: tests must not end the test process
 
@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 
 class TrialTimedOut(Exception):
     """Raised from a trial's epoch callback once its deadline has passed."""
-
-
-def grace_s() -> float:
-    return float(os.environ.get("FER_SEARCH_TIMEOUT_GRACE_S", DEFAULT_GRACE_S))
 
 
 def seconds_text(value: float) -> str:
@@ -122,7 +118,7 @@ class Watchdog:
             with self._changed:
                 while not self._watched:
                     self._changed.wait()
-                grace = grace_s()
+                grace = settings.timeout_grace_s()
                 now = clock()
                 overdue = [t for t in self._watched
                            if (limit := t.deadline.hard_limit(grace)) is not None and now >= limit]

@@ -18,7 +18,6 @@ atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per g
 from __future__ import annotations
 
 import itertools
-import os
 import random
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -33,6 +32,7 @@ from search.contracts import (
     TRIAL_RUN_ID_ATTR,
 )
 from search.spec.loader import StudySpec
+from trainer import settings
 
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 # At most this many heads trained together by one worker. A group's pass costs about k times
@@ -41,7 +41,7 @@ _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState
 # (and, if it dies, hand back) more trials, and leaves other workers idle on a small grid. The
 # quickstart's 24 points make two groups of 6 heads (12 trials: each head for 10 and 30
 # epochs): one worker trains each group in one pass, two workers take one group each.
-MAX_GROUP = int(os.environ.get("FER_SEARCH_MAX_GROUP", "8"))
+MAX_GROUP = settings.KNOBS["FER_SEARCH_MAX_GROUP"].default  # read at use: settings.max_group()
 GroupOf = Callable[[dict[str, Any]], Hashable | None]
 
 

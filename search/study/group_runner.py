@@ -5,7 +5,7 @@ same order; the trainer says which configs can train together (`trainer.group_ke
 them in one pass (`trainer.train_group`). This module joins that to the queue and the runner:
 
 - `claim` takes one group's WAITING trials from the grid queue (grid_queue.claim_group: each
-  trial by its own atomic claim, at most grid_queue.MAX_GROUP heads, where points equal but for
+  trial by its own atomic claim, at most FER_SEARCH_MAX_GROUP heads, where points equal but for
   `epochs` are one head; another worker meanwhile takes another group).
 - `run_group` trains them together. Each trial keeps everything it has alone: its own
   per-epoch Optuna reports and pruning (a member pruned, timed out or diverged stops alone), its
@@ -23,6 +23,7 @@ import trainer
 from search.spec.loader import StudySpec
 from search.study import grid_queue
 from search.study.trial_runner import TrialOutcome, TrialRunner, TrialSession
+from trainer import settings
 
 
 def group_of(spec: StudySpec) -> grid_queue.GroupOf:
@@ -51,12 +52,12 @@ def claim(
     study: optuna.Study, storage, spec: StudySpec, limit: int | None = None
 ) -> list[optuna.Trial]:
     """One group's WAITING trials, claimed for this process ([] when the queue is empty): at
-    most grid_queue.MAX_GROUP heads.
+    most FER_SEARCH_MAX_GROUP heads.
 
     Args:
         limit: at most this many trials (what is left of `--n-trials`).
     """
-    return grid_queue.claim_group(study, storage, group_of(spec), grid_queue.MAX_GROUP,
+    return grid_queue.claim_group(study, storage, group_of(spec), settings.max_group(),
                                   head_of=head_of(spec), max_trials=limit)
 
 

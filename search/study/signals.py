@@ -127,11 +127,6 @@ def stoppable(loop: Stoppable) -> Iterator[None]:
         policy.loops.remove(loop)
 
 
-def stop_was_requested() -> bool:
-    """True once a signal asked this command to stop (a worker's Ctrl-C is then a clean exit)."""
-    return _policy is not None and _policy.stop_requested
-
-
 @contextlib.contextmanager
 def forwarding(on_signal: Callable[[int], None]) -> Iterator[None]:
     """``run --workers N`` while its workers run: each SIGINT and SIGTERM is handed to

@@ -48,11 +48,9 @@ from search.spec.params import suggest_all
 from search.study.data_provider import DataProvider
 from search.study.deadline import Deadline, TrialTimedOut, Watchdog
 from search.tracking.runs import Tracker, trial_tags
+from trainer import settings
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
-# Test-only: a worker SIGKILLs itself right after reporting this epoch of a trial (a machine lost
-# mid-training, at a known point). Never set in production.
-KILL_AT_EPOCH_ENV = "FER_SEARCH_TEST_KILL_AT_EPOCH"
 # What a training pass gives back: one TrainResult or exception per session, in order.
 Train = Callable[[Sequence["TrialSession"]], list]
 
@@ -92,7 +90,6 @@ class TrialRunner:
         # The spec's top-level `trial_timeout` (seconds, None: no deadline).
         self.trial_timeout: float | None = getattr(spec, "trial_timeout", None)
         self.watchdog = Watchdog()
-        self.kill_at_epoch = int(os.environ.get(KILL_AT_EPOCH_ENV) or 0)
 
     def run(self, trial: optuna.Trial) -> TrialOutcome:
         """Runs `trial` alone and tells both Optuna and MLflow how it ended.
@@ -206,7 +203,7 @@ class TrialSession:
         resumed training come through here too, first and in order."""
         self.history.append(metrics)
         self.trial.report(metrics[self.runner.spec.metric], epoch)
-        if epoch == self.runner.kill_at_epoch:
+        if epoch == settings.kill_at_epoch():  # a test hook: a machine lost mid-training
             os.kill(os.getpid(), signal.SIGKILL)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")

@@ -46,6 +46,7 @@ from search.contracts import (
 from search.errors import InputError
 from search.spec.loader import StudySpec
 from search.study import signals
+from trainer import settings
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 MAX_RESTARTS = 5  # per worker: a worker stuck again and again has a problem a restart won't fix
@@ -157,11 +158,10 @@ def worker_env(plan: WorkerPlan, index: int = 0) -> dict[str, str]:
     """The environment of worker `index` (0-based): ours, plus the storage and tracking URIs
     (which outrank the spec's, as the caller's flags did), unbuffered output (lines arrive as
     they happen) and, with `plan.gpus`, the one GPU it may use."""
-    from search.storage.sessions import STORAGE_ENV
 
     env = {
         **os.environ,
-        STORAGE_ENV: plan.storage_url,
+        settings.STORAGE_ENV: plan.storage_url,
         "MLFLOW_TRACKING_URI": plan.tracking_uri,
         "PYTHONUNBUFFERED": "1",
     }

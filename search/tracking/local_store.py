@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer.atomic import file_lock, fsync_dir
+from trainer import settings
+from trainer.atomic import fsync_dir
+from trainer.filelock import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def template_path() -> Path:
     user cache folder)."""
     from importlib.metadata import version
 
-    root = os.environ.get("FER_SEARCH_MLFLOW_TEMPLATE_DIR")
+    root = settings.mlflow_template_dir()
     if root is None:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = str(Path(cache) / "fer-search" / "mlflow-store")

@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 from search.errors import InputError, SearchError
 from search.storage.sessions import SQLITE_MAGIC
-from search.urls import mask_url, mask_url_secrets_in
+from search.urls import mask_text, mask_url
 
 TRACKING_PROBE_S = 5.0  # a tracking server that does not answer /health in this long is down
 
@@ -49,7 +49,7 @@ def require_tracking_store(uri: str) -> None:
         except (urllib.error.URLError, OSError) as error:
             reason = str(getattr(error, "reason", error)) or type(error).__name__
         raise TrackingStoreError(f"tracking store: cannot reach {masked}: "
-                                 f"{mask_url_secrets_in(reason)}")
+                                 f"{mask_text(reason, uri)}")
     if uri.startswith("sqlite:"):
         database = make_url(uri).database
         if not database or database == ":memory:":

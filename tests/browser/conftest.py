@@ -9,14 +9,13 @@ printed at the end of the test session.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-REQUIRE_ENV = "FER_SEARCH_REQUIRE_BROWSER"
-CHROMIUM_ENV = "FER_SEARCH_CHROMIUM"
+from trainer import settings
+
 # Headless in a container: no sandbox (root), no GPU, and nothing fetched from outside.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -33,13 +32,13 @@ _shots: list[Path] = []
 
 def unavailable(reason: str) -> None:
     """Skips the test, or fails it where CI requires the browser tests to run."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 requires the browser tests)")
+    if settings.require_browser():
+        pytest.fail(f"{reason} (FER_SEARCH_REQUIRE_BROWSER=1 requires the browser tests)")
     pytest.skip(reason)
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get(CHROMIUM_ENV), shutil.which("chromium"),
+    for candidate in (settings.chromium(), shutil.which("chromium"),
                       "/usr/bin/chromium"):
         if candidate and Path(candidate).is_file():
             return candidate
@@ -67,7 +66,7 @@ def browser():
 def screenshots() -> Path:
     """The folder the screenshots go to (printed at the end of the session); a fixed place, so
     that they outlive pytest's rotation of its temporary folders."""
-    chosen = os.environ.get("FER_SEARCH_SCREENSHOTS")
+    chosen = settings.screenshots()
     folder = Path(chosen) if chosen else SCREENSHOTS
     folder.mkdir(parents=True, exist_ok=True)
     _shots.append(folder)

@@ -3,4 +3,4 @@ shared by every `postgres` test (each test uses its own study and experiment nam
 
 from __future__ import annotations
 
-from tests.search.pgcluster import mlflow_server, pg_cluster  # noqa: F401  (pytest fixtures)
+from benchmarks.pgcluster import mlflow_server, pg_cluster  # noqa: F401  (pytest fixtures)

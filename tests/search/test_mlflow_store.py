@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from search.tracking import local_store as mlflow_store
 from search.tracking.local_store import ensure_sqlite_store, sqlite_path
+from trainer import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,11 +28,11 @@ print("ok")
 
 
 @pytest.fixture(autouse=True)
-def template_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def template_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder = tmp_path / "templates"
-    monkeypatch.setenv("FER_SEARCH_MLFLOW_TEMPLATE_DIR", str(folder))
     monkeypatch.chdir(tmp_path)
-    return folder
+    with settings.override(FER_SEARCH_MLFLOW_TEMPLATE_DIR=folder):
+        yield folder
 
 
 def _start(uri: str, env_dir: Path) -> subprocess.Popen:
@@ -90,9 +92,9 @@ def test_without_a_writable_template_folder_the_store_is_still_made(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("FER_SEARCH_MLFLOW_TEMPLATE_DIR", str(blocker / "sub"))  # cannot exist
     uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
-    assert ensure_sqlite_store(uri) is True
+    with settings.override(FER_SEARCH_MLFLOW_TEMPLATE_DIR=blocker / "sub"):  # cannot exist
+        assert ensure_sqlite_store(uri) is True
     import mlflow
 
     assert mlflow.MlflowClient(uri).get_experiment("0").name == "Default"

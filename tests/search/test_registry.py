@@ -19,18 +19,12 @@ from PIL import Image
 
 import trainer
 from search.cli.main import main
+from search.contracts import CHAMPION_ALIAS
 from search.errors import InputError
 from search.registry.aliases import alias_history
 from search.registry.predict import load_images, predict_images
 from search.registry.promotion import check_reproduced, promote
-from search.registry.refs import (
-    CHALLENGER,
-    CHAMPION,
-    RegistryError,
-    fetch,
-    models_uri,
-    parse_model_ref,
-)
+from search.registry.refs import CHALLENGER, RegistryError, fetch, parse_model_ref
 from search.spec.loader import load_spec
 from search.study.data_provider import DataProvider
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
@@ -69,14 +63,15 @@ def _best(tiny_study):  # noqa: F811
 
 def test_first_promotion_is_champion_with_its_provenance_in_tags(tiny_study, champion, client):  # noqa: F811
     best = _best(tiny_study)
-    assert (champion.model_name, champion.version, champion.alias) == ("expw-vgg16", 1, CHAMPION)
+    assert (champion.model_name, champion.version, champion.alias) == \
+        ("expw-vgg16", 1, CHAMPION_ALIAS)
     assert champion.previous_champion_version is None
     assert champion.trial_number == best.number
     assert champion.run_id == best.user_attrs["mlflow_run_id"]
     assert champion.score_name == "test_accuracy"
     assert set(champion.test_metrics) == {"test_accuracy", "test_macro_f1", "test_loss"}
 
-    version = client.get_model_version_by_alias("expw-vgg16", CHAMPION)
+    version = client.get_model_version_by_alias("expw-vgg16", CHAMPION_ALIAS)
     assert int(version.version) == 1
     tags = version.tags
     assert tags["study"] == tiny_study.name
@@ -110,14 +105,14 @@ def test_champion_moves_only_for_a_better_test_score_or_when_forced(tiny_study, 
     run_id = best.user_attrs["mlflow_run_id"]
     ended = client.get_run(run_id).info
     first = promote(tiny_study.name, **tiny_study.urls, model_name=name)
-    assert (first.version, first.alias, first.reused) == (1, CHAMPION, False)
+    assert (first.version, first.alias, first.reused) == (1, CHAMPION_ALIAS, False)
     # The trial's run was reopened to log the model and closed as it was.
     after = client.get_run(run_id).info
     assert (after.status, after.end_time) == (ended.status, ended.end_time)
 
     # The same trial again: its version is reused, never registered twice.
     again = promote(tiny_study.name, **tiny_study.urls, model_name=name)
-    assert (again.version, again.alias, again.reused) == (1, CHAMPION, True)
+    assert (again.version, again.alias, again.reused) == (1, CHAMPION_ALIAS, True)
     assert again.test_metrics == first.test_metrics
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
@@ -130,20 +125,21 @@ def test_champion_moves_only_for_a_better_test_score_or_when_forced(tiny_study, 
     # The champion now looks worse: the other trial, promoted again, takes it over.
     client.set_model_version_tag(name, "1", "test_accuracy", "-1.0")
     better = promote(tiny_study.name, **tiny_study.urls, model_name=name, trial_number=other)
-    assert (better.version, better.alias, better.reused) == (2, CHAMPION, True)
+    assert (better.version, better.alias, better.reused) == (2, CHAMPION_ALIAS, True)
     assert better.previous_champion_version == 1
 
     # An unbeatable champion, replaced anyway by force.
     client.set_model_version_tag(name, "2", "test_accuracy", "2.0")
     forced = promote(tiny_study.name, **tiny_study.urls, model_name=name, force=True)
-    assert (forced.version, forced.alias, forced.previous_champion_score) == (1, CHAMPION, 2.0)
+    assert (forced.version, forced.alias, forced.previous_champion_score) == \
+        (1, CHAMPION_ALIAS, 2.0)
     aliases = client.get_registered_model(name).aliases
-    assert {alias: int(v) for alias, v in aliases.items()} == {CHAMPION: 1, CHALLENGER: 2}
+    assert {alias: int(v) for alias, v in aliases.items()} == {CHAMPION_ALIAS: 1, CHALLENGER: 2}
 
     # Every move is recorded, in order, with the version it replaced.
     moves = [(m.alias, m.version, m.replaced, m.trial) for m in alias_history(client, name)]
-    assert moves == [(CHAMPION, 1, None, best.number), (CHALLENGER, 2, None, other),
-                     (CHAMPION, 2, 1, other), (CHAMPION, 1, 2, best.number)]
+    assert moves == [(CHAMPION_ALIAS, 1, None, best.number), (CHALLENGER, 2, None, other),
+                     (CHAMPION_ALIAS, 2, 1, other), (CHAMPION_ALIAS, 1, 2, best.number)]
     assert "Champion now**: version 1" in client.get_registered_model(name).description
 
 
@@ -235,18 +231,16 @@ def test_a_rebuilt_model_that_scores_otherwise_is_not_registered():
 
 
 @pytest.mark.parametrize(
-    ("ref", "parsed", "uri"),
+    ("ref", "parsed"),
     [
-        ("expw-vgg16", ("expw-vgg16", "champion", None), "models:/expw-vgg16@champion"),
-        ("expw-vgg16@challenger", ("expw-vgg16", "challenger", None),
-         "models:/expw-vgg16@challenger"),
-        ("expw-vgg16/12", ("expw-vgg16", None, 12), "models:/expw-vgg16/12"),
-        ("models:/m.v2@champion", ("m.v2", "champion", None), "models:/m.v2@champion"),
+        ("expw-vgg16", ("expw-vgg16", "champion", None)),
+        ("expw-vgg16@challenger", ("expw-vgg16", "challenger", None)),
+        ("expw-vgg16/12", ("expw-vgg16", None, 12)),
+        ("models:/m.v2@champion", ("m.v2", "champion", None)),
     ],
 )
-def test_model_references(ref, parsed, uri):
+def test_model_references(ref, parsed):
     assert parse_model_ref(ref) == parsed
-    assert models_uri(ref) == uri
 
 
 @pytest.mark.parametrize("ref", ["", "@champion", "name@", "name/", "name/0", "name/x",
@@ -263,7 +257,7 @@ def test_fetch_writes_the_model_and_its_description(tiny_study, champion, tmp_pa
     assert json.loads((out / "class_names.json").read_text()) == list(trainer.CLASS_NAMES)
     meta = json.loads((out / "metadata.json").read_text())
     assert (meta["name"], meta["version"], meta["image_size"]) == ("expw-vgg16", 1, 32)
-    assert CHAMPION in meta["aliases"]
+    assert CHAMPION_ALIAS in meta["aliases"]
     assert meta["run_id"] == champion.run_id
     assert meta["tags"]["test_accuracy"] == repr(champion.test_metrics["test_accuracy"])
     assert meta["source"] and meta["created"]
@@ -485,10 +479,10 @@ def test_racing_promotions_end_with_the_better_champion_and_one_version_per_tria
 
     scores = {int(v.version): float(v.tags["test_accuracy"]) for v in versions}
     aliases = {a: int(v) for a, v in client.get_registered_model(name).aliases.items()}
-    assert scores[aliases[CHAMPION]] == max(scores.values())
+    assert scores[aliases[CHAMPION_ALIAS]] == max(scores.values())
     # The other version is challenger if it came second, or a replaced champion (no alias).
-    assert aliases.get(CHALLENGER, 0) != aliases[CHAMPION]
-    assert set(aliases) <= {CHAMPION, CHALLENGER}
+    assert aliases.get(CHALLENGER, 0) != aliases[CHAMPION_ALIAS]
+    assert set(aliases) <= {CHAMPION_ALIAS, CHALLENGER}
     # The recorded history agrees with where the aliases are.
     last = {m.alias: m.version for m in alias_history(client, name)}
     assert last == aliases

@@ -114,6 +114,6 @@ def test_the_storage_password_appears_nowhere(pg_cluster, mlflow_server, tmp_pat
 
 
 def _closed_port() -> int:
-    from tests.search.pgcluster import free_port
+    from benchmarks.pgcluster import free_port
 
     return free_port()  # nothing listens there once the probe socket is closed

@@ -19,9 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from benchmarks.pgcluster import free_port
 from search.storage.sessions import storage_session
-from search.urls import mask_url_in_text, mask_url_secrets_in
-from tests.search.pgcluster import free_port
 from tests.search.studyhelp import write_spec
 
 # A server that is not there: the port of a socket just closed (nothing listens on it).
@@ -160,34 +159,6 @@ def test_a_missing_postgres_store_is_bad_input_and_stays_missing(database, says,
                 assert cursor.fetchone()[0] == 0
         finally:
             connection.close()
-
-
-# --------------------------------------------------------------------------- password masking
-
-
-@pytest.mark.parametrize("text,url,expected", [
-    ("connection refused", "postgresql://u:o@h/db", "connection refused"),
-    ('FATAL: password for "u" is wrong', "postgresql://u:u@h/db",
-     'FATAL: password for "u" is wrong'),
-    ("cannot open postgresql://u:o@h/db: refused", "postgresql://u:o@h/db",
-     "cannot open postgresql://u:***@h/db: refused"),
-    ("at postgresql://u:p%40ss@h/db", "postgresql://u:p%40ss@h/db", "at postgresql://u:***@h/db"),
-])
-def test_a_password_is_masked_in_its_url_only(text, url, expected):
-    assert mask_url_in_text(text, url) == expected
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("postgresql+psycopg2://u:o@127.0.0.1:1/db: connection refused",
-     "postgresql+psycopg2://u:***@127.0.0.1:1/db: connection refused"),
-    ("http://admin:s3cr:et@mlflow:5000/api failed", "http://admin:***@mlflow:5000/api failed"),
-    ("'postgresql://u:p@ss@db/x' and 'sqlite:///a.db'", "'postgresql://u:***@db/x' and "
-     "'sqlite:///a.db'"),
-    ("no URL: 10:30 user@example.org", "no URL: 10:30 user@example.org"),
-    ("postgresql://u@h/db has no password", "postgresql://u@h/db has no password"),
-])
-def test_urls_in_free_text_lose_their_passwords_and_nothing_else(text, expected):
-    assert mask_url_secrets_in(text) == expected
 
 
 def test_a_reader_never_stamps_a_storage_another_process_is_still_creating(tmp_path):

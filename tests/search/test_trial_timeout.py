@@ -16,6 +16,7 @@ from search.spec.loader import load_spec
 from search.study import deadline, grid_queue
 from search.study.loop import run_study
 from tests.search.studyhelp import urls, write_spec
+from trainer import settings
 
 SPACE = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [3], "head_width": [16, 32]}
 
@@ -77,7 +78,6 @@ def test_a_trial_past_its_deadline_stops_at_an_epoch_boundary_and_is_not_retried
 def test_a_trial_stuck_inside_an_epoch_is_recorded_and_the_worker_exits(project, monkeypatch):
     """The watchdog records the trial from its own thread, then ends the process with 75 (a
     stand-in for os._exit here). The training never reaches an epoch boundary."""
-    monkeypatch.setenv("FER_SEARCH_TIMEOUT_GRACE_S", "0.2")
     exited = threading.Event()
     codes = []
 
@@ -96,7 +96,8 @@ def test_a_trial_stuck_inside_an_epoch_is_recorded_and_the_worker_exits(project,
     space = {**SPACE, "head_width": [16]}
     spec_path = write_spec(project, name="stuck", space=space, trial_timeout=0.5)
     where = urls(project)
-    summary = run_study(load_spec(spec_path), **where)
+    with settings.override(FER_SEARCH_TIMEOUT_GRACE_S=0.2):
+        summary = run_study(load_spec(spec_path), **where)
 
     assert codes == [deadline.EXIT_TRIAL_STUCK]
     (trial,) = _trials("stuck", where["storage_url"]).values()

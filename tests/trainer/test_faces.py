@@ -12,12 +12,13 @@ import pytest
 from PIL import Image
 
 import trainer
-from trainer.atomic import disk_full_as_error, free_bytes, require_free_space
+from trainer import settings
 from trainer.config import DataConfig
 from trainer.data import crops
 from trainer.data.faces import UnreadableImage, crop_face, image_size, read_image
 from trainer.data.loading import inspect_dataset, load_dataset
 from trainer.data.problems import ProblemTally, summary
+from trainer.diskspace import disk_full_as_error, free_bytes, require_free_space
 from trainer.errors import DataError, DiskFull
 
 SIZE = 32
@@ -163,10 +164,9 @@ def test_tally_counts_a_file_once_and_keeps_the_first_names() -> None:
 
 
 def test_a_crop_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(
-    expw_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    expw_root: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("FER_SEARCH_DISK_LIMIT_BYTES", "50000")
-    with pytest.raises(DiskFull) as caught:
+    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=50000), pytest.raises(DiskFull) as caught:
         load_dataset(DataConfig(root=expw_root, cache_dir=tmp_path / "c"), SIZE)
     assert isinstance(caught.value, trainer.TrainerError)
     assert not isinstance(caught.value, DataError)  # a runtime failure (exit 1), not bad input
@@ -184,15 +184,13 @@ def test_no_space_left_mid_write_becomes_disk_full(tmp_path: Path) -> None:
             raise PermissionError(errno.EACCES, "denied")
 
 
-def test_free_space_is_measured_on_the_nearest_existing_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path: Path) -> None:
     assert free_bytes(tmp_path / "not" / "yet") == free_bytes(tmp_path) > 0
     require_free_space(tmp_path / "not" / "yet", 1, "x")
-    monkeypatch.setenv("FER_SEARCH_DISK_LIMIT_BYTES", "7")
-    assert free_bytes(tmp_path) == 7
-    with pytest.raises(DiskFull):
-        require_free_space(tmp_path, 8, "x")
+    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=7):
+        assert free_bytes(tmp_path) == 7
+        with pytest.raises(DiskFull):
+            require_free_space(tmp_path, 8, "x")
 
 
 def test_crops_bytes_covers_the_faces_file() -> None:
@@ -200,7 +198,7 @@ def test_crops_bytes_covers_the_faces_file() -> None:
 
 
 def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
     from tests.trainer.arrays import array_dataset
     from trainer import TrainConfig, train
@@ -208,8 +206,8 @@ def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_anything_is_writ
 
     data = array_dataset(tmp_path / "cache")
     config = TrainConfig(weights="none", image_size=32, epochs=1, batch_size=16, head_width=8)
-    monkeypatch.setenv("FER_SEARCH_DISK_LIMIT_BYTES", "1000")
-    with pytest.raises(DiskFull, match="the feature cache"):
+    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=1000), \
+            pytest.raises(DiskFull, match="the feature cache"):
         train(config, data)
     assert not feature_path(data, "train", config).parent.exists()
     assert list((tmp_path / "cache").rglob("*.npy")) == []  # no partial array anywhere

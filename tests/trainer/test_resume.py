@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, train, train_group
-from trainer.heads import checkpoint
+from trainer import TrainConfig, settings, train, train_group
 from trainer.heads.checkpoint import checkpoint_dir
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=4, batch_size=16, head_width=32,
@@ -96,25 +95,23 @@ def test_a_killed_fine_tuning_resumes_from_its_keras_checkpoint(tmp_path):
     assert_same(resumed, train(config, array_dataset(tmp_path / "whole")))
 
 
-def test_head_checkpoints_wait_until_the_last_one_is_checkpoint_every_s_old(tmp_path,
-                                                                           monkeypatch):
-    """The default writes a head's checkpoint every CHECKPOINT_EVERY_S, not every epoch: a
+def test_head_checkpoints_wait_until_the_last_one_is_checkpoint_every_s_old(tmp_path):
+    """The default writes a head's checkpoint every FER_SEARCH_CHECKPOINT_S, not every epoch: a
     training stopped before that has none, starts over, and still ends the same."""
-    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY_S", 3600.0)
     cache = tmp_path / "stopped"
 
     def stop_at_three(epoch, metrics):
         if epoch == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        train(BASE, array_dataset(cache), on_epoch_end=stop_at_three)
-    assert not list(checkpoint_dir(array_dataset(cache)).glob("*.npz"))
-    resumed = train(BASE, array_dataset(cache))
-    assert resumed.resumed_from_epoch == 0
-    assert_same(resumed, train(BASE, array_dataset(tmp_path / "whole")))
+    with settings.override(FER_SEARCH_CHECKPOINT_S=3600):
+        with pytest.raises(KeyboardInterrupt):
+            train(BASE, array_dataset(cache), on_epoch_end=stop_at_three)
+        assert not list(checkpoint_dir(array_dataset(cache)).glob("*.npz"))
+        resumed = train(BASE, array_dataset(cache))
+        assert resumed.resumed_from_epoch == 0
+        assert_same(resumed, train(BASE, array_dataset(tmp_path / "whole")))
 
-    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY_S", 0.0)
-    with pytest.raises(KeyboardInterrupt):
+    with settings.override(FER_SEARCH_CHECKPOINT_S=0), pytest.raises(KeyboardInterrupt):
         train(BASE, array_dataset(tmp_path / "every"), on_epoch_end=stop_at_three)
     assert list(checkpoint_dir(array_dataset(tmp_path / "every")).glob("head-*.npz"))

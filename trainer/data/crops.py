@@ -35,18 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import (
-    atomic_dir,
-    disk_full_as_error,
-    file_lock,
-    remove_stale_temps,
-    require_free_space,
-    shrink_npy,
-)
+from trainer.atomic import atomic_dir, remove_stale_temps
 from trainer.data.expw import FaceRecord
 from trainer.data.faces import UnreadableImage, crop_face, read_image
 from trainer.data.problems import EMPTY_BOX, OUTSIDE_IMAGE, ProblemTally, box_problem
+from trainer.diskspace import disk_full_as_error, require_free_space
 from trainer.errors import DataError
+from trainer.filelock import file_lock
+from trainer.npyfile import shrink_npy
 
 logger = logging.getLogger(__name__)
 

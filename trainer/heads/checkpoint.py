@@ -4,8 +4,9 @@ A checkpoint is one `.npz` under `<cache_dir>/checkpoints/`, written atomically 
 epoch (a reader sees the previous one or this one, never a mix): the trained weights, the
 optimizer's state, the epoch reached and the history so far. A Keras-path training writes one
 after every epoch; the head engine's epochs can take milliseconds, so a head's is written after
-an epoch when its last one is CHECKPOINT_EVERY_S old (the epoch record, written every epoch,
-keeps every finished epoch's results either way; a killed training redoes at most that much).
+an epoch when its last one is FER_SEARCH_CHECKPOINT_S old (trainer.settings; the epoch record,
+written every epoch, keeps every finished epoch's results either way; a killed training redoes
+at most that much).
 The shuffling order and dropout streams are functions of (seed, epoch, step)
 (trainer.heads.engine), or saved with the variables (the Keras path), so nothing else is needed
 to continue exactly. A training that ends (finished, pruned or diverged) deletes its
@@ -18,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +31,6 @@ from trainer.network.model import cut_name, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 _FORMAT = 1
-# Seconds of head training a kill may cost. Writing a head's weights and Adam state after every
-# epoch took ~5-6% of a 6-head group's time (profiled) on 4,000 faces; 0: after every epoch (tests).
-CHECKPOINT_EVERY_S = float(os.environ.get("FER_SEARCH_CHECKPOINT_S", "10"))
 
 
 @dataclass

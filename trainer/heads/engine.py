@@ -16,20 +16,18 @@ Programs are kept per shape-set (feature size, classes, widths, dropouts) and re
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
+from trainer import settings
+
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
 _PROGRAMS = 8
-# XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch) were
-# 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
-JIT = os.environ.get("FER_SEARCH_HEAD_JIT", "0")  # 0 | step | epoch
 _programs: OrderedDict[tuple, _Program] = OrderedDict()
 
 
@@ -63,7 +61,7 @@ class _Program:
     """Variables for k heads of fixed shapes and the two compiled functions that use them."""
 
     def __init__(self, features: int, classes: int, widths: tuple, dropouts: tuple,
-                 decays: tuple) -> None:
+                 decays: tuple, jit: str) -> None:
         self.dropouts = dropouts
         self.decays = decays  # static, like dropout rates: a head without decay pays nothing
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
@@ -86,9 +84,9 @@ class _Program:
                 tf.TensorSpec([k], tf.float32),  # learning rates
                 tf.TensorSpec([k], tf.int64),  # dropout seeds
             ],
-            jit_compile=JIT == "epoch",
+            jit_compile=jit == "epoch",
         )
-        self.step = tf.function(self._step, jit_compile=True) if JIT == "step" else self._step
+        self.step = tf.function(self._step, jit_compile=True) if jit == "step" else self._step
         self.predict = tf.function(
             self._predict, input_signature=[tf.TensorSpec([None, features], tf.float32)]
         )
@@ -181,8 +179,10 @@ class _Program:
 
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
     """The compiled program for these head shapes, reused when one exists."""
+    # XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch)
+    # were 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
     key = (features, classes, tuple(h.width for h in heads), tuple(h.dropout for h in heads),
-           tuple(h.weight_decay for h in heads))
+           tuple(h.weight_decay for h in heads), settings.head_jit())
     found = _programs.get(key)
     if found is None:
         found = _programs[key] = _Program(features, classes, *key[2:])

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import file_lock
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
+from trainer.filelock import file_lock
 from trainer.network.model import cut_name, weights_fingerprint
 
 _FORMAT = 2

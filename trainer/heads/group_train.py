@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainer import settings
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainingDiverged
-from trainer.heads import checkpoint as checkpoints
 from trainer.heads import engine as engine
 from trainer.heads.checkpoint import (
     Checkpoint,
@@ -285,7 +285,7 @@ class _GroupRun:
         """Checkpoints these tracks' states when the last checkpoint is CHECKPOINT_EVERY_S old
         (all of a pass's tracks at once: one clock for the pass)."""
         now = time.monotonic()
-        if not self.resume or now - self._checkpointed < checkpoints.CHECKPOINT_EVERY_S:
+        if not self.resume or now - self._checkpointed < settings.checkpoint_s():
             return
         self._checkpointed = now
         for track in tracks:

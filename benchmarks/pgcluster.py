@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REQUIRE_ENV = "FER_SEARCH_REQUIRE_POSTGRES"
+from trainer import settings
+
+REQUIRE_ENV = "FER_SEARCH_REQUIRE_POSTGRES"  # trainer.settings.require_postgres
 USER = "fer"
 DATABASES = ("optuna", "mlflow")
 
@@ -252,7 +254,7 @@ except ImportError:  # the benchmarks use this module without the test tools
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
+    if settings.require_postgres():
         pytest.fail(f"{REQUIRE_ENV}=1 but no PostgreSQL cluster can be started: {reason}")
     pytest.skip(f"no PostgreSQL cluster: {reason}")
 
