@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, checkpoint, train, train_group
+from trainer import TrainConfig, train, train_group
+from trainer.heads import checkpoint
 from trainer.heads.checkpoint import checkpoint_dir
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=4, batch_size=16, head_width=32,
