@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, features, runtime
+from trainer import TrainConfig, runtime
+from trainer.network import features
 from trainer.network.model import build_network, predict_proba
 
 PROBE = """
