@@ -5,9 +5,9 @@ their values): 4,000 training faces, 500 validation faces, 7 classes, batch 32, 
 dropout 0.3. Measured in one process, in turns, each contender on a fresh cache (no epoch record
 or checkpoint from an earlier contender can answer it):
 
-1. plain Keras `fit`: a freshly built and compiled head (`trainer.network.model.build_head`), one `fit`
-   of E epochs with a per-epoch `predict` of the validation split (what a hand-written loop over
-   cached features does);
+1. plain Keras `fit`: a freshly built and compiled head (`trainer.network.model.build_head`), one
+   `fit` of E epochs with a per-epoch `predict` of the validation split (what a hand-written loop
+   over cached features does);
 2. one head on the engine: `trainer.train` (records, checkpoints and val metrics included);
 3. six separate Keras fits (six learning rates), one after the other;
 4. a group of six heads on the engine: `trainer.train_group` of the same six configs;
@@ -156,10 +156,11 @@ def _keras_fit(config, x, y, xv):
     import keras
 
     from trainer.heads.keras_pool import compile_head
+    from trainer.heads.spec import HeadSpec
     from trainer.network.model import build_head
 
     head = build_head(config, x.shape[1:])
-    compile_head(head, config.learning_rate)
+    compile_head(head, HeadSpec.from_config(config))
 
     class Val(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
