@@ -24,6 +24,10 @@ CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Train / validation / test fractions when a dataset does not say (the spec's default too).
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
+# Settings added after epoch records were first written, at the value that computes what was
+# computed before the setting existed: a record's key leaves a setting out at that value, so the
+# records written before it existed stay valid (trainer.heads.epoch_record).
+NEUTRAL_VALUES: dict[str, Any] = {"precision": "float32"}
 
 
 @dataclass(frozen=True)
