@@ -11,6 +11,7 @@ traces are reused, and a training on a pooled head equals one on a fresh head (a
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import keras
@@ -60,6 +61,26 @@ class SingleDeviceAdam(keras.optimizers.Adam):
         return grads_and_vars
 
 
+@keras.saving.register_keras_serializable(package="fer_search")
+class HeadTargetsCrossentropy(keras.losses.Loss):
+    """Cross-entropy of sparse labels against a head's targets (`HeadSpec.targets`: smoothed
+    labels, ...) on probabilities, as Keras' categorical cross-entropy computes it. Keras'
+    SparseCategoricalCrossentropy takes no label smoothing; this takes sparse labels anyway."""
+
+    def __init__(self, spec: dict, name: str = "head_targets_crossentropy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.spec = dict(spec)
+        self._head = HeadSpec(**self.spec)
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))  # (batch,) labels
+        onehot = keras.ops.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(self._head.targets(onehot), y_pred)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "spec": self.spec}
+
+
 def compile_head(model: keras.Model, spec: HeadSpec, *, loss_scale: bool = False) -> None:
     """Compiles for the head `spec`: Adam at its learning rate (AdamW-style decay when its
     `weight_decay` > 0), the cross-entropy of its targets. `loss_scale` wraps the optimizer in
@@ -71,7 +92,8 @@ def compile_head(model: keras.Model, spec: HeadSpec, *, loss_scale: bool = False
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        loss=keras.losses.SparseCategoricalCrossentropy() if spec.plain_targets
+        else HeadTargetsCrossentropy(dataclasses.asdict(spec)),
         metrics=["accuracy"],
     )
 

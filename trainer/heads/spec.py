@@ -32,7 +32,8 @@ def _setting(*, static: bool, free: bool) -> Any:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head: its hidden width, dropout rate, weight decay, learning rate and seed.
+    """One head: its hidden width, dropout rate, weight decay, label smoothing, learning rate
+    and seed.
 
     Static fields first, in the order they sort a group's heads (trainer.heads.group_train).
     """
@@ -40,6 +41,7 @@ class HeadSpec:
     head_width: int = _setting(static=True, free=True)
     dropout: float = _setting(static=True, free=False)
     weight_decay: float = _setting(static=True, free=True)
+    label_smoothing: float = _setting(static=True, free=True)
     learning_rate: float = _setting(static=False, free=True)
     seed: int = _setting(static=False, free=False)
 
@@ -69,7 +71,16 @@ class HeadSpec:
         from, so it cannot keep the learning rate or seed of the head it was first built for."""
         return dataclasses.replace(self, **{f.name: None for f in self.runtime_fields()})
 
+    @property
+    def plain_targets(self) -> bool:
+        """True when `targets` are the one-hot labels themselves (a loss may read them sparse)."""
+        return self.label_smoothing == 0
+
     def targets(self, onehot):
         """The cross-entropy targets of this head for one-hot labels (a TensorFlow or Keras
-        tensor, batch x classes): the one-hot labels themselves, unchanged."""
-        return onehot
+        tensor, batch x classes): smoothed, onehot * (1 - s) + s / classes, when its
+        label_smoothing s > 0; else the one-hot labels themselves (no op added)."""
+        if self.plain_targets:
+            return onehot
+        s = self.label_smoothing
+        return onehot * (1.0 - s) + s / onehot.shape[-1]
