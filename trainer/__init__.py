@@ -41,13 +41,13 @@ _EXPORTS = {
     "load_tensorflow": "trainer.runtime",
     "defer_tensorflow": "trainer.runtime",
     "EpochCallback": "trainer.train",
-    "TrainResult": "trainer.train",
+    "TrainResult": "trainer.heads.result",
     "train": "trainer.train",
     "train_group": "trainer.heads.group_train",
     "group_key": "trainer.heads.grouping",
     "track_key": "trainer.heads.grouping",
     "GroupCallback": "trainer.heads.group_train",
-    "build_model": "trainer.train",
+    "build_model": "trainer.heads.result",
     "evaluate": "trainer.evaluate",
     "load_model": "trainer.network.export",
     "save_model": "trainer.network.export",
@@ -58,8 +58,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 # Modules that import TensorFlow: it is started first, quietly and with the planned threads
 # (trainer.runtime), whoever asks for one of their names first.
-_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.evaluate",
-                     "trainer.network.export", "trainer.network.model"}
+_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.heads.result",
+                     "trainer.evaluate", "trainer.network.export", "trainer.network.model"}
 
 
 def __getattr__(name: str) -> Any:
@@ -108,9 +108,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from trainer.evaluate import evaluate  # noqa: F401
     from trainer.heads.group_train import GroupCallback, train_group  # noqa: F401
     from trainer.heads.grouping import group_key, track_key  # noqa: F401
+    from trainer.heads.result import TrainResult, build_model  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
     from trainer.network.export import load_model, save_model  # noqa: F401
     from trainer.network.model import class_names_of, predict_proba  # noqa: F401
     from trainer.runtime import defer_tensorflow, set_threads  # noqa: F401
-    from trainer.train import EpochCallback, TrainResult, build_model, train  # noqa: F401
+    from trainer.train import EpochCallback, train  # noqa: F401

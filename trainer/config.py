@@ -24,6 +24,10 @@ CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Train / validation / test fractions when a dataset does not say (the spec's default too).
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
+# Settings added after epoch records were first written, at the value that computes what was
+# computed before the setting existed: a record's key leaves a setting out at that value, so the
+# records written before it existed stay valid (trainer.heads.epoch_record).
+NEUTRAL_VALUES: dict[str, Any] = {"precision": "float32", "label_smoothing": 0.0}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class TrainConfig:
             ``mixed_bfloat16`` (CPUs with AMX / AVX-512 BF16, recent GPUs) or ``mixed_float16``
             (GPUs). Weights, the head and the cached features stay float32; features computed
             in another precision are cached apart.
+        label_smoothing: smooths the cross-entropy's targets towards the uniform: a face's target
+            is onehot * (1 - label_smoothing) + label_smoothing / classes; in [0, 1), 0 = off.
     """
 
     learning_rate: float = 1e-3
@@ -68,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 0.0
     precision: str = "float32"
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         _check_number(
@@ -98,6 +105,8 @@ class TrainConfig:
         _check_number("seed", self.seed, int, "an integer >= 0", low=0)
         _check_number("weight_decay", self.weight_decay, float, "a number >= 0", low=0)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_number("label_smoothing", self.label_smoothing, float, "a number in [0, 1)",
+                      low=0, high=1)
 
     @property
     def uses_feature_cache(self) -> bool:

@@ -1,7 +1,7 @@
 """Logging a rebuilt model into its trial's MLflow run and registering it as a model version.
 
-The model is an MLflow pyfunc "model from code" (`search/registry/pyfunc_model.py`) carrying the `.keras`
-file and a copy of `trainer/`. It is logged into the trial's run under the name
+The model is an MLflow pyfunc "model from code" (`search/registry/pyfunc_model.py`) carrying
+the `.keras` file and a copy of `trainer/`. It is logged into the trial's run under the name
 ``<study>-trial-<n>``, registered, and linked back the way `mlflow.register_model` links it (the
 logged model's ``mlflow.modelVersions`` tag), so its page in the UI shows the version rather
 than "Not registered". Each version carries a Markdown description (what it is, how it scored)

@@ -162,6 +162,25 @@ def test_grid_values_keep_their_yaml_types(tmp_path: Path) -> None:
     assert spec.n_trials == 16
 
 
+def test_any_train_config_field_is_a_grid_axis_label_smoothing_too(tmp_path: Path) -> None:
+    text = (
+        "sampler: grid\n"
+        "space:\n"
+        "  label_smoothing: [0.0, 0.1]\n"
+        "  learning_rate: [0.001, 0.01]\n"
+        "train: {image_size: 48, weights: none}\n"
+        "data: {synthetic: {faces: 10}}\n"
+    )
+    spec = load_spec(_write(tmp_path, text))
+    assert spec.grid["label_smoothing"] == [0.0, 0.1]
+    assert spec.n_trials == 4
+    assert spec.heads_only
+    config = spec.train_config({"label_smoothing": 0.1, "learning_rate": 0.01})
+    assert config.label_smoothing == 0.1
+    with pytest.raises(SpecError, match="label_smoothing"):  # each value by the field's rule
+        load_spec(_write(tmp_path, text.replace("[0.0, 0.1]", "[0.0, 1.0]"), "bad.yaml"))
+
+
 def test_ranges(tmp_path: Path) -> None:
     space = {
         "learning_rate": {"low": 1, "high": 2},  # int ends, but a float field

@@ -10,8 +10,10 @@ Equality with a head trained alone: every head's ops are its own (no fused matmu
 and depend only on its own state, the batch, its seed and the global step, so the same head
 computes the same numbers whatever else shares the program (tests check group == alone exactly).
 
-Programs are kept per shape-set (feature size, classes, widths, dropouts) and reused: a new
-`tf.function` per training would leave a trace behind every time.
+Programs are kept per feature size, classes and the heads' static settings
+(`HeadSpec.program_key`) and reused: a new `tf.function` per training would leave a trace behind
+every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed) are fed
+to the program as per-head tensors.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import settings
+from trainer.heads.spec import HeadSpec
 
 _BETA_1 = 0.9
 _BETA_2 = 0.999
@@ -46,32 +49,23 @@ class HeadState:
                    [np.zeros_like(w) for w in weights])
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """What a head is: its hidden width, dropout rate, learning rate, seed and weight decay."""
-
-    width: int
-    dropout: float
-    learning_rate: float
-    seed: int
-    weight_decay: float = 0.0
-
-
 class _Program:
-    """Variables for k heads of fixed shapes and the two compiled functions that use them."""
+    """Variables for k heads of fixed static settings and the two compiled functions that use
+    them. Built from the heads' static settings alone (`HeadSpec.program_key`); the runtime
+    ones arrive per call."""
 
-    def __init__(self, features: int, classes: int, widths: tuple, dropouts: tuple,
-                 decays: tuple, jit: str) -> None:
-        self.dropouts = dropouts
-        self.decays = decays  # static, like dropout rates: a head without decay pays nothing
+    def __init__(self, features: int, classes: int, heads: tuple[HeadSpec, ...], jit: str) -> None:
+        # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
+        self.heads = [h.static() for h in heads]
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
         self.vars = []
-        for width in widths:
+        for head in self.heads:
+            width = head.head_width
             shapes = [(features, width), (width,), (width, classes), (classes,)]
             self.vars.append(
                 [[tf.Variable(tf.zeros(s), trainable=False) for s in shapes] for _ in range(3)]
             )  # [weights, m, v]
-        k = len(widths)
+        k = len(self.heads)
         self.epoch = tf.function(
             self._epoch,
             input_signature=[
@@ -81,8 +75,8 @@ class _Program:
                 tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
                 tf.TensorSpec([], tf.int32),  # batch size
                 tf.TensorSpec([], tf.int64),  # global step before this epoch
-                tf.TensorSpec([k], tf.float32),  # learning rates
-                tf.TensorSpec([k], tf.int64),  # dropout seeds
+                # the heads' runtime settings, one [k] tensor each (learning rates, seeds)
+                {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadSpec.runtime_fields()},
             ],
             jit_compile=jit == "epoch",
         )
@@ -109,7 +103,7 @@ class _Program:
     def _forward(self, h: int, x, t=None, seed=None):
         w1, b1, w2, b2 = self.vars[h][0]
         hidden = tf.nn.relu(tf.matmul(x, w1) + b1)
-        rate = self.dropouts[h]
+        rate = self.heads[h].dropout
         if t is not None and rate > 0:
             # Inverted dropout like Keras'; the mask depends on (seed, step) only.
             noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([seed, t]))
@@ -117,7 +111,7 @@ class _Program:
             hidden = hidden * keep / (1.0 - rate)
         return tf.matmul(hidden, w2) + b2
 
-    def _epoch(self, x, y, weight, order, batch, step0, rates, seeds):
+    def _epoch(self, x, y, weight, order, batch, step0, runtime):
         # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
         # weight 0 and do not count in the batch size, so the last batch is the short one
         # Keras would take.
@@ -135,32 +129,35 @@ class _Program:
             wb = tf.gather(weight, index) * valid
             size = tf.reduce_sum(valid)
             losses, hits = self.step(xb, yb, wb, size, step0 + tf.cast(i, tf.int64) + 1,
-                                     rates, seeds)
+                                     runtime)
             loss_sum += losses
             hit_sum += hits
         return loss_sum, hit_sum
 
-    def _step(self, xb, yb, wb, size, t, rates, seeds):
+    def _step(self, xb, yb, wb, size, t, runtime):
         """One batch for every head: forward, backward, Adam. Returns the heads' summed loss
         and weighted hits on the batch."""
         classes = self.vars[0][0][3].shape[0]
         onehot = tf.one_hot(yb, classes)
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
+        rates, seeds = runtime["learning_rate"], runtime["seed"]
         losses, hits = [], []
-        for h in range(len(self.vars)):
+        for h, head in enumerate(self.heads):
             weights, m, v = self.vars[h]
+            targets = head.targets(onehot)
             with tf.GradientTape() as tape:
                 tape.watch(weights)
                 logits = self._forward(h, xb, t, seeds[h])
                 # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
                 # deterministic GPU kernel.
-                per_face = -tf.reduce_sum(onehot * tf.nn.log_softmax(logits), axis=1)
+                per_face = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1)
                 loss = tf.reduce_sum(per_face * wb) / size  # Keras' sum_over_batch_size
             grads = tape.gradient(loss, weights)
-            if self.decays[h] > 0:  # decoupled, before the Adam step, as Keras' AdamW does
+            decay = head.weight_decay
+            if decay > 0:  # decoupled, before the Adam step, as Keras' AdamW does
                 for var in weights:
-                    var.assign_sub(var * (self.decays[h] * rates[h]))
+                    var.assign_sub(var * (decay * rates[h]))
             for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
                 tf.raw_ops.ResourceApplyAdam(
                     var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
@@ -178,18 +175,22 @@ class _Program:
 
 
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
-    """The compiled program for these head shapes, reused when one exists."""
+    """The compiled program for these heads' static settings, reused when one exists."""
     # XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch)
     # were 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
-    key = (features, classes, tuple(h.width for h in heads), tuple(h.dropout for h in heads),
-           tuple(h.weight_decay for h in heads), settings.head_jit())
+    jit = settings.head_jit()
+    key = (features, classes, tuple(h.program_key() for h in heads), jit)
     found = _programs.get(key)
     if found is None:
-        found = _programs[key] = _Program(features, classes, *key[2:])
+        found = _programs[key] = _Program(features, classes, tuple(heads), jit)
         while len(_programs) > _PROGRAMS:
             _programs.popitem(last=False)
     _programs.move_to_end(key)
     return found
+
+
+def _dtype(setting) -> tf.DType:
+    return tf.float32 if setting.type in ("float", float) else tf.int64
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -225,8 +226,8 @@ def run_epoch(
     loss, hits = prog.epoch(
         x, y, weight, tf.constant(order), tf.constant(batch_size, tf.int32),
         tf.constant(step0, tf.int64),
-        tf.constant([h.learning_rate for h in heads], tf.float32),
-        tf.constant([h.seed for h in heads], tf.int64),
+        {f.name: tf.constant([getattr(h, f.name) for h in heads], _dtype(f))
+         for f in HeadSpec.runtime_fields()},
     )
     return loss.numpy(), hits.numpy()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import TrainConfig
+from trainer.config import NEUTRAL_VALUES, TrainConfig
 from trainer.data.dataset import Dataset
 from trainer.filelock import file_lock
 from trainer.network.model import cut_name, weights_fingerprint
@@ -45,10 +45,11 @@ class EpochRecord:
     finish, so a killed training leaves every epoch it finished."""
 
     def __init__(self, data: Dataset, config: TrainConfig) -> None:
-        # float32 is left out so that records written before `precision` existed stay valid.
+        # A setting at its neutral value (`precision: float32`, ...) is left out, so that
+        # records written before the setting existed stay valid.
         group = {
             k: v for k, v in config.to_dict().items()
-            if k != "epochs" and (k, v) != ("precision", "float32")
+            if k != "epochs" and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])
         }
         key = json.dumps(
             [

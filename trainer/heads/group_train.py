@@ -1,10 +1,11 @@
 """`train_group(configs, data)`: k frozen-base heads trained together on cached features.
 
 Configs of one group (equal `group_key`: same data, batch size, seed, dropout, ...; they may
-differ in `learning_rate`, `head_width` and `epochs`) see the same batches in the same order, so
-one pass over the batches trains all of them (trainer.heads.engine). Configs equal but for
-`epochs` share one track: it trains once, to the largest count asked, and each config hears of
-its own epochs only. Every finished epoch goes to the track's epoch record
+differ in `grouping.FREE_IN_GROUP`: `epochs` and the head settings `HeadSpec` marks free, such as
+`learning_rate`, `head_width`, `weight_decay`, `label_smoothing`) see the same batches in the
+same order, so one pass over the batches trains all of them (trainer.heads.engine). Configs equal
+but for `epochs` share one track: it trains once, to the largest count asked, and each config
+hears of its own epochs only. Every finished epoch goes to the track's epoch record
 (trainer.heads.epoch_record) and, with `resume`, every CHECKPOINT_EVERY_S to its checkpoint
 (trainer.heads.checkpoint), so a killed training resumes after its last checkpointed epoch,
 replaying the finished ones to the caller first.
@@ -34,10 +35,12 @@ from trainer.heads.checkpoint import (
 )
 from trainer.heads.epoch_record import EpochRecord
 from trainer.heads.grouping import group_key
+from trainer.heads.inputs import check_inputs, class_weight_for, head_features
+from trainer.heads.result import TrainResult, val_metrics
+from trainer.heads.spec import HeadSpec
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.network.model import build_head
 from trainer.runtime import seed_everything
-from trainer.train import TrainResult, _check_inputs, _class_weight, _head_features, _val_only
 
 GroupCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -60,7 +63,7 @@ class _Track:
     record: EpochRecord
     members: list[_Member]
     target: int
-    spec: engine.HeadSpec
+    spec: HeadSpec
     state: engine.HeadState | None = None
     epoch: int = 0
     start: int = 0
@@ -93,10 +96,10 @@ def train_group(
     if not configs or None in keys or len(keys) != 1:
         raise ValueError("train_group needs configs of one group (equal, non-None group_key)")
     for config in configs:
-        _check_inputs(config, data)
+        check_inputs(config, data)
     first = configs[0]
     seed_everything(first.seed)
-    x_train, x_val, feature_seconds = _head_features(first, data)
+    x_train, x_val, feature_seconds = head_features(first, data)
     members = [_Member(i, c) for i, c in enumerate(configs)]
     tracks: dict[str, _Track] = {}
     for member in members:
@@ -104,10 +107,8 @@ def train_group(
         target = max(member.config.epochs, share_epochs_to or 0)
         track = tracks.get(record.key)
         if track is None:
-            spec = engine.HeadSpec(member.config.head_width, member.config.dropout,
-                                   member.config.learning_rate, member.config.seed,
-                                   member.config.weight_decay)
-            track = tracks[record.key] = _Track(record, [], target, spec)
+            track = tracks[record.key] = _Track(record, [], target,
+                                                HeadSpec.from_config(member.config))
         track.members.append(member)
         track.target = max(track.target, target)
     run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds)
@@ -125,8 +126,9 @@ _inits: dict[tuple, list[np.ndarray]] = {}
 
 def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> list[np.ndarray]:
     """`build_head`'s seeded initial weights (building a Keras head costs ~0.1 s; a study asks
-    for the same few shapes again and again)."""
-    key = (config.seed, config.head_width, config.dropout, shape, tuple(class_names))
+    for the same few heads again and again). Keyed on the whole `HeadSpec`: a head's every
+    setting, so no setting can be left out of the key."""
+    key = (HeadSpec.from_config(config), tuple(shape), tuple(class_names))
     if key not in _inits:
         if len(_inits) > 64:
             _inits.clear()
@@ -156,7 +158,7 @@ class _GroupRun:
         """Per-face loss weights (class_weight: balanced), as Keras' fit applies them."""
         found = self._weight_memo.get(config.class_weight)
         if found is None:
-            table = _class_weight(config, self._y_train)
+            table = class_weight_for(config, self._y_train)
             w = np.ones(self.n, "float32") if table is None else np.asarray(
                 [table[int(c)] for c in self._y_train], "float32")
             found = self._weight_memo[config.class_weight] = (engine.Tensors.of(w), float(w.sum()))
@@ -237,10 +239,10 @@ class _GroupRun:
             active = [t for t in tracks if not t.done and t.epoch == epoch - 1]
             if not active:
                 continue
-            # One order of shapes for every group with the same widths: they share one compiled
-            # program instead of tracing another (~1 s) for a reordering. A head's numbers do
-            # not depend on its place in the program.
-            active.sort(key=lambda t: (t.spec.width, t.spec.dropout, t.spec.weight_decay))
+            # One order of heads for every group with the same static settings (widths, ...):
+            # they share one compiled program instead of tracing another (~1 s) for a
+            # reordering. A head's numbers do not depend on its place in the program.
+            active.sort(key=lambda t: t.spec.program_key())
             specs = [t.spec for t in active]
             prog = engine.program(self.x_shape[0], len(self.data.class_names), specs)
             prog.load([t.state for t in active])
@@ -326,7 +328,7 @@ class _GroupRun:
         return TrainResult(
             config=config,
             history=rows,
-            metrics=_val_only(rows[-1]),
+            metrics=val_metrics(rows[-1]),
             best_epoch=config.epochs,
             top_weights=[np.array(w) for w in weights],
             class_names=self.data.class_names,

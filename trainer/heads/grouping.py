@@ -12,10 +12,12 @@ grid queue can group trials before anything is trained).
 from __future__ import annotations
 
 from trainer.config import TrainConfig
+from trainer.heads.spec import HeadSpec
 
-# What may differ inside a group: each head has its own learning rate (its own Adam), width,
-# weight decay; `epochs` only says how far a head's track is followed.
-FREE_IN_GROUP = ("learning_rate", "head_width", "epochs", "weight_decay")
+# What may differ inside a group: the head settings marked free in `HeadSpec` (each head of a
+# group's program has its own: learning rate and Adam, width, weight decay, ...); `epochs` only
+# says how far a head's track is followed.
+FREE_IN_GROUP = ("epochs", *HeadSpec.free_in_group())
 
 
 def shareable(config: TrainConfig) -> bool:

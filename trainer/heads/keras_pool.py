@@ -2,20 +2,22 @@
 
 Every `model.fit` of a new Keras model traces a new TensorFlow function, and TensorFlow keeps
 each trace: about 4 MB a training, so a worker running hundreds of cached-feature trials grew
-by gigabytes. Heads of one shape (feature size, width, dropout, classes) are therefore built and
-compiled once; before each training the pooled head is put back exactly in the state a freshly
-built one would have: its seeded initial weights, its dropout seed, a zeroed optimizer with the
-trial's learning rate. The traces are reused, and a training on a pooled head equals one on a
-fresh head (a test checks it).
+by gigabytes. Heads of one feature size, classes and static settings (`HeadSpec.program_key`:
+width, dropout, ...) are therefore built and compiled once; before each training the pooled head
+is put back exactly in the state a freshly built one would have, runtime settings included: its
+seeded initial weights, its dropout seed, a zeroed optimizer with the trial's learning rate. The
+traces are reused, and a training on a pooled head equals one on a fresh head (a test checks it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import keras
 
 from trainer.config import TrainConfig
+from trainer.heads.spec import HeadSpec
 from trainer.network.model import build_head
 
 _POOL_SIZE = 16
@@ -26,13 +28,13 @@ def pooled_head(
     config: TrainConfig, feature_shape: tuple[int, ...], class_names: tuple[str, ...]
 ) -> keras.Model:
     """A compiled head for `config`, in the state of a freshly built and compiled one."""
-    key = (tuple(feature_shape), config.head_width, config.dropout, config.weight_decay,
-           tuple(class_names))
+    spec = HeadSpec.from_config(config)
+    key = (tuple(feature_shape), spec.program_key(), tuple(class_names))
     fresh = build_head(config, feature_shape, class_names)  # building traces nothing
     head = _pool.get(key)
     if head is None:
         head = fresh
-        compile_head(head, config.learning_rate, config.weight_decay)
+        compile_head(head, spec)
         _pool[key] = head
         while len(_pool) > _POOL_SIZE:
             _pool.popitem(last=False)
@@ -45,7 +47,7 @@ def pooled_head(
             generator.state.assign(new.seed_generator.state)
     for variable in head.optimizer.variables:
         variable.assign(keras.ops.zeros_like(variable))
-    head.optimizer.learning_rate.assign(config.learning_rate)
+    head.optimizer.learning_rate.assign(spec.learning_rate)
     return head
 
 
@@ -59,18 +61,39 @@ class SingleDeviceAdam(keras.optimizers.Adam):
         return grads_and_vars
 
 
-def compile_head(
-    model: keras.Model, learning_rate: float, weight_decay: float = 0.0, *, loss_scale: bool = False
-) -> None:
-    """Compiles with Adam (AdamW-style decay when `weight_decay` > 0). `loss_scale` wraps it in
+@keras.saving.register_keras_serializable(package="fer_search")
+class HeadTargetsCrossentropy(keras.losses.Loss):
+    """Cross-entropy of sparse labels against a head's targets (`HeadSpec.targets`: smoothed
+    labels, ...) on probabilities, as Keras' categorical cross-entropy computes it. Keras'
+    SparseCategoricalCrossentropy takes no label smoothing; this takes sparse labels anyway."""
+
+    def __init__(self, spec: dict, name: str = "head_targets_crossentropy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.spec = dict(spec)
+        self._head = HeadSpec(**self.spec)
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))  # (batch,) labels
+        onehot = keras.ops.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(self._head.targets(onehot), y_pred)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "spec": self.spec}
+
+
+def compile_head(model: keras.Model, spec: HeadSpec, *, loss_scale: bool = False) -> None:
+    """Compiles for the head `spec`: Adam at its learning rate (AdamW-style decay when its
+    `weight_decay` > 0), the cross-entropy of its targets. `loss_scale` wraps the optimizer in
     Keras' dynamic loss scaling, which float16 layers being trained need (their small gradients
     would round to zero); bfloat16 has float32's range and does not."""
-    optimizer = SingleDeviceAdam(learning_rate=learning_rate, weight_decay=weight_decay or None)
+    optimizer = SingleDeviceAdam(learning_rate=spec.learning_rate,
+                                 weight_decay=spec.weight_decay or None)
     if loss_scale:
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        loss=keras.losses.SparseCategoricalCrossentropy() if spec.plain_targets
+        else HeadTargetsCrossentropy(dataclasses.asdict(spec)),
         metrics=["accuracy"],
     )
 

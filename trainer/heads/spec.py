@@ -1,0 +1,86 @@
+"""`HeadSpec`: what one trained head is, the single definition every head cache is keyed on.
+
+A head's settings are fields here, named like the `TrainConfig` fields they come from. Each field
+says, in its metadata, how it acts:
+
+- `static`: it shapes what is compiled. The head engine compiles one program per tuple of static
+  settings (trainer.heads.engine), and a pooled Keras head is compiled for them
+  (trainer.heads.keras_pool); `program_key()` is made of these fields, so both caches tell
+  heads apart by every one of them.
+- runtime (not static): an input fed to a compiled program per head (the engine feeds each as a
+  per-head tensor), reset by the Keras pool before each training (the learning rate is assigned,
+  the seed's initial weights and dropout state are restored from a freshly built head).
+- `free`: heads of one group may differ in it (trainer.heads.grouping.FREE_IN_GROUP): each head
+  of a group's program has its own.
+
+Keys are computed from the fields, so a new field cannot be left out of one. No TensorFlow here:
+the grid queue groups trials before anything is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.config import TrainConfig
+
+
+def _setting(*, static: bool, free: bool) -> Any:
+    return field(metadata={"static": static, "free": free})
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head: its hidden width, dropout rate, weight decay, label smoothing, learning rate
+    and seed.
+
+    Static fields first, in the order they sort a group's heads (trainer.heads.group_train).
+    """
+
+    head_width: int = _setting(static=True, free=True)
+    dropout: float = _setting(static=True, free=False)
+    weight_decay: float = _setting(static=True, free=True)
+    label_smoothing: float = _setting(static=True, free=True)
+    learning_rate: float = _setting(static=False, free=True)
+    seed: int = _setting(static=False, free=False)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> HeadSpec:
+        """The head `config` trains (each field read from the config field of its name)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def runtime_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The fields fed to a compiled program per head, in declaration order."""
+        return tuple(f for f in dataclasses.fields(cls) if not f.metadata["static"])
+
+    @classmethod
+    def free_in_group(cls) -> tuple[str, ...]:
+        """The names of the settings heads of one group may differ in."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["free"])
+
+    def program_key(self) -> tuple[tuple[str, Any], ...]:
+        """The static settings as (name, value) pairs: what compiled programs and pooled Keras
+        heads are keyed on (heads equal in it share them)."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if f.metadata["static"])
+
+    def static(self) -> HeadSpec:
+        """This head with its runtime settings blanked (None): all a compiled program is built
+        from, so it cannot keep the learning rate or seed of the head it was first built for."""
+        return dataclasses.replace(self, **{f.name: None for f in self.runtime_fields()})
+
+    @property
+    def plain_targets(self) -> bool:
+        """True when `targets` are the one-hot labels themselves (a loss may read them sparse)."""
+        return self.label_smoothing == 0
+
+    def targets(self, onehot):
+        """The cross-entropy targets of this head for one-hot labels (a TensorFlow or Keras
+        tensor, batch x classes): smoothed, onehot * (1 - s) + s / classes, when its
+        label_smoothing s > 0; else the one-hot labels themselves (no op added)."""
+        if self.plain_targets:
+            return onehot
+        s = self.label_smoothing
+        return onehot * (1.0 - s) + s / onehot.shape[-1]
