@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from trainer import settings
-from trainer.atomic import fsync_dir
-from trainer.filelock import file_lock
+from trainer.files.atomic import fsync_dir
+from trainer.files.lock import file_lock
 
 logger = logging.getLogger(__name__)
 

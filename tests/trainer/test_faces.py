@@ -18,8 +18,8 @@ from trainer.data import crops
 from trainer.data.faces import UnreadableImage, crop_face, image_size, read_image
 from trainer.data.loading import inspect_dataset, load_dataset
 from trainer.data.problems import ProblemTally, summary
-from trainer.diskspace import disk_full_as_error, free_bytes, require_free_space
 from trainer.errors import DataError, DiskFull
+from trainer.files.disk_space import disk_full_as_error, free_bytes, require_free_space
 
 SIZE = 32
 

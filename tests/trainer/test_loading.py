@@ -13,11 +13,11 @@ import pytest
 
 import trainer.data.crops as crops
 from tests.trainer.conftest import CLASS_COLOURS
-from trainer.atomic import atomic_dir, atomic_save_npy, atomic_write_bytes
 from trainer.config import DataConfig
 from trainer.data.loading import class_weights, inspect_dataset, load_dataset
 from trainer.errors import ConfigError, DataError
-from trainer.filelock import file_lock
+from trainer.files.atomic import atomic_dir, atomic_save_npy, atomic_write_bytes
+from trainer.files.lock import file_lock
 
 SIZE = 32
 

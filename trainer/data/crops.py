@@ -9,7 +9,7 @@ Layout, under ``<cache_dir>/crops/<key>/``:
 
 ``key`` (see `crop_key`) hashes everything the arrays depend on, so a changed label file, image,
 size, margin or confidence filter gives a new entry and an unchanged one is reused. An entry is
-built in a temp folder and renamed into place (`trainer.atomic.atomic_dir`) under an exclusive
+built in a temp folder and renamed into place (`trainer.files.atomic.atomic_dir`) under an exclusive
 lock on ``<cache_dir>/crops/<key>.lock``, so concurrent processes build it once and a crashed
 build never leaves a half-written entry behind.
 
@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import atomic_dir, remove_stale_temps
 from trainer.data.expw import FaceRecord
 from trainer.data.faces import UnreadableImage, crop_face, read_image
 from trainer.data.problems import EMPTY_BOX, OUTSIDE_IMAGE, ProblemTally, box_problem
-from trainer.diskspace import disk_full_as_error, require_free_space
 from trainer.errors import DataError
-from trainer.filelock import file_lock
-from trainer.npyfile import shrink_npy
+from trainer.files.atomic import atomic_dir, remove_stale_temps
+from trainer.files.disk_space import disk_full_as_error, require_free_space
+from trainer.files.lock import file_lock
+from trainer.files.npy import shrink_npy
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from trainer.atomic import atomic_dir, remove_stale_temps
 from trainer.errors import ConfigError, DataError
-from trainer.filelock import file_lock
+from trainer.files.atomic import atomic_dir, remove_stale_temps
+from trainer.files.lock import file_lock
 from trainer.labels import CLASS_NAMES, NUM_CLASSES
 
 __all__ = [

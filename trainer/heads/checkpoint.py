@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import atomic_write_bytes
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
+from trainer.files.atomic import atomic_write_bytes
 from trainer.network.model import cut_name, weights_fingerprint
 
 logger = logging.getLogger(__name__)

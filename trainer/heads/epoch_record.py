@@ -23,7 +23,7 @@ import numpy as np
 
 from trainer.config import NEUTRAL_VALUES, TrainConfig
 from trainer.data.dataset import Dataset
-from trainer.filelock import file_lock
+from trainer.files.lock import file_lock
 from trainer.network.model import cut_name, weights_fingerprint
 
 _FORMAT = 2

@@ -20,8 +20,8 @@ import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
-from trainer.diskspace import disk_full_as_error, require_free_space
-from trainer.filelock import file_lock
+from trainer.files.disk_space import disk_full_as_error, require_free_space
+from trainer.files.lock import file_lock
 from trainer.network.model import Network, cut_name, weights_fingerprint
 from trainer.runtime import side_by_side
 
@@ -70,7 +70,8 @@ def features_for(
     images = data.split(split).images
     shape = (len(images), *network.frozen.output.shape[1:])
     needed = int(np.prod(shape, dtype=np.int64)) * 4 + 4096  # float32 and the .npy header
-    # Before anything is created: see `trainer.diskspace.require_free_space` (SIGBUS otherwise).
+    # Before anything is created (SIGBUS otherwise): see
+    # `trainer.files.disk_space.require_free_space`.
     require_free_space(path.parent, needed, "the feature cache")
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_suffix(".lock")):

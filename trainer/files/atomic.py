@@ -3,7 +3,7 @@
 A cache entry is written somewhere private (a temp file or temp folder beside its final path), made
 durable with fsync, then moved into place with one `os.replace` / `os.rename`, which POSIX makes
 atomic within a file system. Readers therefore see either nothing or the whole entry, never half of
-it. Builders pair this with `trainer.filelock.file_lock`, so that the second of two waits for the
+it. Builders pair this with `trainer.files.lock.file_lock`, so that the second of two waits for the
 first and then reuses its result instead of building the same thing again.
 
 Typical use::
