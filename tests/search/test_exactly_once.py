@@ -277,3 +277,93 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     assert [t.number for t in claimed] == running  # no RUNNING trial without its worker
     assert_exactly_once(study, spec, total=4)
+
+
+# ------------------------------------------------------------------- stress: real processes
+
+STRESS_SPACE = {  # 32 points; batch_size splits them into 4 groups, claimed 2 heads at a time
+    "learning_rate": [1.0e-3, 2.0e-3, 3.0e-3, 4.0e-3],
+    "batch_size": [16, 32, 64, 128],
+    "epochs": [2],
+    "head_width": [16, 32],
+}
+STRESS_WORKERS = 8
+STRESS_ROUNDS = 5
+
+
+def _dry_worker(folder: Path, spec_path: Path, url: str, name: str,
+                epoch_s: float) -> tuple[subprocess.Popen, Path]:
+    """`python -m search.study.dry_worker`: the real claim, heartbeat, report and tell, with a
+    sleep for training; quick heartbeats, so a dead worker's trial is stale after 2 s."""
+    log = folder / f"{name}.log"
+    env = {**os.environ, "FER_SEARCH_STORAGE": url, "FER_SEARCH_HEARTBEAT_S": "1",
+           "FER_SEARCH_GRACE_S": "2", "FER_SEARCH_MAX_GROUP": "2", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "search.study.dry_worker", str(spec_path),
+             "--epoch-s", str(epoch_s)],
+            cwd=folder, env=env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return process, log
+
+
+def _claimed(log: Path) -> set[int]:
+    numbers: set[int] = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if " trains [" in line:
+            numbers.update(json.loads(line.split(" trains ", 1)[1]))
+    return numbers
+
+
+def _one_stress_round(url: str, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True)
+    spec_path = write_spec(folder, name=name, space=STRESS_SPACE)
+    processes = []
+    try:
+        for index in range(STRESS_WORKERS):  # staggered: each starts while others claim
+            # The victim's epochs are long, so that it is surely killed mid-trial.
+            victim = index == 2
+            processes.append(_dry_worker(folder, spec_path, url, f"worker-{index}",
+                                         epoch_s=3.0 if victim else 0.15))
+            time.sleep(0.3)
+        victim_process, victim_log = processes[2]
+        deadline = time.monotonic() + 60
+        while not _claimed(victim_log):
+            assert victim_process.poll() is None, victim_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the victim never claimed a trial"
+            time.sleep(0.05)
+        victim_process.send_signal(signal.SIGKILL)
+        victim_process.wait()
+        killed = _claimed(victim_log)
+        for process, log in processes:
+            if process is not victim_process:
+                assert process.wait(timeout=180) == 0, log.read_text()[-3000:]
+    finally:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    storage = open_storage(url, read_only=True)
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.close()
+    described = [(t.number, t.state.name, _point(t)) for t in trials]
+    complete = Counter(_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    expected = {json.dumps(p, sort_keys=True) for p in grid_queue.grid_points(load_spec(spec_path))}
+    assert len(expected) == 32
+    assert set(complete) == expected and set(complete.values()) == {1}, described
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert others, "the killed worker's trial was not failed"
+    for trial in others:  # only the killed worker's trials, FAILed by heartbeat
+        assert trial.state == TrialState.FAIL and trial.number in killed, (killed, described)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_many_workers_one_killed_run_every_point_once(pg_cluster, tmp_path):
+    """8 worker processes, started 0.3 s apart, share a 32-point grid on PostgreSQL; one is
+    SIGKILLed mid-trial; 5 rounds, each a new study. Every point ends with exactly one COMPLETE
+    trial, and the only other trials are the killed worker's, FAILed by heartbeat."""
+    for round_ in range(STRESS_ROUNDS):
+        _one_stress_round(pg_cluster.url(), tmp_path / f"round-{round_}", f"stress-{round_}")
