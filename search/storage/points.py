@@ -45,6 +45,7 @@ from sqlalchemy import exc as sa_exc
 
 CREATE_TOKEN_ATTR = "fer_search:create_token"  # system attr: who created the trial
 STATE_TOKEN_ATTR = "fer_search:state_token"  # system attr: who made its last state change
+REQUEUE_TOKEN_ATTR = "fer_search:requeue_token"  # system attr: who re-queued a FAIL trial
 POINT_ATTR = "fer_search:grid_point"  # system attr: the grid point's canonical JSON
 
 _metadata = MetaData()
@@ -198,11 +199,12 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
     with _create_scoped_session(storage.scoped_session) as session:
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
         old = models.TrialModel.find_or_raise_by_id(old_id, session, for_update=True)
-        mark = session.execute(
+        marks = session.execute(
             select(models.TrialSystemAttributeModel.value_json)
             .where(models.TrialSystemAttributeModel.trial_id == old_id,
-                   models.TrialSystemAttributeModel.key == STATE_TOKEN_ATTR)).scalar()
-        if mark is not None and json.loads(mark) == token:
+                   models.TrialSystemAttributeModel.key.in_(
+                       (STATE_TOKEN_ATTR, REQUEUE_TOKEN_ATTR)))).scalars().all()
+        if json.dumps(token) in marks:
             return "done"
         if stale_after_s is not None:
             if old.state != TrialState.RUNNING or not _stale(session, old_id, stale_after_s):
@@ -239,12 +241,14 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
 
 
 def _mark(session, trial_id: int, token: str) -> None:
-    """The state token on a finished trial (Optuna's helper refuses finished trials)."""
+    """The re-queue's token on a FAIL trial (Optuna's helper refuses finished trials; the
+    state token stays its worker's, whose retried tell looks for it)."""
     model = models.TrialSystemAttributeModel
     existing = session.query(model).filter(model.trial_id == trial_id,
-                                           model.key == STATE_TOKEN_ATTR).one_or_none()
+                                           model.key == REQUEUE_TOKEN_ATTR).one_or_none()
     if existing is None:
-        session.add(model(trial_id=trial_id, key=STATE_TOKEN_ATTR, value_json=json.dumps(token)))
+        session.add(model(trial_id=trial_id, key=REQUEUE_TOKEN_ATTR,
+                          value_json=json.dumps(token)))
     else:
         existing.value_json = json.dumps(token)
 
