@@ -279,6 +279,40 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
     assert_exactly_once(study, spec, total=4)
 
 
+# ------------------------------------------------------------------- around the table
+
+
+def test_a_study_queued_before_the_point_table_keeps_its_points(workers, tmp_path):
+    """Trials enqueued by the old code (no point rows) are adopted by their queued params."""
+    spec = _spec(tmp_path)
+    storage, study = workers.open()
+    for params in grid_queue.grid_points(spec):
+        study.enqueue_trial(params)
+    (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+    name = next(iter(spec.grid))
+    trial.suggest_categorical(name, spec.grid[name])
+    workers.start(spec)
+    workers.start(spec)
+    assert_exactly_once(study, spec, total=4)
+
+
+def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, quick_heartbeat):
+    """Random and TPE trials are asked, not queued: a dead worker's one is failed and its
+    copy, with its params, queued by the same transaction, for `ask` to take."""
+    lost = loop_module._LostRuns()
+    storage, study = workers.open(on_stale=lost)
+    dead = study.ask()
+    dead.suggest_float("x", 0.0, 1.0)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.2)
+    for _ in range(2):  # a second recovery finds nothing to do
+        loop_module.StudyLoop(None, study, storage, None, None, lost)._recover_lost_trials()
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == dead.params and trials[1].system_attrs["failed_trial"] == 0
+    assert study.ask().number == 1
+
+
 # ------------------------------------------------------------------- stress: real processes
 
 STRESS_SPACE = {  # 32 points; batch_size splits them into 4 groups, claimed 2 heads at a time
