@@ -8,12 +8,14 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
+from search.storage import points
 from search.storage.engines import close_storage
 from search.urls import mask_text
 from trainer import settings
@@ -105,9 +107,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     call of a thread retries (Optuna's methods call each other), so one logical operation
     never multiplies its waits.
 
-    A claim (WAITING -> RUNNING) also records the trial's first heartbeat at once: Optuna fails
-    only RUNNING trials that have a heartbeat, so a worker dying between its claim and its first
-    beat would otherwise leave the trial RUNNING forever, and a grid study waiting for it.
+    Retried writes are idempotent: a state change, a new trial, a queued grid point and a
+    re-queue each carry a token written in their own transaction, which a retry looks up
+    before writing again (search.storage.points). A claim (WAITING -> RUNNING) records the
+    trial's first heartbeat in its transaction: Optuna fails only RUNNING trials that have a
+    heartbeat, so a worker dying between its claim and its first beat would otherwise leave the
+    trial RUNNING forever, and a grid study waiting for it.
     """
 
     _depth = threading.local()
@@ -129,40 +134,60 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values=None) -> bool:
+        """A state change (a claim, a tell) that a retry never repeats: the first attempt
+        writes a token on the trial in its own transaction (search.storage.points), and a
+        retry that finds the token knows that attempt committed. A claim records the first
+        heartbeat in the same transaction."""
+        token = uuid.uuid4().hex
         attempts = 0
 
         def change() -> bool:
             nonlocal attempts
             attempts += 1
-            try:
-                return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state,
-                                                                         values)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # A retry may find the trial finished by our own first attempt, whose commit
-                # landed before its connection died: the same state and values are a success.
-                if attempts > 1 and self._finished_as(trial_id, state, values):
-                    return True
-                raise
+            if attempts > 1 and points.state_token(self, trial_id) == token:
+                return True  # our first attempt committed before its connection died
+            return points.set_state(self, trial_id, state, values, token)
 
-        changed = self._retrying(change, "set_trial_state_values")
-        # After a retried claim the first attempt may have committed before its connection
-        # died: then "not claimed" is ours, with no heartbeat. Beating it is harmless if it is
-        # another worker's (it beats too) and lets it go stale if it was ours.
-        if state == TrialState.RUNNING and self.heartbeat_interval and (changed or attempts > 1):
-            self.record_heartbeat(trial_id)
-        return changed
-
-    def _finished_as(self, trial_id: int, state: TrialState, values) -> bool:
-        trial = optuna.storages.RDBStorage.get_trial(self, trial_id)
-        return trial.state == state and (values is None or list(trial.values or []) == list(values))
+        return self._retrying(change, "set_trial_state_values")
 
     def _create_new_trial(self, study_id: int, template_trial=None):
-        trial = self._retrying(
-            lambda: optuna.storages.RDBStorage._create_new_trial(self, study_id, template_trial),
-            "create_new_trial")
+        """A new trial that a retry never creates twice: it carries a token, looked up by a
+        retry before creating again (Optuna's own loop, which retries blindly, is not used)."""
+        token = uuid.uuid4().hex
+        attempts = 0
+
+        def create():
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                found = points.trial_by_token(self, study_id, token)
+                if found is not None:
+                    return found
+            return points.create_trial(self, study_id, template_trial, token)
+
+        trial = self._retrying(create, "create_new_trial")
         if trial.state == TrialState.RUNNING and self.heartbeat_interval:
             self.record_heartbeat(trial._trial_id)  # as for a claim: beat from the start
         return trial
+
+    def enqueue_point(self, study_id: int, template, key: str):
+        """Queues grid point `key` (search.storage.points.enqueue_point), retried; the new
+        trial, or None when the point is held (by a retry's own first attempt, or another)."""
+        token = uuid.uuid4().hex
+        return self._retrying(lambda: points.enqueue_point(self, study_id, template, key, token),
+                              "enqueue_point")
+
+    def replace_trial(self, study_id: int, old_id: int, template, key: str | None, *,
+                      stale: bool) -> bool:
+        """The one re-queue (search.storage.points.replace_trial), retried: fails a stale
+        trial (`stale`) or takes an interrupted one, and queues `template` in its place. True
+        when this call did it (its first attempt, if a retry finds that one committed)."""
+        token = uuid.uuid4().hex
+        grace = (self.grace_period or 2 * (self.heartbeat_interval or 0)) if stale else None
+        return self._retrying(
+            lambda: points.replace_trial(self, study_id, old_id, template, key, token,
+                                         stale_after_s=grace) != "skipped",
+            "replace_trial")
 
     def _retrying(self, call: Callable[[], T], name: str) -> T:
         depth = getattr(self._depth, "value", 0)

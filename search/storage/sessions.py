@@ -2,7 +2,7 @@
 
 SQLite (the default, one machine) and PostgreSQL (many machines) go through Optuna's RDBStorage
 with heartbeats on: a trial whose process dies stops beating, is failed after the grace period and
-re-queued by `RetryHeartbeatStaleTrialCallback`.
+re-queued in the same transaction (search.study.grid_queue.recover_lost).
 
 Several workers at once:
 
@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.errors import InputError, SearchError
+from search.storage import points
 from search.storage.engines import (
     begin_immediate,
     close_storage,
@@ -83,8 +84,10 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
     `storage_session`): its engine holds pooled connections until disposed.
 
     Args:
-        on_stale: called with (study, trial) for each trial failed for want of a heartbeat;
-            default: Optuna's retry callback, which re-queues it.
+        on_stale: called with (study, trial) for each trial failed for want of a heartbeat
+            by Optuna's `fail_stale_trials`; default: none. The study loop fails and re-queues
+            stale trials itself (search.study.grid_queue.recover_lost: its one re-queue path)
+            and does not call Optuna's.
         read_only: the store must exist already (a command that only reads: status, studies,
             promote, dashboard); nothing is created, and a missing store is an `InputError`.
         resilient: retry storage calls through a database outage (for FER_SEARCH_DB_RETRY_S);
@@ -123,8 +126,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat_s,
             grace_period=grace_s,
-            heartbeat_stale_trial_callback=on_stale
-            or optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            heartbeat_stale_trial_callback=on_stale,
             skip_table_creation=read_only,
         )
 
@@ -135,6 +137,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             # Workers started together on a fresh database would race on CREATE TABLE.
             with named_lock(url, TABLES_LOCK, retry_s=0):
                 storage = create()
+                points.ensure_table(storage.engine)  # the grid queue's table
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
     storage.retry_s = retry_s if resilient else 0.0

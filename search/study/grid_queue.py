@@ -3,10 +3,23 @@
 Optuna's GridSampler picks the next point from what it sees; workers that ask at the same moment
 can pick the same point. Instead, every grid point not yet done becomes an enqueued WAITING trial
 (under the study lock), and a worker claims one by moving it WAITING -> RUNNING, a transition the
-storage performs for one caller only. A trial whose worker dies is failed by heartbeat and
-re-queued by Optuna's retry callback; an interrupted or crashed trial is re-queued at the next
-start. Trials that failed on their own merits (the loss diverged, the trial timed out) are not
-retried.
+storage performs for one caller only.
+
+Exactly once, by construction (issue 18):
+
+- A point's identity is written when it is queued, in the same transaction as its WAITING trial:
+  the system attr `points.POINT_ATTR` and a row of the storage's point table (study, point) ->
+  trial, whose primary key admits one live trial per point (search.storage.points). Who holds a
+  point is read from that table, never inferred from a trial's params, which a claimed trial
+  commits one suggest at a time.
+- One re-queue path, `ResilientRDBStorage.replace_trial`, under the study lock: fail the old
+  trial (stale: `recover_lost`) or take it (interrupted: `fill_queue`) and queue its copy, moving
+  the point's row to it, in one transaction. A FAIL trial whose point is re-queued therefore
+  always has its copy; there is no moment when a FAIL point looks free.
+- Retried writes are idempotent: each carries a token written in its own transaction, looked up
+  by a retry (search.storage.retry).
+
+Trials that failed on their own merits (the loss diverged, the trial timed out) are not retried.
 
 Groups (`claim_group`): grid points equal but for the axes one training pass can share (the
 trainer's `group_key`: learning_rate, head_width, epochs) are claimed together, so that one
@@ -18,6 +31,7 @@ atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per g
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -32,6 +46,8 @@ from search.contracts import (
     TRIAL_RUN_ID_ATTR,
 )
 from search.spec.loader import StudySpec
+from search.storage import points
+from search.storage.sessions import MAX_RETRY
 from trainer import settings
 
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
@@ -49,47 +65,143 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     """Every combination of the grid, in an order shuffled by the spec's seed."""
     grid = spec.grid
     names = list(grid)
-    points = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
-    random.Random(spec.seed).shuffle(points)
-    return points
-
-
-def _key(params: dict[str, Any], names: list[str]) -> tuple:
-    return tuple(params.get(name) for name in names)
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
+    random.Random(spec.seed).shuffle(combos)
+    return combos
 
 
 def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
-    """Enqueues the grid points that no trial holds or has done; returns how many. Call it under
-    `storage.study_lock`."""
-    names = list(spec.grid)
-    held = set()
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state in _TAKEN or trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE:
-            held.add(_key(params_of(trial), names))
-    missing = [p for p in grid_points(spec) if _key(p, names) not in held]
-    interrupted = _last_failures(study, names)
-    for params in missing:
-        # A point whose last trial was interrupted (Ctrl-C, a crash) names that trial, so that
-        # the new one resumes its checkpoint and its MLflow run says whose work it carries on.
-        failed = interrupted.get(_key(params, names))
-        study.enqueue_trial(params, user_attrs={FAILED_TRIAL_ATTR: failed}
-                            if failed is not None else None)
-    return len(missing)
+    """Queues the grid points that no trial holds, and re-queues those whose trial was
+    interrupted (FAIL, not permanently); returns how many. Call it under `storage.study_lock`.
+
+    A point's holder is read from the storage's point table (search.storage.points), never
+    inferred from a trial's params: a claimed trial's params appear one suggest at a time. A
+    study queued before the table existed has its holders adopted from their queued params.
+    """
+    storage = _backend(study)
+    study_id = study._study_id
+    points.drop_leftovers(storage, study_id)
+    trials = study.get_trials(deepcopy=False)
+    by_id = {trial._trial_id: trial for trial in trials}
+    held = points.rows(storage, study_id)
+    legacy: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for trial in trials:
+        params = queued_params(trial)
+        if params is not None:
+            legacy.setdefault(points.point_key(params), []).append(trial)
+    queued = 0
+    for params in grid_points(spec):
+        key = points.point_key(params)
+        holder = by_id.get(held.get(key, -1))
+        if holder is None:
+            holder = _legacy_holder(legacy.get(key, []))
+            if holder is not None and not points.adopt(storage, study_id, key, holder._trial_id):
+                continue  # adopted meanwhile by another process (one not holding the lock)
+        if holder is None:
+            if storage.enqueue_point(study_id, _queued_trial(params), key) is not None:
+                queued += 1
+        elif holder.state == TrialState.FAIL and not _permanent(holder):
+            # Interrupted (Ctrl-C, a crash): the copy names it, so that it resumes its
+            # checkpoint and its MLflow run says whose work it carries on.
+            if storage.replace_trial(study_id, holder._trial_id, requeued(holder, params), key,
+                                     stale=False):
+                queued += 1
+    return queued
 
 
-def _last_failures(study: optuna.Study, names: list[str]) -> dict[tuple, int]:
-    """The latest retryable FAIL trial with an MLflow run, by grid point."""
-    last: dict[tuple, int] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.user_attrs.get(TRIAL_FAILURE_ATTR) != PERMANENT_FAILURE and \
-                trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
-            last[_key(params_of(trial), names)] = trial.number  # trials come in number order
-    return last
+def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) -> list:
+    """Fails each trial whose heartbeat stopped and queues its copy, in one transaction per
+    trial (`ResilientRDBStorage.replace_trial`): the one re-queue path, with `fill_queue`'s.
+    Call it under `storage.study_lock`. A grid point's copy takes over the point's row; a
+    random or TPE trial's copy keeps its params for `ask` (as Optuna's retry callback did).
+    A trial retried `MAX_RETRY` times is failed without a copy.
+
+    Args:
+        on_lost: called with (study, the failed trial) for each trial failed here.
+    """
+    if not storage.heartbeat_interval:
+        return []
+    study_id = study._study_id
+    lost = []
+    for trial_id in storage._get_stale_trial_ids(study_id):
+        frozen = storage.get_trial(trial_id)
+        params = queued_params(frozen)
+        template = requeued(frozen, params)
+        if len(template.system_attrs["retry_history"]) > MAX_RETRY:
+            template = None
+        key = points.point_key(params) if params is not None else None
+        if storage.replace_trial(study_id, trial_id, template, key, stale=True):
+            lost.append(frozen)
+            if on_lost is not None:
+                on_lost(study, frozen)
+    return lost
+
+
+def has_lost(study: optuna.Study, storage) -> bool:
+    """Whether a trial's heartbeat stopped (a read without the lock, before taking it)."""
+    return bool(storage.heartbeat_interval) and \
+        bool(storage._get_stale_trial_ids(study._study_id))
+
+
+def requeued(old: optuna.trial.FrozenTrial,
+             params: dict[str, Any] | None) -> optuna.trial.FrozenTrial:
+    """The WAITING copy of `old`: for a grid point, its point (never `old`'s params, which a
+    trial cut off while suggesting holds only in part); else `old`'s params and attributes, as
+    Optuna's retry callback copies them. Either way Optuna's `failed_trial` and
+    `retry_history` say whose retry it is, and the user attr `failed_trial` names a trial
+    with an MLflow run to resume."""
+    system = {k: v for k, v in old.system_attrs.items() if not k.startswith("fer_search:")}
+    system["failed_trial"] = system.get("failed_trial", old.number)
+    system["retry_history"] = [*system.get("retry_history", []), old.number]
+    if params is None:
+        return optuna.trial.create_trial(
+            state=TrialState.WAITING, params=old.params, distributions=old.distributions,
+            user_attrs=old.user_attrs, system_attrs=system)
+    user = {FAILED_TRIAL_ATTR: old.number} if old.user_attrs.get(TRIAL_RUN_ID_ATTR) else {}
+    return _queued_trial(params, system, user)
+
+
+def _queued_trial(params: dict[str, Any], system: dict | None = None,
+                  user: dict | None = None) -> optuna.trial.FrozenTrial:
+    """What `Study.enqueue_trial` creates, plus the point's identity (`points.POINT_ATTR`)."""
+    system = {**(system or {}), "fixed_params": params,
+              points.POINT_ATTR: points.canonical(params)}
+    return optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=system,
+                                     user_attrs=user or {})
+
+
+def _legacy_holder(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """Of a point's trials queued before the point table: the live or done one, else a
+    permanent failure, else the last failure (to re-queue); None when it has none."""
+    for wanted in (lambda t: t.state in _TAKEN, _permanent, lambda t: True):
+        found = [t for t in trials if wanted(t)]
+        if found:
+            return found[-1]
+    return None
+
+
+def _permanent(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and \
+        trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE
+
+
+def _backend(study: optuna.Study):
+    """The study's RDB storage under Optuna's cache."""
+    return getattr(study._storage, "_backend", study._storage)
+
+
+def queued_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The grid point a trial was queued for (None: a trial that was asked, not queued)."""
+    point = trial.system_attrs.get(points.POINT_ATTR)
+    if point is not None:
+        return json.loads(point)
+    return trial.system_attrs.get("fixed_params")
 
 
 def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """A queued trial's grid point (enqueued ones keep it in `fixed_params` until claimed)."""
-    return trial.params or trial.system_attrs.get("fixed_params", {})
+    """A trial's grid point: the one it was queued for, whatever it has suggested so far;
+    the params of a trial that was asked."""
+    return queued_params(trial) or trial.params
 
 
 def claim_next(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:

@@ -29,7 +29,7 @@ from search.spec.loader import StudySpec
 from search.spec.params import Categorical, Param
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
-from search.storage.sessions import MAX_RETRY, open_storage
+from search.storage.sessions import open_storage
 from search.study import grid_queue, group_runner, signals
 from search.study.data_provider import DataProvider
 from search.study.trial_runner import TrialOutcome, TrialRunner
@@ -75,17 +75,16 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 class _LostRuns:
-    """Heartbeat-stale callback: re-queues the dead trial (Optuna's retry callback) and remembers
-    its MLflow run, which the dead worker could not close."""
+    """Called for each dead worker's trial that `grid_queue.recover_lost` failed (and re-queued
+    in the same transaction): remembers its MLflow run, which the dead worker could not
+    close."""
 
     def __init__(self) -> None:
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         self.run_ids: list[str] = []
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
             self.run_ids.append(trial.user_attrs[TRIAL_RUN_ID_ATTR])
-        self.retry(study, trial)
 
 
 def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
@@ -112,6 +111,16 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
         study.set_user_attr(MODEL_NAME_ATTR, spec.model_name)
         # optuna-dashboard's note (report and spec) is written when a run ends
         # (`refresh_after_run`), not here: importing the dashboard costs ~1 s of start-up.
+    return study
+
+
+def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None) -> optuna.Study:
+    """Creates or loads the study, fails and re-queues dead workers' trials, and fills a grid's
+    queue. Call it under `study_lock`."""
+    study = open_study(spec, storage, storage_url)
+    grid_queue.recover_lost(study, storage, on_lost)
+    if spec.sampler == "grid":
+        grid_queue.fill_queue(study, spec)
     return study
 
 
@@ -146,10 +155,7 @@ def run_study(
     experiment_id = tracker.experiment_id(spec.name)
     # Under the lock, so that workers starting together on a new study share one parent run.
     with study_lock(storage_url, spec.name):
-        study = open_study(spec, storage, storage_url)
-        optuna.storages.fail_stale_trials(study)
-        if spec.sampler == "grid":
-            grid_queue.fill_queue(study, spec)
+        study = prepare_queue(spec, storage, storage_url, lost)
         parent_run_id = tracker.open_study_run(
             experiment_id,
             study.user_attrs.get(PARENT_RUN_ATTR),
@@ -277,8 +283,11 @@ class StudyLoop:
         return None
 
     def _recover_lost_trials(self) -> None:
-        """Fails (and re-queues) dead workers' trials, and closes their MLflow runs."""
-        optuna.storages.fail_stale_trials(self.study)
+        """Fails and re-queues dead workers' trials under the study lock (one transaction
+        each: `grid_queue.recover_lost`), and closes their MLflow runs."""
+        if grid_queue.has_lost(self.study, self.storage):
+            with study_lock(self.storage.url, self.study.study_name):
+                grid_queue.recover_lost(self.study, self.storage, self.lost)
         _close_lost_runs(self.tracker, self.lost)
 
     def _next_trials(self) -> list[optuna.Trial]:

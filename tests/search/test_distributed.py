@@ -147,17 +147,19 @@ def test_retry_backs_off_until_the_database_answers(monkeypatch):
 
 def _lose_first_answer(monkeypatch):
     """The first state change commits, then its connection dies before the answer arrives."""
-    real = optuna.storages.RDBStorage.set_trial_state_values
+    from search.storage import points
+
+    real = points.set_state
     calls = []
 
-    def commit_then_fail(self, trial_id, state, values=None):
+    def commit_then_fail(storage, trial_id, state, values, token):
         calls.append(state)
-        result = real(self, trial_id, state, values)
+        result = real(storage, trial_id, state, values, token)
         if len(calls) == 1:
             raise _operational("server closed the connection unexpectedly")
         return result
 
-    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", commit_then_fail)
+    monkeypatch.setattr(points, "set_state", commit_then_fail)
     monkeypatch.setattr("search.storage.retry.time.sleep", lambda s: None)
     return calls
 
@@ -174,19 +176,21 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path, monkeypatch):
     study = optuna.create_study(study_name="lost-tell", storage=storage)
     trial = study.ask()
     calls = _lose_first_answer(monkeypatch)
-    study.tell(trial, 0.5)  # the retry finds it COMPLETE with 0.5: ours
-    assert len(calls) == 2
+    study.tell(trial, 0.5)  # the retry finds its own token on the trial: done
+    assert len(calls) == 1
     assert study.get_trials()[0].state == TrialState.COMPLETE
 
 
-def test_a_claim_whose_answer_was_lost_still_beats(tmp_path, monkeypatch):
-    """Optuna fails only trials that have a heartbeat: a claim that landed unseen must get one,
-    or the trial stays RUNNING forever and a grid waits for it."""
+def test_a_claim_whose_answer_was_lost_is_ours_and_beats(tmp_path, monkeypatch):
+    """A claim that landed unseen is recognised by its token (tests/search/test_exactly_once.py
+    has the interleaving); its first heartbeat came in the same transaction, so had the worker
+    died it would still go stale and be re-queued."""
     storage = _resilient(tmp_path, monkeypatch)
     study = optuna.create_study(study_name="lost-claim", storage=storage)
     study.enqueue_trial({"x": 1})
     _lose_first_answer(monkeypatch)
-    assert grid_queue.claim_next(study, storage) is None  # "taken" (by us, unseen)
+    claimed = grid_queue.claim_next(study, storage)
+    assert claimed is not None and claimed.number == 0
     monkeypatch.undo()
     trial_id = study.get_trials()[0]._trial_id
     with storage.scoped_session() as session:
