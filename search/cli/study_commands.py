@@ -43,12 +43,14 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     from search.study.data_provider import DataProvider
     from search.study.workers import WorkerPlan, prepare_study, run_workers
     from search.tracking.runs import resolve_tracking_uri
+    from search.tracking.store_check import check_tracking_server
     from search.urls import mask_url
 
     spec = load_spec(args.spec)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     check_reachable(storage_url)
+    check_tracking_server(tracking_uri)  # a tracking server that is down: one line, in seconds
     # Bad data stops before the banner; prepare_study warns about skipped faces, once.
     DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
@@ -82,12 +84,14 @@ def _run(args, leaderboard: bool):
     from search.spec.loader import load_spec
     from search.storage.sessions import check_reachable, resolve_storage
     from search.tracking.runs import resolve_tracking_uri
+    from search.tracking.store_check import check_tracking_server
     from search.urls import mask_url
 
     spec = load_spec(args.spec)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     check_reachable(storage_url)  # an unreachable store fails in seconds, not after TF loads
+    check_tracking_server(tracking_uri)  # so does a tracking server (MLflow would retry minutes)
     from search.study.data_provider import DataProvider
 
     data = DataProvider(spec, args.cache_dir)

@@ -1,0 +1,130 @@
+"""deploy/slurm/fer-search-array.sbatch, run with bash as one array task would be (the #SBATCH
+lines are comments to bash): its settings come from a chmod-600 file, its worker trains in the
+shared study, its data and caches land in the shared folder, and exit 75 requeues the task."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.search.studyhelp import write_spec
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy" / "slurm" / "fer-search-array.sbatch"
+# A 2-point grid on 140 synthetic faces of 32 px, no pretrained weights, one epoch.
+TINY_SPACE = {"learning_rate": [1.0e-2], "batch_size": [32], "epochs": [1], "head_width": [16, 32]}
+
+
+def slurm_env(tmp_path: Path, settings: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment Slurm gives array task 1 of job 4242, plus the settings file."""
+    env_file = tmp_path / "fer-search.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    env_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI", "CUDA_VISIBLE_DEVICES")}
+    env.update({
+        "FER_SEARCH_ENV_FILE": str(env_file),
+        "SLURM_JOB_ID": "4243",
+        "SLURM_ARRAY_JOB_ID": "4242",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_SUBMIT_DIR": str(tmp_path / "submit"),
+        "SLURM_RESTART_COUNT": "0",
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "FER_SEARCH_CMD": f"{sys.executable} -m search.cli",
+        **extra,
+    })
+    return env
+
+
+def run_task(tmp_path: Path, env: dict[str, str], timeout: float = 600):
+    return subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path / "submit", env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_an_array_task_runs_trials_of_the_shared_study(tmp_path, pg_cluster):
+    import optuna
+
+    name = f"slurm-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "submit").mkdir()
+    spec = write_spec(tmp_path / "submit", name=name, space=TINY_SPACE)
+    shared = tmp_path / "shared"
+    settings = {
+        "FER_SEARCH_STORAGE": pg_cluster.url("optuna"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "FER_SEARCH_SHARED": str(shared),
+        "FER_SEARCH_SPEC": str(spec.relative_to(tmp_path / "submit")),
+    }
+    result = run_task(tmp_path, slurm_env(tmp_path, settings))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "task 1" in result.stdout and "1 threads" in result.stdout
+    assert pg_cluster.password not in result.stdout + result.stderr
+
+    storage = optuna.storages.RDBStorage(pg_cluster.url("optuna"))
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2, [t.state for t in trials]
+    # The data and its caches are in the shared folder, not in the submit folder.
+    assert any((shared / "data").iterdir()) and (shared / ".cache").is_dir()
+    assert not (tmp_path / "submit" / "data").exists()
+
+
+def _fake_tools(tmp_path: Path, exit_code: int) -> tuple[Path, Path]:
+    """A `fer-search` that records its arguments and exits with `exit_code`, and an `scontrol`
+    that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for tool, code in (("fer-search", exit_code), ("scontrol", 0)):
+        path = bin_dir / tool
+        path.write_text(f'#!/bin/bash\necho "{tool} $*" >> "{calls}"\nexit {code}\n')
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return bin_dir, calls
+
+
+SETTINGS = {
+    "FER_SEARCH_STORAGE": "postgresql+psycopg2://fer:pw-not-on-cmdline@db:5432/optuna",
+    "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    "FER_SEARCH_SPEC": "studies/s.yaml",
+}
+
+
+@pytest.mark.parametrize("exit_code, requeued, script_exit", [(75, True, 0), (0, False, 0),
+                                                                (1, False, 1)])
+def test_exit_75_requeues_the_task_and_nothing_else_does(tmp_path, exit_code, requeued,
+                                                         script_exit):
+    (tmp_path / "submit").mkdir()
+    bin_dir, calls = _fake_tools(tmp_path, exit_code)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SEARCH_SHARED": str(tmp_path / "shared")},
+                    FER_SEARCH_CMD="fer-search", SLURM_CPUS_PER_TASK="3")
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = run_task(tmp_path, env, timeout=60)
+    assert result.returncode == script_exit, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"fer-search worker {tmp_path}/submit/studies/s.yaml --threads 3"
+    assert ("scontrol requeue 4242_1" in lines) is requeued
+    assert "pw-not-on-cmdline" not in calls.read_text()
+
+
+def test_a_settings_file_others_can_read_is_refused(tmp_path):
+    (tmp_path / "submit").mkdir()
+    bin_dir, calls = _fake_tools(tmp_path, 0)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SEARCH_SHARED": str(tmp_path / "shared")},
+                    FER_SEARCH_CMD="fer-search")
+    Path(env["FER_SEARCH_ENV_FILE"]).chmod(0o644)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = run_task(tmp_path, env, timeout=60)
+    assert result.returncode == 2 and "chmod 600" in result.stderr
+    assert not calls.exists()
