@@ -1,10 +1,11 @@
 """The registered model as an MLflow pyfunc: raw face pixels in, expression probabilities out.
 
-`search.registry.promotion.promote` logs this file as a "model from code": MLflow copies it into the
-model and, when the model is loaded, runs it as a script, which ends by handing MLflow an
-`ExpressionModel` (`mlflow.models.set_model`). Pickled models are refused by default since
-MLflow 3, and code keeps working across cloudpickle versions. The trainer package travels with
-the model too (its ``code/`` folder), so loading needs only the pinned pip requirements::
+`search.registry.registration.log_and_register` logs this file as a "model from code": MLflow
+copies it into the model and, when the model is loaded, runs it as a script, which ends by
+handing MLflow an `ExpressionModel` (`mlflow.models.set_model`). Pickled models are refused by
+default since MLflow 3, and code keeps working across cloudpickle versions. The trainer package
+travels with the model too (its ``code/`` folder), so loading needs only the pinned pip
+requirements::
 
     model = mlflow.pyfunc.load_model("models:/expw-vgg16@champion")
     frame = model.predict(faces)  # array (N, S, S, 3), RGB, uint8 or float32 in 0..255

@@ -1,4 +1,5 @@
-"""The Optuna storage: where a study lives, how its URL is shown, and a study-wide lock.
+"""The Optuna storage, opened and closed: where a study lives, how its URL is shown, and how a
+long-lived worker's storage differs from a one-shot command's.
 
 SQLite (the default, one machine) and PostgreSQL (many machines) go through Optuna's RDBStorage
 with heartbeats on: a trial whose process dies stops beating, is failed after the grace period and
