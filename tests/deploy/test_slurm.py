@@ -29,7 +29,7 @@ def slurm_env(tmp_path: Path, settings: dict[str, str], **extra: str) -> dict[st
     env = {k: v for k, v in os.environ.items()
            if k not in ("FER_SEARCH_STORAGE", "MLFLOW_TRACKING_URI", "CUDA_VISIBLE_DEVICES")}
     env.update({
-        "FER_SEARCH_ENV_FILE": str(env_file),
+        "FER_SLURM_ENV_FILE": str(env_file),
         "SLURM_JOB_ID": "4243",
         "SLURM_ARRAY_JOB_ID": "4242",
         "SLURM_ARRAY_TASK_ID": "1",
@@ -38,7 +38,7 @@ def slurm_env(tmp_path: Path, settings: dict[str, str], **extra: str) -> dict[st
         "SLURM_RESTART_COUNT": "0",
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
-        "FER_SEARCH_CMD": f"{sys.executable} -m search.cli",
+        "FER_SLURM_CMD": f"{sys.executable} -m search.cli",
         **extra,
     })
     return env
@@ -61,8 +61,8 @@ def test_an_array_task_runs_trials_of_the_shared_study(tmp_path, pg_cluster):
     settings = {
         "FER_SEARCH_STORAGE": pg_cluster.url("optuna"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
-        "FER_SEARCH_SHARED": str(shared),
-        "FER_SEARCH_SPEC": str(spec.relative_to(tmp_path / "submit")),
+        "FER_SLURM_SHARED": str(shared),
+        "FER_SLURM_SPEC": str(spec.relative_to(tmp_path / "submit")),
     }
     result = run_task(tmp_path, slurm_env(tmp_path, settings))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -97,7 +97,7 @@ def _fake_tools(tmp_path: Path, exit_code: int) -> tuple[Path, Path]:
 SETTINGS = {
     "FER_SEARCH_STORAGE": "postgresql+psycopg2://fer:pw-not-on-cmdline@db:5432/optuna",
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-    "FER_SEARCH_SPEC": "studies/s.yaml",
+    "FER_SLURM_SPEC": "studies/s.yaml",
 }
 
 
@@ -107,8 +107,8 @@ def test_exit_75_requeues_the_task_and_nothing_else_does(tmp_path, exit_code, re
                                                          script_exit):
     (tmp_path / "submit").mkdir()
     bin_dir, calls = _fake_tools(tmp_path, exit_code)
-    env = slurm_env(tmp_path, {**SETTINGS, "FER_SEARCH_SHARED": str(tmp_path / "shared")},
-                    FER_SEARCH_CMD="fer-search", SLURM_CPUS_PER_TASK="3")
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SLURM_SHARED": str(tmp_path / "shared")},
+                    FER_SLURM_CMD="fer-search", SLURM_CPUS_PER_TASK="3")
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     result = run_task(tmp_path, env, timeout=60)
     assert result.returncode == script_exit, result.stderr
@@ -121,9 +121,9 @@ def test_exit_75_requeues_the_task_and_nothing_else_does(tmp_path, exit_code, re
 def test_a_settings_file_others_can_read_is_refused(tmp_path):
     (tmp_path / "submit").mkdir()
     bin_dir, calls = _fake_tools(tmp_path, 0)
-    env = slurm_env(tmp_path, {**SETTINGS, "FER_SEARCH_SHARED": str(tmp_path / "shared")},
-                    FER_SEARCH_CMD="fer-search")
-    Path(env["FER_SEARCH_ENV_FILE"]).chmod(0o644)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SLURM_SHARED": str(tmp_path / "shared")},
+                    FER_SLURM_CMD="fer-search")
+    Path(env["FER_SLURM_ENV_FILE"]).chmod(0o644)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     result = run_task(tmp_path, env, timeout=60)
     assert result.returncode == 2 and "chmod 600" in result.stderr
