@@ -1,16 +1,19 @@
 """Named locks every process sharing a storage sees: a file lock beside a SQLite file, an
-advisory lock in PostgreSQL. Study set-up, the study run and promotion are serialised with them."""
+advisory lock in PostgreSQL. Study set-up, the study run, promotion and the builds of a shared
+cache folder's crops and features are serialised with them."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from search.storage.engines import engine_kwargs
 from search.storage.retry import retry_transient
@@ -20,6 +23,33 @@ def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[N
     """Serialises study set-up (create, fail stale trials, fill the grid queue) across processes
     that share the storage: a file lock beside a SQLite file, an advisory lock in PostgreSQL."""
     return named_lock(url, study_name)
+
+
+def holds_locks(url: str) -> bool:
+    """Whether `named_lock` locks anything in the storage at `url`: a SQLite file or PostgreSQL
+    (not an in-memory database, nor another backend)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a database URL: nothing of ours to lock in
+        return False
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return bool(parsed.database) and parsed.database != ":memory:"
+    return backend == "postgresql"
+
+
+def cache_lock(url: str) -> Callable[[str], contextlib.AbstractContextManager[None]] | None:
+    """The trainer's `CacheLock` (`trainer.files.cache_lock`) for workers sharing the storage at
+    `url`: a crop cache or feature set is built by one of them, under the lock named
+    ``cache-<entry>``, whichever machine each runs on; the others wait for it, then read.
+    None where the storage holds no locks (the trainer then keeps its file locks)."""
+    if not holds_locks(url):
+        return None
+    return functools.partial(_cache_entry_lock, url)
+
+
+def _cache_entry_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
+    return named_lock(url, f"cache-{name}")
 
 
 @contextlib.contextmanager
@@ -33,7 +63,7 @@ def named_lock(url: str, name: str, retry_s: float | None = None) -> Iterator[No
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+    if backend == "sqlite" and holds_locks(url):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         lock_path = Path(f"{parsed.database}.{name}.lock")
         with open(lock_path, "a+") as handle:
