@@ -41,7 +41,7 @@ def holds_locks(url: str) -> bool:
 def cache_lock(url: str) -> Callable[[str], contextlib.AbstractContextManager[None]] | None:
     """The trainer's `CacheLock` (`trainer.files.cache_lock`) for workers sharing the storage at
     `url`: a crop cache or feature set is built by one of them, under the lock named
-    ``cache-<entry>``, whichever machine each runs on; the others wait for it, then read.
+    ``cache/<entry>``, whichever machine each runs on; the others wait for it, then read.
     None where the storage holds no locks (the trainer then keeps its file locks)."""
     if not holds_locks(url):
         return None
@@ -49,7 +49,9 @@ def cache_lock(url: str) -> Callable[[str], contextlib.AbstractContextManager[No
 
 
 def _cache_entry_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
-    return named_lock(url, f"cache-{name}")
+    # One per crop cache, feature set and epoch record: beside a SQLite file they go in one
+    # folder (optuna.db.cache/), not loose beside the database.
+    return named_lock(url, f"cache/{name}")
 
 
 @contextlib.contextmanager
@@ -58,14 +60,16 @@ def named_lock(url: str, name: str, retry_s: float | None = None) -> Iterator[No
     beside a SQLite file, an advisory lock in PostgreSQL, nothing for an in-memory database.
 
     Args:
+        name: the lock's name; a '/' in it puts a SQLite lock file in a folder beside the
+            database (``cache/x``: ``optuna.db.cache/x.lock``).
         retry_s: how long to retry connecting through an outage (default FER_SEARCH_DB_RETRY_S;
             0 for a first connection, which fails at once).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and holds_locks(url):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         lock_path = Path(f"{parsed.database}.{name}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

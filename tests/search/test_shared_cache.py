@@ -48,7 +48,7 @@ def test_a_storage_that_holds_locks_gives_a_cache_lock(tmp_path):
     lock = cache_lock(f"sqlite:///{tmp_path}/optuna.db")
     with lock("features-train-abc"):
         pass
-    assert (tmp_path / "optuna.db.cache-features-train-abc.lock").is_file()
+    assert (tmp_path / "optuna.db.cache" / "features-train-abc.lock").is_file()
 
 
 def test_the_data_provider_hands_the_storage_lock_to_the_trainer(tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_the_data_provider_hands_the_storage_lock_to_the_trainer(tmp_path, monke
     assert data.cache_lock is not None
     [(kind, key)] = _builds(log)
     assert kind == "crops"
-    assert (tmp_path / "stores" / f"optuna.db.cache-crops-{key[:32]}.lock").is_file()
+    assert (tmp_path / "stores" / "optuna.db.cache" / f"crops-{key[:32]}.lock").is_file()
     assert not (tmp_path / ".cache" / "crops" / f"{key}.lock").exists(), "a file lock was taken"
 
 
@@ -127,7 +127,9 @@ def test_three_machines_extract_the_features_once_sqlite(tmp_path, stores):
     # The builds were serialised by the storage: its lock files lie beside the database.
     for kind, entry in builds:
         name = entry[:32] if kind == "crops" else entry
-        assert (stores_dir / f"optuna.db.cache-{kind}-{name}.lock").is_file()
+        assert (stores_dir / "optuna.db.cache" / f"{kind}-{name}.lock").is_file()
+    # So were the trainings of a group (the epoch records'): no file lock in the shared folder.
+    assert list((stores_dir / "optuna.db.cache").glob("epochs-*.lock"))
     assert not list((tmp_path / "shared-cache").rglob("*.lock")), "a file lock was taken"
 
 
