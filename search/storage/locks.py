@@ -49,8 +49,8 @@ def cache_lock(url: str) -> Callable[[str], contextlib.AbstractContextManager[No
 
 
 def _cache_entry_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
-    # One per crop cache, feature set and epoch record: beside a SQLite file they go in one
-    # folder (optuna.db.cache/), not loose beside the database.
+    # One per crop cache and feature set: beside a SQLite file they go in one folder
+    # (optuna.db.cache/), not loose beside the database. A worker holds one at a time.
     return named_lock(url, f"cache/{name}")
 
 

@@ -194,13 +194,3 @@ def test_a_folder_refresh_tolerates_a_missing_folder(tmp_path: Path):
 
     refresh(tmp_path / "not-there")  # nothing to list, nothing raised
 
-
-def test_a_groups_training_holds_the_injected_lock_on_its_epoch_record(tmp_path):
-    from trainer.heads.epoch_record import EpochRecord
-
-    race = Race()
-    data = dataclasses.replace(array_dataset(tmp_path / "shared"), cache_lock=race.lock)
-    record = EpochRecord(data, CONFIG)
-    with record.lock():
-        assert race.requested == [f"epochs-{record.key}"]
-    assert not record.path.with_suffix(".lock").exists(), "a file lock was taken"

@@ -4,7 +4,7 @@ processes asking for the same entry, one builds it and the others wait, then rea
 On one machine a file lock beside the entry does that (`trainer.files.lock.file_lock`). When
 workers on several machines share the cache folder (a ReadWriteMany volume, a lab's NFS), file
 locks do not hold between the machines, so the caller hands in a `CacheLock` every worker sees:
-`search` passes one held by the study's storage (`search.study.data_provider.cache_lock_for`:
+`search` passes one held by the study's storage (`search.storage.locks.cache_lock`:
 an advisory lock in PostgreSQL). The trainer never imports `search`; it only calls what it is
 given, and without one it keeps the file lock.
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from trainer.config import NEUTRAL_VALUES, TrainConfig
 from trainer.data.dataset import Dataset
-from trainer.files.cache_lock import entry_lock
+from trainer.files.lock import file_lock
 from trainer.network.model import cut_name, weights_fingerprint
 
 _FORMAT = 2
@@ -63,15 +63,19 @@ class EpochRecord:
         )
         self.key = hashlib.sha256(key.encode()).hexdigest()[:24]
         self.path = Path(data.cache_dir) / "epochs" / self.key
-        self._cache_lock = data.cache_lock
         self._history: list[dict[str, float]] | None = None
 
     def lock(self) -> AbstractContextManager:
         """Held while a group trains, so a worker asking for the same group waits for the
-        record instead of training the same epochs again: the dataset's `cache_lock` when
-        machines share the cache folder (`trainer.files.cache_lock`), else a file lock."""
+        record instead of training the same epochs again.
+
+        A file lock even when machines share the cache folder: a group holds one per track for
+        its whole training, which as locks in the storage (`Dataset.cache_lock`) would be one
+        PostgreSQL connection each. The grid queue already hands a group to one worker; where
+        the file lock does not hold between machines, the worst case is a track trained twice,
+        each epoch's files written atomically with the same contents."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return entry_lock(self._cache_lock, f"epochs-{self.key}", self.path.with_suffix(".lock"))
+        return file_lock(self.path.with_suffix(".lock"))
 
     def history(self) -> list[dict[str, float]]:
         if self._history is None:
