@@ -82,6 +82,11 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in [
     Knob("FER_SEARCH_STORAGE", None, "URL", _text,
          "Optuna storage URL when no --storage flag is given (then the spec's `storage`, then "
          "sqlite:///studies/optuna.db). Keeps a password off the command line.", USER),
+    Knob("FER_SEARCH_CACHE_DIR", None, "a folder", _text,
+         "The crop and feature cache folder when no --cache-dir flag is given (then the spec's "
+         "`data.cache_dir`). Point every worker at one shared folder (a ReadWriteMany volume, "
+         "NFS): each crop cache and feature set is then built once for all of them, under a lock "
+         "held by the study's storage.", USER),
     Knob("FER_SEARCH_DB_RETRY_S", 300.0, _SECONDS, _number(float, 0),
          "How long a worker retries a storage call through a database outage before it exits 1.",
          USER),
@@ -112,6 +117,13 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in [
     Knob("FER_SEARCH_TEST_KILL_AT_EPOCH", 0, "a whole number (>= 0)", _number(int, 0),
          "A worker SIGKILLs itself right after reporting this epoch of a trial (0: never): a "
          "machine lost mid-training at a known point.", TESTS),
+    Knob("FER_SEARCH_TEST_BUILD_LOG", None, "a file", _text,
+         "Every crop cache or feature set built appends one line (`crops KEY` or `features "
+         "NAME`) to this file: tests count builds across worker processes.", TESTS),
+    Knob("FER_SEARCH_TEST_CACHE_UNLOCKED", False, "0 or 1", _flag,
+         "1: a cache entry's own file lock locks nothing, as between machines sharing the cache "
+         "folder over NFS; only a lock handed in by `search` (held by the storage) then "
+         "serialises its builders.", TESTS),
     Knob("FER_SEARCH_DISK_LIMIT_BYTES", None, "bytes (a whole number >= 0)", _number(int, 0),
          "Caps the free disk space the caches see: a full disk, simulated.", TESTS),
     Knob("FER_SEARCH_MLFLOW_TEMPLATE_DIR", None, "a folder", _text,
@@ -182,6 +194,10 @@ def storage() -> str | None:
     return get("FER_SEARCH_STORAGE")
 
 
+def cache_dir() -> str | None:
+    return get("FER_SEARCH_CACHE_DIR")
+
+
 def db_retry_s() -> float:
     return get("FER_SEARCH_DB_RETRY_S")
 
@@ -216,6 +232,14 @@ def head_jit() -> str:
 
 def kill_at_epoch() -> int:
     return get("FER_SEARCH_TEST_KILL_AT_EPOCH")
+
+
+def build_log() -> str | None:
+    return get("FER_SEARCH_TEST_BUILD_LOG")
+
+
+def cache_unlocked() -> bool:
+    return get("FER_SEARCH_TEST_CACHE_UNLOCKED")
 
 
 def disk_limit_bytes() -> int | None:

@@ -52,7 +52,7 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     check_reachable(storage_url)
     check_tracking_server(tracking_uri)  # a tracking server that is down: one line, in seconds
     # Bad data stops before the banner; prepare_study warns about skipped faces, once.
-    DataProvider(spec, args.cache_dir, warn=lambda line: None).first()
+    DataProvider(spec, args.cache_dir, warn=lambda line: None, storage_url=storage_url).first()
     err.print(f"study [bold]{spec.name}[/] ({spec.sampler}, {spec.metric}) in "
               f"{mask_url(storage_url)}; runs in {mask_url(tracking_uri)}; "
               f"{args.workers} workers")
@@ -94,7 +94,7 @@ def _run(args, leaderboard: bool):
     check_tracking_server(tracking_uri)  # so does a tracking server (MLflow would retry minutes)
     from search.study.data_provider import DataProvider
 
-    data = DataProvider(spec, args.cache_dir)
+    data = DataProvider(spec, args.cache_dir, storage_url=storage_url)
     data.first()  # bad data stops here, before the banner names a study that never starts
     # TensorFlow starts when the first trial trains (trainer.runtime.defer_tensorflow): the
     # study reaches its first trial without waiting for its ~2-3 s import. A study that only

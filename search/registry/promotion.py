@@ -160,13 +160,13 @@ def promote(
     built = None
     if registration.version_of_run(client, name, run_id) is None:
         built = _build(tracker, study, trial, spec, metric, run_id, data, cache_dir,
-                       tracking_uri)
+                       (storage_url, tracking_uri))
     with champion_lock(tracking_uri, storage_url, name):
         version = registration.version_of_run(client, name, run_id)
         reused = version is not None
         if version is None:  # a version seen above and deleted since costs a rebuild
             built = built or _build(tracker, study, trial, spec, metric, run_id, data,
-                                    cache_dir, tracking_uri)
+                                    cache_dir, (storage_url, tracking_uri))
             created = registration.log_and_register(tracker, run_id, built.model, name=name,
                                                     **built.registration)
             version = client.get_model_version(name, str(created.version))  # with its tags
@@ -210,14 +210,16 @@ class _Built:
 
 def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: StudySpec,
            metric: str, run_id: str, data: DataProvider | None, cache_dir,
-           tracking_uri: str) -> _Built:
+           urls: tuple[str, str]) -> _Built:
     """Rebuilds the trial's full model, checks it against the trial, scores it on test and
-    logs the test scores to the trial's run; returns it with what registering it needs."""
+    logs the test scores to the trial's run; returns it with what registering it needs.
+    `urls`: the storage URL (its lock guards a shared cache folder) and the tracking URI."""
+    storage_url, tracking_uri = urls
     config = spec.train_config(trial.params)
     weights = _trial_weights(tracker, run_id, trial.number, tracking_uri)
-    dataset = (data or DataProvider(spec, Path(cache_dir) if cache_dir else None)).get(
-        config.image_size
-    )
+    provider = data or DataProvider(spec, Path(cache_dir) if cache_dir else None,
+                                    storage_url=storage_url)
+    dataset = provider.get(config.image_size)
     model = trainer.build_model(config, weights, dataset.class_names)
     val = trainer.evaluate(model, dataset.val)
     check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study))

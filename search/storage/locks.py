@@ -1,16 +1,19 @@
 """Named locks every process sharing a storage sees: a file lock beside a SQLite file, an
-advisory lock in PostgreSQL. Study set-up, the study run and promotion are serialised with them."""
+advisory lock in PostgreSQL. Study set-up, the study run, promotion and the builds of a shared
+cache folder's crops and features are serialised with them."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from search.storage.engines import engine_kwargs
 from search.storage.retry import retry_transient
@@ -22,20 +25,51 @@ def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[N
     return named_lock(url, study_name)
 
 
+def holds_locks(url: str) -> bool:
+    """Whether `named_lock` locks anything in the storage at `url`: a SQLite file or PostgreSQL
+    (not an in-memory database, nor another backend)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a database URL: nothing of ours to lock in
+        return False
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return bool(parsed.database) and parsed.database != ":memory:"
+    return backend == "postgresql"
+
+
+def cache_lock(url: str) -> Callable[[str], contextlib.AbstractContextManager[None]] | None:
+    """The trainer's `CacheLock` (`trainer.files.cache_lock`) for workers sharing the storage at
+    `url`: a crop cache or feature set is built by one of them, under the lock named
+    ``cache/<entry>``, whichever machine each runs on; the others wait for it, then read.
+    None where the storage holds no locks (the trainer then keeps its file locks)."""
+    if not holds_locks(url):
+        return None
+    return functools.partial(_cache_entry_lock, url)
+
+
+def _cache_entry_lock(url: str, name: str) -> contextlib.AbstractContextManager[None]:
+    # One per crop cache and feature set: beside a SQLite file they go in one folder
+    # (optuna.db.cache/), not loose beside the database. A worker holds one at a time.
+    return named_lock(url, f"cache/{name}")
+
+
 @contextlib.contextmanager
 def named_lock(url: str, name: str, retry_s: float | None = None) -> Iterator[None]:
     """A lock named `name` that every process sharing the storage at `url` sees: a file lock
     beside a SQLite file, an advisory lock in PostgreSQL, nothing for an in-memory database.
 
     Args:
+        name: the lock's name; a '/' in it puts a SQLite lock file in a folder beside the
+            database (``cache/x``: ``optuna.db.cache/x.lock``).
         retry_s: how long to retry connecting through an outage (default FER_SEARCH_DB_RETRY_S;
             0 for a first connection, which fails at once).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if backend == "sqlite" and holds_locks(url):
         lock_path = Path(f"{parsed.database}.{name}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

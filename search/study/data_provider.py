@@ -1,5 +1,12 @@
 """The study's dataset, loaded once per process and image size (crops and features are cached on
-disk by the trainer; this keeps the arrays in memory between trials)."""
+disk by the trainer; this keeps the arrays in memory between trials).
+
+The cache folder is ``--cache-dir``, else FER_SEARCH_CACHE_DIR, else the spec's
+``data.cache_dir``. Workers on several machines may share one (a ReadWriteMany volume, NFS)
+while each works in its own folder: given the study's storage URL, the trainer builds each crop
+cache and feature set under a lock held by that storage (`search.storage.locks.cache_lock`), so
+one worker builds it and the others wait, then read it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ from pathlib import Path
 import trainer
 from search.spec.data_section import SyntheticData
 from search.spec.loader import StudySpec
+from search.storage.locks import cache_lock
+from trainer import settings
 
 
 def _to_stderr(line: str) -> None:
@@ -21,12 +30,19 @@ class DataProvider:
 
     Faces the reader had to skip (unreadable images, boxes off their image) are told once, in one
     line, through ``warn`` (default: ``warning: ...`` on stderr).
+
+    Args:
+        cache_dir: the crop and feature cache (None: FER_SEARCH_CACHE_DIR, else the spec's).
+        storage_url: the study's storage: its lock serialises the caches' builds across
+            machines. None: file locks in the cache folder (one machine).
     """
 
     def __init__(self, spec: StudySpec, cache_dir: Path | None = None,
-                 warn: Callable[[str], None] = _to_stderr) -> None:
+                 warn: Callable[[str], None] = _to_stderr, *,
+                 storage_url: str | None = None) -> None:
         self._spec = spec
-        self._cache_dir = cache_dir
+        self._cache_dir = cache_dir if cache_dir is not None else _env_cache_dir()
+        self._cache_lock = cache_lock(storage_url) if storage_url else None
         self._warn = warn
         self._warned: set[str] = set()
         self._loaded: dict[int, trainer.Dataset] = {}
@@ -35,7 +51,8 @@ class DataProvider:
         if image_size not in self._loaded:
             self._ensure_synthetic()
             config = self._spec.data_config(cache_dir=self._cache_dir)
-            self._loaded[image_size] = dataset = trainer.load_dataset(config, image_size)
+            self._loaded[image_size] = dataset = trainer.load_dataset(
+                config, image_size, cache_lock=self._cache_lock)
             line = dataset.report.skipped_summary() if dataset.report is not None else None
             if line and line not in self._warned:  # once, not once per image size
                 self._warned.add(line)
@@ -53,6 +70,11 @@ class DataProvider:
             trainer.generate_synthetic_expw(
                 data.root, data.faces, data.seed, imbalance=data.imbalance
             )
+
+
+def _env_cache_dir() -> Path | None:
+    value = settings.cache_dir()
+    return Path(value).expanduser() if value else None
 
 
 def first_image_size(spec: StudySpec) -> int:

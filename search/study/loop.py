@@ -146,7 +146,7 @@ def run_study(
     """
     deadline = time.monotonic() + (timeout or spec.timeout or float("inf"))
     # Bad data stops here, before the study or any MLflow run exists.
-    provider = data or DataProvider(spec)
+    provider = data or DataProvider(spec, storage_url=storage_url)
     dataset = provider.get(_first_image_size(spec))
     lost = _LostRuns()
     # Held for this loop's life (retrying through outages), closed in the `finally` below.

@@ -206,7 +206,7 @@ def prepare_study(
     from search.study.loop import run_study
 
     run_study(spec, storage_url=storage_url, tracking_uri=tracking_uri, n_trials=0,
-              data=DataProvider(spec, cache_dir))
+              data=DataProvider(spec, cache_dir, storage_url=storage_url))
 
 
 def run_workers(plan: WorkerPlan, sink: TextIO | None = None) -> WorkersResult:

@@ -293,3 +293,19 @@ def test_face_size_range_is_respected(tmp_path: Path) -> None:
     out = generate_synthetic_expw(tmp_path / "expw", 20, min_face=30, max_face=40)
     sides = {int(f[5]) - int(f[2]) for f in _lines(out)}
     assert min(sides) >= 30 and max(sides) <= 40
+
+
+def test_copies_generated_apart_share_one_crop_cache_key(tmp_path: Path):
+    """Workers on separate machines each generate their own copy: equal bytes and equal mtimes,
+    so one shared cache folder serves them all (the crop key counts sizes and mtimes)."""
+    from trainer.config import DataConfig
+    from trainer.data.loading import load_dataset
+
+    first = generate_synthetic_expw(tmp_path / "machine-a" / "data", 140, seed=0)
+    second = generate_synthetic_expw(tmp_path / "machine-b" / "data", 140, seed=0)
+    os.utime(second, ns=(1, 1))  # a folder's own mtime is not part of the key
+    shared = tmp_path / "shared-cache"
+    a = load_dataset(DataConfig(root=first, cache_dir=shared, workers=1), 32)
+    b = load_dataset(DataConfig(root=second, cache_dir=shared, workers=1), 32)
+    assert a.fingerprint == b.fingerprint
+    assert len(list((shared / "crops").iterdir())) == 2  # one entry and its lock file

@@ -10,8 +10,9 @@ Layout, under ``<cache_dir>/crops/<key>/``:
 ``key`` (see `crop_key`) hashes everything the arrays depend on, so a changed label file, image,
 size, margin or confidence filter gives a new entry and an unchanged one is reused. An entry is
 built in a temp folder and renamed into place (`trainer.files.atomic.atomic_dir`) under an exclusive
-lock on ``<cache_dir>/crops/<key>.lock``, so concurrent processes build it once and a crashed
-build never leaves a half-written entry behind.
+lock (a file lock on ``<cache_dir>/crops/<key>.lock``, or the caller's `cache_lock` when machines
+share the cache folder: `trainer.files.cache_lock`), so concurrent processes build it once and a
+crashed build never leaves a half-written entry behind.
 
 Images are decoded by a thread pool (Pillow releases the GIL while decoding and resizing), each
 image once for all its faces, and written in a fixed order straight into a memory-mapped file, so
@@ -40,8 +41,8 @@ from trainer.data.faces import UnreadableImage, crop_face, read_image
 from trainer.data.problems import EMPTY_BOX, OUTSIDE_IMAGE, ProblemTally, box_problem
 from trainer.errors import DataError
 from trainer.files.atomic import atomic_dir, remove_stale_temps
+from trainer.files.cache_lock import CacheLock, entry_lock, record_build, refresh
 from trainer.files.disk_space import disk_full_as_error, require_free_space
-from trainer.files.lock import file_lock
 from trainer.files.npy import shrink_npy
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def ensure_crops(
     workers: int | None = None,
     strict: bool = False,
     info: dict | None = None,
+    cache_lock: CacheLock | None = None,
 ) -> CropCache:
     """Opens the cache entry ``key``, building it first if no finished one exists.
 
@@ -146,6 +148,8 @@ def ensure_crops(
         workers: decoding threads (None: one per core).
         strict: raise on the first missing or unreadable image instead of skipping its faces.
         info: extra JSON-able facts to record in meta.json (file names, settings).
+        cache_lock: the lock every builder of this entry sees, when machines share
+            ``cache_dir`` (see `trainer.files.cache_lock`); None: a file lock.
 
     Returns:
         The opened entry.
@@ -165,8 +169,10 @@ def ensure_crops(
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create the crop cache folder {final.parent}: {err}") from err
-    with file_lock(final.parent / f"{key}.lock"):
-        # Whoever held the lock before us may have just finished this very entry.
+    with entry_lock(cache_lock, f"crops-{key[:32]}", final.parent / f"{key}.lock"):
+        # Whoever held the lock before us (here or on another machine) may have just finished
+        # this very entry.
+        refresh(final.parent)
         cached = _try_open(final, key)
         if cached is not None:
             return cached
@@ -175,6 +181,7 @@ def ensure_crops(
             shutil.rmtree(final)
         remove_stale_temps(final)
         logger.info("building crop cache %s (%d faces)", final, len(records))
+        record_build("crops", key)
         needed = crops_bytes(len(records), image_size)
         require_free_space(final.parent, needed, "the crop cache")  # others may have written
         with disk_full_as_error(final.parent, needed, "the crop cache"), atomic_dir(final) as tmp:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.files.cache_lock import CacheLock
 from trainer.labels import CLASS_NAMES
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -93,6 +94,8 @@ class Dataset:
         cache_dir: where derived caches (features) are written.
         report: what the reader saw and skipped.
         class_names: label index -> expression name.
+        cache_lock: the lock around building a derived cache entry when the cache folder is
+            shared between machines (`trainer.files.cache_lock`); None: a file lock.
     """
 
     train: Split
@@ -103,6 +106,7 @@ class Dataset:
     cache_dir: Path
     report: DataReport | None = None
     class_names: tuple[str, ...] = field(default=CLASS_NAMES)
+    cache_lock: CacheLock | None = field(default=None, compare=False, repr=False)
 
     def split(self, name: str) -> Split:
         if name not in SPLIT_NAMES:

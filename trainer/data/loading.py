@@ -23,6 +23,7 @@ from trainer.data.expw import FaceRecord, ReadStats, locate_expw, parse_label_by
 from trainer.data.problems import BOX_PROBLEMS, IMAGE_PROBLEMS, describe
 from trainer.data.split import grouped_stratified_split
 from trainer.errors import ConfigError, DataError
+from trainer.files.cache_lock import CacheLock
 from trainer.labels import CLASS_NAMES, NUM_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class _Source:
     images: ImageSurvey
 
 
-def load_dataset(config: DataConfig, image_size: int) -> Dataset:
+def load_dataset(
+    config: DataConfig, image_size: int, *, cache_lock: CacheLock | None = None
+) -> Dataset:
     """Loads an ExpW-format dataset as three uint8 splits of ``image_size`` square RGB faces.
 
     Faces are cropped once per content key (see `trainer.data.crops`) and read back as a memory map;
@@ -50,6 +53,9 @@ def load_dataset(config: DataConfig, image_size: int) -> Dataset:
     Args:
         config: where the dataset is and how to read and split it.
         image_size: side of the square faces, >= 32 (VGG16's minimum).
+        cache_lock: when workers on several machines share ``config.cache_dir``, the lock every
+            one of them sees (`trainer.files.cache_lock`), so that the crops and each feature
+            set are built once; the dataset carries it to the feature cache. None: file locks.
 
     Returns:
         The dataset, with a `DataReport` of what was read and skipped.
@@ -78,6 +84,7 @@ def load_dataset(config: DataConfig, image_size: int) -> Dataset:
             "image_dir": str(source.image_dir),
             "min_confidence": config.min_confidence,
         },
+        cache_lock=cache_lock,
     )
     _check_cache_for_strict(cache, config)
     labels = np.asarray(cache.labels, dtype=np.int64)
@@ -103,6 +110,7 @@ def load_dataset(config: DataConfig, image_size: int) -> Dataset:
         image_size=image_size,
         cache_dir=config.cache_dir,
         report=report,
+        cache_lock=cache_lock,
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ __all__ = [
 # version is then reported as different instead of being silently reused.
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "synthetic.json"
+# Every generated file's mtime (2020-01-01 UTC). The crop cache's key counts image sizes and
+# mtimes (`trainer.data.crops.survey_images`): with equal bytes and equal mtimes, workers that
+# each generate their own copy on their own machine share one crop and feature cache.
+GENERATED_MTIME_NS = 1_577_836_800 * 10**9
 LABEL_FILE = "label.lst"
 IMAGE_SUBDIR = Path("image") / "origin"
 _FORMAT = "fer-search synthetic ExpW"
@@ -729,7 +734,8 @@ def generate_synthetic_expw(
 ) -> Path:
     """Writes a synthetic ExpW set of exactly `faces` faces to `out`, or reuses the one there.
 
-    The same arguments always give the same bytes (label.lst and every JPEG). The set is written
+    The same arguments always give the same bytes (label.lst and every JPEG) and the same mtimes
+    (`GENERATED_MTIME_NS`), so copies generated apart share caches. The set is written
     into a temporary folder beside `out` and renamed into place, so `out` either holds a complete
     set or does not exist; a ``synthetic.json`` manifest beside label.lst records the arguments.
     Processes asking for the same set at once take turns through a lock file beside `out`
@@ -773,6 +779,9 @@ def generate_synthetic_expw(
             (tmp / MANIFEST_NAME).write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    os.utime(path, ns=(GENERATED_MTIME_NS, GENERATED_MTIME_NS))
     if not _check_existing(out, manifest):  # pragma: no cover - atomic_dir guarantees a folder
         raise DataError(f"{out} was not written")
     return out

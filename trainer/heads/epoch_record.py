@@ -67,7 +67,13 @@ class EpochRecord:
 
     def lock(self) -> AbstractContextManager:
         """Held while a group trains, so a worker asking for the same group waits for the
-        record instead of training the same epochs again."""
+        record instead of training the same epochs again.
+
+        A file lock even when machines share the cache folder: a group holds one per track for
+        its whole training, which as locks in the storage (`Dataset.cache_lock`) would be one
+        PostgreSQL connection each. The grid queue already hands a group to one worker; where
+        the file lock does not hold between machines, the worst case is a track trained twice,
+        each epoch's files written atomically with the same contents."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return file_lock(self.path.with_suffix(".lock"))
 

@@ -4,26 +4,31 @@ Features are keyed by everything that determines them: the data's fingerprint, t
 image size, the cut point (pooling when fully frozen, else the last frozen block), the base's
 weights and, when it is not float32, the precision it computed in (float32 keys are those of
 the caches written before `precision` existed). They are written once, atomically and under a
-lock (several workers may ask at once), then memory-mapped by every later training with the same
-inputs. A process keeps the arrays it has loaded, so a study pays for them once. They are float32
-whatever the base computed in.
+lock (several workers may ask at once: a file lock, or the dataset's `cache_lock` when workers on
+several machines share the cache folder, see `trainer.files.cache_lock`), then memory-mapped by
+every later training with the same inputs. A process keeps the arrays it has loaded, so a study
+pays for them once. They are float32 whatever the base computed in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
+from trainer.files.cache_lock import entry_lock, record_build, refresh
 from trainer.files.disk_space import disk_full_as_error, require_free_space
-from trainer.files.lock import file_lock
 from trainer.network.model import Network, cut_name, weights_fingerprint
 from trainer.runtime import side_by_side
+
+logger = logging.getLogger(__name__)
 
 EXTRACT_BATCH = 64
 _CHUNK = 1024  # faces read from the crop memmap per step: bounded memory on full ExpW
@@ -74,12 +79,15 @@ def features_for(
     # `trainer.files.disk_space.require_free_space`.
     require_free_space(path.parent, needed, "the feature cache")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_suffix(".lock")):
-        # Another worker may have finished it while we waited for the lock.
+    with entry_lock(data.cache_lock, f"features-{path.stem}", path.with_suffix(".lock")):
+        # Another worker (here or on another machine) may have finished it while we waited.
+        refresh(path.parent)
         if path.is_file():
             _loaded[path] = np.load(path, mmap_mode="r")
             return _loaded[path], 0.0
         require_free_space(path.parent, needed, "the feature cache")
+        logger.info("extracting %s features of %d faces into %s", split, len(images), path)
+        record_build("features", path.stem)
         start = time.perf_counter()
         with disk_full_as_error(path.parent, needed, "the feature cache"):
             _extract_to(path, network, images, shape)
@@ -92,7 +100,9 @@ def _extract_to(path: Path, network: Network, images: np.ndarray, shape: tuple) 
     """Streams the frozen part's outputs into a temporary .npy, then renames it into place.
     With TensorFlow's ops on one thread each, batches run side by side (`runtime.side_by_side`);
     each batch's features are the same either way (deterministic ops)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique even between machines (pods often share a pid): a builder whose lock was lost
+    # (its database connection cut) never writes into another's temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=shape)
         for start in range(0, len(images), _CHUNK):
