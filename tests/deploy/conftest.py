@@ -1,5 +1,5 @@
-"""Fixtures of tests/deploy: the throwaway PostgreSQL cluster of benchmarks/pgcluster.py (Slurm test), and
-the offline tools (kubectl, kubernetes-validate), which fail rather than skip in CI."""
+"""Fixtures of tests/deploy: the throwaway PostgreSQL cluster of benchmarks/pgcluster.py (Slurm
+test), and the offline tools (kubectl, kubernetes-validate), which fail rather than skip in CI."""
 
 from __future__ import annotations
 
