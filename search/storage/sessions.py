@@ -45,7 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.errors import InputError, SearchError
-from search.storage import points
+from search.storage import claims, points
 from search.storage.engines import (
     begin_immediate,
     close_storage,
@@ -138,6 +138,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             with named_lock(url, TABLES_LOCK, retry_s=0):
                 storage = create()
                 points.ensure_table(storage.engine)  # the grid queue's table
+                claims.ensure_index(storage.engine)  # a claim's read of the queue
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
     storage.retry_s = retry_s if resilient else 0.0

@@ -120,7 +120,7 @@ def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None) -> o
     study = open_study(spec, storage, storage_url)
     grid_queue.recover_lost(study, storage, on_lost)
     if spec.sampler == "grid":
-        grid_queue.fill_queue(study, spec)
+        grid_queue.fill_queue(study, spec, group_runner.group_of(spec))
     return study
 
 
