@@ -87,6 +87,9 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     """
     storage = _backend(study)
     study_id = study._study_id
+    combos = grid_points(spec)
+    if points.held_and_failed(storage, study_id) == (len(combos), 0):
+        return 0  # every point held, none by a FAIL trial: nothing to read (a worker's start)
     points.drop_leftovers(storage, study_id)
     trials = study.get_trials(deepcopy=False)
     by_id = {trial._trial_id: trial for trial in trials}
@@ -97,7 +100,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
         if params is not None:
             legacy.setdefault(points.point_key(params), []).append(trial)
     queued = 0
-    for params in _grouped(grid_points(spec), group_of):
+    for params in _grouped(combos, group_of):
         key = points.point_key(params)
         holder = by_id.get(held.get(key, -1))
         if holder is None:
