@@ -35,6 +35,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -264,7 +265,10 @@ def claim_group(
     study_id = study._study_id
     max_trials = max(1, max_trials) if max_trials is not None else None
 
+    seen: dict[int, claims.Waiting] = {}
+
     def choose(waiting: Sequence[claims.Waiting]) -> list[int]:
+        seen.update((candidate.trial_id, candidate) for candidate in waiting)
         first = _group_key(group_of, waiting[0].params)
         if first is None:
             return [waiting[0].trial_id]
@@ -286,7 +290,7 @@ def claim_group(
     while True:
         claimed = backend.claim_waiting(study_id, choose)
         if claimed:
-            _remember(study, backend, claimed)
+            _remember(study, [seen[trial_id] for trial_id in claimed])
             return [optuna.Trial(study, trial_id) for trial_id in claimed]
         if not backend.any_waiting(study_id):
             return []
@@ -295,17 +299,24 @@ def claim_group(
         pause = min(pause * 2, 0.2)
 
 
-def _remember(study: optuna.Study, backend, trial_ids: list[int]) -> None:
+def _remember(study: optuna.Study, trials: list[claims.Waiting]) -> None:
     """Puts claimed trials into Optuna's cache around the storage (its `suggest` looks a trial's
-    study up there), as its own read of the whole study would, but reading only them."""
+    study up there) as RUNNING trials known by id and number only: the cache reads unfinished
+    trials again whenever it is asked for the study's trials, and `optuna.Trial` reads its own
+    trial from the storage. Cheaper than the cache's own read of every unfinished trial."""
     cached = study._storage
     if not isinstance(cached, _CachedStorage):
         return
-    frozen = [backend.get_trial(trial_id) for trial_id in trial_ids]
+    now = datetime.now()
+    frozen = [optuna.trial.FrozenTrial(
+        number=t.number, state=TrialState.RUNNING, value=None, values=None,
+        datetime_start=now, datetime_complete=None, params={}, distributions={},
+        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=t.trial_id)
+        for t in trials]
     with cached._lock:
         info = cached._studies.setdefault(study._study_id, _StudyInfo())
         cached._add_trials_to_cache(study._study_id, frozen)
-        info.unfinished_trial_ids.update(trial_ids)
+        info.unfinished_trial_ids.update(t.trial_id for t in trials)
 
 
 def _group_key(group_of: GroupOf, params: dict[str, Any] | None) -> Hashable | None:
