@@ -240,14 +240,15 @@ def claim_group(
     *,
     head_of: GroupOf | None = None,
     max_trials: int | None = None,
+    window: int = claims.WINDOW,
 ) -> list[optuna.Trial]:
     """Claims the trials of one group for this process (at most `limit` heads); [] when the
     queue is empty.
 
     One transaction (search.storage.claims): the first WAITING trials of the queue that no
     other claim is looking at (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises
-    claims), at most `claims.WINDOW`; the first of them decides the group, and its members
-    among them are set RUNNING together. Its cost does not grow with the queue, and workers
+    claims), at most `window`; the first of them decides the group, and its members among them
+    are set RUNNING together. Its cost does not grow with the queue, and workers
     claiming at once take different windows instead of waiting for one another. A group whose
     members lie beyond the window is trained in more than one claim (the queue is filled group
     by group, `fill_queue`, so that this is rare); results do not depend on who trains which
@@ -260,6 +261,9 @@ def claim_group(
         head_of: a grid point's head (points with equal heads train as one head, e.g. equal but
             for `epochs`); None, or a None head: every point is a head of its own.
         max_trials: at most this many trials (what is left of `--n-trials`); None: no cap.
+        window: at most this many WAITING trials looked at (and locked for the claim's
+            moment): about what one claim can take (`group_runner.claim`: `limit` heads times
+            the trials per head). A larger window locks rows that other claims then skip.
     """
     backend = getattr(storage, "_backend", storage)
     study_id = study._study_id
@@ -288,7 +292,7 @@ def claim_group(
 
     pause = 0.01
     while True:
-        claimed = backend.claim_waiting(study_id, choose)
+        claimed = backend.claim_waiting(study_id, choose, max(1, window))
         if claimed:
             _remember(study, [seen[trial_id] for trial_id in claimed])
             return [optuna.Trial(study, trial_id) for trial_id in claimed]
