@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.search.pgcluster import pg_cluster  # noqa: F401  (pytest fixture)
+from benchmarks.pgcluster import pg_cluster  # noqa: F401  (pytest fixture)
 
 
 def missing_tool(what: str) -> None:
