@@ -86,7 +86,7 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage, resolve_storage
     from search.study.dry_worker import DryLoop, NullData, NullTracker
-    from search.study.loop import _LostRuns, prepare_queue
+    from search.study.loop import _LostRuns, prepare_queue, ready_study
     from search.study.trial_runner import TrialRunner
 
     class TimedLoop(DryLoop):
@@ -121,8 +121,10 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
 
     storage.set_trial_state_values = timed_tell
     try:
-        with study_lock(url, spec.name):
-            study = prepare_queue(spec, storage, url, lost)
+        study = ready_study(spec, storage)  # as dry_worker.run: a running study needs no lock
+        if study is None:
+            with study_lock(url, spec.name):
+                study = prepare_queue(spec, storage, url, lost)
         stats["startup"].append(time.perf_counter() - began)
         tracker = NullTracker()
         runner = TrialRunner(spec, study, storage, NullData(), tracker, "dry", "dry")

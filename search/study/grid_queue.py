@@ -89,7 +89,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     storage = _backend(study)
     study_id = study._study_id
     combos = grid_points(spec)
-    if points.held_and_failed(storage, study_id) == (len(combos), 0):
+    if queue_full(study, spec):
         return 0  # every point held, none by a FAIL trial: nothing to read (a worker's start)
     points.drop_leftovers(storage, study_id)
     trials = study.get_trials(deepcopy=False)
@@ -157,6 +157,13 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
             if on_lost is not None:
                 on_lost(study, frozen)
     return lost
+
+
+def queue_full(study: optuna.Study, spec: StudySpec) -> bool:
+    """Whether every grid point is queued and none is held by a FAIL trial (one query): then
+    `fill_queue` has nothing to do."""
+    return points.held_and_failed(_backend(study), study._study_id) == \
+        (len(grid_points(spec)), 0)
 
 
 def has_lost(study: optuna.Study, storage) -> bool:
