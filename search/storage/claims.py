@@ -31,7 +31,7 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from search.storage import points
 
@@ -109,6 +109,16 @@ def any_waiting(storage: optuna.storages.RDBStorage, study_id: int) -> bool:
             select(trials.trial_id)
             .where(trials.study_id == study_id, trials.state == TrialState.WAITING)
             .limit(1)).first() is not None
+
+
+def count(storage: optuna.storages.RDBStorage, study_id: int, states) -> int:
+    """How many trials of the study are in `states`: one COUNT, where Optuna's `get_trials`
+    would read (and build) every unfinished trial, in every worker polling for the end."""
+    trials = models.TrialModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        return int(session.execute(
+            select(func.count()).select_from(trials)
+            .where(trials.study_id == study_id, trials.state.in_(list(states)))).scalar())
 
 
 def _queued_points(session, trial_ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -192,6 +192,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """Whether the study has a WAITING trial (search.storage.claims.any_waiting), retried."""
         return self._retrying(lambda: claims.any_waiting(self, study_id), "any_waiting")
 
+    def count_trials(self, study_id: int, states) -> int:
+        """How many trials of the study are in `states` (search.storage.claims.count)."""
+        return self._retrying(lambda: claims.count(self, study_id, states), "count_trials")
+
     def enqueue_point(self, study_id: int, template, key: str):
         """Queues grid point `key` (search.storage.points.enqueue_point), retried; the new
         trial, or None when the point is held (by a retry's own first attempt, or another)."""

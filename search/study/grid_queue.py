@@ -345,4 +345,9 @@ def _head_key(head_of: GroupOf | None, waiting: claims.Waiting) -> Hashable:
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
+    """How many of the study's trials are in `states`: one COUNT on the project's storage
+    (workers poll it at a study's end), else Optuna's read of the trials."""
+    backend = _backend(study)
+    if hasattr(backend, "count_trials"):
+        return backend.count_trials(study._study_id, states)
     return len(study.get_trials(deepcopy=False, states=states))
