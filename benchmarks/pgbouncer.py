@@ -30,6 +30,11 @@ from benchmarks.pgcluster import USER, ClusterUnavailable, PgCluster, _run_as, f
 
 DEFAULT_POOL = 40  # server connections per database (the goal: at most 50 in all)
 MAX_CLIENTS = 4000  # client connections PgBouncer accepts (about 3 per worker)
+# How long a client may wait for a server connection before PgBouncer cuts it off (its default,
+# 120 s, cut off 49 of 128 and 183 of 256 starting workers on a saturated 2-core machine:
+# benchmarks/results/storage_load.md). A worker waiting for the pool is waiting for the
+# database, as for a lock; its own deadlines decide when to give up.
+QUERY_WAIT_S = 900
 
 
 @dataclass
@@ -120,6 +125,7 @@ max_db_connections = {pool}
 min_pool_size = 0
 reserve_pool_size = 0
 max_client_conn = {max_clients}
+query_wait_timeout = {QUERY_WAIT_S}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 logfile = {bouncer.log}

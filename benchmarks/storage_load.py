@@ -327,7 +327,8 @@ start, claim, heartbeat, a report per epoch, tell) with training replaced by a s
 per row, one trial per claim (FER_SEARCH_MAX_GROUP=1), all workers started together. Workers are
 threads, at most {args.processes} processes of them (256 processes are too heavy for this
 2-core machine); each thread opens its own storage, so the database (or PgBouncer) sees each
-worker's own connections. PgBouncer: transaction pooling, {args.pool} server connections.
+worker's own connections. PgBouncer: transaction pooling, {args.pool} server connections,
+query_wait_timeout {pgbouncer.QUERY_WAIT_S} s.
 PostgreSQL (a throwaway cluster, fsync off, max_connections {args.max_connections}), PgBouncer,
 the workers and this script all share the machine's 2 cores.
 

@@ -25,6 +25,7 @@ default_pool_size = ${PGBOUNCER_POOL:-40}
 max_db_connections = ${PGBOUNCER_POOL:-40}
 reserve_pool_size = 0
 max_client_conn = ${PGBOUNCER_MAX_CLIENTS:-4000}
+query_wait_timeout = 900
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 INI
