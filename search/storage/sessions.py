@@ -128,6 +128,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             grace_period=grace_s,
             heartbeat_stale_trial_callback=on_stale,
             skip_table_creation=skip_tables,
+            skip_compatibility_check=True,  # `_check_schema`, without holding a connection
         )
 
     try:
@@ -141,6 +142,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
                 storage = create()
                 points.ensure_table(storage.engine)  # the grid queue's table
                 claims.ensure_index(storage.engine)  # a claim's read of the queue
+        _check_schema(storage)
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
     storage.retry_s = retry_s if resilient else 0.0
@@ -228,6 +230,24 @@ def _require_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
     if not stamped:
         raise InputError(f"storage: {mask_url(url)} is still being created (Optuna's schema "
                          f"version is not recorded yet); try again in a moment")
+
+
+def _check_schema(storage: ResilientRDBStorage) -> None:
+    """Optuna's schema check, one connection at a time. Optuna's own holds a transaction open
+    on one connection while it reads the schema version on a second: through PgBouncer, as many
+    workers starting at once as the pool has connections each held one and waited for another,
+    and nobody got one (benchmarks/results/storage_load.md).
+
+    Raises:
+        RuntimeError: the tables were made by another Optuna version (Optuna's own words).
+    """
+    versions = storage._version_manager
+    current, head = versions.get_current_version(), versions.get_head_version()
+    if current != head:
+        raise RuntimeError(
+            f"The runtime optuna version {optuna.__version__} is no longer compatible with the "
+            f"table schema (version {current}, expected {head}); `optuna storage upgrade "
+            f"--storage URL` upgrades it.")
 
 
 def _ready(url: str, engine_kwargs: dict[str, Any]) -> bool:
