@@ -89,6 +89,7 @@ class PgCluster:
     password: str
     bin: Path
     prefix: list[str] = field(default_factory=list)
+    max_connections: int = 100  # PostgreSQL's default
 
     @property
     def data(self) -> Path:
@@ -112,7 +113,8 @@ class PgCluster:
 
     def start(self) -> None:
         # -k: the Unix socket in our folder (the default /var/run/postgresql may not exist).
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off"
+        options = (f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off "
+                   f"-c max_connections={self.max_connections}")
         self.pg_ctl("-o", options, "-l", str(self.log), "-w", "start")
 
     def restart(self) -> None:
@@ -136,8 +138,9 @@ class PgCluster:
             connection.close()
 
 
-def start_cluster() -> PgCluster:
-    """initdb + start a cluster on 127.0.0.1 at a free port, with databases `optuna`, `mlflow`.
+def start_cluster(max_connections: int = 100) -> PgCluster:
+    """initdb + start a cluster on 127.0.0.1 at a free port, with databases `optuna`, `mlflow`
+    (`max_connections`: a benchmark of many workers connecting directly needs more than 100).
 
     Raises:
         ClusterUnavailable: PostgreSQL's server is not installed (or cannot run as non-root).
@@ -151,7 +154,7 @@ def start_cluster() -> PgCluster:
         os.chmod(root, 0o700)
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(root / "pwfile", "postgres", "postgres")
-    cluster = PgCluster(root, free_port(), password, binaries, prefix)
+    cluster = PgCluster(root, free_port(), password, binaries, prefix, max_connections)
     try:
         subprocess.run(
             [*prefix, str(binaries / "initdb"), "-D", str(cluster.data), "-U", USER,

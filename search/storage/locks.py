@@ -1,6 +1,15 @@
 """Named locks every process sharing a storage sees: a file lock beside a SQLite file, an
 advisory lock in PostgreSQL. Study set-up, the study run, promotion and the builds of a shared
-cache folder's crops and features are serialised with them."""
+cache folder's crops and features are serialised with them.
+
+PostgreSQL's lock is transaction-held (`pg_try_advisory_xact_lock` in a transaction kept open
+while the lock is held, released by its COMMIT or by a cut connection), never session-held:
+through PgBouncer in transaction pooling (the compose `pgbouncer` service, benchmarks/pgbouncer.py)
+a session lock would stay
+on whichever server connection ran it, held for nobody. A waiter polls with short transactions
+(backing off from 10 ms to 0.25 s) instead of blocking inside one: a blocked waiter would hold a
+server connection of the proxy's small pool, and enough of them would leave the holder none to
+finish its work with."""
 
 from __future__ import annotations
 
@@ -8,10 +17,12 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -77,21 +88,34 @@ def named_lock(url: str, name: str, retry_s: float | None = None) -> Iterator[No
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
     elif backend == "postgresql":
-        from sqlalchemy import text
-
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        engine = create_engine(url, **engine_kwargs(url))
-        try:
-            with retry_transient(engine.connect, what=f"lock {name}", url=url,
-                                 deadline_s=retry_s) as connection:
-                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    # A connection cut meanwhile (server restarted) released the lock already.
-                    with contextlib.suppress(Exception):
-                        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        finally:
-            engine.dispose()
+        with _advisory_lock(url, name, retry_s):
+            yield
     else:  # in-memory or another backend: one process, nothing to serialise
         yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, name: str, retry_s: float | None) -> Iterator[None]:
+    """The PostgreSQL lock of `named_lock`: held by an open transaction of its own connection."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = create_engine(url, **engine_kwargs(url))
+    try:
+        with retry_transient(engine.connect, what=f"lock {name}", url=url,
+                             deadline_s=retry_s) as connection:
+            pause = 0.01
+            while True:
+                transaction = connection.begin()
+                if connection.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                      {"k": key}).scalar():
+                    break
+                transaction.rollback()
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.25)
+            try:
+                yield
+            finally:
+                # A connection cut meanwhile (server restarted) released the lock already.
+                with contextlib.suppress(Exception):
+                    transaction.commit()
+    finally:
+        engine.dispose()

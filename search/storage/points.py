@@ -35,6 +35,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
     delete,
     func,
     insert,
@@ -80,6 +81,21 @@ def rows(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
         found = session.execute(select(GRID_POINTS.c.point_key, GRID_POINTS.c.trial_id)
                                 .where(GRID_POINTS.c.study_id == study_id)).all()
     return {key: trial_id for key, trial_id in found}
+
+
+def held_and_failed(storage: optuna.storages.RDBStorage, study_id: int) -> tuple[int, int]:
+    """How many grid points of the study are held by a trial of the study, and how many of
+    those by a FAIL trial (interrupted or failed for good): a worker's start-up check, in one
+    query, that the queue needs no filling (rows left by a deleted study are not counted)."""
+    trials = models.TrialModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        held, failed = session.execute(
+            select(func.count(), func.count(case((trials.state == TrialState.FAIL, 1))))
+            .select_from(GRID_POINTS)
+            .join(trials, (trials.trial_id == GRID_POINTS.c.trial_id)
+                  & (trials.study_id == study_id))
+            .where(GRID_POINTS.c.study_id == study_id)).one()
+    return int(held), int(failed)
 
 
 def drop_leftovers(storage: optuna.storages.RDBStorage, study_id: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
-from search.storage import points
+from search.storage import claims, points
 from search.storage.engines import close_storage
 from search.urls import mask_text
 from trainer import settings
@@ -169,6 +169,32 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         if trial.state == TrialState.RUNNING and self.heartbeat_interval:
             self.record_heartbeat(trial._trial_id)  # as for a claim: beat from the start
         return trial
+
+    def claim_waiting(self, study_id: int, choose: claims.Choose,
+                      window: int = claims.WINDOW) -> list[int]:
+        """Claims the WAITING trials `choose` picks (search.storage.claims.claim_waiting),
+        retried; a retry whose first attempt committed unseen returns that attempt's trials."""
+        token = uuid.uuid4().hex
+        attempts = 0
+
+        def claim() -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                mine = claims.claimed_by(self, study_id, token)
+                if mine:
+                    return mine
+            return claims.claim_waiting(self, study_id, choose, token, window)
+
+        return self._retrying(claim, "claim_waiting")
+
+    def any_waiting(self, study_id: int) -> bool:
+        """Whether the study has a WAITING trial (search.storage.claims.any_waiting), retried."""
+        return self._retrying(lambda: claims.any_waiting(self, study_id), "any_waiting")
+
+    def count_trials(self, study_id: int, states) -> int:
+        """How many trials of the study are in `states` (search.storage.claims.count)."""
+        return self._retrying(lambda: claims.count(self, study_id, states), "count_trials")
 
     def enqueue_point(self, study_id: int, template, key: str):
         """Queues grid point `key` (search.storage.points.enqueue_point), retried; the new

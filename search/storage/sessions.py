@@ -46,7 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.errors import InputError, SearchError
-from search.storage import points
+from search.storage import claims, points
 from search.storage.engines import (
     begin_immediate,
     close_storage,
@@ -121,24 +121,29 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
     heartbeat_s, grace_s = settings.heartbeat_s(), settings.grace_s()
     retry_s = settings.db_retry_s()
 
-    def create() -> ResilientRDBStorage:
+    def create(skip_tables: bool = read_only) -> ResilientRDBStorage:
         return ResilientRDBStorage(
             url,
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat_s,
             grace_period=grace_s,
             heartbeat_stale_trial_callback=on_stale,
-            skip_table_creation=read_only,
+            skip_table_creation=skip_tables,
+            skip_compatibility_check=True,  # `_check_schema`, without holding a connection
         )
 
     try:
         if read_only:
             storage = create()
+        elif _ready(url, kwargs):  # a worker joining a running study: no lock to queue on
+            storage = create(skip_tables=True)
         else:
             # Workers started together on a fresh database would race on CREATE TABLE.
             with named_lock(url, TABLES_LOCK, retry_s=0):
                 storage = create()
                 points.ensure_table(storage.engine)  # the grid queue's table
+                claims.ensure_index(storage.engine)  # a claim's read of the queue
+        _check_schema(storage)
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
     storage.retry_s = retry_s if resilient else 0.0
@@ -226,6 +231,46 @@ def _require_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> None:
     if not stamped:
         raise InputError(f"storage: {mask_url(url)} is still being created (Optuna's schema "
                          f"version is not recorded yet); try again in a moment")
+
+
+def _check_schema(storage: ResilientRDBStorage) -> None:
+    """Optuna's schema check, one connection at a time. Optuna's own holds a transaction open
+    on one connection while it reads the schema version on a second: through PgBouncer, as many
+    workers starting at once as the pool has connections each held one and waited for another,
+    and nobody got one (benchmarks/results/storage_load.md).
+
+    Raises:
+        RuntimeError: the tables were made by another Optuna version (Optuna's own words).
+    """
+    versions = storage._version_manager
+    current, head = versions.get_current_version(), versions.get_head_version()
+    if current != head:
+        raise RuntimeError(
+            f"The runtime optuna version {optuna.__version__} is no longer compatible with the "
+            f"table schema (version {current}, expected {head}); `optuna storage upgrade "
+            f"--storage URL` upgrades it.")
+
+
+def _ready(url: str, engine_kwargs: dict[str, Any]) -> bool:
+    """Whether the store holds every table and index `open_storage` creates, stamped: then a
+    worker opens it without the tables lock (which many workers starting at once would queue
+    on). False: the locked path creates what is missing.
+
+    Raises:
+        InputError, StorageError: the database cannot be reached (as `open_storage`).
+    """
+    engine = create_engine(url, **engine_kwargs)
+    try:
+        found = inspect(engine)
+        return (all(found.has_table(t) for t in ("studies", "trials", "version_info",
+                                                  "alembic_version", points.GRID_POINTS.name))
+                and any(index["name"] == claims.TRIALS_INDEX
+                        for index in found.get_indexes("trials"))
+                and all(_has_rows(engine, t) for t in ("version_info", "alembic_version")))
+    except Exception as exc:
+        raise _open_error(url, exc) from None
+    finally:
+        engine.dispose()
 
 
 def _has_rows(engine, table: str) -> bool:

@@ -1,5 +1,6 @@
 """The study's dataset, loaded once per process and image size (crops and features are cached on
-disk by the trainer; this keeps the arrays in memory between trials).
+disk by the trainer; this keeps the arrays in memory between trials), and logged on the study
+run.
 
 The cache folder is ``--cache-dir``, else FER_SEARCH_CACHE_DIR, else the spec's
 ``data.cache_dir``. Workers on several machines may share one (a ReadWriteMany volume, NFS)
@@ -104,3 +105,16 @@ def report_lines(report: trainer.DataReport) -> list[str]:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def log_data(tracker, run_id: str, spec: StudySpec, data) -> None:
+    """The dataset's fingerprint and split sizes, on the study run."""
+    report = data.report
+    params = {"data_fingerprint": data.fingerprint, "data_root": str(spec.data_config().root)}
+    if report is not None:
+        params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
+        params["faces"] = report.faces
+    tracker.log(run_id, params=params)
+    tracker.log_dataset(run_id, data, str(spec.data_config().root), "study")
+    if report is not None:
+        tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")

@@ -25,7 +25,7 @@ from search.spec.loader import load_spec
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage, resolve_storage
-from search.study.loop import StudyLoop, _LostRuns, prepare_queue
+from search.study.loop import StudyLoop, _LostRuns, prepare_queue, ready_study
 from search.study.trial_runner import TrialRunner, TrialSession
 
 DRY_VALUE = 0.5  # every trial's metric
@@ -112,8 +112,10 @@ def run(spec_path: str, *, epoch_s: float = 0.1, n_trials: int | None = None) ->
     lost = _LostRuns()
     storage = open_storage(url, on_stale=lost, resilient=True)
     try:
-        with study_lock(url, spec.name):
-            study = prepare_queue(spec, storage, url, lost)
+        study = ready_study(spec, storage)  # a running study: no lock to queue on
+        if study is None:
+            with study_lock(url, spec.name):
+                study = prepare_queue(spec, storage, url, lost)
         tracker = NullTracker()
         runner = TrialRunner(spec, study, storage, NullData(), tracker, "dry", "dry")
         loop = DryLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials)

@@ -33,10 +33,13 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import TrialState
 
 from search.contracts import (
@@ -46,7 +49,7 @@ from search.contracts import (
     TRIAL_RUN_ID_ATTR,
 )
 from search.spec.loader import StudySpec
-from search.storage import points
+from search.storage import claims, points
 from search.storage.sessions import MAX_RETRY
 from trainer import settings
 
@@ -70,16 +73,24 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return combos
 
 
-def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
+def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = None) -> int:
     """Queues the grid points that no trial holds, and re-queues those whose trial was
     interrupted (FAIL, not permanently); returns how many. Call it under `storage.study_lock`.
 
     A point's holder is read from the storage's point table (search.storage.points), never
     inferred from a trial's params: a claimed trial's params appear one suggest at a time. A
     study queued before the table existed has its holders adopted from their queued params.
+
+    Args:
+        group_of: a grid point's group key; given, the points are queued group by group (in
+            the seed's order of their first members), so that a claim's window
+            (search.storage.claims) holds a whole group.
     """
     storage = _backend(study)
     study_id = study._study_id
+    combos = grid_points(spec)
+    if queue_full(study, spec):
+        return 0  # every point held, none by a FAIL trial: nothing to read (a worker's start)
     points.drop_leftovers(storage, study_id)
     trials = study.get_trials(deepcopy=False)
     by_id = {trial._trial_id: trial for trial in trials}
@@ -90,7 +101,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
         if params is not None:
             legacy.setdefault(points.point_key(params), []).append(trial)
     queued = 0
-    for params in grid_points(spec):
+    for params in _grouped(combos, group_of):
         key = points.point_key(params)
         holder = by_id.get(held.get(key, -1))
         if holder is None:
@@ -107,6 +118,17 @@ def fill_queue(study: optuna.Study, spec: StudySpec) -> int:
                                      stale=False):
                 queued += 1
     return queued
+
+
+def _grouped(combos: list[dict[str, Any]], group_of: GroupOf | None) -> list[dict[str, Any]]:
+    """`combos` with each group's points together, groups in the order of their first point."""
+    if group_of is None:
+        return combos
+    groups: dict[Hashable, list[dict[str, Any]]] = {}
+    for index, params in enumerate(combos):
+        key = _group_key(group_of, params)
+        groups.setdefault(("alone", index) if key is None else key, []).append(params)
+    return [params for members in groups.values() for params in members]
 
 
 def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) -> list:
@@ -135,6 +157,13 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
             if on_lost is not None:
                 on_lost(study, frozen)
     return lost
+
+
+def queue_full(study: optuna.Study, spec: StudySpec) -> bool:
+    """Whether every grid point is queued and none is held by a FAIL trial (one query): then
+    `fill_queue` has nothing to do."""
+    return points.held_and_failed(_backend(study), study._study_id) == \
+        (len(grid_points(spec)), 0)
 
 
 def has_lost(study: optuna.Study, storage) -> bool:
@@ -206,12 +235,8 @@ def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def claim_next(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
     """Claims a WAITING trial for this process, or None when the queue is empty."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = _claim(study, storage, study_id, frozen)
-        if trial is not None:
-            return trial
-    return None
+    trials = claim_group(study, storage, lambda params: None, limit=1)
+    return trials[0] if trials else None
 
 
 def claim_group(
@@ -222,20 +247,20 @@ def claim_group(
     *,
     head_of: GroupOf | None = None,
     max_trials: int | None = None,
+    window: int = claims.WINDOW,
 ) -> list[optuna.Trial]:
     """Claims the trials of one group for this process (at most `limit` heads); [] when the
     queue is empty.
 
-    The first WAITING trial this worker wins decides the group; the group's other WAITING
-    trials are then claimed one by one, each by its own atomic WAITING -> RUNNING transition. A
-    member claimed by another worker meanwhile is simply not in this worker's group (it is that
-    worker's, and trains there: results do not depend on who trains which member).
-
-    Meanwhile, another worker: it reads the same queue, tries the same first trial and loses it,
-    takes that as "someone is taking this group" and moves on to the next group in the queue;
-    only when every group it tried was being taken does it read the queue again, and then it
-    takes what is left (a group's members beyond the first worker's `limit`, or ones that worker
-    lost). So workers starting together spread over groups instead of splitting one.
+    One transaction (search.storage.claims): the first WAITING trials of the queue that no
+    other claim is looking at (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises
+    claims), at most `window`; the first of them decides the group, and its members among them
+    are set RUNNING together. Its cost does not grow with the queue, and workers
+    claiming at once take different windows instead of waiting for one another. A group whose
+    members lie beyond the window is trained in more than one claim (the queue is filled group
+    by group, `fill_queue`, so that this is rare); results do not depend on who trains which
+    member. When every WAITING trial is in other claims' windows, it waits a moment and looks
+    again.
 
     Args:
         group_of: a grid point's group key; None: the point trains alone.
@@ -243,57 +268,86 @@ def claim_group(
         head_of: a grid point's head (points with equal heads train as one head, e.g. equal but
             for `epochs`); None, or a None head: every point is a head of its own.
         max_trials: at most this many trials (what is left of `--n-trials`); None: no cap.
+        window: at most this many WAITING trials looked at (and locked for the claim's
+            moment): about what one claim can take (`group_runner.claim`: `limit` heads times
+            the trials per head). A larger window locks rows that other claims then skip.
     """
-    study_id = storage.get_study_id_from_name(study.study_name)
+    backend = getattr(storage, "_backend", storage)
+    study_id = study._study_id
     max_trials = max(1, max_trials) if max_trials is not None else None
+
+    seen: dict[int, claims.Waiting] = {}
+
+    def choose(waiting: Sequence[claims.Waiting]) -> list[int]:
+        seen.update((candidate.trial_id, candidate) for candidate in waiting)
+        first = _group_key(group_of, waiting[0].params)
+        if first is None:
+            return [waiting[0].trial_id]
+        chosen: list[int] = []
+        heads: set[Hashable] = set()
+        for candidate in waiting:
+            if max_trials is not None and len(chosen) >= max_trials:
+                break
+            if _group_key(group_of, candidate.params) != first:
+                continue
+            head = _head_key(head_of, candidate)
+            if head not in heads and len(heads) >= max(1, limit):
+                continue  # a new head over the cap; a member of a claimed head still fits
+            chosen.append(candidate.trial_id)
+            heads.add(head)
+        return chosen
+
+    pause = 0.01
     while True:
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
+        claimed = backend.claim_waiting(study_id, choose, max(1, window))
+        if claimed:
+            _remember(study, [seen[trial_id] for trial_id in claimed])
+            return [optuna.Trial(study, trial_id) for trial_id in claimed]
+        if not backend.any_waiting(study_id):
             return []
-        groups: dict[Hashable, list[optuna.trial.FrozenTrial]] = {}
-        for frozen in waiting:
-            key = _group_key(group_of, frozen)
-            groups.setdefault(("alone", frozen.number) if key is None else key, []).append(frozen)
-        for members in groups.values():
-            claimed: list[optuna.Trial] = []
-            heads: set[Hashable] = set()
-            for frozen in members:
-                if max_trials is not None and len(claimed) >= max_trials:
-                    break
-                head = _head_key(head_of, frozen)
-                if head not in heads and len(heads) >= max(1, limit):
-                    continue  # a new head over the cap; a member of a claimed head still fits
-                trial = _claim(study, storage, study_id, frozen)
-                if trial is not None:
-                    claimed.append(trial)
-                    heads.add(head)
-                elif not claimed:
-                    break  # another worker is taking this group: leave it to them
-            if claimed:
-                return claimed
-        # Every group in our reading was being taken by others: read the queue again.
+        # Every WAITING trial is in another claim's window for a moment: look again.
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.2)
 
 
-def _group_key(group_of: GroupOf, frozen: optuna.trial.FrozenTrial) -> Hashable | None:
+def _remember(study: optuna.Study, trials: list[claims.Waiting]) -> None:
+    """Puts claimed trials into Optuna's cache around the storage (its `suggest` looks a trial's
+    study up there) as RUNNING trials known by id and number only: the cache reads unfinished
+    trials again whenever it is asked for the study's trials, and `optuna.Trial` reads its own
+    trial from the storage. Cheaper than the cache's own read of every unfinished trial."""
+    cached = study._storage
+    if not isinstance(cached, _CachedStorage):
+        return
+    now = datetime.now()
+    frozen = [optuna.trial.FrozenTrial(
+        number=t.number, state=TrialState.RUNNING, value=None, values=None,
+        datetime_start=now, datetime_complete=None, params={}, distributions={},
+        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=t.trial_id)
+        for t in trials]
+    with cached._lock:
+        info = cached._studies.setdefault(study._study_id, _StudyInfo())
+        cached._add_trials_to_cache(study._study_id, frozen)
+        info.unfinished_trial_ids.update(t.trial_id for t in trials)
+
+
+def _group_key(group_of: GroupOf, params: dict[str, Any] | None) -> Hashable | None:
+    if params is None:  # not a grid point (a random study's copy): alone
+        return None
     try:
-        return group_of(params_of(frozen))
+        return group_of(params)
     except Exception:  # a point the trainer cannot key (a bad value): it trains, and fails, alone
         return None
 
 
-def _head_key(head_of: GroupOf | None, frozen: optuna.trial.FrozenTrial) -> Hashable:
-    head = _group_key(head_of, frozen) if head_of is not None else None
-    return ("trial", frozen.number) if head is None else head
-
-
-def _claim(study, storage, study_id: int, frozen) -> optuna.Trial | None:
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-    try:
-        claimed = storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
-    except RuntimeError:  # finished meanwhile by another worker
-        return None
-    return optuna.Trial(study, trial_id) if claimed else None
+def _head_key(head_of: GroupOf | None, waiting: claims.Waiting) -> Hashable:
+    head = _group_key(head_of, waiting.params) if head_of is not None else None
+    return ("trial", waiting.number) if head is None else head
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
+    """How many of the study's trials are in `states`: one COUNT on the project's storage
+    (workers poll it at a study's end), else Optuna's read of the trials."""
+    backend = _backend(study)
+    if hasattr(backend, "count_trials"):
+        return backend.count_trials(study._study_id, states)
     return len(study.get_trials(deepcopy=False, states=states))

@@ -57,8 +57,16 @@ def claim(
     Args:
         limit: at most this many trials (what is left of `--n-trials`).
     """
-    return grid_queue.claim_group(study, storage, group_of(spec), settings.max_group(),
-                                  head_of=head_of(spec), max_trials=limit)
+    heads = settings.max_group()
+    # A head is the points equal but for `epochs`: at most one trial per epochs value.
+    per_head = len(spec.grid.get("epochs", [None])) if trainer_groups() else 1
+    return grid_queue.claim_group(study, storage, group_of(spec), heads, head_of=head_of(spec),
+                                  max_trials=limit, window=heads * per_head)
+
+
+def trainer_groups() -> bool:
+    """Whether the trainer trains groups (a trainer without `track_key` trains each alone)."""
+    return getattr(trainer, "track_key", None) is not None
 
 
 def run_group(runner: TrialRunner, trials: Sequence[optuna.Trial]) -> list[TrialOutcome]:

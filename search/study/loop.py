@@ -26,12 +26,11 @@ from search.contracts import (
 )
 from search.errors import StudyError
 from search.spec.loader import StudySpec
-from search.spec.params import Categorical, Param
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue, group_runner, signals
-from search.study.data_provider import DataProvider
+from search.study.data_provider import DataProvider, first_image_size, log_data
 from search.study.trial_runner import TrialOutcome, TrialRunner
 from search.tracking.report import refresh_after_run
 from search.tracking.runs import Tracker
@@ -120,7 +119,25 @@ def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None) -> o
     study = open_study(spec, storage, storage_url)
     grid_queue.recover_lost(study, storage, on_lost)
     if spec.sampler == "grid":
-        grid_queue.fill_queue(study, spec)
+        grid_queue.fill_queue(study, spec, group_runner.group_of(spec))
+    return study
+
+
+def ready_study(spec: StudySpec, storage) -> optuna.Study | None:
+    """The study, when a worker can start on it without the study lock (so that many workers
+    joining a running study do not queue on it): it exists and is the spec's, no dead worker's
+    trial waits to be failed, a grid's queue is full. Else None: lock, `prepare_queue`."""
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage,
+                                  sampler=make_sampler(spec), pruner=make_pruner(spec))
+    except KeyError:  # no such study yet
+        return None
+    if study.direction.name.lower() != spec.direction or SPEC_ATTR not in study.user_attrs:
+        return None  # the locked path says what is wrong, or finishes the set-up
+    if grid_queue.has_lost(study, storage):
+        return None
+    if spec.sampler == "grid" and not grid_queue.queue_full(study, spec):
+        return None
     return study
 
 
@@ -147,39 +164,26 @@ def run_study(
     deadline = time.monotonic() + (timeout or spec.timeout or float("inf"))
     # Bad data stops here, before the study or any MLflow run exists.
     provider = data or DataProvider(spec, storage_url=storage_url)
-    dataset = provider.get(_first_image_size(spec))
+    dataset = provider.get(first_image_size(spec))
     lost = _LostRuns()
     # Held for this loop's life (retrying through outages), closed in the `finally` below.
     storage = open_storage(storage_url, on_stale=lost, resilient=True)
     tracker = Tracker(tracking_uri)
     experiment_id = tracker.experiment_id(spec.name)
-    # Under the lock, so that workers starting together on a new study share one parent run.
-    with study_lock(storage_url, spec.name):
-        study = prepare_queue(spec, storage, storage_url, lost)
-        parent_run_id = tracker.open_study_run(
-            experiment_id,
-            study.user_attrs.get(PARENT_RUN_ATTR),
-            spec.name,
-            params={
-                "sampler": spec.sampler,
-                "metric": spec.metric,
-                "direction": spec.direction,
-                "pruner": spec.pruner,
-                "storage": mask_url(storage_url),
-                "searched": ",".join(spec.param_names),
-                "grid_size": _grid_size(spec),
-            },
-            spec_text=spec.redacted_text,
-        )
-        if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
-            study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    # A running study's parent run is reopened without the lock; a new one is created under
+    # it, so that workers starting together on a new study share one parent run.
+    study = ready_study(spec, storage)
+    parent_run_id = _reopen_parent(tracker, study) if study is not None else None
+    if parent_run_id is None:
+        study, parent_run_id = _prepare_locked(spec, storage, storage_url, lost, tracker,
+                                               experiment_id)
     _close_lost_runs(tracker, lost)
 
     summary = RunSummary(spec.name, parent_run_id=parent_run_id)
     runner = TrialRunner(spec, study, storage, provider, tracker, experiment_id, parent_run_id)
     if on_start is not None:
         on_start(_expected_trials(spec, study, n_trials))
-    _log_data(tracker, parent_run_id, spec, dataset)
+    log_data(tracker, parent_run_id, spec, dataset)
 
     loop = StudyLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials,
                      deadline=deadline, on_trial_end=on_trial_end)
@@ -326,6 +330,45 @@ def _next_trials(spec: StudySpec, study: optuna.Study, storage,
     return [study.ask()]
 
 
+def _prepare_locked(spec: StudySpec, storage, storage_url: str, lost: _LostRuns,
+                    tracker: Tracker, experiment_id: str) -> tuple[optuna.Study, str]:
+    """Under the study lock: `prepare_queue`, and the parent run opened or created."""
+    with study_lock(storage_url, spec.name):
+        study = prepare_queue(spec, storage, storage_url, lost)
+        parent_run_id = tracker.open_study_run(
+            experiment_id,
+            study.user_attrs.get(PARENT_RUN_ATTR),
+            spec.name,
+            params={
+                "sampler": spec.sampler,
+                "metric": spec.metric,
+                "direction": spec.direction,
+                "pruner": spec.pruner,
+                "storage": mask_url(storage_url),
+                "searched": ",".join(spec.param_names),
+                "grid_size": _grid_size(spec),
+            },
+            spec_text=spec.redacted_text,
+        )
+        if study.user_attrs.get(PARENT_RUN_ATTR) != parent_run_id:
+            study.set_user_attr(PARENT_RUN_ATTR, parent_run_id)
+    return study, parent_run_id
+
+
+def _reopen_parent(tracker: Tracker, study: optuna.Study) -> str | None:
+    """The study's parent run, marked RUNNING again; None when it has none (or it is gone):
+    then the locked path creates one."""
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not run_id:
+        return None
+    try:
+        tracker.client.get_run(run_id)
+        tracker.client.update_run(run_id, status="RUNNING")
+    except Exception:  # deleted in the UI
+        return None
+    return run_id
+
+
 def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
     if spec.sampler == "grid":
         left = grid_queue.count(study, TrialState.WAITING)
@@ -355,24 +398,3 @@ def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
                 tracker.end_run(run_id, "FAILED", "worker lost: no heartbeat (trial re-queued)")
         except Exception:  # the run is gone; nothing to close
             pass
-
-
-def _first_image_size(spec: StudySpec) -> int:
-    return spec.train_config({p.name: _first_value(p) for p in spec.space}).image_size
-
-
-def _log_data(tracker: Tracker, run_id: str, spec: StudySpec, data) -> None:
-    """The dataset's fingerprint and split sizes, on the study run."""
-    report = data.report
-    params = {"data_fingerprint": data.fingerprint, "data_root": str(spec.data_config().root)}
-    if report is not None:
-        params.update({f"split_{k}": v for k, v in report.split_sizes.items()})
-        params["faces"] = report.faces
-    tracker.log(run_id, params=params)
-    tracker.log_dataset(run_id, data, str(spec.data_config().root), "study")
-    if report is not None:
-        tracker.client.log_dict(run_id, report.to_dict(), "data/report.json")
-
-
-def _first_value(param: Param):
-    return param.choices[0] if isinstance(param, Categorical) else param.low

@@ -74,19 +74,20 @@ def _command(service: dict) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
 
 
-def test_the_four_services_are_there(compose):
-    assert {"postgres", "mlflow", "worker", "dashboard"} <= set(compose["services"])
+def test_the_five_services_are_there(compose):
+    assert {"postgres", "pgbouncer", "mlflow", "worker", "dashboard"} <= set(compose["services"])
 
 
 def test_postgres_and_mlflow_have_health_checks_and_the_rest_waits_for_them(compose):
     services = compose["services"]
-    for name in ("postgres", "mlflow"):
+    for name in ("postgres", "pgbouncer", "mlflow"):
         assert services[name]["healthcheck"]["test"], f"{name} has no health check"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
     worker = services["worker"]["depends_on"]
-    assert worker["postgres"]["condition"] == "service_healthy"
+    assert worker["pgbouncer"]["condition"] == "service_healthy"
     assert worker["mlflow"]["condition"] == "service_healthy"
+    assert services["pgbouncer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
@@ -155,7 +156,8 @@ def test_every_fer_search_command_is_a_real_command(compose):
 
 def test_workers_find_the_shared_storage_and_tracking_server(compose):
     env = compose["services"]["worker"]["environment"]
-    assert env["FER_SEARCH_STORAGE"].startswith("postgresql+psycopg2://fer:change-me@postgres:")
+    # Through PgBouncer: PostgreSQL sees its pool, not every worker's connections.
+    assert env["FER_SEARCH_STORAGE"].startswith("postgresql+psycopg2://fer:change-me@pgbouncer:6432/")
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert compose["services"]["dashboard"]["environment"]["FER_SEARCH_STORAGE"] == \
         env["FER_SEARCH_STORAGE"]
@@ -200,3 +202,14 @@ def test_a_worker_that_exits_for_a_stuck_trial_is_restarted(compose):
 
     assert EXIT_TRIAL_STUCK != 0
     assert compose["services"]["worker"]["restart"] == "on-failure"
+
+
+def test_pgbouncer_pools_transactions_with_the_password_from_env_only(compose):
+    service = compose["services"]["pgbouncer"]
+    assert service["environment"]["POSTGRES_PASSWORD"] == "change-me"  # from .env
+    assert "command" not in service  # nothing on a command line
+    entrypoint = (ROOT / "deploy" / "pgbouncer" / "entrypoint.sh").read_text()
+    settings = dict(line.split(" = ", 1) for line in entrypoint.splitlines() if " = " in line)
+    assert settings["pool_mode"] == "transaction"  # what search.storage.locks works through
+    assert settings["max_db_connections"] == "${PGBOUNCER_POOL:-40}"
+    assert int(service["environment"]["PGBOUNCER_POOL"]) <= 50

@@ -56,7 +56,7 @@ def url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def quick_heartbeat(monkeypatch):
+def quick_heartbeat():
     """Trials beat every second and are stale after one."""
     with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
         yield
@@ -353,20 +353,23 @@ def _one_stress_round(url: str, folder: Path, name: str) -> None:
     spec_path = write_spec(folder, name=name, space=STRESS_SPACE)
     processes = []
     try:
-        for index in range(STRESS_WORKERS):  # staggered: each starts while others claim
-            # The victim's epochs are long, so that it is surely killed mid-trial.
-            victim = index == 2
-            processes.append(_dry_worker(folder, spec_path, url, f"worker-{index}",
-                                         epoch_s=3.0 if victim else 0.15))
-            time.sleep(0.3)
-        victim_process, victim_log = processes[2]
+        # The victim starts first and claims before the others start (on a loaded machine the
+        # others could otherwise finish the grid before it claims anything); its epochs are
+        # long, so that it is surely killed mid-trial, while the others start and claim.
+        processes.append(_dry_worker(folder, spec_path, url, "worker-0", epoch_s=3.0))
+        victim_process, victim_log = processes[0]
         deadline = time.monotonic() + 60
         while not _claimed(victim_log):
             assert victim_process.poll() is None, victim_log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the victim never claimed a trial"
             time.sleep(0.05)
-        victim_process.send_signal(signal.SIGKILL)
-        victim_process.wait()
+        for index in range(1, STRESS_WORKERS):  # staggered: each starts while others claim
+            processes.append(_dry_worker(folder, spec_path, url, f"worker-{index}",
+                                         epoch_s=0.15))
+            if index == STRESS_WORKERS // 2:
+                victim_process.send_signal(signal.SIGKILL)
+                victim_process.wait()
+            time.sleep(0.3)
         killed = _claimed(victim_log)
         for process, log in processes:
             if process is not victim_process:
@@ -396,8 +399,9 @@ def _one_stress_round(url: str, folder: Path, name: str) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_many_workers_one_killed_run_every_point_once(pg_cluster, tmp_path):
-    """8 worker processes, started 0.3 s apart, share a 32-point grid on PostgreSQL; one is
-    SIGKILLed mid-trial; 5 rounds, each a new study. Every point ends with exactly one COMPLETE
-    trial, and the only other trials are the killed worker's, FAILed by heartbeat."""
+    """8 worker processes, started 0.3 s apart, share a 32-point grid on PostgreSQL; one (the
+    first, once it has claimed) is SIGKILLed mid-trial while the others start; 5 rounds, each
+    a new study. Every point ends with exactly one COMPLETE trial, and the only other trials
+    are the killed worker's, FAILed by heartbeat."""
     for round_ in range(STRESS_ROUNDS):
         _one_stress_round(pg_cluster.url(), tmp_path / f"round-{round_}", f"stress-{round_}")

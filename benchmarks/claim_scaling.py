@@ -1,0 +1,143 @@
+"""What one claim costs with 10 and with 10,000 trials waiting, before and after issue 18's claim.
+
+One worker (one storage, PostgreSQL directly, a throwaway cluster) claims trials one at a time
+(FER_SEARCH_MAX_GROUP=1) from a fresh study whose queue holds N grid points, N = 10 and 10,000:
+
+- claim (this commit): `grid_queue.claim_group`, one transaction over at most 32 WAITING rows
+  read through an index, `FOR UPDATE SKIP LOCKED` (search.storage.claims);
+- claim (before: `claim_group` of d41d3da~1, from the git history, run against this commit's
+  storage): reads every WAITING trial through Optuna's cache, then claims the first by Optuna's
+  WAITING -> RUNNING state change.
+
+The queue is written in one transaction per study (the same rows `fill_queue` writes, faster);
+`--claims` claims are timed for each. Reported: median and p99 ms per claim, and the ratio
+10,000 / 10 for each claim, side by side.
+
+    .venv/bin/python benchmarks/claim_scaling.py     # results/claim_scaling.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import benchlib, pgcluster  # noqa: E402
+
+OLD_COMMIT = "d41d3da~1"  # the last commit before the claim of search.storage.claims
+LENGTHS = (10, 10_000)
+
+
+def old_grid_queue() -> types.ModuleType:
+    """`search/study/grid_queue.py` as of OLD_COMMIT, as a module of its own."""
+    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:search/study/grid_queue.py"],
+                            capture_output=True, text=True, check=True,
+                            cwd=benchlib.BENCH_DIR.parent).stdout
+    module = types.ModuleType("old_grid_queue")
+    exec(compile(source, "old_grid_queue.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def queue(storage, study_id: int, length: int) -> None:
+    """`length` queued grid points (trial, point attrs and point row), in one transaction."""
+    import optuna
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy import insert
+
+    from search.storage import points
+    from search.study import grid_queue
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        for index in range(length):
+            params = {"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
+            template = grid_queue._queued_trial(params)
+            trial = points._new_trial(storage, session, study_id, template, uuid.uuid4().hex)
+            session.execute(insert(points.GRID_POINTS).values(
+                study_id=study_id, point_key=points.point_key(params), trial_id=trial.trial_id))
+    assert optuna  # imported for its storage module
+
+
+def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
+    import optuna
+
+    from search.storage.sessions import open_storage
+    from search.study import grid_queue
+
+    claim_group = (old_grid_queue() if which == "before" else grid_queue).claim_group
+    name = f"scaling-{which}-{length}"
+    storage = open_storage(url, resilient=True)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage)
+        queue(storage, study._study_id, length)
+        times = []
+        for _ in range(min(claims, length)):
+            began = time.perf_counter()
+            trials = claim_group(study, storage, lambda params: None, limit=1)
+            times.append(time.perf_counter() - began)
+            assert len(trials) == 1
+        return times
+    finally:
+        storage.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--claims", type=int, default=20)
+    parser.add_argument("--name", default="claim_scaling")
+    args = parser.parse_args(argv)
+    if min(args.lengths) < 1 or args.claims < 1:
+        parser.error("--lengths and --claims must be >= 1")
+    prov = benchlib.provenance()
+    rows: list[dict[str, Any]] = []
+    cluster = pgcluster.start_cluster()
+    try:
+        for which in ("after", "before"):
+            for length in args.lengths:
+                times = time_claims(cluster.url(), length, which, args.claims)
+                ordered = sorted(times)
+                rows.append({"claim": which, "waiting": length, "claims": len(times),
+                             "median_ms": round(statistics.median(times) * 1000, 1),
+                             "p99_ms": round(ordered[min(len(ordered) - 1,
+                                                         int(0.99 * len(ordered)))] * 1000, 1)})
+                print(rows[-1], flush=True)
+    finally:
+        pgcluster.remove_cluster(cluster)
+    prov["load_average_at_end"] = benchlib.load_average()
+    by = {(r["claim"], r["waiting"]): r for r in rows}
+    low, high = min(args.lengths), max(args.lengths)
+    table = benchlib.table(
+        ["claim", *[f"median ms, {n:,} waiting" for n in args.lengths],
+         *[f"p99 ms, {n:,} waiting" for n in args.lengths], f"median {high:,} / {low:,}"],
+        [[which, *[by[(which, n)]["median_ms"] for n in args.lengths],
+          *[by[(which, n)]["p99_ms"] for n in args.lengths],
+          round(by[(which, high)]["median_ms"] / by[(which, low)]["median_ms"], 2)]
+         for which in ("after", "before")])
+    text = f"""# One claim with few and many trials waiting, before and after issue 18's claim
+
+One worker, one storage, PostgreSQL directly (a throwaway cluster on this machine); a fresh study
+per row whose queue holds the given number of grid points; {args.claims} claims of one trial
+each timed (at most as many as are waiting). "after": this commit's `grid_queue.claim_group`
+(one transaction over at most 32 WAITING rows through an index, FOR UPDATE SKIP LOCKED);
+"before": `claim_group` of {OLD_COMMIT} (reads every WAITING trial, then claims the first),
+run against this commit's storage.
+
+{table}
+
+{benchlib.provenance_markdown(prov)}"""
+    for path in benchlib.write_results(benchlib.RESULTS_DIR, args.name,
+                                       {"provenance": prov, "rows": rows}, text):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
