@@ -12,8 +12,15 @@ computes the same numbers whatever else shares the program (tests check group ==
 
 Programs are kept per feature size, classes and the heads' static settings
 (`HeadSpec.program_key`) and reused: a new `tf.function` per training would leave a trace behind
-every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed) are fed
-to the program as per-head tensors.
+every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed, dropout
+rate) are fed to the program as per-head tensors; for a switched one (dropout) the program only
+knows whether it is on, so heads of any dropout rates share a program and a pass.
+
+Dropout: each head draws its own mask, `stateless_uniform(shape, [seed, step]) >= rate`, a
+function of the head's own seed, step, width and rate only, so a head computes the same mask in
+a group as alone. Heads of one group share a seed (it decides the batches), so two heads of one
+width draw the same uniforms and keep units at their own rates: common random numbers, as they
+see common batches.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class _Program:
     def __init__(self, features: int, classes: int, heads: tuple[HeadSpec, ...], jit: str) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
+        self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
         self.vars = []
         for head in self.heads:
@@ -75,7 +83,8 @@ class _Program:
                 tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
                 tf.TensorSpec([], tf.int32),  # batch size
                 tf.TensorSpec([], tf.int64),  # global step before this epoch
-                # the heads' runtime settings, one [k] tensor each (learning rates, seeds)
+                # the heads' runtime settings, one [k] tensor each (learning rates, seeds,
+                # dropout rates)
                 {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadSpec.runtime_fields()},
             ],
             jit_compile=jit == "epoch",
@@ -100,15 +109,18 @@ class _Program:
         self._holding = [id(s) for s in states]
         return states
 
-    def _forward(self, h: int, x, t=None, seed=None):
+    def _forward(self, h: int, x, t=None, seed=None, rate=None):
         w1, b1, w2, b2 = self.vars[h][0]
         hidden = tf.nn.relu(tf.matmul(x, w1) + b1)
-        rate = self.heads[h].dropout
-        if t is not None and rate > 0:
-            # Inverted dropout like Keras'; the mask depends on (seed, step) only.
+        if t is not None and self.switches[h]["dropout"]:
+            # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only. The
+            # rate arrives as float64 and is rounded as a compiled-in Python constant was: its
+            # threshold and `1 - rate` to float32. Grappler rewrote the division by that
+            # constant into a product with its float32 reciprocal; so does this, to keep the
+            # numbers of a program compiled for one rate bit for bit.
             noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([seed, t]))
-            keep = tf.cast(noise >= rate, tf.float32)
-            hidden = hidden * keep / (1.0 - rate)
+            keep = tf.cast(noise >= tf.cast(rate, tf.float32), tf.float32)
+            hidden = hidden * keep * tf.math.reciprocal(tf.cast(1.0 - rate, tf.float32))
         return tf.matmul(hidden, w2) + b2
 
     def _epoch(self, x, y, weight, order, batch, step0, runtime):
@@ -141,14 +153,15 @@ class _Program:
         onehot = tf.one_hot(yb, classes)
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
-        rates, seeds = runtime["learning_rate"], runtime["seed"]
+        rates = tf.cast(runtime["learning_rate"], tf.float32)
+        seeds, dropouts = runtime["seed"], runtime["dropout"]
         losses, hits = [], []
         for h, head in enumerate(self.heads):
             weights, m, v = self.vars[h]
             targets = head.targets(onehot)
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                logits = self._forward(h, xb, t, seeds[h])
+                logits = self._forward(h, xb, t, seeds[h], dropouts[h])
                 # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
                 # deterministic GPU kernel.
                 per_face = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1)
@@ -190,7 +203,9 @@ def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
 
 
 def _dtype(setting) -> tf.DType:
-    return tf.float32 if setting.type in ("float", float) else tf.int64
+    # float64: a program casts each to float32 itself, after any arithmetic a constant of its
+    # value had in Python (float64), so a fed value computes what a compiled-in one did.
+    return tf.float64 if setting.type in ("float", float) else tf.int64
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
