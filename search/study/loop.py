@@ -328,7 +328,9 @@ class StudyLoop:
         return group_runner.run_group(self.runner, trials)
 
     def _others_still_running(self) -> bool:
-        return self.spec.sampler == "grid" and grid_queue.count(self.study, TrialState.RUNNING) > 0
+        # Another worker's trials may yet fail, go stale or be handed back (random and TPE
+        # batches too): this worker then runs their copies, or new asks in their place.
+        return grid_queue.count(self.study, TrialState.RUNNING) > 0
 
     def _record(self, outcome: TrialOutcome) -> None:
         self.outcomes.append(outcome)

@@ -38,12 +38,12 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from search.spec.loader import load_spec
-from search.storage import sessions
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
 from search.study import loop as loop_module
 from tests.search.studyhelp import write_spec
+from trainer import settings
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -56,10 +56,10 @@ def url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def quick_heartbeat(monkeypatch):
-    """Trials beat every second and are stale after one."""
-    monkeypatch.setattr(sessions, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(sessions, "GRACE_S", 1)
+def quick_heartbeat():
+    """Trials beat every second and are stale after one (read when a storage is opened)."""
+    with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
+        yield
 
 
 class Workers:
