@@ -1,6 +1,7 @@
 """A random study shaped like studies/expw-random.yaml: batched asks vs one at a time, in one run.
 
     .venv/bin/python benchmarks/random_batched.py [--old COMMIT] [--faces N] [--trials N]
+        [--rounds R]
 
 Three contenders run `fer-search run` on the same 32-trial random study (the space of
 studies/expw-random.yaml: learning_rate, batch_size, epochs, head_width and dropout; seed 0, no
@@ -69,25 +70,37 @@ def main(argv: list[str] | None = None) -> int:
         "one at a time": (benchlib.REPO, {"FER_SEARCH_ASK_BATCH": "1"}),
         "batched": (benchlib.REPO, {}),
     }
-    results: dict[str, dict] = {}
-    for i, (name, (src, env)) in enumerate(contenders.items()):
-        folder = work / f"contender-{i}"
-        shutil.rmtree(folder, ignore_errors=True)
-        for part in ("crops", "features"):
-            shutil.copytree(warm / ".cache" / part, folder / ".cache" / part)
-        results[name] = _run(src, folder, data_root, args, "random", args.trials, env)
-        print(f"{name}: {results[name]['wall_s']:.1f} s", flush=True)
+    # Rounds in turns, every other one reversed (A B C, C B A, ...): on a shared machine whose
+    # load drifts, no contender always runs first or last. Wall time: the mean over rounds.
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
+    order = list(contenders)
+    for round_ in range(args.rounds):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            src, env = contenders[name]
+            folder = work / f"contender-{order.index(name)}-round-{round_}"
+            shutil.rmtree(folder, ignore_errors=True)
+            for part in ("crops", "features"):
+                shutil.copytree(warm / ".cache" / part, folder / ".cache" / part)
+            runs[name].append(_run(src, folder, data_root, args, "random", args.trials, env))
+            print(f"round {round_ + 1}, {name}: {runs[name][-1]['wall_s']:.1f} s", flush=True)
     prov["load_average_at_end"] = benchlib.load_average()
+    results = {name: {**found[0], "wall_s": sum(r["wall_s"] for r in found) / len(found),
+                      "wall_s_by_round": [r["wall_s"] for r in found],
+                      "same_in_every_round": all(r["values"] == found[0]["values"]
+                                                 for r in found)}
+               for name, found in runs.items()}
 
     old_name = f"old ({args.old})"
     base = results["one at a time"]
     old_s = results[old_name]["wall_s"]
     for r in results.values():
         r["same_params_as_one_at_a_time"] = r["params"] == base["params"]
-        r["same_values_as_one_at_a_time"] = r["values"] == base["values"]
+        r["same_values_as_one_at_a_time"] = r["values"] == base["values"] and \
+            r["same_in_every_round"]
     report = {
         "provenance": prov,
         "setup": {"faces": args.faces, "image_size": args.image_size, "trials": args.trials,
+                  "rounds": args.rounds,
                   "space": SPACE, "weights": "none", "old_commit": args.old,
                   "ask_batch_default": _default_batch()},
         "warm_up": warm_up,
@@ -95,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "batched_over_old": results["batched"]["wall_s"] / old_s,
         "batched_over_one_at_a_time": results["batched"]["wall_s"] / base["wall_s"],
     }
-    rows = [[name, f"{r['wall_s']:.1f}", f"{r['wall_s'] / old_s:.3f}",
+    rows = [[name, f"{r['wall_s']:.1f}",
+             " / ".join(f"{w:.1f}" for w in r["wall_s_by_round"]), f"{r['wall_s'] / old_s:.3f}",
              f"{r['wall_s'] / base['wall_s']:.3f}", r["complete"], f"{r['best']:.4f}",
              "yes" if r["same_params_as_one_at_a_time"] else "no",
              "yes" if r["same_values_as_one_at_a_time"] else "no"]
@@ -106,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         f"pruner), {args.faces} synthetic faces (70% train), {args.image_size} px, frozen "
         "VGG16 (`weights: none`), features cached for every contender (copied from one "
         "warm-up run), fresh Optuna and MLflow stores; timed as the whole `fer-search run` "
-        f"command. Batched: FER_SEARCH_ASK_BATCH={_default_batch()} (the default).\n\n"
-        + benchlib.table(["code", "wall s", "/ old", "/ one at a time", "complete trials",
+        f"command. Batched: FER_SEARCH_ASK_BATCH={_default_batch()} (the default). "
+        f"{args.rounds} round(s) in turns, every other one in reverse order.\n\n"
+        + benchlib.table(["code", "wall s (mean)", "by round", "/ old", "/ one at a time",
+                          "complete trials",
                           "best val_macro_f1", "same configs", "same values"], rows)
         + f"\n\nbatched / old wall time: **{report['batched_over_old']:.3f}**; batched / one "
         f"at a time: **{report['batched_over_one_at_a_time']:.3f}**\n\n"
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_batch() -> int:
+    sys.path.insert(0, str(benchlib.REPO))  # this checkout's trainer, not an installed one
     from trainer import settings
 
     return settings.KNOBS["FER_SEARCH_ASK_BATCH"].default
@@ -135,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--faces", type=int, default=5800, help="faces in all (70%% train)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--trials", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2, help="runs of each contender, in turns")
     p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "random-batched")
     p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p.add_argument("--name", default="random_batched")
