@@ -179,3 +179,45 @@ def test_a_dead_worker_s_unstarted_batch_is_recovered_by_the_grid_s_requeue_path
     assert [t.params for t in again] == [t.params for t in batch]
     assert [t.number for t in again] == [3, 4, 5]
 
+
+
+def test_a_worker_stopped_mid_batch_hands_the_rest_back_and_the_next_run_completes_it(
+        project, monkeypatch):
+    """SIGTERM during a batch's first group: that group finishes, the batch's other groups go
+    back to the queue at once (not after a heartbeat's grace), and the next run runs them
+    with their params: n_trials complete, each configuration once."""
+    import signal
+
+    real_train, real_group = trainer.train, trainer.train_group
+    calls = []
+
+    def signalled(real):
+        def train(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                signal.raise_signal(signal.SIGTERM)  # as a supervisor scaling down would
+            return real(*args, **kwargs)
+        return train
+
+    monkeypatch.setattr(trainer, "train", signalled(real_train))
+    monkeypatch.setattr(trainer, "train_group", signalled(real_group))
+    spec_path = write_spec(project, sampler="random", n_trials=6, seed=3, train=TRAIN,
+                           space={**SPACE, "epochs": [1]})
+    where = urls(project)
+    with settings.override(FER_SEARCH_ASK_BATCH=6):
+        first = run_study(load_spec(spec_path), **where)
+        assert first.stopped_because == "stopped by SIGTERM"
+        study = optuna.load_study(study_name="tiny", storage=where["storage_url"])
+        trials = study.get_trials()
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        handed = [t for t in trials if t.state == TrialState.FAIL]
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        assert len(done) == len(first.outcomes) and 1 <= len(done) < 6
+        assert len(handed) == len(waiting) == 6 - len(done)
+        assert {t.user_attrs["reason"] for t in handed} == {ask_batch.HANDED_BACK}
+        run_study(load_spec(spec_path), **where)
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6 and len(trials) == 6 + len(handed)
+    drawn = [t.params for t in done + handed]
+    assert sorted(map(repr, (t.params for t in complete))) == sorted(map(repr, drawn))
