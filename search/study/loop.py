@@ -62,9 +62,8 @@ class RunSummary:
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     # A grid's points come from the queue (grid_queue); its sampler never picks a value.
     if spec.sampler == "tpe":
-        # The constant liar: trials asked but not finished (another worker's, or earlier ones
-        # of this worker's batch: search.study.ask_batch) count as bad results, so a batch
-        # spreads out instead of asking one point k times. Optuna's advice for parallel TPE.
+        # The constant liar (Optuna's advice for parallel TPE): trials asked but unfinished
+        # (others', or this batch's: search.study.ask_batch) count as bad, so a batch spreads.
         return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
@@ -298,10 +297,9 @@ class StudyLoop:
         return _next_trials(self.spec, self.study, self.storage, left)
 
     def _run_batch(self, trials: list[optuna.Trial]) -> None:
-        """Runs and records claimed trials: a grid's claim is one group; a random or TPE batch
-        (search.study.ask_batch) is split by the trainer's group key and its groups run in turn,
-        each trial beating until it ends. A stop between groups (a signal, the deadline) or an
-        error hands the unstarted trials back to the queue."""
+        """Runs and records claimed trials: a grid's claim is one group; a random or TPE batch is
+        split by group key (search.study.ask_batch), its groups run in turn, all trials beating;
+        a stop between groups (signal, deadline) or an error hands the unstarted ones back."""
         if self.spec.sampler == "grid":
             for outcome in self._run_trials(trials):
                 self._record(outcome)
@@ -311,17 +309,14 @@ class StudyLoop:
         try:
             with Heartbeat(self.storage, [trial._trial_id for trial in trials]):
                 for group in groups:
-                    if started and self._stop_before_group():
-                        return
+                    if started and (self._stop_reason or time.monotonic() >= self.deadline):
+                        return  # a signal or the deadline: start no further group
                     started += 1
                     for outcome in self._run_trials(group):
                         self._record(outcome)
         finally:
             ask_batch.hand_back(self.study, self.storage,
                                 [trial for group in groups[started:] for trial in group])
-
-    def _stop_before_group(self) -> bool:
-        return self._stop_reason is not None or time.monotonic() >= self.deadline
 
     def _run_trials(self, trials: list[optuna.Trial]) -> list[TrialOutcome]:
         """Runs them (a group trains together: search.study.group_runner); one outcome each."""

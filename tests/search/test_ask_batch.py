@@ -221,3 +221,22 @@ def test_a_worker_stopped_mid_batch_hands_the_rest_back_and_the_next_run_complet
     assert len(complete) == 6 and len(trials) == 6 + len(handed)
     drawn = [t.params for t in done + handed]
     assert sorted(map(repr, (t.params for t in complete))) == sorted(map(repr, drawn))
+
+
+def test_tpe_asks_batches_past_its_startup_within_the_budget(tmp_path):
+    """TPE (constant liar) draws whole batches while earlier ones of the batch are pending:
+    every param within its range, and exactly n_trials."""
+    spec = load_spec(write_spec(tmp_path, sampler="tpe", n_trials=28, space=SPACE, train=TRAIN))
+    with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
+        study = optuna.create_study(study_name=spec.name, storage=storage,
+                                    sampler=make_sampler(spec), direction="maximize")
+        sizes = []
+        with settings.override(FER_SEARCH_ASK_BATCH=8):
+            while batch := ask_batch.ask(study, storage, spec, None):
+                sizes.append(len(batch))
+                for trial in batch:  # a smooth score, best near learning_rate 1e-2
+                    study.tell(trial, -abs(trial.params["learning_rate"] - 1e-2))
+        trials = study.get_trials()
+    assert sizes == [8, 8, 8, 4] and len(trials) == 28
+    assert all(1e-3 <= t.params["learning_rate"] <= 3e-2 for t in trials)
+    assert all(t.params["batch_size"] in (16, 32) for t in trials)
