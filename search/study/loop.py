@@ -29,9 +29,9 @@ from search.spec.loader import StudySpec
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import grid_queue, group_runner, signals
+from search.study import ask_batch, grid_queue, group_runner, signals
 from search.study.data_provider import DataProvider, first_image_size, log_data
-from search.study.trial_runner import TrialOutcome, TrialRunner
+from search.study.trial_runner import Heartbeat, TrialOutcome, TrialRunner
 from search.tracking.report import refresh_after_run
 from search.tracking.runs import Tracker
 from search.urls import mask_url
@@ -61,7 +61,9 @@ class RunSummary:
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     # A grid's points come from the queue (grid_queue); its sampler never picks a value.
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
+        # The constant liar (Optuna's advice for parallel TPE): trials asked but unfinished
+        # (others', or this batch's: search.study.ask_batch) count as bad, so a batch spreads.
+        return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
@@ -274,8 +276,7 @@ class StudyLoop:
                     time.sleep(2)  # others are finishing the last points; theirs may yet fail
                     continue
                 return "study complete"
-            for outcome in self._run_trials(trials):
-                self._record(outcome)
+            self._run_batch(trials)
 
     def _why_stop(self) -> str | None:
         if self._stop_reason is not None:
@@ -295,16 +296,40 @@ class StudyLoop:
         _close_lost_runs(self.tracker, self.lost)
 
     def _next_trials(self) -> list[optuna.Trial]:
-        """Claims the next trials (a grid group, or one new ask); [] when none is left."""
+        """Claims the next trials (a grid group, or a batch of asks); [] when none is left."""
         left = None if self.n_trials is None else self.n_trials - len(self.outcomes)
         return _next_trials(self.spec, self.study, self.storage, left)
+
+    def _run_batch(self, trials: list[optuna.Trial]) -> None:
+        """Runs and records claimed trials: a grid's claim is one group; a random or TPE batch is
+        split by group key (search.study.ask_batch), its groups run in turn, all trials beating;
+        a stop between groups (signal, deadline) or an error hands the unstarted ones back."""
+        if self.spec.sampler == "grid":
+            for outcome in self._run_trials(trials):
+                self._record(outcome)
+            return
+        groups = ask_batch.split(self.spec, trials)
+        started = 0
+        try:
+            with Heartbeat(self.storage, [trial._trial_id for trial in trials]):
+                for group in groups:
+                    if started and (self._stop_reason or time.monotonic() >= self.deadline):
+                        return  # a signal or the deadline: start no further group
+                    started += 1
+                    for outcome in self._run_trials(group):
+                        self._record(outcome)
+        finally:
+            ask_batch.hand_back(self.study, self.storage,
+                                [trial for group in groups[started:] for trial in group])
 
     def _run_trials(self, trials: list[optuna.Trial]) -> list[TrialOutcome]:
         """Runs them (a group trains together: search.study.group_runner); one outcome each."""
         return group_runner.run_group(self.runner, trials)
 
     def _others_still_running(self) -> bool:
-        return self.spec.sampler == "grid" and grid_queue.count(self.study, TrialState.RUNNING) > 0
+        # Another worker's trials may yet fail, go stale or be handed back (random and TPE
+        # batches too): this worker then runs their copies, or new asks in their place.
+        return grid_queue.count(self.study, TrialState.RUNNING) > 0
 
     def _record(self, outcome: TrialOutcome) -> None:
         self.outcomes.append(outcome)
@@ -324,10 +349,7 @@ def _next_trials(spec: StudySpec, study: optuna.Study, storage,
                  limit: int | None) -> list[optuna.Trial]:
     if spec.sampler == "grid":
         return group_runner.claim(study, storage, spec, limit)
-    done = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    if spec.n_trials is not None and done >= spec.n_trials:
-        return []
-    return [study.ask()]
+    return ask_batch.ask(study, storage, spec, limit)
 
 
 def _prepare_locked(spec: StudySpec, storage, storage_url: str, lost: _LostRuns,

@@ -35,6 +35,11 @@ running registers itself (`stoppable`) so that a "finish the trial" signal reach
   (`search.study.workers.aggregate_exit_codes`). The workers run in their own process groups, so a
   terminal's Ctrl-C reaches them once, through the parent.
 
+"The running trial" is the group being trained together (a grid group, or a group of a random
+or TPE batch); a batch's groups not yet started are handed back to the queue at once
+(search.study.ask_batch.hand_back), failed and re-queued with their params, for the next run or
+worker. A SIGINT that interrupts a group hands them back the same way.
+
 Handlers are Python-level: they run between bytecodes of the main thread, so a trial stuck inside
 a long native call (a TensorFlow step) sees its interrupt when that call returns. Outside the main
 thread nothing is installed (Python cannot handle signals there).

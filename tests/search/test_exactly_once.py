@@ -57,7 +57,7 @@ def url(request, tmp_path) -> str:
 
 @pytest.fixture
 def quick_heartbeat():
-    """Trials beat every second and are stale after one."""
+    """Trials beat every second and are stale after one (read when a storage is opened)."""
     with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
         yield
 

@@ -12,8 +12,15 @@ computes the same numbers whatever else shares the program (tests check group ==
 
 Programs are kept per feature size, classes and the heads' static settings
 (`HeadSpec.program_key`) and reused: a new `tf.function` per training would leave a trace behind
-every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed) are fed
-to the program as per-head tensors.
+every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed, dropout
+rate) are fed to the program as per-head tensors; for a switched one (dropout) the program only
+knows whether it is on, so heads of any dropout rates share a program and a pass.
+
+Dropout: each head draws its own mask, `stateless_uniform(shape, [seed, step]) >= rate`, a
+function of the head's own seed, step, width and rate only, so a head computes the same mask in
+a group as alone. Heads of one group share a seed (it decides the batches), so two heads of one
+width draw the same uniforms and keep units at their own rates: common random numbers, as they
+see common batches.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class _Program:
     def __init__(self, features: int, classes: int, heads: tuple[HeadSpec, ...], jit: str) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
+        self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
         self.vars = []
         for head in self.heads:
@@ -75,7 +83,8 @@ class _Program:
                 tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
                 tf.TensorSpec([], tf.int32),  # batch size
                 tf.TensorSpec([], tf.int64),  # global step before this epoch
-                # the heads' runtime settings, one [k] tensor each (learning rates, seeds)
+                # the heads' runtime settings, one [k] tensor each (learning rates, seeds,
+                # dropout rates)
                 {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadSpec.runtime_fields()},
             ],
             jit_compile=jit == "epoch",
@@ -100,16 +109,32 @@ class _Program:
         self._holding = [id(s) for s in states]
         return states
 
-    def _forward(self, h: int, x, t=None, seed=None):
+    def _forward(self, h: int, x, t=None, head=None):
         w1, b1, w2, b2 = self.vars[h][0]
         hidden = tf.nn.relu(tf.matmul(x, w1) + b1)
-        rate = self.heads[h].dropout
-        if t is not None and rate > 0:
-            # Inverted dropout like Keras'; the mask depends on (seed, step) only.
-            noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([seed, t]))
-            keep = tf.cast(noise >= rate, tf.float32)
-            hidden = hidden * keep / (1.0 - rate)
+        if t is not None and self.switches[h]["dropout"]:
+            # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only.
+            noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([head["seed"], t]))
+            keep = tf.cast(noise >= head["drop_below"], tf.float32)
+            hidden = hidden * keep * head["keep_scale"]
         return tf.matmul(hidden, w2) + b2
+
+    def _per_head(self, runtime) -> list[dict]:
+        """Each head's runtime settings as float32 / int64 scalars, computed once per epoch
+        call: captured by the epoch's loop, they cost no op per step (a few small ops per head
+        per step cost ~10% of a small head's epoch on a busy CPU).
+
+        The dropout rate arrives as float64 and is rounded as a compiled-in Python constant
+        was: its threshold and `1 - rate` to float32. Grappler rewrote the division by that
+        constant into a product with its float32 reciprocal; so does this, to keep the numbers
+        of a program compiled for one rate bit for bit."""
+        rates = tf.unstack(tf.cast(runtime["learning_rate"], tf.float32), len(self.heads))
+        seeds = tf.unstack(runtime["seed"], len(self.heads))
+        drops = tf.unstack(runtime["dropout"], len(self.heads))
+        return [{"learning_rate": rate, "seed": seed,
+                 "drop_below": tf.cast(drop, tf.float32),
+                 "keep_scale": tf.math.reciprocal(tf.cast(1.0 - drop, tf.float32))}
+                for rate, seed, drop in zip(rates, seeds, drops, strict=True)]
 
     def _epoch(self, x, y, weight, order, batch, step0, runtime):
         # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
@@ -121,6 +146,7 @@ class _Program:
         k = len(self.vars)
         loss_sum = tf.zeros([k])
         hit_sum = tf.zeros([k])
+        heads = self._per_head(runtime)
         for i in tf.range(steps):
             index = tf.reshape(order[i * batch : (i + 1) * batch], [-1])
             valid = tf.cast(index < real, tf.float32)
@@ -129,26 +155,25 @@ class _Program:
             wb = tf.gather(weight, index) * valid
             size = tf.reduce_sum(valid)
             losses, hits = self.step(xb, yb, wb, size, step0 + tf.cast(i, tf.int64) + 1,
-                                     runtime)
+                                     heads)
             loss_sum += losses
             hit_sum += hits
         return loss_sum, hit_sum
 
-    def _step(self, xb, yb, wb, size, t, runtime):
-        """One batch for every head: forward, backward, Adam. Returns the heads' summed loss
-        and weighted hits on the batch."""
+    def _step(self, xb, yb, wb, size, t, heads):
+        """One batch for every head (`heads`: their runtime settings, `_per_head`): forward,
+        backward, Adam. Returns the heads' summed loss and weighted hits on the batch."""
         classes = self.vars[0][0][3].shape[0]
         onehot = tf.one_hot(yb, classes)
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
-        rates, seeds = runtime["learning_rate"], runtime["seed"]
         losses, hits = [], []
         for h, head in enumerate(self.heads):
             weights, m, v = self.vars[h]
             targets = head.targets(onehot)
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                logits = self._forward(h, xb, t, seeds[h])
+                logits = self._forward(h, xb, t, heads[h])
                 # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
                 # deterministic GPU kernel.
                 per_face = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1)
@@ -157,11 +182,12 @@ class _Program:
             decay = head.weight_decay
             if decay > 0:  # decoupled, before the Adam step, as Keras' AdamW does
                 for var in weights:
-                    var.assign_sub(var * (decay * rates[h]))
+                    var.assign_sub(var * (decay * heads[h]["learning_rate"]))
             for var, mv, vv, grad in zip(weights, m, v, grads, strict=True):
                 tf.raw_ops.ResourceApplyAdam(
                     var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
-                    beta2_power=beta2_power, lr=rates[h], beta1=_BETA_1, beta2=_BETA_2,
+                    beta2_power=beta2_power, lr=heads[h]["learning_rate"], beta1=_BETA_1,
+                    beta2=_BETA_2,
                     epsilon=_EPSILON, grad=grad,
                 )
             losses.append(loss * size)
@@ -190,7 +216,9 @@ def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
 
 
 def _dtype(setting) -> tf.DType:
-    return tf.float32 if setting.type in ("float", float) else tf.int64
+    # float64: a program casts each to float32 itself, after any arithmetic a constant of its
+    # value had in Python (float64), so a fed value computes what a compiled-in one did.
+    return tf.float64 if setting.type in ("float", float) else tf.int64
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,14 +1,14 @@
 """`train_group(configs, data)`: k frozen-base heads trained together on cached features.
 
-Configs of one group (equal `group_key`: same data, batch size, seed, dropout, ...; they may
-differ in `grouping.FREE_IN_GROUP`: `epochs` and the head settings `HeadSpec` marks free, such as
-`learning_rate`, `head_width`, `weight_decay`, `label_smoothing`) see the same batches in the
-same order, so one pass over the batches trains all of them (trainer.heads.engine). Configs equal
-but for `epochs` share one track: it trains once, to the largest count asked, and each config
-hears of its own epochs only. Every finished epoch goes to the track's epoch record
-(trainer.heads.epoch_record) and, with `resume`, every CHECKPOINT_EVERY_S to its checkpoint
-(trainer.heads.checkpoint), so a killed training resumes after its last checkpointed epoch,
-replaying the finished ones to the caller first.
+Configs of one group (equal `group_key`: same data, batch size, seed, ...; they may differ in
+`grouping.FREE_IN_GROUP`: `epochs` and the head settings `HeadSpec` marks free, such as
+`learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see the same
+batches in the same order, so one pass over the batches trains all of them
+(trainer.heads.engine). Configs equal but for `epochs` share one track: it trains once, to the
+largest count asked, and each config hears of its own epochs only. Every finished epoch goes
+to the track's epoch record (trainer.heads.epoch_record) and, with `resume`, every
+CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed training resumes
+after its last checkpointed epoch, replaying the finished ones to the caller first.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from trainer.config import TrainConfig
 from trainer.heads.spec import HeadSpec
 
 # What may differ inside a group: the head settings marked free in `HeadSpec` (each head of a
-# group's program has its own: learning rate and Adam, width, weight decay, ...); `epochs` only
+# group's program has its own: learning rate and Adam, width, dropout rate and mask, weight
+# decay, ...); `epochs` only
 # says how far a head's track is followed.
 FREE_IN_GROUP = ("epochs", *HeadSpec.free_in_group())
 

@@ -2,7 +2,7 @@
 
 Every `model.fit` of a new Keras model traces a new TensorFlow function, and TensorFlow keeps
 each trace: about 4 MB a training, so a worker running hundreds of cached-feature trials grew
-by gigabytes. Heads of one feature size, classes and static settings (`HeadSpec.program_key`:
+by gigabytes. Heads of one feature size, classes and built-in settings (`HeadSpec.build_key`:
 width, dropout, ...) are therefore built and compiled once; before each training the pooled head
 is put back exactly in the state a freshly built one would have, runtime settings included: its
 seeded initial weights, its dropout seed, a zeroed optimizer with the trial's learning rate. The
@@ -29,7 +29,7 @@ def pooled_head(
 ) -> keras.Model:
     """A compiled head for `config`, in the state of a freshly built and compiled one."""
     spec = HeadSpec.from_config(config)
-    key = (tuple(feature_shape), spec.program_key(), tuple(class_names))
+    key = (tuple(feature_shape), spec.build_key(), tuple(class_names))
     fresh = build_head(config, feature_shape, class_names)  # building traces nothing
     head = _pool.get(key)
     if head is None:

@@ -5,11 +5,17 @@ says, in its metadata, how it acts:
 
 - `static`: it shapes what is compiled. The head engine compiles one program per tuple of static
   settings (trainer.heads.engine), and a pooled Keras head is compiled for them
-  (trainer.heads.keras_pool); `program_key()` is made of these fields, so both caches tell
-  heads apart by every one of them.
+  (trainer.heads.keras_pool); `program_key()` and `build_key()` are made of these fields, so
+  both caches tell heads apart by every one of them.
 - runtime (not static): an input fed to a compiled program per head (the engine feeds each as a
   per-head tensor), reset by the Keras pool before each training (the learning rate is assigned,
   the seed's initial weights and dropout state are restored from a freshly built head).
+- `switch` (runtime settings only): whether it is on (non-zero) is static, its value is fed at
+  run time. A program per on/off, so a head with it off pays nothing for its ops (a Python `if`
+  skips them) and keeps its numbers bit for bit, while heads with any non-zero values share one
+  program: a random search over a float range would otherwise trace a program per value. A
+  built Keras layer bakes the value in (Keras' `Dropout(rate)`), so the Keras pool keys on the
+  value itself (`build_key`).
 - `free`: heads of one group may differ in it (trainer.heads.grouping.FREE_IN_GROUP): each head
   of a group's program has its own.
 
@@ -26,8 +32,8 @@ from typing import Any
 from trainer.config import TrainConfig
 
 
-def _setting(*, static: bool, free: bool) -> Any:
-    return field(metadata={"static": static, "free": free})
+def _setting(*, static: bool, free: bool, switch: bool = False) -> Any:
+    return field(metadata={"static": static, "free": free, "switch": switch})
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,14 @@ class HeadSpec:
     """One head: its hidden width, dropout rate, weight decay, label smoothing, learning rate
     and seed.
 
-    Static fields first, in the order they sort a group's heads (trainer.heads.group_train).
+    Static fields first, in the order they sort a group's heads (trainer.heads.group_train),
+    then switched ones.
     """
 
     head_width: int = _setting(static=True, free=True)
-    dropout: float = _setting(static=True, free=False)
+    # Each head its own rate and its own mask stream (a function of its seed and the step:
+    # trainer.heads.engine), so heads differing only in dropout train in one pass.
+    dropout: float = _setting(static=False, free=True, switch=True)
     weight_decay: float = _setting(static=True, free=True)
     label_smoothing: float = _setting(static=True, free=True)
     learning_rate: float = _setting(static=False, free=True)
@@ -61,14 +70,29 @@ class HeadSpec:
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["free"])
 
     def program_key(self) -> tuple[tuple[str, Any], ...]:
-        """The static settings as (name, value) pairs: what compiled programs and pooled Keras
-        heads are keyed on (heads equal in it share them)."""
+        """The static settings as (name, value) pairs, then the switched ones as (name, on):
+        what compiled programs are keyed on (heads equal in it share them)."""
+        return (*((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                  if f.metadata["static"]),
+                *self.switches().items())
+
+    def switches(self) -> dict[str, bool]:
+        """Each switched runtime setting: whether it is on (non-zero), which a program compiles
+        in; its value is fed at run time."""
+        return {f.name: getattr(self, f.name) > 0 for f in dataclasses.fields(self)
+                if f.metadata["switch"]}
+
+    def build_key(self) -> tuple[tuple[str, Any], ...]:
+        """The settings a built Keras head bakes in, as (name, value) pairs: the static ones and
+        the switched ones' values (all but those the Keras pool resets: learning rate, seed).
+        What pooled Keras heads are keyed on."""
         return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-                     if f.metadata["static"])
+                     if f.metadata["static"] or f.metadata["switch"])
 
     def static(self) -> HeadSpec:
         """This head with its runtime settings blanked (None): all a compiled program is built
-        from, so it cannot keep the learning rate or seed of the head it was first built for."""
+        from (with `switches`), so it cannot keep the learning rate, seed or dropout rate of the
+        head it was first built for."""
         return dataclasses.replace(self, **{f.name: None for f in self.runtime_fields()})
 
     @property

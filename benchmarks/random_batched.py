@@ -1,0 +1,254 @@
+"""A random study shaped like studies/expw-random.yaml: batched asks vs one at a time, in one run.
+
+    .venv/bin/python benchmarks/random_batched.py [--old COMMIT] [--faces N] [--trials N]
+        [--rounds R]
+
+Three contenders run `fer-search run` on the same 32-trial random study (the space of
+studies/expw-random.yaml: learning_rate, batch_size, epochs, head_width and dropout; seed 0, no
+pruner, val_macro_f1, class_weight balanced) on the same synthetic ExpW folder at 64 px with
+`weights: none`:
+
+- `old`: the commit before batched asks (default ec23929), exported with `git archive` and run
+  from the same virtual environment (PYTHONPATH), one trial at a time;
+- `one at a time`: this commit with FER_SEARCH_ASK_BATCH=1;
+- `batched`: this commit with its default FER_SEARCH_ASK_BATCH.
+
+Each contender has fresh Optuna and MLflow stores and its own cache, into which the crops and
+VGG16 features of a warm-up run are copied first (never its epoch records): so every contender
+starts with its features cached, and the one-time extraction, which all would pay, is timed
+apart (the warm-up's `feature_seconds`). Timed as whole commands, process start to exit.
+
+A random sampler draws the same configurations one at a time and batched (same seed), and a
+head trains to the same numbers in a group as alone, so all three should report the same value
+for every trial; the results say whether they do.
+
+Writes results/random_batched.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+DEFAULT_OLD = "ec23929"  # the last commit before batched asks and dropout free in a group
+SPACE = """\
+  learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
+  batch_size: {choices: [16, 32, 64, 128]}
+  epochs: {low: 5, high: 20}
+  head_width: {low: 64, high: 1024, log: true}
+  dropout: {low: 0.0, high: 0.6}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    prov = benchlib.provenance()
+    data_root = work / "data" / f"synthetic-{args.faces}-0"
+    _generate(data_root, args.faces)
+    old_src = _export(args.old, work / f"src-{args.old}")
+
+    warm = work / "warm-up"
+    shutil.rmtree(warm, ignore_errors=True)
+    # Another training seed than the contenders': nothing of its epoch records could answer
+    # them (they are not copied anyway).
+    warm_up = _run(benchlib.REPO, warm, data_root, args, "warm-up", 1, {}, seed=1)
+    print(f"warm-up (one-time extraction {warm_up['feature_s']:.1f} s): "
+          f"{warm_up['wall_s']:.1f} s", flush=True)
+
+    contenders = {
+        f"old ({args.old})": (old_src, {}),
+        "one at a time": (benchlib.REPO, {"FER_SEARCH_ASK_BATCH": "1"}),
+        "batched": (benchlib.REPO, {}),
+    }
+    # Rounds in turns, every other one reversed (A B C, C B A, ...): on a shared machine whose
+    # load drifts, no contender always runs first or last. Wall time: the mean over rounds.
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
+    order = list(contenders)
+    for round_ in range(args.rounds):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            src, env = contenders[name]
+            folder = work / f"contender-{order.index(name)}-round-{round_}"
+            shutil.rmtree(folder, ignore_errors=True)
+            for part in ("crops", "features"):
+                shutil.copytree(warm / ".cache" / part, folder / ".cache" / part)
+            runs[name].append(_run(src, folder, data_root, args, "random", args.trials, env))
+            print(f"round {round_ + 1}, {name}: {runs[name][-1]['wall_s']:.1f} s", flush=True)
+    prov["load_average_at_end"] = benchlib.load_average()
+    results = {name: {**found[0], "wall_s": sum(r["wall_s"] for r in found) / len(found),
+                      "wall_s_by_round": [r["wall_s"] for r in found],
+                      "same_in_every_round": all(r["values"] == found[0]["values"]
+                                                 for r in found)}
+               for name, found in runs.items()}
+
+    old_name = f"old ({args.old})"
+    base = results["one at a time"]
+    old_s = results[old_name]["wall_s"]
+    for r in results.values():
+        r["same_params_as_one_at_a_time"] = r["params"] == base["params"]
+        r["same_values_as_one_at_a_time"] = r["values"] == base["values"] and \
+            r["same_in_every_round"]
+    report = {
+        "provenance": prov,
+        "setup": {"faces": args.faces, "image_size": args.image_size, "trials": args.trials,
+                  "rounds": args.rounds,
+                  "space": SPACE, "weights": "none", "old_commit": args.old,
+                  "ask_batch_default": _default_batch()},
+        "warm_up": warm_up,
+        "results": results,
+        "batched_over_old": results["batched"]["wall_s"] / old_s,
+        "batched_over_one_at_a_time": results["batched"]["wall_s"] / base["wall_s"],
+    }
+    rows = [[name, f"{r['wall_s']:.1f}",
+             " / ".join(f"{w:.1f}" for w in r["wall_s_by_round"]), f"{r['wall_s'] / old_s:.3f}",
+             f"{r['wall_s'] / base['wall_s']:.3f}", r["complete"], f"{r['best']:.4f}",
+             "yes" if r["same_params_as_one_at_a_time"] else "no",
+             "yes" if r["same_values_as_one_at_a_time"] else "no"]
+            for name, r in results.items()]
+    markdown = (
+        "# A random study, batched asks vs one at a time\n\n"
+        f"{args.trials} trials of a random study shaped like studies/expw-random.yaml (no "
+        f"pruner), {args.faces} synthetic faces (70% train), {args.image_size} px, frozen "
+        "VGG16 (`weights: none`), features cached for every contender (copied from one "
+        "warm-up run), fresh Optuna and MLflow stores; timed as the whole `fer-search run` "
+        f"command. Batched: FER_SEARCH_ASK_BATCH={_default_batch()} (the default). "
+        f"{args.rounds} round(s) in turns, every other one in reverse order.\n\n"
+        + benchlib.table(["code", "wall s (mean)", "by round", "/ old", "/ one at a time",
+                          "complete trials",
+                          "best val_macro_f1", "same configs", "same values"], rows)
+        + f"\n\nbatched / old wall time: **{report['batched_over_old']:.3f}**; batched / one "
+        f"at a time: **{report['batched_over_one_at_a_time']:.3f}**\n\n"
+        f"The one-time feature extraction, paid once by the warm-up run (every contender "
+        f"would pay it): {warm_up['feature_s']:.1f} s (warm-up run, 1 trial: "
+        f"{warm_up['wall_s']:.1f} s).\n\n"
+        "Same configs / same values: each trial's params and final value equal those of the "
+        "one-at-a-time run, trial by trial.\n\n"
+        + benchlib.provenance_markdown(prov)
+    )
+    for path in benchlib.write_results(args.out, args.name, report, markdown):
+        print(f"wrote {path}")
+    return 0
+
+
+def _default_batch() -> int:
+    sys.path.insert(0, str(benchlib.REPO))  # this checkout's trainer, not an installed one
+    from trainer import settings
+
+    return settings.KNOBS["FER_SEARCH_ASK_BATCH"].default
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--old", default=DEFAULT_OLD, help="the commit to compare against")
+    p.add_argument("--faces", type=int, default=5800, help="faces in all (70%% train)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--trials", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2, help="runs of each contender, in turns")
+    p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "random-batched")
+    p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
+    p.add_argument("--name", default="random_batched")
+    return p
+
+
+def _generate(root: Path, faces: int) -> None:
+    if (root / "label.lst").exists():
+        return
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from trainer.data.synthetic import generate_synthetic_expw as g; "
+         "g(sys.argv[1], int(sys.argv[2]), 0)", str(root), str(faces)],
+        check=True, env=_env(benchlib.REPO, {}),
+    )
+
+
+def _export(commit: str, dest: Path) -> Path:
+    if not (dest / "search").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "search", "trainer"],
+                                 cwd=benchlib.REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def _env(src: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FER_SEARCH_ASK_BATCH", None)  # each contender says its own
+    env["PYTHONPATH"] = str(src)
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.update(extra)
+    return env
+
+
+def _spec(folder: Path, data_root: Path, image_size: int, name: str, trials: int,
+          seed: int) -> Path:
+    spec = folder / f"{name}.yaml"
+    spec.write_text(
+        f"name: {name}\nsampler: random\nseed: 0\nmetric: val_macro_f1\npruner: none\n"
+        f"n_trials: {trials}\nspace:\n{SPACE}"
+        f"train:\n  image_size: {image_size}\n  weights: none\n  trainable_blocks: 0\n"
+        f"  pooling: avg\n  class_weight: balanced\n  seed: {seed}\n"
+        f"data:\n  root: {data_root}\n  cache_dir: {folder / '.cache'}\n"
+        f"storage: sqlite:///{folder / 'optuna.db'}\n"
+        f"tracking_uri: sqlite:///{folder / 'mlflow.db'}\n"
+    )
+    return spec
+
+
+def _run(src: Path, folder: Path, data_root: Path, args, name: str, trials: int,
+         env: dict[str, str], seed: int = 0) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = _spec(folder, data_root, args.image_size, name, trials, seed)
+    log = folder / f"{name}.log"
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec)],
+                              cwd=folder, env=_env(src, env), stdout=out,
+                              stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{src}: fer-search run exited {proc.returncode}; see {log}")
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    return {
+        "wall_s": wall,
+        "complete": len(complete),
+        "best": max(t.value for t in complete),
+        "params": [t.params for t in trials],
+        "values": [t.value for t in trials],
+        "feature_s": _feature_seconds(folder, name),
+        "log": str(log),
+    }
+
+
+def _feature_seconds(folder: Path, name: str) -> float | None:
+    """The largest `feature_seconds` a trial logged (the one-time extraction; ~0 on cached
+    features)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    found = []
+    for run in client.search_runs([experiment.experiment_id], max_results=5000):
+        value = run.data.tags.get("feature_seconds", run.data.metrics.get("feature_seconds"))
+        if value is not None:
+            found.append(float(value))
+    return max(found, default=None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

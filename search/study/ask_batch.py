@@ -1,0 +1,125 @@
+"""Random and TPE studies asked k trials at a time, each batch trained by the trainer's groups
+(issue 20).
+
+One trial at a time, every random or TPE trial's head trains alone. Here a worker asks up to
+FER_SEARCH_ASK_BATCH trials at once and splits them by the trainer's `group_key`, as a grid
+group is (search.study.group_runner): trials of one batch that can share a pass (equal but for
+the head's free settings: learning rate, width, dropout, epochs, ...) train in one.
+
+- The sampler is untouched. Every trial of a batch is asked and its params drawn (`suggest_all`)
+  at once, in trial order, before anything trains: a random sampler draws exactly the values it
+  would have drawn one trial at a time (its stream is the process's, consumed in the same
+  order); a TPE sampler sees the batch's earlier trials RUNNING and lies about them (Optuna's
+  constant liar, `make_sampler`), as it does for parallel workers.
+- `n_trials` exactly: asks happen under the study lock, which every asking worker takes, and
+  ask at most `n_trials` minus the trials finished, running or queued (WAITING copies of lost
+  trials, which Optuna's `ask` takes before making a new trial).
+- Exactly once: an asked trial is RUNNING with a heartbeat from its creation (the storage beats
+  it in the creating transaction), and the loop beats every trial of the batch until it ends. A
+  killed worker's trials, started or not, go stale and are failed and re-queued by
+  `grid_queue.recover_lost`, the one re-queue path; their copies carry the params and are taken
+  by the next ask. A worker that stops mid-batch (a signal, the deadline, too many failures)
+  hands its unstarted trials back at once, failed and re-queued by the same transaction
+  (`hand_back`).
+- Pruning acts per trial: a group's members report every epoch on their own
+  (group_runner.run_group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from search.contracts import TRIAL_REASON_ATTR
+from search.spec.loader import StudySpec
+from search.spec.params import suggest_all
+from search.storage.locks import study_lock
+from search.study import grid_queue, group_runner
+from trainer import settings
+
+HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial was re-queued)"
+
+
+def ask(study: optuna.Study, storage, spec: StudySpec, limit: int | None) -> list[optuna.Trial]:
+    """Asks the next batch, params drawn; [] when the study's `n_trials` are all taken.
+
+    Args:
+        limit: at most this many trials (what is left of `--n-trials`); None: no cap.
+    """
+    with study_lock(storage.url, study.study_name):
+        size = room(study, spec, limit)
+        trials = []
+        for _ in range(size):
+            trial = study.ask()  # a queued copy of a lost trial first, else a new one
+            suggest_all(trial, spec.space)  # drawn now, in trial order (see the docstring)
+            trials.append(trial)
+    return trials
+
+
+def room(study: optuna.Study, spec: StudySpec, limit: int | None) -> int:
+    """How many trials the next batch may take: at most FER_SEARCH_ASK_BATCH and `limit`, and
+    no more than `n_trials` leaves. Call it under the study lock."""
+    size = settings.ask_batch() if limit is None else min(settings.ask_batch(), limit)
+    if spec.n_trials is None:
+        return max(0, size)
+    waiting = grid_queue.count(study, TrialState.WAITING)
+    taken = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    # Failed trials do not count (a failure is replaced, as one-at-a-time asks did); queued
+    # copies do, and an ask takes them first.
+    return max(0, min(size, waiting + max(0, spec.n_trials - taken - waiting)))
+
+
+def split(spec: StudySpec, trials: Sequence[optuna.Trial]) -> list[list[optuna.Trial]]:
+    """The batch by the trainer's group key, in the order of each group's first trial: at most
+    FER_SEARCH_MAX_GROUP heads a group (trials equal but for `epochs` are one head), so a
+    batch trains as a grid's claims would. A trial the trainer cannot group trains alone."""
+    group_of, head_of = group_runner.group_of(spec), group_runner.head_of(spec)
+    limit = max(1, settings.max_group())
+    groups: list[tuple[Hashable, set, list[optuna.Trial]]] = []
+    for trial in trials:
+        params = trial.params
+        key, head = _key(group_of, params), _key(head_of, params)
+        if key is None:
+            groups.append((None, set(), [trial]))
+            continue
+        head = ("trial", trial.number) if head is None else head
+        for group_key, heads, members in groups:
+            if group_key == key and (head in heads or len(heads) < limit):
+                heads.add(head)
+                members.append(trial)
+                break
+        else:
+            groups.append((key, {head}, [trial]))
+    return [members for _, _, members in groups]
+
+
+def _key(key_of: grid_queue.GroupOf, params: dict) -> Hashable | None:
+    try:
+        return key_of(params)
+    except Exception:  # params the trainer cannot key (a bad value): it trains, and fails, alone
+        return None
+
+
+def hand_back(study: optuna.Study, storage, trials: Sequence[optuna.Trial]) -> int:
+    """Fails these unstarted trials of this worker's batch and queues a copy of each (params
+    kept), in one transaction per trial: the re-queue path of `grid_queue`. Returns how many.
+    A trial failed meanwhile by another worker's recovery (its copy is queued) is skipped."""
+    if not trials:
+        return 0
+    study_id = storage.get_study_id_from_name(study.study_name)
+    handed = 0
+    with study_lock(storage.url, study.study_name):
+        for trial in trials:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            try:
+                storage.set_trial_user_attr(trial_id, TRIAL_REASON_ATTR, HANDED_BACK)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # recovered meanwhile (this worker was cut off): its copy exists
+            copy = grid_queue.requeued(storage.get_trial(trial_id), None)
+            copy.user_attrs.pop(TRIAL_REASON_ATTR, None)  # the copy has not ended
+            if storage.replace_trial(study_id, trial_id, copy, None, stale=False):
+                handed += 1
+    return handed
