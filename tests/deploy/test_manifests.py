@@ -20,7 +20,10 @@ KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = ("cpu", "gpu")
 SCHEMA_VERSIONS = ("1.30.0", "1.37.0")
 SENTINEL_PASSWORD = "sentinel-Pw-7f3c1e"  # written into the test's db.env only
-POSTGRES_CLIENTS = {"worker", "promote", "mlflow", "dashboard"}
+POSTGRES_CLIENTS = {"pgbouncer", "promote", "mlflow", "dashboard"}
+PGBOUNCER_CLIENTS = {"worker"}  # workers reach PostgreSQL only through PgBouncer
+# host:port in a URL of an env value or ConfigMap entry (postgresql://u:p@host:port/, http://host:port)
+URL_HOST_PORT = re.compile(r"://(?:[^@/\s]*@)?(?P<host>[a-z][a-z0-9-]*):(?P<port>\d+)")
 POD_KINDS = ("Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet")
 # A URL with a password in it: scheme://user:password@
 URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:(?P<password>[^@\s/]+)@")
@@ -198,7 +201,8 @@ def test_every_reference_names_something_that_exists(rendered, overlay):
         assert governing is not None and governing["spec"].get("clusterIP") == "None"
         assert statefulset["spec"]["volumeClaimTemplates"]
 
-    # NetworkPolicies select pods; PostgreSQL admits exactly the four kinds of clients.
+    # NetworkPolicies select pods; PostgreSQL admits exactly the four kinds of clients, and
+    # PgBouncer the workers only.
     policies = of_kind(docs, "NetworkPolicy")
     assert policies
     for policy in policies:
@@ -208,15 +212,30 @@ def test_every_reference_names_something_that_exists(rendered, overlay):
             for peer in rule.get("from", []):
                 if "podSelector" in peer:
                     assert [p for p in pods if matches(peer["podSelector"], p[1])]
-    postgres = [p for p in policies
-                if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
-                == "postgres"]
-    assert len(postgres) == 1
-    admitted = {labels.get("app.kubernetes.io/component") for _, labels, _ in pods
-                for rule in postgres[0]["spec"]["ingress"] for peer in rule["from"]
-                if matches(peer["podSelector"], labels)}
-    assert admitted == POSTGRES_CLIENTS
-    assert postgres[0]["spec"]["policyTypes"] == ["Ingress"]
+    for component, clients in (("postgres", POSTGRES_CLIENTS), ("pgbouncer", PGBOUNCER_CLIENTS)):
+        guarding = [p for p in policies
+                    if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+                    == component]
+        assert len(guarding) == 1, component
+        admitted = {labels.get("app.kubernetes.io/component") for _, labels, _ in pods
+                    for rule in guarding[0]["spec"]["ingress"] for peer in rule["from"]
+                    if matches(peer["podSelector"], labels)}
+        assert admitted == clients, component
+        assert guarding[0]["spec"]["policyTypes"] == ["Ingress"]
+
+    # Every host:port in a URL (env values, ConfigMap entries, init scripts) is a Service's port.
+    texts = [variable.get("value", "") for _, _, spec in pods for container in containers(spec)
+             for variable in container.get("env", [])]
+    texts += [" ".join([*c.get("command", []), *c.get("args", [])])
+              for _, _, spec in pods for c in containers(spec)]
+    texts += [value for d in of_kind(docs, "ConfigMap") for value in d.get("data", {}).values()]
+    found = [m for text in texts for m in URL_HOST_PORT.finditer(text)]
+    assert any(m["host"] == "pgbouncer" for m in found)
+    for m in found:
+        service = services.get(m["host"])
+        assert service is not None, f"a URL names host {m['host']}, which is no Service"
+        assert int(m["port"]) in [p["port"] for p in service["spec"]["ports"]], (
+            f"a URL names {m['host']}:{m['port']}; Service {m['host']} has no port {m['port']}")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
