@@ -501,43 +501,52 @@ def test_the_promotion_lock_lives_in_the_registry_store_else_the_optuna_storage(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("tracking", ["postgres", "http"])
-def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, tracking):
-    """A second holder of the model's lock waits (seen in pg_locks) until the first lets go,
-    whether the lock lives in the MLflow database or, behind an MLflow server, in Optuna's."""
+def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, tracking,
+                                                                   monkeypatch):
+    """A second holder of the model's lock waits until the first lets go, whether the lock lives
+    in the MLflow database or, behind an MLflow server, in Optuna's. The lock is a
+    transaction-held advisory lock that a waiter polls for (PgBouncer-safe): the test sees the
+    second promoter fail its tries (each ends in the poll's pause) while the first holds it."""
     import threading
+    import time as real_time
+    import types
 
     from sqlalchemy import create_engine, text
 
     from search.registry.promotion import champion_lock
+    from search.storage import locks
 
     url = pg_cluster.url()
     tracking_uri = url if tracking == "postgres" else "http://127.0.0.1:1"
     order: list[str] = []
-    trying = threading.Event()
+    second_polled = threading.Event()
+    waiter = None
+
+    def pause(seconds: float) -> None:  # a failed try of the lock's waiter (the second's)
+        if threading.current_thread() is waiter:
+            second_polled.set()
+        real_time.sleep(seconds)
+
+    monkeypatch.setattr(locks, "time", types.SimpleNamespace(sleep=pause))
 
     def second() -> None:
-        trying.set()
         with champion_lock(tracking_uri, url, f"race-{tracking}"):
             order.append("second in")
 
     engine = create_engine(url)
     try:
         with champion_lock(tracking_uri, url, f"race-{tracking}"):
-            thread = threading.Thread(target=second)
-            thread.start()
-            trying.wait(30)
+            waiter = threading.Thread(target=second)
+            waiter.start()
+            assert second_polled.wait(60), "the second promoter never tried the lock"
+            real_time.sleep(0.5)  # several more of its tries fail meanwhile
             with engine.connect() as connection:
-                for _ in range(600):  # until the second promoter waits on the advisory lock
-                    waiting = connection.execute(text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND NOT granted")).scalar()
-                    if waiting:
-                        break
-                    connection.commit()
-                    threading.Event().wait(0.05)
-            assert waiting == 1 and order == []
+                held = connection.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted")).scalar()
+            assert held == 1 and order == []
             order.append("first out")
-        thread.join(30)
+        waiter.join(30)
     finally:
         engine.dispose()
     assert order == ["first out", "second in"]
