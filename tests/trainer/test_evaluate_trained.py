@@ -87,6 +87,22 @@ def test_the_exported_model_passes_the_sample_check(trained, monkeypatch):
     assert seen == {"expw_vgg16": EXPORT_SAMPLE}  # the sample only, nothing extracted
 
 
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_the_sample_check_holds_with_mixed_precision_conv_layers(tmp_path, precision):
+    """The exported model's conv layers compute in the same precision as the extraction did;
+    its probabilities stay within the precision's tolerance of the cached path's."""
+    config = CONFIG.replace(precision=precision)
+    data = array_dataset(tmp_path, n_train=40, n_val=36)
+    result = train(config, data, resume=False)
+    network = build_trained(config, result.top_weights, data.class_names)
+    assert evaluate_trained(network, config, result.top_weights, data, "val").accuracy == (
+        result.metrics["val_accuracy"])
+    split_features(config, data, "test", network)
+    check = check_export(network.full, config, result.top_weights, data, "test")
+    assert check.ok, check
+    assert export_tolerance(config) > export_tolerance(CONFIG)
+
+
 @pytest.mark.parametrize("corrupt", ["bias", "kernel", "hidden"])
 def test_the_sample_check_fails_when_the_exported_head_weights_are_corrupted(trained, corrupt):
     result, data, _ = trained
