@@ -49,6 +49,11 @@ _EXPORTS = {
     "GroupCallback": "trainer.heads.group_train",
     "build_model": "trainer.heads.result",
     "evaluate": "trainer.evaluate",
+    "evaluate_trained": "trainer.evaluate",
+    "scores_on_features": "trainer.evaluate",
+    "check_export": "trainer.evaluate",
+    "ExportCheck": "trainer.evaluate",
+    "build_trained": "trainer.heads.result",
     "load_model": "trainer.network.export",
     "save_model": "trainer.network.export",
     "class_names_of": "trainer.network.model",
@@ -105,10 +110,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
         TrainingDiverged,
         WeightsError,
     )
-    from trainer.evaluate import evaluate  # noqa: F401
+    from trainer.evaluate import (  # noqa: F401
+        ExportCheck,
+        check_export,
+        evaluate,
+        evaluate_trained,
+        scores_on_features,
+    )
     from trainer.heads.group_train import GroupCallback, train_group  # noqa: F401
     from trainer.heads.grouping import group_key, track_key  # noqa: F401
-    from trainer.heads.result import TrainResult, build_model  # noqa: F401
+    from trainer.heads.result import TrainResult, build_model, build_trained  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
     from trainer.network.export import load_model, save_model  # noqa: F401

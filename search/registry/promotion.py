@@ -3,7 +3,9 @@
 ::
 
     best trial -> TrainConfig + trained weights (from its MLflow run) -> the full VGG16 + head
-    -> same validation score as the trial? -> test split score
+    -> same validation score as the trial? -> test split score -> the exported model predicts
+       what the cached path does on a sample of test faces? (heads trained on cached features
+       are scored on them: trainer.evaluate_trained; others through the full model)
     -- under the model's lock --
     -> already registered from this trial? reuse that version : log the pyfunc model into the
        trial's run and register a new version (search.registry.registration)
@@ -141,8 +143,9 @@ def promote(
     Raises:
         InputError: unknown study or trial, no complete trial, study not made by fer-search,
             bad name.
-        RegistryError: the trial's run or weights are gone, or the rebuilt model does not
-            reproduce the trial's validation score.
+        RegistryError: the trial's run or weights are gone, the rebuilt model does not
+            reproduce the trial's validation score, or the exported model disagrees with the
+            cached-feature path it was scored on.
     """
     if model_name is not None:
         check_model_name(model_name)  # before anything slow
@@ -211,8 +214,10 @@ class _Built:
 def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: StudySpec,
            metric: str, run_id: str, data: DataProvider | None, cache_dir,
            urls: tuple[str, str]) -> _Built:
-    """Rebuilds the trial's full model, checks it against the trial, scores it on test and
-    logs the test scores to the trial's run; returns it with what registering it needs.
+    """Rebuilds the trial's full model, checks it against the trial, scores it on test (on
+    cached features when it trained on them, then checks the exported model against them on a
+    sample of faces) and logs the test scores to the trial's run; returns it with what
+    registering it needs.
     `urls`: the storage URL (its lock guards a shared cache folder) and the tracking URI."""
     storage_url, tracking_uri = urls
     config = spec.train_config(trial.params)
@@ -220,10 +225,16 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
     provider = data or DataProvider(spec, Path(cache_dir) if cache_dir else None,
                                     storage_url=storage_url)
     dataset = provider.get(config.image_size)
-    model = trainer.build_model(config, weights, dataset.class_names)
-    val = trainer.evaluate(model, dataset.val)
+    network = trainer.build_trained(config, weights, dataset.class_names)
+    model = network.full
+    # A head trained on cached features is scored on them (VGG16 runs over no val face, and
+    # over the test faces once per data and base, into the cache); the exported model is then
+    # checked against that path on a sample of test faces. Anything else: the full model.
+    val = trainer.evaluate_trained(network, config, weights, dataset, "val")
     check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study))
-    test = trainer.evaluate(model, dataset.test)
+    test = trainer.evaluate_trained(network, config, weights, dataset, "test")
+    if trainer.scores_on_features(config):
+        check_exported(trial, trainer.check_export(model, config, weights, dataset, "test"))
     val_metrics, test_metrics = _metrics(val, "val"), _metrics(test, "test")
     # Before logging the model: MLflow links the run's step-0 metrics to the logged model.
     tracker.log(run_id, metrics=test_metrics)
@@ -315,8 +326,10 @@ def check_reproduced(
     """Raises `RegistryError` unless the rebuilt model scores the trial's value on val.
 
     The trial's value is what training measured (on cached features when the base is frozen);
-    the rebuilt model runs raw pixels through the whole network. Equal scores show that the
-    exported model is the model that was trained and that the dataset has not changed since.
+    `val` is the rebuilt weights' score: on the same cached features for a head trained on
+    them (the exported model is checked against that path by `check_exported`), else through
+    the whole network on raw pixels. Equal scores show that the weights are the ones trained
+    and that the dataset has not changed since.
     """
     got = {"val_accuracy": val.accuracy, "val_macro_f1": val.macro_f1}.get(metric)
     if got is None or trial.value is None:
@@ -329,6 +342,20 @@ def check_reproduced(
         f"split, but the trial recorded {trial.value:.6f}: the cached-feature path and the "
         f"exported model disagree, or the dataset changed since the study ran (data fingerprint "
         f"now {fingerprint}{then}); nothing was registered"
+    )
+
+
+def check_exported(trial: FrozenTrial, check: trainer.ExportCheck) -> None:
+    """Raises `RegistryError` unless the exported model gave the cached path's probabilities on
+    the sampled faces (`trainer.check_export`): else the scores computed on cached features are
+    not the scores of the model that would be registered."""
+    if check.ok:
+        return
+    raise RegistryError(
+        f"the exported model of trial {trial.number} disagrees with the cached-feature path on "
+        f"{check.faces} {check.split} faces: probabilities differ by up to {check.max_gap:.3g} "
+        f"(allowed {check.tolerance:g}); the feature cache may be stale or corrupt (remove its "
+        f"features/ folder and promote again); nothing was registered"
     )
 
 

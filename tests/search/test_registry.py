@@ -191,6 +191,77 @@ def test_a_model_that_cannot_serve_is_not_registered(tiny_study, client, monkeyp
     assert not client.search_registered_models("name='expw-broken'")
 
 
+def _vgg16_faces(monkeypatch) -> dict[str, int]:
+    """Faces each Keras model runs on from here on: the full model (`expw_vgg16`) or the
+    frozen base extracting features (`frozen_base`); the cached path runs neither."""
+    import keras
+
+    seen: dict[str, int] = {}
+    real = keras.Model.predict_on_batch
+
+    def counted(model, x, *args, **kwargs):
+        seen[model.name] = seen.get(model.name, 0) + len(x)
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", counted)
+    return seen
+
+
+def test_promotion_runs_vgg16_over_a_sample_not_every_val_and_test_face(
+        tiny_study, champion, client, monkeypatch, tmp_path):  # noqa: F811
+    """The study cached val's features; the first promotion (`champion`) cached test's. A
+    promotion then runs VGG16 over the exported model's sample of test faces only, where it
+    used to run every val and test face through the full model."""
+    from trainer.evaluate import EXPORT_SAMPLE
+
+    data = DataProvider(load_spec(tiny_study.spec_path)).get(32)
+    seen = _vgg16_faces(monkeypatch)
+    result = promote(tiny_study.name, **tiny_study.urls, model_name="expw-cached")
+    sample = min(EXPORT_SAMPLE, len(data.test))
+    # The sample, and the one face MLflow predicts when the model is logged (the serving
+    # check); nothing extracted: val and test were cached.
+    assert seen == {"expw_vgg16": sample + 1}
+    assert sample < len(data.val) + len(data.test)
+    monkeypatch.undo()
+    tags = client.get_model_version("expw-cached", str(result.version)).tags
+    first = client.get_model_version(champion.model_name, str(champion.version)).tags
+    assert set(tags) == set(first)
+    # The scores recorded are the registered model's own on raw faces, as before.
+    out = fetch(f"expw-cached/{result.version}", tmp_path / "m",
+                tracking_uri=tiny_study.tracking_uri)
+    full = trainer.evaluate(trainer.load_model(out / "model.keras"), data.test)
+    assert result.test_metrics["test_accuracy"] == full.accuracy
+    assert result.test_metrics["test_macro_f1"] == full.macro_f1
+    assert result.test_metrics["test_loss"] == pytest.approx(full.loss, abs=1e-6)
+
+
+def test_an_export_that_disagrees_with_the_cached_path_is_not_registered(
+        tiny_study, client, monkeypatch, capsys):  # noqa: F811
+    """The exported model's head weights corrupted after the cached path read the trial's:
+    val and test score fine on features, the sample check fails; one line, nothing
+    registered."""
+    real = trainer.build_trained
+
+    def corrupted(*args, **kwargs):
+        network = real(*args, **kwargs)
+        layer = network.full.get_layer("expression")
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, bias + np.eye(len(bias))[0]])  # one class's logit +1
+        return network
+
+    monkeypatch.setattr(trainer, "build_trained", corrupted)
+    with pytest.raises(RegistryError, match=r"exported model of trial \d+ disagrees with the "
+                                            r"cached-feature path on \d+ test faces"):
+        promote(tiny_study.name, **tiny_study.urls, model_name="expw-mismatch")
+    assert not client.search_registered_models("name='expw-mismatch'")
+    code = main(["promote", tiny_study.name, "--storage", tiny_study.storage_url,
+                 "--tracking-uri", tiny_study.tracking_uri, "--model-name", "expw-mismatch"])
+    assert code == 1  # a runtime failure, as a rebuilt model that scores otherwise
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "disagrees with the cached-feature path" in lines[0]
+    assert not client.search_registered_models("name='expw-mismatch'")
+
+
 def test_promote_names_the_storage_and_the_studies_there(tiny_study):  # noqa: F811
     with pytest.raises(InputError, match=r"no study named 'nope' in sqlite:///.*; studies there: "
                                          r".*tiny"):

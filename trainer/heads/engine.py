@@ -265,5 +265,15 @@ def predict(prog: _Program, x: tf.Tensor) -> np.ndarray:
     return prog.predict(x).numpy()
 
 
+def head_proba(spec: HeadSpec, weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """One trained head's probabilities on features `x` (n, features): `predict` on a program
+    of that head alone, the forward that scored its validation split after every epoch of its
+    training (a head computes the same numbers alone as in a group), so scores computed here
+    are the ones a training recorded. `weights`: [w1, b1, w2, b2], as `HeadState` holds them."""
+    prog = program(x.shape[1], np.shape(weights[3])[0], [spec])
+    prog.load([HeadState.fresh(weights)])
+    return predict(prog, tf.convert_to_tensor(np.asarray(x), dtype=tf.float32))[0]
+
+
 def clear_programs() -> None:
     _programs.clear()

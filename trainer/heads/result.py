@@ -1,5 +1,5 @@
 """`TrainResult`: what one training produced, on either path (the head engine or Keras `fit`),
-and `build_model`, which turns its weights back into the full exportable model."""
+and `build_model` / `build_trained`, which turn its weights back into the full exportable model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from trainer.config import TrainConfig
 from trainer.labels import CLASS_NAMES
 from trainer.metrics import Evaluation
-from trainer.network.model import build_network
+from trainer.network.model import Network, build_network
 
 
 @dataclass
@@ -60,9 +60,18 @@ def build_model(
 ) -> keras.Model:
     """Rebuilds a trained full model from its config and the trained part's weights (as kept in
     `TrainResult.top_weights`): the frozen part comes back from the `weights` setting."""
+    return build_trained(config, top_weights, class_names).full
+
+
+def build_trained(
+    config: TrainConfig, top_weights: list[np.ndarray], class_names: tuple[str, ...] = CLASS_NAMES
+) -> Network:
+    """`build_model`'s network in all three views (they share layers): `full` to export, and
+    `frozen` to extract a split's features for scoring on them (`trainer.evaluate`) without
+    building VGG16 twice."""
     network = build_network(config, class_names)
     network.top.set_weights(top_weights)
-    return network.full
+    return network
 
 
 def val_metrics(row: dict[str, float]) -> dict[str, float]:
