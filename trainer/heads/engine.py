@@ -67,11 +67,13 @@ class _Program:
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
         self._holding: list[int] = []  # ids of the HeadStates the variables hold
         self.vars = []
-        for head in self.heads:
-            width = head.head_width
-            shapes = [(features, width), (width,), (width, classes), (classes,)]
+        # The width is left open (None): `load` assigns each head's own arrays, and the kernels
+        # run on their actual sizes, so one program serves heads of any widths.
+        shapes = [(features, None), (None,), (None, classes), (classes,)]
+        for _ in self.heads:
             self.vars.append(
-                [[tf.Variable(tf.zeros(s), trainable=False) for s in shapes] for _ in range(3)]
+                [[tf.Variable(tf.zeros([d or 0 for d in s]), shape=tf.TensorShape(s),
+                              trainable=False) for s in shapes] for _ in range(3)]
             )  # [weights, m, v]
         k = len(self.heads)
         self.epoch = tf.function(
