@@ -1,7 +1,7 @@
 """A random study shaped like studies/expw-random.yaml: batched asks vs one at a time, in one run.
 
     .venv/bin/python benchmarks/random_batched.py [--old COMMIT] [--faces N] [--trials N]
-        [--rounds R]
+        [--rounds R] [--reuse-warm-up]
 
 Three contenders run `fer-search run` on the same 32-trial random study (the space of
 studies/expw-random.yaml: learning_rate, batch_size, epochs, head_width and dropout; seed 0, no
@@ -28,6 +28,7 @@ Writes results/random_batched.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -58,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     old_src = _export(args.old, work / f"src-{args.old}")
 
     warm = work / "warm-up"
-    shutil.rmtree(warm, ignore_errors=True)
-    # Another training seed than the contenders': nothing of its epoch records could answer
-    # them (they are not copied anyway).
-    warm_up = _run(benchlib.REPO, warm, data_root, args, "warm-up", 1, {}, seed=1)
-    print(f"warm-up (one-time extraction {warm_up['feature_s']:.1f} s): "
-          f"{warm_up['wall_s']:.1f} s", flush=True)
+    warm_up = warm_up_run(work, data_root, args)
 
     contenders = {
         f"old ({args.old})": (old_src, {}),
@@ -129,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         f"at a time: **{report['batched_over_one_at_a_time']:.3f}**\n\n"
         f"The one-time feature extraction, paid once by the warm-up run (every contender "
         f"would pay it): {warm_up['feature_s']:.1f} s (warm-up run, 1 trial: "
-        f"{warm_up['wall_s']:.1f} s).\n\n"
+        f"{warm_up['wall_s']:.1f} s"
+        + (f"; an earlier warm-up's, reused: {warm_up.get('date', '')}" if warm_up.get("reused")
+           else "") + ").\n\n"
         "Same configs / same values: each trial's params and final value equal those of the "
         "one-at-a-time run, trial by trial.\n\n"
         + benchlib.provenance_markdown(prov)
@@ -137,6 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     for path in benchlib.write_results(args.out, args.name, report, markdown):
         print(f"wrote {path}")
     return 0
+
+
+def warm_up_run(work: Path, data_root: Path, args) -> dict:
+    """The run that extracts the features every contender copies (one trial, another training
+    seed than the contenders': nothing of its epoch records could answer them, and they are
+    not copied anyway). With --reuse-warm-up, an earlier one's cache and numbers are kept."""
+    warm = work / "warm-up"
+    saved = warm / "warm-up.json"
+    if args.reuse_warm_up and saved.exists() and (warm / ".cache" / "features").exists():
+        warm_up = {**json.loads(saved.read_text()), "reused": True}
+        print(f"warm-up reused from {warm}", flush=True)
+        return warm_up
+    shutil.rmtree(warm, ignore_errors=True)
+    warm_up = _run(benchlib.REPO, warm, data_root, args, "warm-up", 1, {}, seed=1)
+    saved.write_text(json.dumps({**{k: v for k, v in warm_up.items()
+                                    if k not in ("params", "values")},
+                                 "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())}))
+    print(f"warm-up (one-time extraction {warm_up['feature_s']:.1f} s): "
+          f"{warm_up['wall_s']:.1f} s", flush=True)
+    return warm_up
 
 
 def _default_batch() -> int:
@@ -156,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "random-batched")
     p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p.add_argument("--name", default="random_batched")
+    p.add_argument("--reuse-warm-up", action="store_true",
+                   help="keep an earlier warm-up's features (and its timing) if present")
     return p
 
 
@@ -190,10 +210,11 @@ def _env(src: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _spec(folder: Path, data_root: Path, image_size: int, name: str, trials: int,
-          seed: int) -> Path:
+          seed: int, sampler: str = "random", sampler_seed: int = 0) -> Path:
     spec = folder / f"{name}.yaml"
     spec.write_text(
-        f"name: {name}\nsampler: random\nseed: 0\nmetric: val_macro_f1\npruner: none\n"
+        f"name: {name}\nsampler: {sampler}\nseed: {sampler_seed}\nmetric: val_macro_f1\n"
+        "pruner: none\n"
         f"n_trials: {trials}\nspace:\n{SPACE}"
         f"train:\n  image_size: {image_size}\n  weights: none\n  trainable_blocks: 0\n"
         f"  pooling: avg\n  class_weight: balanced\n  seed: {seed}\n"
@@ -205,9 +226,10 @@ def _spec(folder: Path, data_root: Path, image_size: int, name: str, trials: int
 
 
 def _run(src: Path, folder: Path, data_root: Path, args, name: str, trials: int,
-         env: dict[str, str], seed: int = 0) -> dict:
+         env: dict[str, str], seed: int = 0, sampler: str = "random",
+         sampler_seed: int = 0) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    spec = _spec(folder, data_root, args.image_size, name, trials, seed)
+    spec = _spec(folder, data_root, args.image_size, name, trials, seed, sampler, sampler_seed)
     log = folder / f"{name}.log"
     t0 = time.perf_counter()
     with log.open("w") as out:

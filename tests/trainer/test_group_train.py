@@ -107,7 +107,7 @@ def test_track_keys_join_configs_equal_but_for_epochs():
 def test_groups_of_the_same_widths_in_another_order_share_one_compiled_program(tmp_path):
     head_engine.clear_programs()
     first = train_group(MEMBERS, array_dataset(tmp_path / "a"))
-    assert len(head_engine._programs) == 2  # widths (16, 32, 48), then (16, 32) after epoch 2
+    assert len(head_engine._programs) == 2  # three heads, then two after epoch 2
     reordered = [MEMBERS[2], MEMBERS[0], MEMBERS[1]]
     second = train_group(reordered, array_dataset(tmp_path / "b"))
     assert len(head_engine._programs) == 2  # reused, not traced again
@@ -115,6 +115,19 @@ def test_groups_of_the_same_widths_in_another_order_share_one_compiled_program(t
         assert_same(second[i], first[j])
     with pytest.raises(ValueError, match="one group"):
         train_group([BASE, BASE.replace(batch_size=8)], None)
+
+
+def test_heads_of_any_widths_share_one_compiled_program(tmp_path):
+    """A random search draws a new width per trial: the engine's variables leave the width
+    open, so it must not trace a program per width (or per set of widths)."""
+    head_engine.clear_programs()
+    narrow = train(BASE.replace(head_width=8), array_dataset(tmp_path / "a"))
+    wide = train(BASE.replace(head_width=40), array_dataset(tmp_path / "b"))
+    assert len(head_engine._programs) == 1
+    assert [w.shape for w in narrow.top_weights][:2] == [(512, 8), (8,)]
+    assert [w.shape for w in wide.top_weights][:2] == [(512, 40), (40,)]
+    again = train(BASE.replace(head_width=8), array_dataset(tmp_path / "c"))
+    assert_same(again, narrow)
 
 
 def test_the_engine_computes_what_keras_fit_computes_on_the_same_batches(tmp_path):

@@ -65,13 +65,17 @@ class _Program:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
-        self._holding: list[int] = []  # ids of the HeadStates the variables hold
+        # The HeadStates the variables hold, kept alive: compared by identity, and an id of a
+        # freed state could be reused by the next group's (programs serve group after group).
+        self._holding: list[HeadState] = []
         self.vars = []
-        for head in self.heads:
-            width = head.head_width
-            shapes = [(features, width), (width,), (width, classes), (classes,)]
+        # The width is left open (None): `load` assigns each head's own arrays, and the kernels
+        # run on their actual sizes, so one program serves heads of any widths.
+        shapes = [(features, None), (None,), (None, classes), (classes,)]
+        for _ in self.heads:
             self.vars.append(
-                [[tf.Variable(tf.zeros(s), trainable=False) for s in shapes] for _ in range(3)]
+                [[tf.Variable(tf.zeros([d or 0 for d in s]), shape=tf.TensorShape(s),
+                              trainable=False) for s in shapes] for _ in range(3)]
             )  # [weights, m, v]
         k = len(self.heads)
         self.epoch = tf.function(
@@ -95,7 +99,8 @@ class _Program:
         )
 
     def load(self, states: list[HeadState]) -> None:
-        if self._holding == [id(s) for s in states]:
+        if len(self._holding) == len(states) and all(
+                a is b for a, b in zip(self._holding, states, strict=True)):
             return  # the variables already hold these states (dumped after the last epoch)
         self._holding = []
         for head_vars, state in zip(self.vars, states, strict=True):
@@ -106,7 +111,7 @@ class _Program:
     def dump(self) -> list[HeadState]:
         states = [HeadState(*[[v.numpy() for v in group] for group in head])
                   for head in self.vars]
-        self._holding = [id(s) for s in states]
+        self._holding = list(states)
         return states
 
     def _forward(self, h: int, x, t=None, head=None):

@@ -159,8 +159,12 @@ class _GroupRun:
         found = self._weight_memo.get(config.class_weight)
         if found is None:
             table = class_weight_for(config, self._y_train)
-            w = np.ones(self.n, "float32") if table is None else np.asarray(
-                [table[int(c)] for c in self._y_train], "float32")
+            if table is None:
+                w = np.ones(self.n, "float32")
+            else:  # each class's weight cast to float32 once, then looked up per face
+                lookup = np.zeros(max(table) + 1, "float32")
+                lookup[list(table)] = [table[c] for c in table]
+                w = lookup[self._y_train]
             found = self._weight_memo[config.class_weight] = (engine.Tensors.of(w), float(w.sum()))
         return found
 

@@ -16,6 +16,11 @@ says, in its metadata, how it acts:
   program: a random search over a float range would otherwise trace a program per value. A
   built Keras layer bakes the value in (Keras' `Dropout(rate)`), so the Keras pool keys on the
   value itself (`build_key`).
+- `shape` (static settings only): a size the engine's programs leave open (variables of
+  unknown size in that dimension, the kernels run on the actual sizes), so `program_key()`
+  omits it and one program serves heads of every width: a random search draws a new width per
+  trial, and tracing a program per set of widths (~0.4 s) cost as much as the heads' training.
+  The Keras pool builds per value (`build_key` keeps it).
 - `free`: heads of one group may differ in it (trainer.heads.grouping.FREE_IN_GROUP): each head
   of a group's program has its own.
 
@@ -32,8 +37,8 @@ from typing import Any
 from trainer.config import TrainConfig
 
 
-def _setting(*, static: bool, free: bool, switch: bool = False) -> Any:
-    return field(metadata={"static": static, "free": free, "switch": switch})
+def _setting(*, static: bool, free: bool, switch: bool = False, shape: bool = False) -> Any:
+    return field(metadata={"static": static, "free": free, "switch": switch, "shape": shape})
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,9 @@ class HeadSpec:
     then switched ones.
     """
 
-    head_width: int = _setting(static=True, free=True)
+    # A shape: a built Keras head is built per width, but the engine's variables leave this
+    # dimension open, so one program serves heads of any widths (`program_key` omits it).
+    head_width: int = _setting(static=True, free=True, shape=True)
     # Each head its own rate and its own mask stream (a function of its seed and the step:
     # trainer.heads.engine), so heads differing only in dropout train in one pass.
     dropout: float = _setting(static=False, free=True, switch=True)
@@ -70,10 +77,10 @@ class HeadSpec:
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["free"])
 
     def program_key(self) -> tuple[tuple[str, Any], ...]:
-        """The static settings as (name, value) pairs, then the switched ones as (name, on):
-        what compiled programs are keyed on (heads equal in it share them)."""
+        """The static settings but shapes as (name, value) pairs, then the switched ones as
+        (name, on): what compiled programs are keyed on (heads equal in it share them)."""
         return (*((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-                  if f.metadata["static"]),
+                  if f.metadata["static"] and not f.metadata["shape"]),
                 *self.switches().items())
 
     def switches(self) -> dict[str, bool]:
@@ -90,10 +97,11 @@ class HeadSpec:
                      if f.metadata["static"] or f.metadata["switch"])
 
     def static(self) -> HeadSpec:
-        """This head with its runtime settings blanked (None): all a compiled program is built
-        from (with `switches`), so it cannot keep the learning rate, seed or dropout rate of the
-        head it was first built for."""
-        return dataclasses.replace(self, **{f.name: None for f in self.runtime_fields()})
+        """This head with its runtime settings and shapes blanked (None): all a compiled
+        program is built from (with `switches`), so it cannot keep the learning rate, seed,
+        dropout rate or width of the head it was first built for."""
+        return dataclasses.replace(self, **{f.name: None for f in dataclasses.fields(self)
+                                            if not f.metadata["static"] or f.metadata["shape"]})
 
     @property
     def plain_targets(self) -> bool:
