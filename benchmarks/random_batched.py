@@ -158,10 +158,10 @@ def warm_up_run(work: Path, data_root: Path, args) -> dict:
 
 
 def _default_batch() -> int:
-    sys.path.insert(0, str(benchlib.REPO))  # this checkout's trainer, not an installed one
-    from trainer import settings
+    sys.path.insert(0, str(benchlib.REPO))  # this checkout's search, not an installed one
+    from search.study.ask_batch import DEFAULT_BATCH
 
-    return settings.KNOBS["FER_SEARCH_ASK_BATCH"].default
+    return DEFAULT_BATCH["random"]
 
 
 def _parser() -> argparse.ArgumentParser:

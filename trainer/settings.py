@@ -102,12 +102,14 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in [
     Knob("FER_SEARCH_MAX_GROUP", 8, "a whole number (>= 1)", _number(int, 1),
          "At most this many heads trained together in one pass by one worker (grid studies).",
          USER),
-    # 8, like FER_SEARCH_MAX_GROUP: a batch of a study shaped like studies/expw-random.yaml
-    # (four batch sizes) then makes about four passes, not eight, while TPE still learns from
-    # every eighth result (it lies about the batch's pending trials).
-    Knob("FER_SEARCH_ASK_BATCH", 8, "a whole number (>= 1)", _number(int, 1),
+    # Unset: 8 for random (like FER_SEARCH_MAX_GROUP: a batch of a study shaped like
+    # studies/expw-random.yaml, four batch sizes, makes about four passes, not eight; the same
+    # configurations and values as one at a time), 1 for TPE, whose constant liar found lower
+    # best values in batches of 8 for 3 seeds of 3 (benchmarks/results/tpe_batched.md).
+    Knob("FER_SEARCH_ASK_BATCH", None, "a whole number (>= 1)", _number(int, 1),
          "A worker of a random or TPE study asks this many trials at once and trains those that "
-         "can share a pass in one (1: one trial at a time).", USER),
+         "can share a pass in one (1: one trial at a time). Unset: 8 for a random study, 1 for "
+         "TPE (batched TPE learns from fewer finished trials).", USER),
     # Writing a head's weights and Adam state after every epoch took ~5-6% of a 6-head group's
     # time (profiled) on 4,000 faces.
     Knob("FER_SEARCH_CHECKPOINT_S", 10.0, _SECONDS, _number(float, 0),
@@ -224,7 +226,8 @@ def max_group() -> int:
     return get("FER_SEARCH_MAX_GROUP")
 
 
-def ask_batch() -> int:
+def ask_batch() -> int | None:
+    """None when unset: the sampler's own default (search.study.ask_batch.DEFAULT_BATCH)."""
     return get("FER_SEARCH_ASK_BATCH")
 
 

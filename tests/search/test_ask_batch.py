@@ -240,3 +240,17 @@ def test_tpe_asks_batches_past_its_startup_within_the_budget(tmp_path):
     assert sizes == [8, 8, 8, 4] and len(trials) == 28
     assert all(1e-3 <= t.params["learning_rate"] <= 3e-2 for t in trials)
     assert all(t.params["batch_size"] in (16, 32) for t in trials)
+
+
+@pytest.mark.parametrize(("sampler", "expected"), [("random", 8), ("tpe", 1)])
+def test_an_unset_batch_is_the_samplers_default(tmp_path, sampler, expected):
+    """Unset FER_SEARCH_ASK_BATCH: random asks 8 at once (same draws, fewer passes), TPE one (its
+    constant liar learned less in batches: benchmarks/results/tpe_batched.md); set, it rules."""
+    spec = load_spec(write_spec(tmp_path, sampler=sampler, n_trials=20, space=SPACE, train=TRAIN))
+    with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
+        study = optuna.create_study(study_name=spec.name, storage=storage,
+                                    sampler=make_sampler(spec), direction="maximize")
+        with settings.override(FER_SEARCH_ASK_BATCH=None):
+            assert len(ask_batch.ask(study, storage, spec, None)) == expected
+        with settings.override(FER_SEARCH_ASK_BATCH=3):
+            assert len(ask_batch.ask(study, storage, spec, None)) == 3
