@@ -121,7 +121,8 @@ def render(report: dict) -> str:
         "run (copied from one warm-up run), fresh Optuna and MLflow stores; timed as the whole "
         f"`fer-search run` command. Batched: FER_SEARCH_ASK_BATCH={setup['ask_batch_default']} "
         "(the default for TPE too when this ran); one at a time: FER_SEARCH_ASK_BATCH=1. "
-        "One run per sampler seed and contender, the first to run alternating from seed to seed.\n\n"
+        "One run per sampler seed and contender, the first to run alternating from seed to "
+        "seed.\n\n"
         + benchlib.table(["sampler seed", "best val_macro_f1, batched", "one at a time",
                           "difference", "wall s, batched", "one at a time",
                           "batched / one at a time", "batches trained, batched / one at a time",
