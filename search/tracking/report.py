@@ -63,7 +63,8 @@ PLOTS = (
     ("contour", "Contour of the two most important params", "plot_contour"),
     ("intermediate_values", "Intermediate values (per epoch)", "plot_intermediate_values"),
 )
-# zlib level 1: a plot's PNG encodes in a fraction of level 6's time, the file ~1.3x as big.
+# zlib level 1: a PNG encodes in ~60% of level 6's time (41 -> 24 ms for the largest plot here),
+# files 1.1-1.25x as big.
 PNG_OPTIONS = {"compress_level": 1}
 # Optuna's modules that import scikit-learn at import time, for evaluators the report never uses.
 _SKLEARN_USERS = ("optuna.importance._fanova._fanova", "optuna.importance._mean_decrease_impurity")
