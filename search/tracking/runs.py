@@ -101,16 +101,9 @@ class Tracker:
 
         _quiet_mlflow_loggers()  # importing mlflow reset them
         self.uri = tracking_uri
-        from search.storage.engines import write_ahead_log
-        from search.tracking.local_store import ensure_sqlite_store, sqlite_path
+        from search.tracking.local_store import ensure_sqlite_store
 
         ensure_sqlite_store(tracking_uri)  # a new local store: from a template, under a lock
-        local = sqlite_path(tracking_uri)
-        if local is not None:
-            # A trial makes ~8 MLflow commits; in WAL mode each appends to the log with one
-            # fsync, where a rollback journal creates, syncs and deletes a file: ~45 ms less a
-            # trial here (create_run, log_batch, set_terminated: 160 -> 115 ms).
-            write_ahead_log(local)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

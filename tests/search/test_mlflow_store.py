@@ -105,18 +105,3 @@ def test_only_local_sqlite_files_are_handled() -> None:
     assert sqlite_path("sqlite:///:memory:") is None
     assert sqlite_path("sqlite:////abs/m.db?timeout=5") == Path("/abs/m.db")
     assert ensure_sqlite_store("postgresql://u:p@h/db") is False
-
-
-def test_a_local_store_is_put_in_wal_mode(tmp_path: Path) -> None:
-    """Its commits (several a trial) append to the write-ahead log, as the Optuna store's do."""
-    import sqlite3
-
-    from search.tracking.runs import Tracker
-
-    path = tmp_path / "mlruns" / "mlflow.db"
-    tracker = Tracker(f"sqlite:///{path}")
-    run = tracker.client.create_run(tracker.experiment_id("wal"))
-    tracker.log(run.info.run_id, metrics={"x": 1.0})
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert tracker.client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
