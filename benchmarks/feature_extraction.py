@@ -47,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (a sibling module; benchmarks/ is not a package)
+import floor  # noqa: E402  (the FLOP counts grid_wall_time's floor uses too)
 
 MATMUL_N = 2048
 BATCH = 64
@@ -172,16 +173,9 @@ def _numpy_rates(repeats: int) -> dict[str, dict[str, Any]]:
 
 
 def conv_flops(model) -> int:
-    """FLOPs of one face through the model's Conv2D layers: 2*H*W*Cin*Cout*kh*kw each."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw, c_in, _ = layer.kernel.shape
-            total += 2 * h * w * c_in * c_out * kh * kw
-    return int(total)
+    """FLOPs of one face through the model's Conv2D layers: 2*H*W*Cin*Cout*kh*kw each
+    (`floor.conv2d_flops`, read off the model by `floor.layer_shapes`)."""
+    return floor.forward_flops([(k, s) for k, s in floor.layer_shapes(model) if k == "conv"])
 
 
 def _interleaved(

@@ -21,6 +21,14 @@ extraction's conv layers in bfloat16; float32 stays the default).
 
 `--warm-only` skips the grids and measures warm starts on the projects an earlier run left.
 
+The floor (benchmarks/floor.py), in the same run: VGG16's FLOPs over every face at the study's
+image size, plus each distinct head's training (the grid's points equal but for `epochs` are one
+head, trained to the largest count: forward and backward over the train split each epoch, and
+the validation split scored), all counted from the Keras models' Conv2D and Dense shapes, at the
+float32 numpy matmul rate measured before, between and after the grids (the best counts: the
+machine is shared, and the floor is what it can do). Each grid's wall time is reported as a
+multiple of that floor. The issue's goal: this commit's float32 grid at most 1.25x its floor.
+
 Writes results/grid_wall_time.{json,md}.
 """
 
@@ -28,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -37,8 +47,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
+import floor  # noqa: E402  (a sibling module, like benchlib)
 
 DEFAULT_OLD = "d871a87"  # the last commit before group training and the head engine
+GOAL_OVER_FLOOR = 1.25
+MATMUL_REPEATS = 5
 SPACE = {
     "learning_rate": [3.0e-4, 1.0e-3, 3.0e-3],
     "batch_size": [32, 64],
@@ -59,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     folders = {name: work / ("old" if src is old_src else "new")
                for name, src in contenders.items()}
+    matmul: list[float] = []
     if not args.warm_only:
         for folder in (*folders.values(), work / str(args.precision)):
             shutil.rmtree(folder, ignore_errors=True)  # fresh stores and caches
         for name, src in contenders.items():
+            matmul += floor.matmul_seconds(repeats=MATMUL_REPEATS)
             results[name] = _run(src, folders[name], data_root, args, "grid")
             print(f"{name}: {results[name]['wall_s']:.1f} s", flush=True)
+        matmul += floor.matmul_seconds(repeats=MATMUL_REPEATS)
         if args.precision:
             name = f"this commit, precision: {args.precision}"
             results[name] = _run(benchlib.REPO, work / args.precision, data_root, args, "grid",
@@ -83,17 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_only:
         print(_warm_table(warm))
         return 0
+    matmul += floor.matmul_seconds(repeats=MATMUL_REPEATS)
     old_s = results[f"old ({args.old})"]["wall_s"]
     new_s = results["this commit"]["wall_s"]
+    splits = _split_sizes(folders["this commit"], "grid") or {
+        "train": round(args.faces * 0.7), "val": round(args.faces * 0.1)}
+    the_floor = _floor(args.faces, args.image_size, splits, floor.matmul_rate(matmul))
+    for r in results.values():
+        r["over_floor"] = r["wall_s"] / the_floor["floor_s"]
+    new_over_floor = new_s / the_floor["floor_s"]
     report = {
         "provenance": prov,
         "setup": {"faces": args.faces, "image_size": args.image_size, "space": SPACE,
                   "weights": "none", "old_commit": args.old},
         "results": results,
         "new_over_old": new_s / old_s,
+        "floor": the_floor,
+        "new_over_floor": new_over_floor,
+        "goal_over_floor": GOAL_OVER_FLOOR,
+        "goal_met": new_over_floor <= GOAL_OVER_FLOOR,
         "warm_start": warm,
     }
-    rows = [[name, f"{r['wall_s']:.1f}", f"{r['wall_s'] / old_s:.3f}", _seconds(r["feature_s"]),
+    rows = [[name, f"{r['wall_s']:.1f}", f"{r['wall_s'] / old_s:.3f}",
+             f"{r['over_floor']:.2f}", _seconds(r["feature_s"]),
              _seconds(r["wall_s"] - r["feature_s"] if r["feature_s"] is not None else None),
              r["complete"], f"{r['best']:.4f}"] for name, r in results.items()]
     markdown = (
@@ -101,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         f"24-point grid (the quickstart's space), {args.faces} synthetic faces "
         f"(70% train), {args.image_size} px, frozen VGG16 (`weights: none`), each contender "
         "with fresh stores and caches, timed as the whole `fer-search run` command.\n\n"
-        + benchlib.table(["code", "wall s", "/ old", "feature extraction s", "the rest s",
-                          "complete trials", "best val_accuracy"], rows)
+        + benchlib.table(["code", "wall s", "/ old", "/ floor", "feature extraction s",
+                          "the rest s", "complete trials", "best val_accuracy"], rows)
         + f"\n\nnew / old wall time: **{new_s / old_s:.3f}** ({old_s / new_s:.2f}x faster)\n\n"
+        + _floor_markdown(the_floor, results["this commit"], new_over_floor) + "\n\n"
         "Feature extraction: VGG16's one-time pass over every face, as the trials logged it "
         "(`feature_seconds`); both codes pay it, in float32 at this machine's matmul rate. "
         "The rest: start-up, head training, logging and the report.\n\n"
@@ -115,6 +144,89 @@ def main(argv: list[str] | None = None) -> int:
     for path in benchlib.write_results(args.out, args.name, report, markdown):
         print(f"wrote {path}")
     return 0
+
+
+def _floor(faces: int, image_size: int, splits: dict[str, int], rate: dict) -> dict:
+    """The grid's floor: FLOPs of VGG16 over every face and of each distinct head's training,
+    at the best measured matmul rate. The layer shapes come from the trainer's own models, in a
+    process of their own (this one stays free of TensorFlow)."""
+    widths = SPACE["head_width"]
+    code = ("import json, sys; from benchmarks.floor import network_shapes; "
+            "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
+                         check=True, capture_output=True, text=True, env=_env(benchlib.REPO),
+                         cwd=benchlib.REPO).stdout
+    shapes = json.loads(out.strip().splitlines()[-1])
+    per_face = floor.forward_flops(shapes["base"])
+    others = [values for key, values in SPACE.items() if key not in ("epochs", "head_width")]
+    per_width = len(list(itertools.product(*others)))  # heads of one width: lr x batch size
+    epochs = max(SPACE["epochs"])
+    head_flops = {w: epochs * floor.head_epoch_flops(shapes["heads"][str(w)], splits["train"],
+                                                     splits["val"]) for w in widths}
+    features = faces * per_face
+    heads = per_width * sum(head_flops.values())
+    flops_per_s = rate["gflops_best"] * 1e9
+    return {
+        "vgg16_flop_per_face": per_face,
+        "feature_flop": features,
+        "heads": per_width * len(widths),
+        "head_epochs": epochs,
+        "split_sizes": splits,
+        "head_flop_by_width": head_flops,
+        "head_flop": heads,
+        "total_flop": features + heads,
+        "matmul": {"n": floor.MATMUL_N, **rate},
+        "feature_floor_s": features / flops_per_s,
+        "head_floor_s": heads / flops_per_s,
+        "floor_s": (features + heads) / flops_per_s,
+        "shapes": shapes,
+    }
+
+
+def _floor_markdown(f: dict, new: dict, over: float) -> str:
+    met = "met" if over <= GOAL_OVER_FLOOR else "**not met**"
+    rest = new["wall_s"] - new["feature_s"] if new["feature_s"] is not None else None
+    rows = [
+        ["VGG16 over every face", f"{f['vgg16_flop_per_face'] / 1e9:.3f} GFLOP/face x "
+         f"{f['feature_flop'] / f['vgg16_flop_per_face']:.0f} faces",
+         f"{f['feature_flop'] / 1e12:.2f}", f"{f['feature_floor_s']:.1f}",
+         _seconds(new["feature_s"]),
+         f"{new['feature_s'] / f['feature_floor_s']:.2f}" if new["feature_s"] else "-"],
+        ["heads", f"{f['heads']} heads x {f['head_epochs']} epochs over "
+         f"{f['split_sizes']['train']} train + {f['split_sizes']['val']} val faces",
+         f"{f['head_flop'] / 1e12:.3f}", f"{f['head_floor_s']:.1f}",
+         _seconds(rest) + " (the rest)", "-"],
+        ["the grid", "", f"{f['total_flop'] / 1e12:.2f}", f"{f['floor_s']:.1f}",
+         f"{new['wall_s']:.1f}", f"**{over:.2f}**"],
+    ]
+    return (
+        "## This commit against the machine's floor\n\n"
+        f"numpy float32 matmul ({f['matmul']['n']}^3, FLOPs = 2*n^3), measured before, between "
+        f"and after the grids: best {f['matmul']['gflops_best']:.0f} GFLOP/s, median "
+        f"{f['matmul']['gflops_median']:.0f} GFLOP/s ({f['matmul']['runs']} runs); the floor "
+        "uses the best. FLOPs from the trainer's Keras models' Conv2D and Dense shapes "
+        "(`benchmarks/floor.py`); a head's training step counts forward, weight gradients and "
+        "the input gradient of its second layer; the validation split is scored every epoch.\n\n"
+        + benchlib.table(["work", "what", "TFLOP", "floor s", "this commit s", "/ floor"], rows)
+        + f"\n\nThis commit's grid: **{over:.2f}x** its floor; goal <= {GOAL_OVER_FLOOR}x: "
+        f"{met}. The mixed_bfloat16 row's `/ floor` is against the same float32 floor."
+    )
+
+
+def _split_sizes(folder: Path, name: str) -> dict[str, int] | None:
+    """Train and val faces as the study's runs logged them (the dataset input's profile)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    for run in client.search_runs([experiment.experiment_id], max_results=50):
+        for found in run.inputs.dataset_inputs:
+            sizes = json.loads(found.dataset.profile or "{}").get("split_sizes")
+            if sizes:
+                return {k: int(v) for k, v in sizes.items()}
+    return None
 
 
 def _answered(folder: Path, run_id: str | None) -> str:

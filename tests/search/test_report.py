@@ -176,3 +176,39 @@ def test_report_on_postgres_with_a_tracking_server(pg_cluster, mlflow_server, tm
     assert plots == PLOT_FILES
     # PostgreSQL holds MLflow's dataset digests to 36 characters: the fingerprint is cut to 32.
     assert len(run.inputs.dataset_inputs[0].dataset.digest) == 32
+
+
+IMPORTANCES_WITHOUT_SKLEARN = """
+import sys
+import optuna
+from search.tracking.report import importance_module
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.create_study()
+study.optimize(lambda t: t.suggest_float("x", 0, 1) + 0.1 * t.suggest_float("y", 0, 1), 12)
+importance = importance_module()
+found = importance.get_param_importances(study, evaluator=importance.PedAnovaImportanceEvaluator())
+assert set(found) == {"x", "y"}, found
+assert "sklearn" not in sys.modules
+# Optuna's evaluators that need scikit-learn import it when used
+for evaluator in (importance.FanovaImportanceEvaluator(seed=0),
+                  importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)):
+    assert set(importance.get_param_importances(study, evaluator=evaluator)) == {"x", "y"}
+assert "sklearn.ensemble" in sys.modules
+print("ok")
+"""
+
+
+def test_importances_are_computed_without_importing_sklearn_and_fanova_still_works() -> None:
+    """The report's importances (PED-ANOVA) import no scikit-learn (~1.2 s of every `run`), and
+    the evaluators that need it still work in that process. In a fresh process: this one may
+    have imported scikit-learn already."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", IMPORTANCES_WITHOUT_SKLEARN], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
