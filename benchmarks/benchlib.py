@@ -181,3 +181,21 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def feature_seconds(folder: Path, name: str) -> float | None:
+    """The study's one-time feature extraction, as its trials logged it: the largest
+    `feature_seconds` (a tag now, a metric in older code; a trial on cached features logs the
+    load, ~0 s)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    found = []
+    for run in client.search_runs([experiment.experiment_id], max_results=5000):
+        value = run.data.tags.get("feature_seconds", run.data.metrics.get("feature_seconds"))
+        if value is not None:
+            found.append(float(value))
+    return max(found, default=None)

@@ -335,27 +335,9 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str,
         "to_first_trial_s": first.datetime_start.astimezone(dt.UTC).timestamp() - started,
         "to_first_trial_end_s": first.datetime_complete.astimezone(dt.UTC).timestamp() - started,
         "first_trial_from_record": _answered(folder, first.user_attrs.get("mlflow_run_id")),
-        "feature_s": _feature_seconds(folder, name),
+        "feature_s": benchlib.feature_seconds(folder, name),
         "log": str(log),
     }
-
-
-def _feature_seconds(folder: Path, name: str) -> float | None:
-    """The study's one-time feature extraction, as its trials logged it: the largest
-    `feature_seconds` (a tag now, a metric in older code; a trial on cached features logs the
-    load, ~0 s)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return None
-    found = []
-    for run in client.search_runs([experiment.experiment_id], max_results=5000):
-        value = run.data.tags.get("feature_seconds", run.data.metrics.get("feature_seconds"))
-        if value is not None:
-            found.append(float(value))
-    return max(found, default=None)
 
 
 if __name__ == "__main__":

@@ -250,26 +250,9 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str, trials: int,
         "best": max(t.value for t in complete),
         "params": [t.params for t in trials],
         "values": [t.value for t in trials],
-        "feature_s": _feature_seconds(folder, name),
+        "feature_s": benchlib.feature_seconds(folder, name),
         "log": str(log),
     }
-
-
-def _feature_seconds(folder: Path, name: str) -> float | None:
-    """The largest `feature_seconds` a trial logged (the one-time extraction; ~0 on cached
-    features)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return None
-    found = []
-    for run in client.search_runs([experiment.experiment_id], max_results=5000):
-        value = run.data.tags.get("feature_seconds", run.data.metrics.get("feature_seconds"))
-        if value is not None:
-            found.append(float(value))
-    return max(found, default=None)
 
 
 if __name__ == "__main__":
