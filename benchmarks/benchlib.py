@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -199,3 +200,39 @@ def feature_seconds(folder: Path, name: str) -> float | None:
         if value is not None:
             found.append(float(value))
     return max(found, default=None)
+
+
+def source_env(src: Path, extra: dict[str, str] | None = None,
+               unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a contender whose code is the checkout or export at `src`: this
+    process's, with `unset` removed, `src` on PYTHONPATH, oneDNN on, MLflow telemetry off,
+    then `extra`."""
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    env["PYTHONPATH"] = str(src)
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.update(extra or {})
+    return env
+
+
+def export_source(commit: str, dest: Path) -> Path:
+    """`search/` and `trainer/` at `commit`, extracted into `dest` (once)."""
+    if not (dest / "search").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "search", "trainer"],
+                                 cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def generate_faces(root: Path, faces: int) -> None:
+    """A synthetic ExpW of `faces` faces at `root` (seed 0), by this checkout's trainer; kept
+    when it is there already."""
+    if (root / "label.lst").exists():
+        return
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from trainer.data.synthetic import generate_synthetic_expw as g; "
+         "g(sys.argv[1], int(sys.argv[2]), 0)", str(root), str(faces)],
+        check=True, env=source_env(REPO),
+    )

@@ -38,7 +38,6 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -66,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     prov = benchlib.provenance()
     data_root = work / "data" / f"synthetic-{args.faces}-0"
-    _generate(data_root, args.faces)
-    old_src = _export(args.old, work / f"src-{args.old}")
+    benchlib.generate_faces(data_root, args.faces)
+    old_src = benchlib.export_source(args.old, work / f"src-{args.old}")
     contenders = {f"old ({args.old})": old_src, "this commit": benchlib.REPO}
     results: dict[str, dict] = {}
     folders = {name: work / ("old" if src is old_src else "new")
@@ -154,8 +153,8 @@ def _floor(faces: int, image_size: int, splits: dict[str, int], rate: dict) -> d
     code = ("import json, sys; from benchmarks.floor import network_shapes; "
             "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
     out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
-                         check=True, capture_output=True, text=True, env=_env(benchlib.REPO),
-                         cwd=benchlib.REPO).stdout
+                         check=True, capture_output=True, text=True,
+                         env=benchlib.source_env(benchlib.REPO), cwd=benchlib.REPO).stdout
     shapes = json.loads(out.strip().splitlines()[-1])
     per_face = floor.forward_flops(shapes["base"])
     others = [values for key, values in SPACE.items() if key not in ("epochs", "head_width")]
@@ -265,34 +264,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _generate(root: Path, faces: int) -> None:
-    if (root / "label.lst").exists():
-        return
-    subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from trainer.data.synthetic import generate_synthetic_expw as g; "
-         "g(sys.argv[1], int(sys.argv[2]), 0)", str(root), str(faces)],
-        check=True, env=_env(benchlib.REPO),
-    )
-
-
-def _export(commit: str, dest: Path) -> Path:
-    if not (dest / "search").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", commit, "search", "trainer"],
-                                 cwd=benchlib.REPO, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
-
-def _env(src: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(src)
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    return env
-
-
 def _spec(folder: Path, data_root: Path, image_size: int, name: str, seed: int = 0,
           precision: str | None = None) -> Path:
     space = "\n".join(f"  {k}: {v}" for k, v in SPACE.items())
@@ -319,7 +290,8 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str,
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec), *extra],
-                              cwd=folder, env=_env(src), stdout=out, stderr=subprocess.STDOUT)
+                              cwd=folder, env=benchlib.source_env(src), stdout=out,
+                              stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{src}: fer-search run exited {proc.returncode}; see {log}")

@@ -35,7 +35,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from grid_wall_time import _env, _export  # noqa: E402
 
 DEFAULT_OLD = "de2fbd0"  # restructure before promotion scored on cached features
 QUICKSTART = benchlib.REPO / "studies" / "quickstart.yaml"
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     prov = benchlib.provenance()
-    old_src = _export(args.old, work / f"src-{args.old}")
+    old_src = benchlib.export_source(args.old, work / f"src-{args.old}")
     shutil.copy(QUICKSTART, work / "quickstart.yaml")
     start = time.perf_counter()
     _cli(benchlib.REPO, work, "run", "quickstart.yaml")
@@ -136,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli(src: Path, cwd: Path, *argv: str) -> None:
-    subprocess.run([sys.executable, "-m", "search.cli", *argv], cwd=cwd, env=_env(src),
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "search.cli", *argv], cwd=cwd,
+                   env=benchlib.source_env(src), check=True, stdout=subprocess.DEVNULL)
 
 
 def _scores(work: Path, models: dict[str, list[str]]) -> dict[str, list[list[float]]]:
@@ -171,7 +170,7 @@ def _gaps(work: Path, gap_work: Path) -> dict:
     root = next((work / "data").glob("synthetic-*"))
     done = subprocess.run(
         [sys.executable, "-c", _GAPS, json.dumps(values), str(root), str(gap_work.resolve())],
-        env=_env(benchlib.REPO), check=True, capture_output=True, text=True)
+        env=benchlib.source_env(benchlib.REPO), check=True, capture_output=True, text=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("GAPS "))
     return {"config": values, **json.loads(line.removeprefix("GAPS "))}
 

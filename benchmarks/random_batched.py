@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
+# Each contender says its own FER_SEARCH_ASK_BATCH; none inherits this shell's.
+ASK_BATCH_UNSET = ("FER_SEARCH_ASK_BATCH",)
 DEFAULT_OLD = "ec23929"  # the last commit before batched asks and dropout free in a group
 SPACE = """\
   learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     prov = benchlib.provenance()
     data_root = work / "data" / f"synthetic-{args.faces}-0"
-    _generate(data_root, args.faces)
-    old_src = _export(args.old, work / f"src-{args.old}")
+    benchlib.generate_faces(data_root, args.faces)
+    old_src = benchlib.export_source(args.old, work / f"src-{args.old}")
 
     warm = work / "warm-up"
     warm_up = warm_up_run(work, data_root, args)
@@ -179,36 +180,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _generate(root: Path, faces: int) -> None:
-    if (root / "label.lst").exists():
-        return
-    subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from trainer.data.synthetic import generate_synthetic_expw as g; "
-         "g(sys.argv[1], int(sys.argv[2]), 0)", str(root), str(faces)],
-        check=True, env=_env(benchlib.REPO, {}),
-    )
-
-
-def _export(commit: str, dest: Path) -> Path:
-    if not (dest / "search").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", commit, "search", "trainer"],
-                                 cwd=benchlib.REPO, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
-
-def _env(src: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("FER_SEARCH_ASK_BATCH", None)  # each contender says its own
-    env["PYTHONPATH"] = str(src)
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env.update(extra)
-    return env
-
-
 def _spec(folder: Path, data_root: Path, image_size: int, name: str, trials: int,
           seed: int, sampler: str = "random", sampler_seed: int = 0) -> Path:
     spec = folder / f"{name}.yaml"
@@ -234,8 +205,9 @@ def _run(src: Path, folder: Path, data_root: Path, args, name: str, trials: int,
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec)],
-                              cwd=folder, env=_env(src, env), stdout=out,
-                              stderr=subprocess.STDOUT)
+                              cwd=folder,
+                              env=benchlib.source_env(src, env, unset=ASK_BATCH_UNSET),
+                              stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{src}: fer-search run exited {proc.returncode}; see {log}")

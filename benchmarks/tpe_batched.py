@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     prov = benchlib.provenance()
     data_root = work / "data" / f"synthetic-{args.faces}-0"
-    rb._generate(data_root, args.faces)
+    benchlib.generate_faces(data_root, args.faces)
     warm = work / "warm-up"
     warm_up = rb.warm_up_run(work, data_root, args)
 
