@@ -27,6 +27,7 @@ from search.registry.promotion import check_reproduced, promote
 from search.registry.refs import CHALLENGER, RegistryError, fetch, parse_model_ref
 from search.spec.loader import load_spec
 from search.study.data_provider import DataProvider
+from tests.model_calls import count_faces
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
 
 FILES = {"model.keras", "class_names.json", "metadata.json"}
@@ -191,22 +192,6 @@ def test_a_model_that_cannot_serve_is_not_registered(tiny_study, client, monkeyp
     assert not client.search_registered_models("name='expw-broken'")
 
 
-def _vgg16_faces(monkeypatch) -> dict[str, int]:
-    """Faces each Keras model runs on from here on: the full model (`expw_vgg16`) or the
-    frozen base extracting features (`frozen_base`); the cached path runs neither."""
-    import keras
-
-    seen: dict[str, int] = {}
-    real = keras.Model.predict_on_batch
-
-    def counted(model, x, *args, **kwargs):
-        seen[model.name] = seen.get(model.name, 0) + len(x)
-        return real(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "predict_on_batch", counted)
-    return seen
-
-
 def test_promotion_runs_vgg16_over_a_sample_not_every_val_and_test_face(
         tiny_study, champion, client, monkeypatch, tmp_path):  # noqa: F811
     """The study cached val's features; the first promotion (`champion`) cached test's. A
@@ -215,7 +200,7 @@ def test_promotion_runs_vgg16_over_a_sample_not_every_val_and_test_face(
     from trainer.evaluate import EXPORT_SAMPLE
 
     data = DataProvider(load_spec(tiny_study.spec_path)).get(32)
-    seen = _vgg16_faces(monkeypatch)
+    seen = count_faces(monkeypatch)
     result = promote(tiny_study.name, **tiny_study.urls, model_name="expw-cached")
     sample = min(EXPORT_SAMPLE, len(data.test))
     # The sample, and the one face MLflow predicts when the model is logged (the serving

@@ -3,10 +3,10 @@ checking the exported model against that path (`check_export`)."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
+from tests.model_calls import count_faces
 from tests.trainer.arrays import array_dataset
 from trainer import TrainConfig, train
 from trainer.evaluate import (
@@ -40,22 +40,9 @@ def trained(tmp_path_factory):
     return result, data, build_trained(CONFIG, result.top_weights, data.class_names)
 
 
-def _counting(monkeypatch) -> dict[str, int]:
-    """Faces each Keras model (full `expw_vgg16`, `frozen_base`) runs on from here on."""
-    seen: dict[str, int] = {}
-    real = keras.Model.predict_on_batch
-
-    def counted(model, x, *args, **kwargs):
-        seen[model.name] = seen.get(model.name, 0) + len(x)
-        return real(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "predict_on_batch", counted)
-    return seen
-
-
 def test_cached_scores_equal_the_full_models_and_the_trainings(trained, monkeypatch):
     result, data, network = trained
-    seen = _counting(monkeypatch)
+    seen = count_faces(monkeypatch)
     val = evaluate_trained(network, CONFIG, result.top_weights, data, "val")
     test = evaluate_trained(network, CONFIG, result.top_weights, data, "test")
     assert seen.get("expw_vgg16", 0) == 0  # no face ran through the full model
@@ -80,7 +67,7 @@ def test_cached_scores_equal_the_full_models_and_the_trainings(trained, monkeypa
 def test_the_exported_model_passes_the_sample_check(trained, monkeypatch):
     result, data, network = trained
     split_features(CONFIG, data, "test", network)
-    seen = _counting(monkeypatch)
+    seen = count_faces(monkeypatch)
     check = check_export(network.full, CONFIG, result.top_weights, data, "test")
     assert check.ok and check.max_gap <= export_tolerance(CONFIG)
     assert check.faces == EXPORT_SAMPLE < len(data.test)
@@ -125,7 +112,7 @@ def test_a_split_not_cached_yet_is_extracted_once(tmp_path, monkeypatch):
     weights = build_network(CONFIG).top.get_weights()
     forget_loaded()
     assert cached_features(data, "test", CONFIG) is None
-    seen = _counting(monkeypatch)
+    seen = count_faces(monkeypatch)
     first = evaluate_head(CONFIG, weights, data, "test")
     again = evaluate_head(CONFIG, weights, data, "test")
     assert seen == {"frozen_base": len(data.test)}
