@@ -11,7 +11,8 @@ thread.
 For each mode (direct: every worker connects to PostgreSQL; pgbouncer: every worker's storage
 URL is a throwaway PgBouncer's, transaction pooling, `--pool` server connections) and each
 worker count, a fresh study of workers x `--trials-per-worker` grid points (one trial per claim:
-FER_SEARCH_MAX_GROUP=1) is queued once, then all workers start together. Reported:
+FER_SEARCH_MAX_GROUP=1) is queued once, then the workers start: together, or evenly over
+`--stagger-s` seconds, as a cluster's scheduler brings them up. Reported:
 
 - claims/s: claims that took a trial / (last such claim's end - first one's start);
 - p50 / p99 latency of a claim (one `_next_trials`: the claim transaction and the Optuna trial
@@ -24,6 +25,9 @@ FER_SEARCH_MAX_GROUP=1) is queued once, then all workers start together. Reporte
 
     .venv/bin/python benchmarks/storage_load.py                 # results/storage_load.{md,json}
     .venv/bin/python benchmarks/storage_load.py --workers 8 --modes pgbouncer --quick
+    # trials of a modelled length (10 epochs x 3 s), workers brought up over a minute:
+    .venv/bin/python benchmarks/storage_load.py --workers 128 256 --epochs 10 --epoch-s 3 \
+        --stagger-s 60 --name storage_load-30s-trials
 """
 
 from __future__ import annotations
@@ -145,12 +149,15 @@ def _timed(call, sink: list):
     return timed
 
 
-def child(spec_path: str, threads: int, epoch_s: float, out: str) -> int:
-    """A process of `threads` simulated workers; writes their timings to `out` (JSON)."""
+def child(spec_path: str, threads: int, epoch_s: float, out: str,
+          delays: list[float]) -> int:
+    """A process of `threads` simulated workers, the i-th started `delays[i]` seconds after the
+    process; writes their timings to `out` (JSON)."""
     stats: dict[str, list] = {"claims": [], "reports": [], "tells": [], "startup": [],
                               "errors": []}
 
-    def run_one() -> None:
+    def run_one(delay: float) -> None:
+        time.sleep(delay)
         try:
             _worker(spec_path, epoch_s, stats)
         except BaseException as error:  # noqa: BLE001  (counted, and the others go on)
@@ -158,7 +165,7 @@ def child(spec_path: str, threads: int, epoch_s: float, out: str) -> int:
 
             stats["errors"].append(mask_text(f"{type(error).__name__}: {error}")[:300])
 
-    workers = [threading.Thread(target=run_one) for _ in range(threads)]
+    workers = [threading.Thread(target=run_one, args=(delay,)) for delay in delays[:threads]]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -220,12 +227,17 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
     peak = Peak(cluster)
     started = time.time()
     children = []
+    # Worker w starts at w / workers of --stagger-s (0: all at once), dealt round-robin over the
+    # processes, so every process starts workers across the whole span.
+    delays = [w * args.stagger_s / workers for w in range(workers)]
     for index in range(processes):
         threads = workers // processes + (1 if index < workers % processes else 0)
+        mine = delays[index::processes]
         out = folder / f"{name}-{index}.json"
         log = open(folder / f"{name}-{index}.log", "wb")  # noqa: SIM115  (closed below)
         command = [sys.executable, __file__, "--child", str(spec_path), "--threads", str(threads),
-                   "--epoch-s", str(args.epoch_s), "--out", str(out)]
+                   "--epoch-s", str(args.epoch_s), "--out", str(out),
+                   "--delays", json.dumps(mine)]
         children.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL), out, log))
     codes = []
@@ -324,7 +336,7 @@ def markdown(rows: list[dict[str, Any]], args, prov: dict[str, Any]) -> str:
 Each worker is the real worker loop (search.study.dry_worker: the study lock and queue check at
 start, claim, heartbeat, a report per epoch, tell) with training replaced by a sleep of
 {args.epochs} epochs x {args.epoch_s} s; a fresh grid of workers x {args.trials_per_worker} points
-per row, one trial per claim (FER_SEARCH_MAX_GROUP=1), all workers started together. Workers are
+per row, one trial per claim (FER_SEARCH_MAX_GROUP=1), {_starts(args)}. Workers are
 threads, at most {args.processes} processes of them (256 processes are too heavy for this
 2-core machine); each thread opens its own storage, so the database (or PgBouncer) sees each
 worker's own connections. PgBouncer: transaction pooling, {args.pool} server connections,
@@ -347,6 +359,12 @@ point; lost: grid points without a COMPLETE trial.
 {benchlib.provenance_markdown(prov)}"""
 
 
+def _starts(args) -> str:
+    if not args.stagger_s:
+        return "all workers started together"
+    return f"workers started evenly over {args.stagger_s:g} s (as a scheduler brings them up)"
+
+
 def _ratio(a, b):
     return round(a / b, 2) if a is not None and b else None
 
@@ -360,15 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-s", type=float, default=0.5)
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--pool", type=int, default=pgbouncer.DEFAULT_POOL)
+    parser.add_argument("--stagger-s", type=float, default=0.0,
+                        help="start the workers evenly over this many seconds (0: together)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--name", default="storage_load")
     parser.add_argument("--quick", action="store_true", help="results not written")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--delays", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.threads, args.epoch_s, args.out)
+        return child(args.child, args.threads, args.epoch_s, args.out, json.loads(args.delays))
     if min(args.workers) < 1 or args.processes < 1 or args.pool < 1:
         parser.error("--workers, --processes and --pool must be >= 1")
 
@@ -397,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in benchlib.write_results(benchlib.RESULTS_DIR, args.name,
                                        {"provenance": prov, "settings": {
                                            k: v for k, v in vars(args).items()
-                                           if k not in ("child", "threads", "out")},
+                                           if k not in ("child", "threads", "out", "delays")},
                                         "rows": rows}, text):
         print(f"wrote {path}")
     return 0
