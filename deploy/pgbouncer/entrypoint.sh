@@ -2,12 +2,17 @@
 # Writes PgBouncer's settings from the environment (the password reaches it by environment,
 # never a command line) and runs it in the foreground. The same settings as
 # benchmarks/pgbouncer.py: transaction pooling, at most PGBOUNCER_POOL server connections per
-# database, SCRAM towards clients and server.
+# database, SCRAM towards clients and server. Used by the compose `pgbouncer` service, the
+# Kubernetes one (same image) and deploy/slurm/fer-search-pgbouncer.sbatch (natively).
+#
+# PGBOUNCER_DIR: where the settings and the password file go (made private; default
+# /tmp/pgbouncer). PGBOUNCER_PORT: the port to listen on (6432). PGBOUNCER_OPTIONS: more
+# options for pgbouncer itself (e.g. `-u postgres`: PgBouncer refuses to run as root).
 set -eu
 : "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD:?}"
-dir=/tmp/pgbouncer
-mkdir -p "$dir"
+dir=${PGBOUNCER_DIR:-/tmp/pgbouncer}
 umask 077
+mkdir -p "$dir"
 printf '"%s" "%s"\n' "$POSTGRES_USER" "$POSTGRES_PASSWORD" > "$dir/userlist.txt"
 cat > "$dir/pgbouncer.ini" <<INI
 [databases]
@@ -15,7 +20,7 @@ cat > "$dir/pgbouncer.ini" <<INI
 
 [pgbouncer]
 listen_addr = 0.0.0.0
-listen_port = 6432
+listen_port = ${PGBOUNCER_PORT:-6432}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $dir/userlist.txt
@@ -29,4 +34,5 @@ query_wait_timeout = 900
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 INI
-exec pgbouncer "$dir/pgbouncer.ini"
+# shellcheck disable=SC2086  # PGBOUNCER_OPTIONS: words on purpose
+exec pgbouncer ${PGBOUNCER_OPTIONS:-} "$dir/pgbouncer.ini"

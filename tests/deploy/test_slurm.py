@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.search.studyhelp import write_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "slurm" / "fer-search-array.sbatch"
+PGBOUNCER_SCRIPT = REPO / "deploy" / "slurm" / "fer-search-pgbouncer.sbatch"
 # A 2-point grid on 140 synthetic faces of 32 px, no pretrained weights, one epoch.
 TINY_SPACE = {"learning_rate": [1.0e-2], "batch_size": [32], "epochs": [1], "head_width": [16, 32]}
 
@@ -87,9 +89,12 @@ def _fake_tools(tmp_path: Path, exit_code: int) -> tuple[Path, Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
+    # fer-search also records where its storage URL points (after the password's "@").
+    where = 'echo "storage ${FER_SEARCH_STORAGE#*@}" >> "' + str(calls) + '"\n'
     for tool, code in (("fer-search", exit_code), ("scontrol", 0)):
         path = bin_dir / tool
-        path.write_text(f'#!/bin/bash\necho "{tool} $*" >> "{calls}"\nexit {code}\n')
+        path.write_text(f'#!/bin/bash\necho "{tool} $*" >> "{calls}"\n'
+                        f'{where if tool == "fer-search" else ""}exit {code}\n')
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return bin_dir, calls
 
@@ -128,3 +133,125 @@ def test_a_settings_file_others_can_read_is_refused(tmp_path):
     result = run_task(tmp_path, env, timeout=60)
     assert result.returncode == 2 and "chmod 600" in result.stderr
     assert not calls.exists()
+
+
+# ------------------------------------------------------------------------------------ PgBouncer
+
+
+def test_a_task_told_to_use_pgbouncer_connects_to_the_address_it_published(tmp_path):
+    (tmp_path / "submit").mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "pgbouncer.address").write_text("node7:6432\n")
+    bin_dir, calls = _fake_tools(tmp_path, 0)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SLURM_SHARED": str(shared),
+                               "FER_SLURM_PGBOUNCER": "1"}, FER_SLURM_CMD="fer-search")
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = run_task(tmp_path, env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "storage node7:6432/optuna" in calls.read_text().splitlines()
+    assert "storage through PgBouncer at node7:6432" in result.stdout
+    assert "pw-not-on-cmdline" not in result.stdout + result.stderr
+
+
+def test_a_task_told_to_use_pgbouncer_without_one_running_stops_with_one_line(tmp_path):
+    (tmp_path / "submit").mkdir()
+    bin_dir, calls = _fake_tools(tmp_path, 0)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SLURM_SHARED": str(tmp_path / "shared"),
+                               "FER_SLURM_PGBOUNCER": "1", "FER_SLURM_PGBOUNCER_WAIT_S": "1"},
+                    FER_SLURM_CMD="fer-search")
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = run_task(tmp_path, env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "pgbouncer.address" in result.stderr and "fer-search-pgbouncer.sbatch" in result.stderr
+    assert not calls.exists()
+
+
+def test_the_pgbouncer_job_refuses_a_storage_that_is_not_postgresql(tmp_path):
+    env = slurm_env(tmp_path, {"FER_SEARCH_STORAGE": "sqlite:///studies/optuna.db",
+                               "FER_SLURM_SHARED": str(tmp_path / "shared")})
+    result = subprocess.run(["bash", str(PGBOUNCER_SCRIPT)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fer-search-pgbouncer: FER_SEARCH_STORAGE in {tmp_path}/fer-search.env: expected "
+        "postgresql://user:password@host[:port]/database"]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_array_tasks_reach_postgresql_through_the_pgbouncer_job(tmp_path, pg_cluster):
+    """The PgBouncer job publishes its address; a task with FER_SLURM_PGBOUNCER=1 runs its
+    trials through it (PgBouncer counts its transactions); scancel's SIGTERM ends the job and
+    takes the address back."""
+    import optuna
+    import psycopg2
+
+    from benchmarks import pgbouncer
+    from benchmarks.pgcluster import USER, ClusterUnavailable, _run_as, _unavailable, free_port
+
+    try:
+        pgbouncer.binary()
+        as_postgres = "--user=postgres" if _run_as() else ""  # PgBouncer refuses root
+    except ClusterUnavailable as error:
+        _unavailable(str(error))
+    name = f"slurm-pgb-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "submit").mkdir()
+    spec = write_spec(tmp_path / "submit", name=name, space=TINY_SPACE)
+    shared = tmp_path / "shared"
+    port = free_port()
+    settings = {
+        "FER_SEARCH_STORAGE": pg_cluster.url("optuna"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+        "FER_SLURM_SHARED": str(shared),
+        "FER_SLURM_SPEC": str(spec.relative_to(tmp_path / "submit")),
+        "FER_SLURM_PGBOUNCER": "1",
+        "FER_SLURM_PGBOUNCER_PORT": str(port),
+        "FER_SLURM_PGBOUNCER_POOL": "4",
+        "FER_SLURM_PGBOUNCER_OPTIONS": as_postgres,
+        "FER_SLURM_REPO": str(REPO),
+    }
+    env = slurm_env(tmp_path, settings)
+    address_file = shared / "pgbouncer.address"
+    job = subprocess.Popen(["bash", str(PGBOUNCER_SCRIPT)], cwd=tmp_path / "submit",
+                           env={**env, "SLURM_JOB_ID": "4241"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not address_file.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not address_file.exists():
+            job.terminate()
+            pytest.fail(f"the PgBouncer job never published its address: {job.communicate()[0]}")
+        host, published = address_file.read_text().strip().rsplit(":", 1)
+        assert int(published) == port
+
+        result = run_task(tmp_path, env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"storage through PgBouncer at {host}:{port}" in result.stdout
+
+        console = psycopg2.connect(host="127.0.0.1", port=port, dbname="pgbouncer",
+                                   user=USER, password=pg_cluster.password)
+        console.autocommit = True
+        try:
+            with console.cursor() as cursor:
+                cursor.execute("SHOW STATS")
+                names = [column.name for column in cursor.description]
+                stats = {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+        finally:
+            console.close()
+        assert stats["optuna"]["total_xact_count"] > 10, stats.get("optuna")
+    finally:
+        job.terminate()  # scancel's SIGTERM
+        output, _ = job.communicate(timeout=30)
+    assert job.returncode == 0, output
+    assert not address_file.exists(), output
+    assert pg_cluster.password not in output + result.stdout + result.stderr
+
+    storage = optuna.storages.RDBStorage(pg_cluster.url("optuna"))
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
