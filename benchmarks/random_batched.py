@@ -11,7 +11,8 @@ pruner, val_macro_f1, class_weight balanced) on the same synthetic ExpW folder a
 - `old`: the commit before batched asks (default ec23929), exported with `git archive` and run
   from the same virtual environment (PYTHONPATH), one trial at a time;
 - `one at a time`: this commit with FER_SEARCH_ASK_BATCH=1;
-- `batched`: this commit with its default FER_SEARCH_ASK_BATCH.
+- `batched`: this commit with its default FER_SEARCH_ASK_BATCH;
+- `batched by K`, for each `--also-batch K`: this commit with FER_SEARCH_ASK_BATCH=K.
 
 Each contender has fresh Optuna and MLflow stores and its own cache, into which the crops and
 VGG16 features of a warm-up run are copied first (never its epoch records): so every contender
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         f"old ({args.old})": (old_src, {}),
         "one at a time": (benchlib.REPO, {"FER_SEARCH_ASK_BATCH": "1"}),
         "batched": (benchlib.REPO, {}),
+        **{f"batched by {k}": (benchlib.REPO, {"FER_SEARCH_ASK_BATCH": str(k)})
+           for k in args.also_batch},
     }
     # Rounds in turns, every other one reversed (A B C, C B A, ...): on a shared machine whose
     # load drifts, no contender always runs first or last. Wall time: the mean over rounds.
@@ -175,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=benchlib.WORK_DIR / "random-batched")
     p.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p.add_argument("--name", default="random_batched")
+    p.add_argument("--also-batch", type=int, nargs="*", default=[], metavar="K",
+                   help="more contenders: this commit with FER_SEARCH_ASK_BATCH=K")
     p.add_argument("--reuse-warm-up", action="store_true",
                    help="keep an earlier warm-up's features (and its timing) if present")
     return p
