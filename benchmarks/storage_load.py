@@ -227,17 +227,21 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
     peak = Peak(cluster)
     started = time.time()
     children = []
-    # Worker w starts at w / workers of --stagger-s (0: all at once), dealt round-robin over the
-    # processes, so every process starts workers across the whole span.
+    # Worker w starts at w / workers of --stagger-s (0: all at once). Each process takes a
+    # contiguous run of workers and is itself started at its first worker's time, so that the
+    # processes' start-up (imports, about a second of CPU each) is spread over the span too, as
+    # it is on machines of their own; its threads' delays are counted from its own start.
     delays = [w * args.stagger_s / workers for w in range(workers)]
+    first = 0
     for index in range(processes):
         threads = workers // processes + (1 if index < workers % processes else 0)
-        mine = delays[index::processes]
+        mine, first = delays[first:first + threads], first + threads
+        time.sleep(max(0.0, started + mine[0] - time.time()))
         out = folder / f"{name}-{index}.json"
         log = open(folder / f"{name}-{index}.log", "wb")  # noqa: SIM115  (closed below)
         command = [sys.executable, __file__, "--child", str(spec_path), "--threads", str(threads),
                    "--epoch-s", str(args.epoch_s), "--out", str(out),
-                   "--delays", json.dumps(mine)]
+                   "--delays", json.dumps([d - mine[0] for d in mine])]
         children.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL), out, log))
     codes = []

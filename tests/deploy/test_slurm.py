@@ -192,7 +192,7 @@ def test_array_tasks_reach_postgresql_through_the_pgbouncer_job(tmp_path, pg_clu
     from benchmarks.pgcluster import USER, ClusterUnavailable, _run_as, _unavailable, free_port
 
     try:
-        pgbouncer.binary()
+        program = Path(pgbouncer.binary())  # /usr/sbin on Debian: not on every user's PATH
         as_postgres = "--user=postgres" if _run_as() else ""  # PgBouncer refuses root
     except ClusterUnavailable as error:
         _unavailable(str(error))
@@ -213,6 +213,7 @@ def test_array_tasks_reach_postgresql_through_the_pgbouncer_job(tmp_path, pg_clu
         "FER_SLURM_REPO": str(REPO),
     }
     env = slurm_env(tmp_path, settings)
+    env["PATH"] = f"{program.parent}:{env['PATH']}"
     address_file = shared / "pgbouncer.address"
     job = subprocess.Popen(["bash", str(PGBOUNCER_SCRIPT)], cwd=tmp_path / "submit",
                            env={**env, "SLURM_JOB_ID": "4241"}, stdout=subprocess.PIPE,
