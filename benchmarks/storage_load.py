@@ -366,7 +366,8 @@ point; lost: grid points without a COMPLETE trial.
 def _starts(args) -> str:
     if not args.stagger_s:
         return "all workers started together"
-    return f"workers started evenly over {args.stagger_s:g} s (as a scheduler brings them up)"
+    return (f"workers started evenly over {args.stagger_s:g} s (as a scheduler brings them up; "
+            "each process of workers starts with its first worker)")
 
 
 def _ratio(a, b):
