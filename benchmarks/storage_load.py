@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -200,6 +201,40 @@ class Peak:
         return self.peak
 
 
+def _process_cpu_s(pid_file: Path, with_children: bool) -> float:
+    """CPU seconds (user + system) of the process named in `pid_file` (first line), and of its
+    children it has waited for when `with_children` (PostgreSQL's postmaster reaps its
+    backends); 0.0 when it cannot be read."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = sum(int(fields[i]) for i in ((11, 12, 13, 14) if with_children else (11, 12)))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSplit:
+    """CPU seconds over one row: the worker processes (this script's children, once waited
+    for), PostgreSQL (the postmaster and the backends it reaped: a row's workers are gone by
+    its end, and their backends with them) and PgBouncer."""
+
+    def __init__(self, cluster, bouncer) -> None:
+        self._postgres = cluster.data / "postmaster.pid"
+        self._bouncer = bouncer.root / "pgbouncer.pid"
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (children.ru_utime + children.ru_stime, _process_cpu_s(self._postgres, True),
+                _process_cpu_s(self._bouncer, False))
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        return {name: round(b - a, 1) for name, a, b in
+                zip(("workers", "postgres", "pgbouncer"), self._start, end, strict=True)}
+
+
 def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) -> dict[str, Any]:
     from search.spec.loader import load_spec
     from search.storage.locks import study_lock
@@ -225,6 +260,7 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
     env = {**os.environ, "FER_SEARCH_STORAGE": url, "FER_SEARCH_MAX_GROUP": "1",
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(benchlib.BENCH_DIR.parent)}
     peak = Peak(cluster)
+    cpu = CpuSplit(cluster, bouncer)
     started = time.time()
     children = []
     # Worker w starts at w / workers of --stagger-s (0: all at once). Each process takes a
@@ -254,6 +290,8 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
         log.close()
     wall = time.time() - started
     peak_connections = peak.stop()
+    time.sleep(1)  # the workers' backends end when their connections close: let them be reaped
+    cpu_s = cpu.stop()
 
     stats: dict[str, list] = {"claims": [], "reports": [], "tells": [], "startup": [],
                               "errors": []}
@@ -280,7 +318,7 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
         "startup_p50_s": round(statistics.median(stats["startup"]), 2) if stats["startup"]
         else None,
         "startup_max_s": round(max(stats["startup"]), 2) if stats["startup"] else None,
-        "peak_pg_connections": peak_connections,
+        "peak_pg_connections": peak_connections, "cpu_s": cpu_s,
         "duplicates": duplicates, "lost": lost, "failed_trials": failed,
         "worker_errors": len(stats["errors"]), "first_errors": stats["errors"][:3],
         "exit_codes": sorted(set(codes)), "wall_s": round(wall, 1),
@@ -314,7 +352,8 @@ def _outcome(url: str, name: str, loaded, grid_queue) -> tuple[int, int, int]:
 
 HEADERS = ["mode", "workers", "claims", "claims/s", "claim p50 ms", "claim p99 ms",
            "report p50 ms", "report p99 ms", "tell p50 ms", "tell p99 ms", "start-up p50/max s",
-           "PG connections at peak", "duplicates", "lost", "errors"]
+           "PG connections at peak", "CPU s: workers / PostgreSQL / PgBouncer", "duplicates",
+           "lost", "errors"]
 
 
 def markdown(rows: list[dict[str, Any]], args, prov: dict[str, Any]) -> str:
@@ -322,7 +361,7 @@ def markdown(rows: list[dict[str, Any]], args, prov: dict[str, Any]) -> str:
         r["mode"], f"{r['workers']} ({r['processes']} proc.)", r["claims"], r["claims_per_s"],
         r["claim_p50_ms"], r["claim_p99_ms"], r["report_p50_ms"], r["report_p99_ms"],
         r["tell_p50_ms"], r["tell_p99_ms"], f"{r['startup_p50_s']}/{r['startup_max_s']}",
-        r["peak_pg_connections"], r["duplicates"], r["lost"], r["worker_errors"]]
+        r["peak_pg_connections"], _cpu(r), r["duplicates"], r["lost"], r["worker_errors"]]
         for r in rows])
     ratios = []
     by = {(r["mode"], r["workers"]): r for r in rows}
@@ -357,10 +396,17 @@ end (the workers' sleep bounds it: at most workers / {args.epochs * args.epoch_s
 Latencies: a claim is one `_next_trials` (the claim transaction and the Optuna trial it builds);
 a report is one epoch's `on_epoch_end`; a tell is the trial's final state change. Start-up: open
 the storage, take the study lock, check the queue. PG connections: client backends on the study's
-database in pg_stat_activity, polled every 0.2 s. Duplicates: COMPLETE trials beyond one per grid
+database in pg_stat_activity, polled every 0.2 s. CPU s: over the row, the simulated workers'
+processes (which on a cluster run on the workers' own machines), PostgreSQL's (the postmaster
+and the backends it reaped) and PgBouncer's. Duplicates: COMPLETE trials beyond one per grid
 point; lost: grid points without a COMPLETE trial.
 
 {benchlib.provenance_markdown(prov)}"""
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_s") or {}
+    return " / ".join(str(cpu.get(k, "-")) for k in ("workers", "postgres", "pgbouncer"))
 
 
 def _starts(args) -> str:
