@@ -18,10 +18,12 @@ from search.study.loop import make_sampler, run_study
 from tests.search.studyhelp import race, urls, write_spec
 from trainer import settings
 
-# A tiny space: two batch sizes make two groups; everything else is free inside a group.
+# A tiny space: two class weightings make two groups; everything else is free inside a group
+# (heads of the two batch sizes train in passes side by side).
 SPACE = {
     "learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True},
     "batch_size": {"choices": [16, 32]},
+    "class_weight": {"choices": ["none", "balanced"]},
     "epochs": {"low": 1, "high": 2},
     "head_width": {"choices": [8, 16]},
     "dropout": {"low": 0.0, "high": 0.5},
@@ -71,8 +73,9 @@ def test_batched_asks_draw_and_score_what_one_at_a_time_asks_do(project, monkeyp
     # And trials did share passes, with heads of different dropout rates among them.
     assert len(passes) >= 2 and max(len(configs) for configs in passes) >= 2
     assert any(len({c.dropout for c in configs}) > 1 for configs in passes)
+    assert any(len({c.batch_size for c in configs}) > 1 for configs in passes)
     for configs in passes:
-        assert len({c.batch_size for c in configs}) == 1
+        assert len({c.class_weight for c in configs}) == 1
 
 
 # --------------------------------------------------------------------------- the budget
@@ -136,7 +139,7 @@ def test_a_batch_splits_by_group_key_up_to_the_head_cap(tmp_path):
             groups = ask_batch.split(spec, batch)
     assert sorted(t.number for g in groups for t in g) == list(range(12))
     for group in groups:
-        assert len({t.params["batch_size"] for t in group}) == 1
+        assert len({t.params["class_weight"] for t in group}) == 1
         assert len(group) <= 3  # every trial here is its own head (float learning rates)
     assert [g[0].number for g in groups] == sorted(g[0].number for g in groups)
 

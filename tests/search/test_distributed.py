@@ -357,13 +357,14 @@ def test_run_with_two_workers_on_sqlite(tmp_path, stores):
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path, stores):
-    # Three batch sizes: three trials that cannot train as one group (a group would finish
-    # together: "its trial" would be all three).
+    # Three trials, one head a group (a group would finish together: "its trial" would be all
+    # three).
     space = {"learning_rate": [3.0e-3], "batch_size": [16, 32, 64], "epochs": [SLOW],
              "head_width": [16]}
     spec = write_spec(tmp_path, name="stop", space=space)
     storage_url, tracking_uri = _sqlite(tmp_path)
-    worker = spawn_worker(tmp_path, spec, env_for(storage_url, tracking_uri), "worker")
+    worker = spawn_worker(tmp_path, spec, env_for(storage_url, tracking_uri,
+                                                  FER_SEARCH_MAX_GROUP="1"), "worker")
     try:
         caught = wait_for(lambda: _mid_trial(stores, storage_url, "stop"), 180,
                           "a trial mid-training", watch=(worker,))

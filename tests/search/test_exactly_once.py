@@ -315,7 +315,7 @@ def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, qui
 
 # ------------------------------------------------------------------- stress: real processes
 
-STRESS_SPACE = {  # 32 points; batch_size splits them into 4 groups, claimed 2 heads at a time
+STRESS_SPACE = {  # 32 points, one group (the trainer's key), claimed 2 heads at a time
     "learning_rate": [1.0e-3, 2.0e-3, 3.0e-3, 4.0e-3],
     "batch_size": [16, 32, 64, 128],
     "epochs": [2],

@@ -24,7 +24,8 @@ from search.study.data_provider import DataProvider
 from tests.search.studyhelp import stores_fixture, write_spec  # noqa: F401 (fixture)
 from trainer import settings
 
-# Three batch sizes: three grid groups, so three workers of one trial each all train.
+# Three grid points, one head a group (FER_SEARCH_MAX_GROUP=1 below): three workers of one
+# trial each all train.
 SPACE = {"learning_rate": [1.0e-2], "batch_size": [16, 32, 64], "epochs": [2],
          "head_width": [16]}
 MACHINES = 3
@@ -86,7 +87,8 @@ def _three_machines(tmp_path: Path, storage_url: str, tracking_uri: str, name: s
     sharing the cache folder and the stores; returns the builds and the machine folders."""
     shared, log = tmp_path / "shared-cache", tmp_path / "builds.log"
     env = env_for(storage_url, tracking_uri, FER_SEARCH_CACHE_DIR=str(shared),
-                  FER_SEARCH_TEST_BUILD_LOG=str(log), FER_SEARCH_TEST_CACHE_UNLOCKED="1")
+                  FER_SEARCH_TEST_BUILD_LOG=str(log), FER_SEARCH_TEST_CACHE_UNLOCKED="1",
+                  FER_SEARCH_MAX_GROUP="1")
     machines = [tmp_path / f"machine-{i}" for i in range(MACHINES)]
     workers = []
     try:

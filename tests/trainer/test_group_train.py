@@ -90,7 +90,8 @@ def test_configs_equal_but_for_epochs_share_one_head_and_the_record_answers_shor
 
 def test_group_keys():
     assert group_key(BASE) == group_key(BASE.replace(learning_rate=0.1, head_width=8, epochs=9))
-    assert group_key(BASE) != group_key(BASE.replace(batch_size=8))
+    assert group_key(BASE) == group_key(BASE.replace(batch_size=8))  # another pass, at once
+    assert group_key(BASE) != group_key(BASE.replace(seed=1))  # other batches
     assert group_key(BASE) != group_key(BASE.replace(seed=3))
     assert group_key(BASE.replace(trainable_blocks=1)) is None
     assert group_key(BASE.replace(augment=True)) is None
@@ -114,7 +115,7 @@ def test_groups_of_the_same_widths_in_another_order_share_one_compiled_program(t
     for i, j in ((0, 2), (1, 0), (2, 1)):
         assert_same(second[i], first[j])
     with pytest.raises(ValueError, match="one group"):
-        train_group([BASE, BASE.replace(batch_size=8)], None)
+        train_group([BASE, BASE.replace(seed=1)], None)
 
 
 def test_heads_of_any_widths_share_one_compiled_program(tmp_path):
@@ -143,3 +144,62 @@ def test_the_engine_computes_what_keras_fit_computes_on_the_same_batches(tmp_pat
     for got, want in zip(engine.history, keras_fit.history, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+
+
+def test_heads_of_different_batch_sizes_train_at_once_each_equal_to_alone(tmp_path):
+    """One group, three batch sizes: three passes on their own threads. Each head computes what
+    it computes alone, and its callbacks arrive on the caller's thread, in epoch order."""
+    import threading
+
+    configs = [BASE, BASE.replace(batch_size=8, head_width=16), BASE.replace(batch_size=32),
+               BASE.replace(batch_size=8, learning_rate=1e-2, epochs=2)]
+    assert len({group_key(c) for c in configs}) == 1
+    seen = []
+    caller = threading.get_ident()
+
+    def note(index, epoch, metrics):
+        assert threading.get_ident() == caller
+        seen.append((index, epoch))
+
+    together = train_group(configs, array_dataset(tmp_path / "group"), note)
+    for i, config in enumerate(configs):
+        assert [e for j, e in seen if j == i] == list(range(1, config.epochs + 1))
+        assert_same(together[i], train(config, array_dataset(tmp_path / f"alone{i}")))
+    # Different batch sizes are different trainings: equal heads end elsewhere.
+    assert together[0].history != together[2].history
+
+
+def test_a_pruned_head_of_one_pass_leaves_the_other_passes_unchanged(tmp_path):
+    class Pruned(Exception):
+        pass
+
+    configs = [BASE, BASE.replace(batch_size=8), BASE.replace(batch_size=32, head_width=8)]
+
+    def prune_second_at_two(index, epoch, metrics):
+        if index == 1 and epoch == 2:
+            raise Pruned("pruned")
+
+    pruned = train_group(configs, array_dataset(tmp_path / "a"), prune_second_at_two)
+    full = train_group(configs, array_dataset(tmp_path / "b"))
+    assert isinstance(pruned[1], Pruned)
+    assert_same(pruned[0], full[0])
+    assert_same(pruned[2], full[2])
+
+
+def test_an_error_in_one_pass_stops_the_group_and_reaches_the_caller(tmp_path, monkeypatch):
+    """A pass that fails on its thread (out of memory, say) fails the whole group, as a failed
+    pass always did, and no thread is left running."""
+    import threading
+
+    real = head_engine.run_epoch
+
+    def failing(prog, heads, x, y, weight, order, batch_size, step0):
+        if batch_size == 8 and step0 > 0:
+            raise MemoryError("no memory for batch 8")
+        return real(prog, heads, x, y, weight, order, batch_size, step0)
+
+    monkeypatch.setattr(head_engine, "run_epoch", failing)
+    before = threading.active_count()
+    with pytest.raises(MemoryError, match="batch 8"):
+        train_group([BASE, BASE.replace(batch_size=8)], array_dataset(tmp_path / "a"))
+    assert threading.active_count() == before

@@ -25,7 +25,10 @@ see common batches.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +40,12 @@ from trainer.heads.spec import HeadSpec
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
-_PROGRAMS = 8
-_programs: OrderedDict[tuple, _Program] = OrderedDict()
+_PROGRAMS = 16
+# Per key, the instances made so far: passes running at once (threads, `checked_out`) each
+# need their own, as a program's variables hold its heads between calls.
+_programs: OrderedDict[tuple, list[_Program]] = OrderedDict()
+_busy: set[int] = set()  # ids of instances a thread has checked out
+_lock = threading.Lock()
 
 
 @dataclass
@@ -65,6 +72,7 @@ class _Program:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
+        self.jit = jit
         # The HeadStates the variables hold, kept alive: compared by identity, and an id of a
         # freed state could be reused by the next group's (programs serve group after group).
         self._holding: list[HeadState] = []
@@ -206,16 +214,43 @@ class _Program:
 
 
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
-    """The compiled program for these heads' static settings, reused when one exists."""
+    """The compiled program for these heads' static settings, reused when one exists (its
+    first instance: for one caller at a time; passes that run at once use `checked_out`)."""
+    with _lock:
+        return _instances(features, classes, heads)[0]
+
+
+@contextmanager
+def checked_out(features: int, classes: int, heads: list[HeadSpec]) -> Iterator[_Program]:
+    """A program for these heads that no other thread holds until the block ends: passes of
+    one group with different batch sizes run at once (trainer.heads.group_train), and two of
+    them may need programs of one key. Instances are kept and reused like `program`'s."""
+    with _lock:
+        instances = _instances(features, classes, heads)
+        found = next((p for p in instances if id(p) not in _busy), None)
+        if found is None:  # variables only: the trace happens on its first call
+            found = _Program(features, classes, tuple(heads), instances[0].jit)
+            instances.append(found)
+        _busy.add(id(found))
+    try:
+        yield found
+    finally:
+        with _lock:
+            _busy.discard(id(found))
+
+
+def _instances(features: int, classes: int, heads: list[HeadSpec]) -> list[_Program]:
     # XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch)
     # were 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
     jit = settings.head_jit()
     key = (features, classes, tuple(h.program_key() for h in heads), jit)
     found = _programs.get(key)
     if found is None:
-        found = _programs[key] = _Program(features, classes, tuple(heads), jit)
-        while len(_programs) > _PROGRAMS:
-            _programs.popitem(last=False)
+        found = _programs[key] = [_Program(features, classes, tuple(heads), jit)]
+        # The oldest keys go, unless a thread holds one of their instances.
+        for old in list(_programs)[: max(0, len(_programs) - _PROGRAMS)]:
+            if not any(id(p) in _busy for p in _programs[old]):
+                del _programs[old]
     _programs.move_to_end(key)
     return found
 
@@ -281,4 +316,5 @@ def head_proba(spec: HeadSpec, weights: list[np.ndarray], x: np.ndarray) -> np.n
 
 
 def clear_programs() -> None:
-    _programs.clear()
+    with _lock:
+        _programs.clear()

@@ -14,6 +14,8 @@ after its last checkpointed epoch, replaying the finished ones to the caller fir
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -231,41 +233,31 @@ class _GroupRun:
         return True
 
     def train(self, tracks: list[_Track]) -> None:
-        """Epoch by epoch, every track due for that epoch in one pass over the batches."""
-        config = tracks[0].config if tracks else None
-        if config is None:
-            return
-        weight, weight_sum = self.weights_for(config)
-        steps = math.ceil(self.n / config.batch_size)
-        first = min(t.epoch for t in tracks) + 1
-        last = max(t.target for t in tracks)
-        for epoch in range(first, last + 1):
-            active = [t for t in tracks if not t.done and t.epoch == epoch - 1]
-            if not active:
-                continue
-            # One order of heads for every group with the same static settings (widths, ...):
-            # they share one compiled program instead of tracing another (~1 s) for a
-            # reordering. A head's numbers do not depend on its place in the program.
-            active.sort(key=lambda t: t.spec.program_key())
-            specs = [t.spec for t in active]
-            prog = engine.program(self.x_shape[0], len(self.data.class_names), specs)
-            prog.load([t.state for t in active])
-            order = engine.epoch_order(config.seed, epoch, self.n)
-            loss, hits = engine.run_epoch(prog, specs, self.x, self.y, weight, order,
-                                          config.batch_size, (epoch - 1) * steps)
-            probs = engine.predict(prog, self.xv)
-            states = prog.dump()
-            # Every head's epoch is on disk before anyone hears of it: a caller that dies in its
-            # callback (or a kill then) loses no finished epoch of any member.
-            stored = []
-            for j, track in enumerate(active):
-                row = {"epoch": epoch, "loss": float(loss[j]) / self.n,
-                       "accuracy": float(hits[j]) / weight_sum}
-                if self._store_epoch(track, row, states[j], probs[j]):
-                    stored.append((track, row, states[j], probs[j]))
-            self._checkpoint_if_due([track for track, *_ in stored])
-            for track, row, state, track_probs in stored:
-                self._report_epoch(track, row, state, track_probs)
+        """Epoch by epoch, the tracks of each batch size in one pass over the batches (`_Pass`);
+        passes of different batch sizes run at once (`_side_by_side`)."""
+        by_size: dict[int, list[_Track]] = {}
+        for track in tracks:
+            by_size.setdefault(track.config.batch_size, []).append(track)
+        passes = [_Pass(self, size, members) for size, members in sorted(by_size.items())]
+        if len(passes) == 1:
+            while (epoch := passes[0].next_epoch()) is not None:
+                self._finish(epoch)
+        elif passes:
+            _side_by_side(passes, self._finish)
+
+    def _finish(self, done: _Epoch) -> None:
+        """Stores, checkpoints and reports one pass's finished epoch (on the caller's thread)."""
+        stored = []
+        # Every head's epoch is on disk before anyone hears of it: a caller that dies in its
+        # callback (or a kill then) loses no finished epoch of any member.
+        for j, track in enumerate(done.tracks):
+            row = {"epoch": done.epoch, "loss": float(done.loss[j]) / self.n,
+                   "accuracy": float(done.hits[j]) / done.weight_sum}
+            if self._store_epoch(track, row, done.states[j], done.probs[j]):
+                stored.append((track, row, done.states[j], done.probs[j]))
+        self._checkpoint_if_due([track for track, *_ in stored])
+        for track, row, state, track_probs in stored:
+            self._report_epoch(track, row, state, track_probs)
 
     def _store_epoch(self, track, row, state, probs) -> bool:
         epoch = row["epoch"]
@@ -343,3 +335,103 @@ class _GroupRun:
             epochs_trained=trained,
             resumed_from_epoch=track.start,
         )
+
+
+@dataclass
+class _Epoch:
+    """One epoch of a pass's tracks, computed: per track its loss and hits sums, validation
+    probabilities and state after the epoch."""
+
+    epoch: int
+    tracks: list[_Track]
+    loss: np.ndarray
+    hits: np.ndarray
+    probs: np.ndarray
+    states: list[engine.HeadState]
+    weight_sum: float
+
+
+class _Pass:
+    """The tracks of one batch size: they see the same batches, so one pass over them per epoch
+    trains every track due for that epoch (each head with its own ops: trainer.heads.engine)."""
+
+    def __init__(self, run: _GroupRun, batch_size: int, tracks: list[_Track]) -> None:
+        self.run = run
+        self.batch_size = batch_size
+        self.tracks = tracks
+        self.seed = tracks[0].config.seed
+        self.steps = math.ceil(run.n / batch_size)
+        # Looked up here, on the caller's thread: the memos are not for threads.
+        self.weight, self.weight_sum = run.weights_for(tracks[0].config)
+        self.epoch = min(t.epoch for t in tracks)  # the last epoch computed
+        self.last = max(t.target for t in tracks)
+
+    def next_epoch(self) -> _Epoch | None:
+        """Trains the next epoch any track is due for; None when none is left. Reads the tracks
+        only: `_GroupRun._finish` updates them before the next call."""
+        run = self.run
+        while self.epoch < self.last:
+            self.epoch += 1
+            active = [t for t in self.tracks if not t.done and t.epoch == self.epoch - 1]
+            if not active:
+                continue
+            # One order of heads for every group with the same static settings (widths, ...):
+            # they share one compiled program instead of tracing another (~1 s) for a
+            # reordering. A head's numbers do not depend on its place in the program.
+            active.sort(key=lambda t: t.spec.program_key())
+            specs = [t.spec for t in active]
+            with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs) as prog:
+                prog.load([t.state for t in active])
+                order = engine.epoch_order(self.seed, self.epoch, run.n)
+                loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, order,
+                                              self.batch_size, (self.epoch - 1) * self.steps)
+                probs = engine.predict(prog, run.xv)
+                states = prog.dump()
+            return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum)
+        return None
+
+
+def _side_by_side(passes: list[_Pass], finish: Callable[[_Epoch], None]) -> None:
+    """Runs the passes at once, each on its own thread: TensorFlow releases the GIL while it
+    computes, so passes of small ops keep every core busy (one pass's ops mostly wait on each
+    other). Each finished epoch is handed to `finish` on this thread, one at a time, and its
+    pass waits for that before its next epoch: the callbacks (pruning, the epoch record, the
+    caller's logging) run where they would alone and decide what the pass trains next. A head's
+    numbers are its own ops', whichever pass runs beside it."""
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    turns = [threading.Semaphore(0) for _ in passes]
+
+    def work(i: int) -> None:
+        try:
+            while not stop.is_set():
+                done = passes[i].next_epoch()
+                results.put((i, done))
+                if done is None:
+                    return
+                turns[i].acquire()
+        except BaseException as error:  # handed to the caller's thread, raised there
+            results.put((i, error))
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True,
+                                name=f"heads-batch-{p.batch_size}")
+               for i, p in enumerate(passes)]
+    for thread in threads:
+        thread.start()
+    try:
+        live = len(passes)
+        while live:
+            i, done = results.get()
+            if done is None:
+                live -= 1
+            elif isinstance(done, BaseException):
+                raise done
+            else:
+                finish(done)
+                turns[i].release()
+    finally:  # an error or a stop: the other passes end after their epoch in flight
+        stop.set()
+        for turn in turns:
+            turn.release()
+        for thread in threads:
+            thread.join()

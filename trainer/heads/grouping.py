@@ -3,8 +3,9 @@ grid queue can group trials before anything is trained).
 
 - `shareable`: epochs can be recorded and answered again (trainer.heads.epoch_record), and the head
   trains on the compiled engine (trainer.heads.engine).
-- `group_key`: configs with equal keys see the same batches in the same order, so
-  `trainer.train_group` trains them in one pass.
+- `group_key`: configs with equal keys see the same faces in the same order each epoch, so
+  `trainer.train_group` trains them together: one pass over the batches per batch size, the
+  passes of different batch sizes at once.
 - `track_key`: configs of a group with equal keys differ only in `epochs`: they are one head
   (one track), trained once to the largest count, so they cost one head of a group's pass.
 """
@@ -16,9 +17,9 @@ from trainer.heads.spec import HeadSpec
 
 # What may differ inside a group: the head settings marked free in `HeadSpec` (each head of a
 # group's program has its own: learning rate and Adam, width, dropout rate and mask, weight
-# decay, ...); `epochs` only
-# says how far a head's track is followed.
-FREE_IN_GROUP = ("epochs", *HeadSpec.free_in_group())
+# decay, ...); `epochs` only says how far a head's track is followed; `batch_size` says which
+# pass a head is in (the faces' order per epoch is the seed's, whatever the batch size).
+FREE_IN_GROUP = ("epochs", "batch_size", *HeadSpec.free_in_group())
 
 
 def shareable(config: TrainConfig) -> bool:
