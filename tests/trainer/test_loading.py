@@ -139,6 +139,15 @@ def test_class_weights_balanced() -> None:
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
 
 
+def test_class_weights_equal_scikit_learn_s_to_the_bit() -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.random.default_rng(0).choice(7, size=4057, p=[.05, .01, .02, .3, .1, .12, .4])
+    classes = np.unique(labels)
+    theirs = compute_class_weight("balanced", classes=classes, y=labels)
+    assert class_weights(labels) == {int(c): float(w) for c, w in zip(classes, theirs)}
+
+
 # --- the crop cache ----------------------------------------------------------------------------
 
 

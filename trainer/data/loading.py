@@ -167,15 +167,14 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
 
     Only classes present in ``labels`` get a weight (absent ones never appear in a batch).
     """
-    # Imported here: scikit-learn (and SciPy) take most of a second to import, and only training
-    # with class_weight="balanced" needs them.
-    from sklearn.utils.class_weight import compute_class_weight
-
+    # Computed here as scikit-learn computes it (the same float64 operations, so the same
+    # values to the bit; a test compares them): importing scikit-learn and SciPy for it cost
+    # every study with class_weight "balanced" about a second.
     labels = np.asarray(labels)
     if labels.size == 0:
         raise ValueError("class_weights needs at least one label")
-    classes = np.unique(labels)
-    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    weights = len(labels) / (len(classes) * counts.astype(np.float64))
     return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
