@@ -42,7 +42,7 @@ _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
 _PROGRAMS = 16
 # Per key, the instances made so far: passes running at once (threads, `checked_out`) each
-# need their own, as a program's variables hold its heads between calls.
+# need their own variables, which hold its heads between calls; all share the key's trace.
 _programs: OrderedDict[tuple, list[_Program]] = OrderedDict()
 _busy: set[int] = set()  # ids of instances a thread has checked out
 _lock = threading.Lock()
@@ -63,33 +63,33 @@ class HeadState:
                    [np.zeros_like(w) for w in weights])
 
 
-class _Program:
-    """Variables for k heads of fixed static settings and the two compiled functions that use
-    them. Built from the heads' static settings alone (`HeadSpec.program_key`); the runtime
-    ones arrive per call."""
+class _Compiled:
+    """The two compiled functions for k heads of fixed static settings (`HeadSpec.program_key`).
+    The heads' variables are an argument, not captured: every variable set of this key (one
+    per pass running at once, `checked_out`) uses one trace, and tracing a k-head epoch costs
+    about a second of the GIL. The runtime settings arrive per call."""
 
     def __init__(self, features: int, classes: int, heads: tuple[HeadSpec, ...], jit: str) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
-        self.jit = jit
-        # The HeadStates the variables hold, kept alive: compared by identity, and an id of a
-        # freed state could be reused by the next group's (programs serve group after group).
-        self._holding: list[HeadState] = []
-        self.vars = []
-        # The width is left open (None): `load` assigns each head's own arrays, and the kernels
-        # run on their actual sizes, so one program serves heads of any widths.
-        shapes = [(features, None), (None,), (None, classes), (classes,)]
-        for _ in self.heads:
-            self.vars.append(
-                [[tf.Variable(tf.zeros([d or 0 for d in s]), shape=tf.TensorShape(s),
-                              trainable=False) for s in shapes] for _ in range(3)]
-            )  # [weights, m, v]
-        k = len(self.heads)
-        self.epoch = tf.function(
-            self._epoch,
-            input_signature=[
-                tf.TensorSpec([None, features], tf.float32),  # x (all training features)
+        self.features, self.classes, self.jit = features, classes, jit
+        self.epoch = tf.function(self._epoch, jit_compile=jit == "epoch")
+        self.step = tf.function(self._step, jit_compile=True) if jit == "step" else self._step
+        self.predict = tf.function(self._predict)
+        self._traced = False
+        self._trace_lock = threading.Lock()
+
+    def trace(self, variables: list) -> None:
+        """Traces both functions once, for any number of faces and any variable set of this
+        key (the shapes left open), before their first call: a call then never traces again."""
+        with self._trace_lock:
+            if self._traced:
+                return
+            k = len(self.heads)
+            self.epoch.get_concrete_function(
+                variables,
+                tf.TensorSpec([None, self.features], tf.float32),  # x (all training features)
                 tf.TensorSpec([None], tf.int32),  # y
                 tf.TensorSpec([None], tf.float32),  # per-face loss weight (class_weight)
                 tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
@@ -98,32 +98,13 @@ class _Program:
                 # the heads' runtime settings, one [k] tensor each (learning rates, seeds,
                 # dropout rates)
                 {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadSpec.runtime_fields()},
-            ],
-            jit_compile=jit == "epoch",
-        )
-        self.step = tf.function(self._step, jit_compile=True) if jit == "step" else self._step
-        self.predict = tf.function(
-            self._predict, input_signature=[tf.TensorSpec([None, features], tf.float32)]
-        )
+            )
+            self.predict.get_concrete_function(
+                variables, tf.TensorSpec([None, self.features], tf.float32))
+            self._traced = True
 
-    def load(self, states: list[HeadState]) -> None:
-        if len(self._holding) == len(states) and all(
-                a is b for a, b in zip(self._holding, states, strict=True)):
-            return  # the variables already hold these states (dumped after the last epoch)
-        self._holding = []
-        for head_vars, state in zip(self.vars, states, strict=True):
-            for group, arrays in zip(head_vars, (state.weights, state.m, state.v), strict=True):
-                for var, array in zip(group, arrays, strict=True):
-                    var.assign(array)
-
-    def dump(self) -> list[HeadState]:
-        states = [HeadState(*[[v.numpy() for v in group] for group in head])
-                  for head in self.vars]
-        self._holding = list(states)
-        return states
-
-    def _forward(self, h: int, x, t=None, head=None):
-        w1, b1, w2, b2 = self.vars[h][0]
+    def _forward(self, variables, h: int, x, t=None, head=None):
+        w1, b1, w2, b2 = variables[h][0]
         hidden = tf.nn.relu(tf.matmul(x, w1) + b1)
         if t is not None and self.switches[h]["dropout"]:
             # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only.
@@ -149,14 +130,14 @@ class _Program:
                  "keep_scale": tf.math.reciprocal(tf.cast(1.0 - drop, tf.float32))}
                 for rate, seed, drop in zip(rates, seeds, drops, strict=True)]
 
-    def _epoch(self, x, y, weight, order, batch, step0, runtime):
+    def _epoch(self, variables, x, y, weight, order, batch, step0, runtime):
         # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
         # weight 0 and do not count in the batch size, so the last batch is the short one
         # Keras would take.
         n = tf.shape(order)[0]
         steps = n // batch
         real = tf.cast(tf.shape(x)[0], tf.int32)
-        k = len(self.vars)
+        k = len(self.heads)
         loss_sum = tf.zeros([k])
         hit_sum = tf.zeros([k])
         heads = self._per_head(runtime)
@@ -167,26 +148,26 @@ class _Program:
             xb, yb = tf.gather(x, index), tf.gather(y, index)
             wb = tf.gather(weight, index) * valid
             size = tf.reduce_sum(valid)
-            losses, hits = self.step(xb, yb, wb, size, step0 + tf.cast(i, tf.int64) + 1,
-                                     heads)
+            losses, hits = self.step(variables, xb, yb, wb, size,
+                                     step0 + tf.cast(i, tf.int64) + 1, heads)
             loss_sum += losses
             hit_sum += hits
         return loss_sum, hit_sum
 
-    def _step(self, xb, yb, wb, size, t, heads):
+    def _step(self, variables, xb, yb, wb, size, t, heads):
         """One batch for every head (`heads`: their runtime settings, `_per_head`): forward,
         backward, Adam. Returns the heads' summed loss and weighted hits on the batch."""
-        classes = self.vars[0][0][3].shape[0]
+        classes = self.classes
         onehot = tf.one_hot(yb, classes)
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
         losses, hits = [], []
         for h, head in enumerate(self.heads):
-            weights, m, v = self.vars[h]
+            weights, m, v = variables[h]
             targets = head.targets(onehot)
             with tf.GradientTape() as tape:
                 tape.watch(weights)
-                logits = self._forward(h, xb, t, heads[h])
+                logits = self._forward(variables, h, xb, t, heads[h])
                 # one_hot * log_softmax, not sparse_softmax_cross_entropy: the latter has no
                 # deterministic GPU kernel.
                 per_face = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1)
@@ -209,8 +190,55 @@ class _Program:
             hits.append(tf.reduce_sum(correct * wb))
         return tf.stack(losses), tf.stack(hits)
 
-    def _predict(self, x):
-        return tf.stack([tf.nn.softmax(self._forward(h, x)) for h in range(len(self.vars))])
+    def _predict(self, variables, x):
+        return tf.stack([tf.nn.softmax(self._forward(variables, h, x))
+                         for h in range(len(self.heads))])
+
+
+class _Program:
+    """Variables for the k heads of one `_Compiled` (`vars[h]`: [weights, m, v], each
+    [w1, b1, w2, b2]), and its functions called on them."""
+
+    def __init__(self, compiled: _Compiled) -> None:
+        self.compiled = compiled
+        self.heads = compiled.heads
+        # The HeadStates the variables hold, kept alive: compared by identity, and an id of a
+        # freed state could be reused by the next group's (programs serve group after group).
+        self._holding: list[HeadState] = []
+        # The width is left open (None): `load` assigns each head's own arrays, and the kernels
+        # run on their actual sizes, so one program serves heads of any widths.
+        shapes = [(compiled.features, None), (None,), (None, compiled.classes),
+                  (compiled.classes,)]
+        self.vars = [
+            [[tf.Variable(tf.zeros([d or 0 for d in s]), shape=tf.TensorShape(s),
+                          trainable=False) for s in shapes] for _ in range(3)]  # [weights, m, v]
+            for _ in self.heads
+        ]
+
+    def epoch(self, *tensors):
+        self.compiled.trace(self.vars)  # the first call of the key only (not under `_lock`)
+        return self.compiled.epoch(self.vars, *tensors)
+
+    def predict(self, x):
+        self.compiled.trace(self.vars)
+        return self.compiled.predict(self.vars, x)
+
+    def load(self, states: list[HeadState]) -> None:
+        if len(self._holding) == len(states) and all(
+                a is b for a, b in zip(self._holding, states, strict=True)):
+            return  # the variables already hold these states (dumped after the last epoch)
+        self._holding = []
+        for head_vars, state in zip(self.vars, states, strict=True):
+            for group, arrays in zip(head_vars, (state.weights, state.m, state.v), strict=True):
+                for var, array in zip(group, arrays, strict=True):
+                    var.assign(array)
+
+    def dump(self) -> list[HeadState]:
+        states = [HeadState(*[[v.numpy() for v in group] for group in head])
+                  for head in self.vars]
+        self._holding = list(states)
+        return states
+
 
 
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
@@ -228,8 +256,8 @@ def checked_out(features: int, classes: int, heads: list[HeadSpec]) -> Iterator[
     with _lock:
         instances = _instances(features, classes, heads)
         found = next((p for p in instances if id(p) not in _busy), None)
-        if found is None:  # variables only: the trace happens on its first call
-            found = _Program(features, classes, tuple(heads), instances[0].jit)
+        if found is None:  # variables only: the key's trace serves them
+            found = _Program(instances[0].compiled)
             instances.append(found)
         _busy.add(id(found))
     try:
@@ -246,7 +274,7 @@ def _instances(features: int, classes: int, heads: list[HeadSpec]) -> list[_Prog
     key = (features, classes, tuple(h.program_key() for h in heads), jit)
     found = _programs.get(key)
     if found is None:
-        found = _programs[key] = [_Program(features, classes, tuple(heads), jit)]
+        found = _programs[key] = [_Program(_Compiled(features, classes, tuple(heads), jit))]
         # The oldest keys go, unless a thread holds one of their instances.
         for old in list(_programs)[: max(0, len(_programs) - _PROGRAMS)]:
             if not any(id(p) in _busy for p in _programs[old]):
