@@ -3,8 +3,9 @@
 
 One trial at a time, every random or TPE trial's head trains alone. Here a worker asks up to
 FER_SEARCH_ASK_BATCH trials at once and splits them by the trainer's `group_key`, as a grid
-group is (search.study.group_runner): trials of one batch that can share a pass (equal but for
-the head's free settings: learning rate, width, dropout, epochs, ...) train in one.
+group is (search.study.group_runner): trials of one batch that can train together (equal but
+for the free settings: batch size, learning rate, width, dropout, epochs, ...) train in one
+`train_group`, a pass per batch size, the passes side by side.
 
 - The sampler is untouched. Every trial of a batch is asked and its params drawn (`suggest_all`)
   at once, in trial order, before anything trains: a random sampler draws exactly the values it

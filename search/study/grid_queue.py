@@ -22,7 +22,7 @@ Exactly once, by construction (issue 18):
 Trials that failed on their own merits (the loss diverged, the trial timed out) are not retried.
 
 Groups (`claim_group`): grid points equal but for the axes one training pass can share (the
-trainer's `group_key`: learning_rate, head_width, epochs) are claimed together, so that one
+trainer's `group_key`: learning_rate, batch_size, head_width, epochs, ...) are claimed together, so that one
 worker trains their heads in one pass. Points equal but for `epochs` are one head (the trainer's
 `track_key`), so the cap counts heads, not trials. Each member is still claimed by its own
 atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per group.
@@ -58,8 +58,9 @@ _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState
 # one head's arithmetic but one Python dispatch and one read of each batch: by k = 8 the
 # per-batch overhead is already amortised to an eighth, while a larger k makes one worker hold
 # (and, if it dies, hand back) more trials, and leaves other workers idle on a small grid. The
-# quickstart's 24 points make two groups of 6 heads (12 trials: each head for 10 and 30
-# epochs): one worker trains each group in one pass, two workers take one group each.
+# quickstart's 24 points are 12 heads of one group key (each head for 10 and 30 epochs), so
+# claims of 8 and 4 heads: one worker trains each claim in one pass per batch size (the passes
+# side by side), two workers take one each.
 MAX_GROUP = settings.KNOBS["FER_SEARCH_MAX_GROUP"].default  # read at use: settings.max_group()
 GroupOf = Callable[[dict[str, Any]], Hashable | None]
 

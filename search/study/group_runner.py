@@ -1,8 +1,9 @@
 """A grid group's trials, claimed together and trained in one pass (issue 11).
 
-Grid points equal but for `learning_rate`, `head_width` and `epochs` see the same batches in the
-same order; the trainer says which configs can train together (`trainer.group_key`) and trains
-them in one pass (`trainer.train_group`). This module joins that to the queue and the runner:
+Grid points equal but for `learning_rate`, `batch_size`, `head_width`, `epochs` (and the other
+head settings) see the faces in the same order; the trainer says which configs can train
+together (`trainer.group_key`) and trains them in one go (`trainer.train_group`: a pass per batch
+size, the passes side by side). This module joins that to the queue and the runner:
 
 - `claim` takes one group's WAITING trials from the grid queue (grid_queue.claim_group: each
   trial by its own atomic claim, at most FER_SEARCH_MAX_GROUP heads, where points equal but for

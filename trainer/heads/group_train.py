@@ -1,10 +1,12 @@
 """`train_group(configs, data)`: k frozen-base heads trained together on cached features.
 
-Configs of one group (equal `group_key`: same data, batch size, seed, ...; they may differ in
-`grouping.FREE_IN_GROUP`: `epochs` and the head settings `HeadSpec` marks free, such as
-`learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see the same
-batches in the same order, so one pass over the batches trains all of them
-(trainer.heads.engine). Configs equal but for `epochs` share one track: it trains once, to the
+Configs of one group (equal `group_key`: same data, seed, class weights, ...; they may differ
+in `grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadSpec` marks
+free, such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see
+the faces in the same order each epoch. Those of one batch size see the same batches, so one
+pass over the batches trains all of them (trainer.heads.engine); the passes of different batch
+sizes run at once, each on its own thread, while their epochs are stored and reported on the
+caller's (`_side_by_side`). Configs equal but for `epochs` share one track: it trains once, to the
 largest count asked, and each config hears of its own epochs only. Every finished epoch goes
 to the track's epoch record (trainer.heads.epoch_record) and, with `resume`, every
 CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed training resumes
