@@ -1,18 +1,19 @@
 """A TPE study, batched asks vs one at a time: best value and wall time over a few sampler seeds.
 
-    .venv/bin/python benchmarks/tpe_batched.py [--seeds 0 1 2] [--faces N] [--trials N]
-        [--reuse-warm-up] [--render-only]
+    .venv/bin/python benchmarks/tpe_batched.py [--seeds 0 1 2] [--batch K] [--faces N]
+        [--trials N] [--reuse-warm-up] [--render-only]
 
 For each sampler seed, two contenders run `fer-search run` on the same 32-trial TPE study (the
 space of studies/expw-random.yaml, no pruner, val_macro_f1, class_weight balanced, training
 seed 0) on the synthetic ExpW folder of benchmarks/random_batched.py (5,800 faces, 64 px,
 `weights: none`), this commit's code:
 
-- `batched`: FER_SEARCH_ASK_BATCH=8: TPE asks 8 trials at once, the batch's
-  earlier ones RUNNING and lied about (constant liar), and each batch's groups train in one pass;
+- `batched`: FER_SEARCH_ASK_BATCH=K (`--batch`, 8 unless given): TPE asks K trials at once, the
+  batch's earlier ones RUNNING and lied about (constant liar), and each batch's groups train
+  together;
 - `one at a time`: FER_SEARCH_ASK_BATCH=1, every trial asked after the last one ended.
 
-Unlike a random study, TPE draws other configurations when it asks 8 at once (it sees fewer
+Unlike a random study, TPE draws other configurations when it asks K at once (it sees fewer
 finished trials per ask), so the best values differ; the question is by how much, against the
 time saved. Features are copied from random_batched's warm-up into every contender's fresh
 cache (extraction timed apart, there); fresh Optuna and MLflow stores; timed as whole commands.
@@ -34,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import random_batched as rb  # noqa: E402
 
-CONTENDERS = {"batched": {"FER_SEARCH_ASK_BATCH": "8"},
-               "one at a time": {"FER_SEARCH_ASK_BATCH": "1"}}
+
+def contenders(batch: int) -> dict[str, dict[str, str]]:
+    return {"batched": {"FER_SEARCH_ASK_BATCH": str(batch)},
+            "one at a time": {"FER_SEARCH_ASK_BATCH": "1"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     warm = work / "warm-up"
     warm_up = rb.warm_up_run(work, data_root, args)
 
-    runs: dict[str, dict[str, dict]] = {name: {} for name in CONTENDERS}
-    names = list(CONTENDERS)
+    candidates = contenders(args.batch)
+    runs: dict[str, dict[str, dict]] = {name: {} for name in candidates}
+    names = list(candidates)
     for i, seed in enumerate(args.seeds):
         for name in names if i % 2 == 0 else names[::-1]:
             folder = work / f"tpe-{names.index(name)}-seed-{seed}"
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             for part in ("crops", "features"):
                 shutil.copytree(warm / ".cache" / part, folder / ".cache" / part)
             found = rb._run(benchlib.REPO, folder, data_root, args, "tpe", args.trials,
-                            CONTENDERS[name], sampler="tpe", sampler_seed=seed)
+                            candidates[name], sampler="tpe", sampler_seed=seed)
             runs[name][str(seed)] = {k: found[k] for k in ("wall_s", "complete", "best", "params",
                                                       "values", "log")}
             print(f"seed {seed}, {name}: {found['wall_s']:.1f} s, best {found['best']:.4f}",
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": prov,
         "setup": {"faces": args.faces, "image_size": args.image_size, "trials": args.trials,
                   "seeds": args.seeds, "space": rb.SPACE, "weights": "none", "sampler": "tpe",
-                  "ask_batch_default": 8},
+                  "ask_batch_default": args.batch},
         "warm_up": warm_up,
         "results": runs,
         "summary": summary,
@@ -119,8 +123,8 @@ def render(report: dict) -> str:
         f"studies/expw-random.yaml (no pruner), {setup['faces']} synthetic faces (70% train), "
         f"{setup['image_size']} px, frozen VGG16 (`weights: none`), features cached for every "
         "run (copied from one warm-up run), fresh Optuna and MLflow stores; timed as the whole "
-        f"`fer-search run` command. Batched: FER_SEARCH_ASK_BATCH={setup['ask_batch_default']} "
-        "(the default for TPE too when this ran); one at a time: FER_SEARCH_ASK_BATCH=1. "
+        f"`fer-search run` command. Batched: FER_SEARCH_ASK_BATCH={setup['ask_batch_default']}"
+        "; one at a time: FER_SEARCH_ASK_BATCH=1. "
         "One run per sampler seed and contender, the first to run alternating from seed to "
         "seed.\n\n"
         + benchlib.table(["sampler seed", "best val_macro_f1, batched", "one at a time",
@@ -128,7 +132,8 @@ def render(report: dict) -> str:
                           "batched / one at a time", "batches trained, batched / one at a time",
                           "complete trials"], rows)
         + f"\n\nBest value: batched was lower for {lower} of {len(seeds)} sampler seeds. "
-        "Batched TPE asks 8 trials at once, the batch's earlier ones lied about as bad "
+        f"Batched TPE asks {setup['ask_batch_default']} trials at once, the batch's earlier "
+        "ones lied about as bad "
         "(constant liar), so each ask sees fewer finished trials and it draws other "
         "configurations than one at a time; one run per seed is few"
         + (", but here it cost best value" if 2 * lower > len(seeds) else "") + ".\n\n"
@@ -145,6 +150,8 @@ def render(report: dict) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
+    p.add_argument("--batch", type=int, default=8,
+                   help="the batched contender's FER_SEARCH_ASK_BATCH")
     p.add_argument("--faces", type=int, default=5800, help="faces in all (70%% train)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--trials", type=int, default=32)
