@@ -104,8 +104,9 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in [
          USER),
     # Unset: 8 for random (like FER_SEARCH_MAX_GROUP: a batch of a study shaped like
     # studies/expw-random.yaml is one group, its four batch sizes four passes side by side; the
-    # same configurations and values as one at a time; 16 and 32 were no faster), 1 for TPE, whose constant liar found lower
-    # best values in batches of 8 for 3 seeds of 3 (benchmarks/results/tpe_batched.md).
+    # same configurations and values as one at a time; 16 and 32 were no faster), 1 for TPE,
+    # whose constant liar found lower best values in batches of 8 for 3 seeds of 3, and in
+    # batches of 2 for 2 of 3 (benchmarks/results/tpe_batched.md, tpe_batched-by-2.md).
     Knob("FER_SEARCH_ASK_BATCH", None, "a whole number (>= 1)", _number(int, 1),
          "A worker of a random or TPE study asks this many trials at once and trains those that "
          "can share a pass in one (1: one trial at a time). Unset: 8 for a random study, 1 for "

@@ -21,11 +21,12 @@ Exactly once, by construction (issue 18):
 
 Trials that failed on their own merits (the loss diverged, the trial timed out) are not retried.
 
-Groups (`claim_group`): grid points equal but for the axes one training pass can share (the
-trainer's `group_key`: learning_rate, batch_size, head_width, epochs, ...) are claimed together, so that one
-worker trains their heads in one pass. Points equal but for `epochs` are one head (the trainer's
-`track_key`), so the cap counts heads, not trials. Each member is still claimed by its own
-atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per group.
+Groups (`claim_group`): grid points equal but for the axes one training can share (the
+trainer's `group_key`: learning_rate, batch_size, head_width, epochs, ...) are claimed
+together, so that one worker trains their heads together (a pass per batch size). Points
+equal but for `epochs` are one head (the trainer's `track_key`), so the cap counts heads, not
+trials. Each member is still claimed by its own atomic WAITING -> RUNNING transition, so
+exactly-once holds per trial, not per group.
 """
 
 from __future__ import annotations

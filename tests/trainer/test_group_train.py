@@ -203,3 +203,29 @@ def test_an_error_in_one_pass_stops_the_group_and_reaches_the_caller(tmp_path, m
     with pytest.raises(MemoryError, match="batch 8"):
         train_group([BASE, BASE.replace(batch_size=8)], array_dataset(tmp_path / "a"))
     assert threading.active_count() == before
+
+
+def test_passes_side_by_side_each_checkpoint_and_resume_after_an_interrupt(tmp_path):
+    """Interrupted mid-group, the heads of both passes resume after their last checkpointed
+    epoch (or are answered from their record) and end as an uninterrupted group does."""
+    from trainer import settings
+
+    configs = [BASE.replace(epochs=4), BASE.replace(batch_size=8, epochs=4)]
+    data = array_dataset(tmp_path / "a")
+
+    def stop_late(index, epoch, metrics):
+        if index == 0 and epoch == 3:
+            raise KeyboardInterrupt
+
+    with settings.override(FER_SEARCH_CHECKPOINT_S=0), pytest.raises(KeyboardInterrupt):
+        train_group(configs, data, stop_late)
+    resumed = train_group(configs, data)
+    # The interrupted head's epoch 3 was stored and checkpointed before its callback; the other
+    # pass, on its own thread, had reached an epoch of its own (or its end: then its record
+    # answers it).
+    assert resumed[0].resumed_from_epoch == 3
+    assert resumed[1].epochs_trained == 0 or resumed[1].resumed_from_epoch >= 1
+    full = train_group(configs, array_dataset(tmp_path / "b"))
+    for got, want in zip(resumed, full, strict=True):
+        np.testing.assert_array_equal(got.top_weights[0], want.top_weights[0])
+        assert got.history == want.history

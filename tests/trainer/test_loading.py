@@ -145,7 +145,7 @@ def test_class_weights_equal_scikit_learn_s_to_the_bit() -> None:
     labels = np.random.default_rng(0).choice(7, size=4057, p=[.05, .01, .02, .3, .1, .12, .4])
     classes = np.unique(labels)
     theirs = compute_class_weight("balanced", classes=classes, y=labels)
-    assert class_weights(labels) == {int(c): float(w) for c, w in zip(classes, theirs)}
+    assert class_weights(labels) == {int(c): float(w) for c, w in zip(classes, theirs, strict=True)}
 
 
 # --- the crop cache ----------------------------------------------------------------------------

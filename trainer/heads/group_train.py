@@ -156,7 +156,8 @@ class _GroupRun:
         self.feature_seconds = feature_seconds
         self._y_train = y_train
         self._weight_memo: dict[str, tuple] = {}
-        self._checkpointed = time.monotonic()
+        self._started = time.monotonic()
+        self._checkpointed: dict[int, float] = {}  # per pass (batch size): its last checkpoint
 
     def weights_for(self, config: TrainConfig):
         """Per-face loss weights (class_weight: balanced), as Keras' fit applies them."""
@@ -257,7 +258,7 @@ class _GroupRun:
                    "accuracy": float(done.hits[j]) / done.weight_sum}
             if self._store_epoch(track, row, done.states[j], done.probs[j]):
                 stored.append((track, row, done.states[j], done.probs[j]))
-        self._checkpoint_if_due([track for track, *_ in stored])
+        self._checkpoint_if_due(done.batch_size, [track for track, *_ in stored])
         for track, row, state, track_probs in stored:
             self._report_epoch(track, row, state, track_probs)
 
@@ -281,13 +282,15 @@ class _GroupRun:
         track.record.add_epoch(row, state.weights, probs)
         return True
 
-    def _checkpoint_if_due(self, tracks: list[_Track]) -> None:
-        """Checkpoints these tracks' states when the last checkpoint is CHECKPOINT_EVERY_S old
-        (all of a pass's tracks at once: one clock for the pass)."""
+    def _checkpoint_if_due(self, batch_size: int, tracks: list[_Track]) -> None:
+        """Checkpoints these tracks' states when their pass's last checkpoint is
+        CHECKPOINT_EVERY_S old (all of a pass's tracks at once: one clock for each pass, so that
+        passes side by side each keep the interval)."""
         now = time.monotonic()
-        if not self.resume or now - self._checkpointed < settings.checkpoint_s():
+        last = self._checkpointed.get(batch_size, self._started)
+        if not self.resume or now - last < settings.checkpoint_s():
             return
-        self._checkpointed = now
+        self._checkpointed[batch_size] = now
         for track in tracks:
             if track.epoch < track.target:
                 state = track.state
@@ -351,6 +354,7 @@ class _Epoch:
     probs: np.ndarray
     states: list[engine.HeadState]
     weight_sum: float
+    batch_size: int
 
 
 class _Pass:
@@ -389,7 +393,8 @@ class _Pass:
                                               self.batch_size, (self.epoch - 1) * self.steps)
                 probs = engine.predict(prog, run.xv)
                 states = prog.dump()
-            return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum)
+            return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum,
+                          self.batch_size)
         return None
 
 
