@@ -40,7 +40,7 @@ from trainer.heads.spec import HeadSpec
 _BETA_1 = 0.9
 _BETA_2 = 0.999
 _EPSILON = 1e-7  # Keras' Adam defaults
-_PROGRAMS = 16
+_PROGRAMS = 8
 # Per key, the instances made so far: passes running at once (threads, `checked_out`) each
 # need their own variables, which hold its heads between calls; all share the key's trace.
 _programs: OrderedDict[tuple, list[_Program]] = OrderedDict()
