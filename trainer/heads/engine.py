@@ -240,7 +240,6 @@ class _Program:
         return states
 
 
-
 def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
     """The compiled program for these heads' static settings, reused when one exists (its
     first instance: for one caller at a time; passes that run at once use `checked_out`)."""
