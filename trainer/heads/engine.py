@@ -73,7 +73,7 @@ class _Compiled:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
-        self.features, self.classes, self.jit = features, classes, jit
+        self.features, self.classes = features, classes
         self.epoch = tf.function(self._epoch, jit_compile=jit == "epoch")
         self.step = tf.function(self._step, jit_compile=True) if jit == "step" else self._step
         self.predict = tf.function(self._predict)
