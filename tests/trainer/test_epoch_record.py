@@ -77,13 +77,31 @@ def test_a_pruned_training_leaves_its_epochs_and_a_longer_one_trains_again(tmp_p
             raise Pruned
 
     with pytest.raises(Pruned):
-        train(BASE.replace(epochs=4), data, on_epoch_end=prune_at_two)
+        train(BASE.replace(epochs=4), data, on_epoch_end=prune_at_two, share_epochs_to=4)
     assert EpochRecord(data, BASE).epochs() == 2
     assert train(BASE, data).epochs_trained == 0  # 2 epochs are on record
     longer = train(BASE.replace(epochs=3), data)
     # A pruned training ended normally: no checkpoint is left, the longer one starts over.
     assert longer.epochs_trained == 3 and longer.resumed_from_epoch == 0
     assert EpochRecord(data, BASE).epochs() == 3
+
+
+def test_a_training_that_shares_no_epochs_keeps_arrays_for_its_own_epoch_count(tmp_path):
+    """Without `share_epochs_to` (a random trial) every epoch's row is recorded, but the arrays
+    only after the config's own epochs: that config is answered, a shorter one trains."""
+    data = array_dataset(tmp_path)
+    first = train(BASE.replace(epochs=3), data)
+    record = EpochRecord(data, BASE)
+    assert first.epochs_trained == 3 and record.epochs() == 3
+    assert sorted(p.name for p in record.path.glob("e*.npz")) == ["e3.npz"]
+    assert record.answer(2) is None and record.answer(3) is not None
+
+    again = train(BASE.replace(epochs=3), data)
+    assert again.epochs_trained == 0 and again.history == first.history
+    shorter = train(BASE, data)  # epochs 2: no arrays on record, trained again
+    assert shorter.epochs_trained == 2 and shorter.history == first.history[:2]
+    assert sorted(p.name for p in record.path.glob("e*.npz")) == ["e2.npz", "e3.npz"]
+    assert EpochRecord(data, BASE).answer(2) is not None  # kept for the next one
 
 
 def test_an_interrupted_training_resumes_after_its_last_epoch(tmp_path):

@@ -39,10 +39,11 @@ class EpochAnswer:
 
 
 class EpochRecord:
-    """The on-disk record of one group's training: a folder with one file per epoch (the head's
-    weights and the val probabilities after it) and `history.json`, each written atomically,
-    the epoch's file before the history that names it. Epochs are added one at a time as they
-    finish, so a killed training leaves every epoch it finished."""
+    """The on-disk record of one group's training: `history.json` (every epoch's row) and, for
+    the epochs whose arrays are kept (`add_epoch`), a file of the head's weights and the val
+    probabilities after it; each written atomically, an epoch's file before the history that
+    names it. Epochs are added one at a time as they finish, so a killed training leaves every
+    epoch it finished."""
 
     def __init__(self, data: Dataset, config: TrainConfig) -> None:
         # A setting at its neutral value (`precision: float32`, ...) is left out, so that
@@ -84,10 +85,6 @@ class EpochRecord:
                 self._history = json.loads(file.read_text()) if file.is_file() else []
             except ValueError:  # torn by a machine crash (see _replace): start the record over
                 self._history = []
-            n = 0  # only epochs whose files are there count
-            while n < len(self._history) and (self.path / f"e{n + 1}.npz").is_file():
-                n += 1
-            self._history = self._history[:n]
         return self._history
 
     def epochs(self) -> int:
@@ -96,35 +93,49 @@ class EpochRecord:
     def answer(self, epoch: int) -> EpochAnswer | None:
         """The training's state after `epoch` epochs, if the record reaches that far."""
         history = self.history()
-        if len(history) < epoch:
-            return None
+        if len(history) < epoch or not self._arrays_file(epoch).is_file():
+            return None  # not trained that far, or that epoch's arrays were not kept
         weights, probs = self.epoch_arrays(epoch)
         return EpochAnswer(history=history[:epoch], top_weights=weights, val_probs=probs)
 
     def epoch_arrays(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
         """The head's weights and the val probabilities after `epoch`."""
-        with np.load(self.path / f"e{epoch}.npz") as archive:
+        with np.load(self._arrays_file(epoch)) as archive:
             n_weights = int(archive["n_weights"])
             return [archive[f"w{i}"] for i in range(n_weights)], archive["probs"]
 
     def add_epoch(
-        self, row: dict[str, float], weights: list[np.ndarray], val_probs: np.ndarray
+        self, row: dict[str, float], weights: list[np.ndarray], val_probs: np.ndarray, *,
+        keep_arrays: bool = True,
     ) -> None:
         """Records epoch `row["epoch"]`, the one after the last recorded (an epoch already on
-        record was computed the same way before and is kept)."""
+        record was computed the same way before and is kept).
+
+        Args:
+            keep_arrays: also keep the head's weights and val probabilities after this epoch,
+                which a config of exactly this many epochs can then be answered from. A
+                training that shares no epochs (a random trial's head, which no other trial
+                asks for) keeps them only for its own configs' epoch counts: every epoch's
+                arrays cost a file write per head and epoch, and its history (every row) is
+                all that resuming needs.
+        """
         history = self.history()
         epoch = int(row["epoch"])
-        if epoch <= len(history):
-            return
-        if epoch != len(history) + 1:
+        if epoch > len(history) + 1:
             raise ValueError(f"epoch {epoch} after {len(history)} recorded epochs")
         self.path.mkdir(parents=True, exist_ok=True)
-        arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
-        buffer = io.BytesIO()
-        np.savez(buffer, n_weights=np.asarray(len(weights)), probs=val_probs, **arrays)
-        _replace(self.path / f"e{epoch}.npz", buffer.getvalue())
-        self._history = [*history, dict(row)]
-        _replace(self.path / "history.json", json.dumps(self._history).encode())
+        file = self._arrays_file(epoch)
+        if keep_arrays and not file.is_file():  # the arrays first: the history names them
+            arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
+            buffer = io.BytesIO()
+            np.savez(buffer, n_weights=np.asarray(len(weights)), probs=val_probs, **arrays)
+            _replace(file, buffer.getvalue())
+        if epoch == len(history) + 1:
+            self._history = [*history, dict(row)]
+            _replace(self.path / "history.json", json.dumps(self._history).encode())
+
+    def _arrays_file(self, epoch: int) -> Path:
+        return self.path / f"e{epoch}.npz"
 
 
 def _replace(path: Path, data: bytes) -> None:

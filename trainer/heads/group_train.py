@@ -8,7 +8,8 @@ pass over the batches trains all of them (trainer.heads.engine); the passes of d
 sizes run at once, each on its own thread, while their epochs are stored and reported on the
 caller's (`_side_by_side`). Configs equal but for `epochs` share one track: it trains once, to the
 largest count asked, and each config hears of its own epochs only. Every finished epoch goes
-to the track's epoch record (trainer.heads.epoch_record) and, with `resume`, every
+to the track's epoch record (trainer.heads.epoch_record: its arrays only at the configs' own
+epoch counts, unless `share_epochs_to` says other configs will ask) and, with `resume`, every
 CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed training resumes
 after its last checkpointed epoch, replaying the finished ones to the caller first.
 """
@@ -115,7 +116,8 @@ def train_group(
                                                 HeadSpec.from_config(member.config))
         track.members.append(member)
         track.target = max(track.target, target)
-    run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds)
+    run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds,
+                    every_epoch=share_epochs_to is not None)
     with ExitStack() as stack:
         for key in sorted(tracks):  # one order for every process: no lock-order deadlock
             stack.enter_context(tracks[key].record.lock())
@@ -141,8 +143,12 @@ def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> l
 
 
 class _GroupRun:
-    def __init__(self, data, x_train, x_val, on_epoch_end, resume, start, feature_seconds):
+    def __init__(self, data, x_train, x_val, on_epoch_end, resume, start, feature_seconds, *,
+                 every_epoch: bool):
         self.data = data
+        # Keep every epoch's arrays in the record (a grid's epochs axis: other configs are
+        # answered from them), or only those of the members' own epoch counts.
+        self.every_epoch = every_epoch
         self.y_val = np.asarray(data.val.labels)
         y_train = np.asarray(data.train.labels).astype("int32")
         self.n = len(y_train)
@@ -279,7 +285,8 @@ class _GroupRun:
         track.state, track.epoch = state, epoch
         track.trained += 1
         track.history.append(row)
-        track.record.add_epoch(row, state.weights, probs)
+        keep = self.every_epoch or any(m.config.epochs == epoch for m in track.members)
+        track.record.add_epoch(row, state.weights, probs, keep_arrays=keep)
         return True
 
     def _checkpoint_if_due(self, batch_size: int, tracks: list[_Track]) -> None:
