@@ -11,6 +11,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # A head checkpoint after every epoch, so a test that kills a training after epoch k knows where
 # it resumes (the default writes one every 10 s; tests/trainer/test_resume.py tests that too).
 os.environ.setdefault("FER_SEARCH_CHECKPOINT_S", "0")
+# Every epoch's value written to the study as it ends, so that tests can watch a trial mid-way
+# and find a killed trial's epochs (the default, without a pruner, writes them every 5 s and at
+# the trial's end: tests/search/test_study.py tests that).
+os.environ.setdefault("FER_SEARCH_REPORT_S", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

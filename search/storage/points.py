@@ -83,6 +83,15 @@ def rows(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
     return {key: trial_id for key, trial_id in found}
 
 
+def set_intermediate_values(storage: optuna.storages.RDBStorage, trial_id: int,
+                            values: dict[int, float]) -> None:
+    """`values` (step -> value) as the trial's intermediate values, in one transaction: Optuna
+    writes each step in its own."""
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        for step, value in values.items():
+            storage._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+
+
 def held_and_failed(storage: optuna.storages.RDBStorage, study_id: int) -> tuple[int, int]:
     """How many grid points of the study are held by a trial of the study, and how many of
     those by a FAIL trial (interrupted or failed for good): a worker's start-up check, in one

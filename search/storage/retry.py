@@ -215,6 +215,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                                          stale_after_s=grace) != "skipped",
             "replace_trial")
 
+    def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:
+        """Several steps' intermediate values of one trial in one transaction, retried (a retry
+        writes the same rows again: Optuna's write of a step updates it in place)."""
+        self._retrying(lambda: points.set_intermediate_values(self, trial_id, values),
+                       "set_trial_intermediate_values")
+
     def _retrying(self, call: Callable[[], T], name: str) -> T:
         depth = getattr(self._depth, "value", 0)
         if depth or not self.retry_s:

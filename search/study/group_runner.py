@@ -10,7 +10,8 @@ size, the passes side by side). This module joins that to the queue and the runn
   `epochs` are one head; another worker meanwhile takes another group).
 - `run_group` trains them together. Each trial keeps everything it has alone: its own
   per-epoch Optuna reports and pruning (a member pruned, timed out or diverged stops alone), its
-  own MLflow run and metrics, its own tell; one heartbeat thread beats them all.
+  own MLflow run and metrics, its own tell, recorded as soon as its head's training ends while
+  the others train on; one heartbeat thread beats them all.
 """
 
 from __future__ import annotations
@@ -88,5 +89,14 @@ def _train_together(runner: TrialRunner, sessions: Sequence[TrialSession]) -> li
     def on_epoch_end(index: int, epoch: int, metrics: dict[str, float]) -> None:
         sessions[index].on_epoch_end(epoch, metrics)  # raising stops member `index` only
 
+    def on_result(index: int, result) -> None:
+        # Recorded (MLflow, tell) while the group's other heads still train, rather than all
+        # after the longest. `run_together` concludes every session again after the training,
+        # which returns this outcome, or meets this error again and raises it there.
+        try:
+            sessions[index].conclude(result)
+        except Exception:
+            pass
+
     return list(trainer.train_group(configs, data, on_epoch_end,
-                                    share_epochs_to=runner.most_epochs))
+                                    share_epochs_to=runner.most_epochs, on_result=on_result))

@@ -86,6 +86,9 @@ class TrialRunner:
         self.parent_run_id = parent_run_id
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self.most_epochs = most_epochs(spec)
+        # A pruner reads each epoch's value when it comes; without one they are written in
+        # bunches (`TrialSession._report`).
+        self.prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
         self._run_ids: dict[int, str] = {}
         # The spec's top-level `trial_timeout` (seconds, None: no deadline).
         self.trial_timeout: float | None = getattr(spec, "trial_timeout", None)
@@ -193,6 +196,8 @@ class TrialSession:
             except Exception:  # the old run was deleted: nothing to point from
                 pass
         self.history: list[dict[str, float]] = []
+        self._unreported: dict[int, float] = {}  # epoch -> value, not yet in the study
+        self._reported_at = time.monotonic()
         self._lock = threading.Lock()  # conclude (main thread) vs fail_stuck (watchdog)
         self._outcome: TrialOutcome | None = None
 
@@ -202,12 +207,30 @@ class TrialSession:
         """The trainer's callback: report, maybe prune, check the deadline. Restored epochs of a
         resumed training come through here too, first and in order."""
         self.history.append(metrics)
-        self.trial.report(metrics[self.runner.spec.metric], epoch)
+        self._unreported[epoch] = float(metrics[self.runner.spec.metric])
+        if self.runner.prunes or time.monotonic() - self._reported_at >= settings.report_s():
+            self._report()
         if epoch == settings.kill_at_epoch():  # a test hook: a machine lost mid-training
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.trial.should_prune():
+        if self.runner.prunes and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         self.deadline.check()
+
+    def _report(self) -> None:
+        """Writes the epochs' values not yet in the study: each at once when a pruner reads
+        them; else together, every FER_SEARCH_REPORT_S and at the trial's end, in one
+        transaction where the storage can (a worker killed meanwhile loses only values its
+        trial's retry reports again)."""
+        if not self._unreported:
+            return
+        values, self._unreported = self._unreported, {}
+        self._reported_at = time.monotonic()
+        write_all = getattr(self.runner.storage, "set_trial_intermediate_values", None)
+        if write_all is not None and len(values) > 1:
+            write_all(self.trial._trial_id, values)
+            return
+        for epoch, value in values.items():
+            self.trial.report(value, epoch)
 
     # ------------------------------------------------------------------------------ the end
 
@@ -255,6 +278,7 @@ class TrialSession:
 
     def _complete(self, result) -> TrialOutcome:
         runner, trial, run_id = self.runner, self.trial, self.run_id
+        self._report()  # the epochs' values before the tell, which ends the trial
         value = result.metrics[runner.spec.metric]
         per_class = result.val_evaluation.per_class
         summary = {
@@ -285,6 +309,7 @@ class TrialSession:
     def _finish(self, state: TrialState, reason: str,
                 mlflow_status: str | None = None) -> TrialOutcome:
         runner = self.runner
+        self._report()
         self.trial.set_user_attr(TRIAL_REASON_ATTR, reason[:1000])
         runner.tracker.log(self.run_id, history=list(self.history),
                            tags={"duration_s": f"{time.perf_counter() - self.start:.3f}"})

@@ -178,7 +178,8 @@ def _fake_group_training(monkeypatch) -> list[list]:
     def group_key(config):
         return ("batch", config.batch_size)
 
-    def train_group(configs, data, on_epoch_end=None, *, share_epochs_to=None, resume=True):
+    def train_group(configs, data, on_epoch_end=None, *, share_epochs_to=None, resume=True,
+                    on_result=None):
         calls.append(list(configs))
         results = []
         for index, config in enumerate(configs):
@@ -189,6 +190,8 @@ def _fake_group_training(monkeypatch) -> list[list]:
                                              share_epochs_to=share_epochs_to))
             except Exception as error:
                 results.append(error)
+            if on_result is not None:  # final as soon as its training ends
+                on_result(index, results[-1])
         return results
 
     monkeypatch.setattr(trainer, "group_key", group_key, raising=False)

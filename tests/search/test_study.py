@@ -237,3 +237,62 @@ def test_a_loop_asked_to_stop_before_it_starts_runs_nothing(project, monkeypatch
     summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "asked" and summary.outcomes == [] and len(seen) == 1
     assert all(t.state == TrialState.WAITING for t in _trials(spec_path, where["storage_url"]))
+
+
+def _count_intermediate_writes(monkeypatch) -> dict[str, list]:
+    """Spies on the storage's per-epoch writes: one value a call, or several in one."""
+    from search.storage.retry import ResilientRDBStorage
+
+    calls: dict[str, list] = {"one": [], "many": []}
+    one, many = (ResilientRDBStorage.set_trial_intermediate_value,
+                 ResilientRDBStorage.set_trial_intermediate_values)
+
+    def write_one(self, trial_id, step, value):
+        calls["one"].append(step)
+        return one(self, trial_id, step, value)
+
+    def write_many(self, trial_id, values):
+        calls["many"].append(sorted(values))
+        return many(self, trial_id, values)
+
+    monkeypatch.setattr(ResilientRDBStorage, "set_trial_intermediate_value", write_one)
+    monkeypatch.setattr(ResilientRDBStorage, "set_trial_intermediate_values", write_many)
+    return calls
+
+
+REPORT_SPACE = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [3],
+                "head_width": [16]}
+
+
+@pytest.mark.parametrize("report_s, writes", [
+    ("3600", {"one": [], "many": [[1, 2, 3], [1, 2, 3]]}),  # each trial's epochs in one write
+    ("0", {"one": [1, 2, 3, 1, 2, 3], "many": []}),  # every epoch as it ends
+])
+def test_without_a_pruner_epoch_values_are_written_together(project, monkeypatch, report_s,
+                                                            writes):
+    """No pruner reads the per-epoch values while a trial trains: they are written every
+    FER_SEARCH_REPORT_S and at the trial's end, and the study holds every epoch either way."""
+    monkeypatch.setenv("FER_SEARCH_REPORT_S", report_s)
+    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)  # one by one
+    calls = _count_intermediate_writes(monkeypatch)
+    spec_path = write_spec(project, space=REPORT_SPACE)
+    where = urls(project)
+    run_study(load_spec(spec_path), **where)
+    trials = _trials(spec_path, where["storage_url"])
+    assert calls == writes
+    for trial in trials:
+        history = MlflowClient(where["tracking_uri"]).get_metric_history(
+            trial.user_attrs["mlflow_run_id"], "val_accuracy")
+        assert trial.intermediate_values == {m.step: m.value for m in history}
+        assert list(trial.intermediate_values) == [1, 2, 3]
+
+
+def test_with_a_pruner_every_epoch_value_is_written_as_it_ends(project, monkeypatch):
+    monkeypatch.setenv("FER_SEARCH_REPORT_S", "3600")
+    monkeypatch.setattr(study_module, "make_pruner",
+                        lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5))
+    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    calls = _count_intermediate_writes(monkeypatch)
+    spec_path = write_spec(project, space=REPORT_SPACE)
+    run_study(load_spec(spec_path), **urls(project))
+    assert calls == {"one": [1, 2, 3, 1, 2, 3], "many": []}

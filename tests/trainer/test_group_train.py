@@ -50,6 +50,37 @@ def test_a_group_trained_together_equals_each_member_alone(tmp_path, class_weigh
         assert [row["val_loss"] for row in alone.history] == [v for j, _, v in seen if j == i]
 
 
+def test_each_result_is_handed_over_once_when_its_head_ends_while_others_train(tmp_path):
+    """`on_result` hears each member once, with the entry `train_group` returns, as soon as its
+    head's training ends: the 2-epoch member and the pruned one before the others' last epoch;
+    a member answered from the record before any training."""
+    class Pruned(Exception):
+        pass
+
+    data = array_dataset(tmp_path)
+    train(MEMBERS[0], data)  # on record: answered before the group trains
+    configs = [*MEMBERS, BASE.replace(learning_rate=2e-3, head_width=8)]
+    events = []
+
+    def on_epoch_end(index, epoch, metrics):
+        events.append(("epoch", index, epoch))
+        if index == 3 and epoch == 1:
+            raise Pruned("pruned")
+
+    together = train_group(configs, data, on_epoch_end,
+                           on_result=lambda i, r: events.append(("result", i, r)))
+    results = [e for e in events if e[0] == "result"]
+    assert sorted(i for _, i, _ in results) == [0, 1, 2, 3]
+    for _, i, entry in results:
+        assert entry is together[i]
+    assert isinstance(together[3], Pruned)
+    assert events.index(("result", 0, together[0])) < events.index(("epoch", 1, 1))
+    last_epoch = events.index(("epoch", 1, 3))
+    assert events.index(("result", 2, together[2])) < last_epoch
+    assert events.index(("result", 3, together[3])) < last_epoch
+    assert events.index(("result", 1, together[1])) > last_epoch
+
+
 def test_a_pruned_member_drops_out_and_the_others_go_on_unchanged(tmp_path):
     class Pruned(Exception):
         pass

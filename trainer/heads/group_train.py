@@ -48,6 +48,7 @@ from trainer.network.model import build_head
 from trainer.runtime import seed_everything
 
 GroupCallback = Callable[[int, int, dict[str, float]], None]
+ResultCallback = Callable[[int, "TrainResult | BaseException"], None]
 
 
 @dataclass
@@ -88,6 +89,7 @@ def train_group(
     *,
     share_epochs_to: int | None = None,
     resume: bool = True,
+    on_result: ResultCallback | None = None,
 ) -> list[TrainResult | BaseException]:
     """Trains `configs` (one group) together; see the module docstring and ARCHITECTURE.md
     ("The epochs axis and group training").
@@ -95,6 +97,10 @@ def train_group(
     Returns one entry per config, in order: its TrainResult, or the exception that stopped it
     (raised by `on_epoch_end(index, epoch, metrics)`, or TrainingDiverged). KeyboardInterrupt
     and SystemExit propagate; checkpointed epochs stay checkpointed.
+
+    `on_result(index, entry)` hears each config's entry as soon as it is final (when its head's
+    training ends), on the caller's thread, while other heads may still train: the caller can
+    record a finished config meanwhile. An exception it raises propagates.
     """
     start = time.perf_counter()
     keys = {group_key(c) for c in configs}
@@ -117,7 +123,7 @@ def train_group(
         track.members.append(member)
         track.target = max(track.target, target)
     run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds,
-                    every_epoch=share_epochs_to is not None)
+                    every_epoch=share_epochs_to is not None, on_result=on_result)
     with ExitStack() as stack:
         for key in sorted(tracks):  # one order for every process: no lock-order deadlock
             stack.enter_context(tracks[key].record.lock())
@@ -144,8 +150,9 @@ def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> l
 
 class _GroupRun:
     def __init__(self, data, x_train, x_val, on_epoch_end, resume, start, feature_seconds, *,
-                 every_epoch: bool):
+                 every_epoch: bool, on_result: ResultCallback | None):
         self.data = data
+        self.on_result = on_result
         # Keep every epoch's arrays in the record (a grid's epochs axis: other configs are
         # answered from them), or only those of the members' own epoch counts.
         self.every_epoch = every_epoch
@@ -191,6 +198,7 @@ class _GroupRun:
                                                   answer.val_probs, answer.history, trained=0)
         if not any(m.alive for m in track.members):
             track.done = True
+            self._announce(track)
             return
         config = track.config
         track.state = engine.HeadState.fresh(_initial_weights(config, self.x_shape,
@@ -204,6 +212,7 @@ class _GroupRun:
                 if not any(m.alive for m in track.members):
                     track.done = True
                     drop_checkpoint(self._ckpt(track))
+                    self._announce(track)
 
     def _restore(self, track: _Track) -> bool:
         ckpt = load_checkpoint(self._ckpt(track))
@@ -329,6 +338,13 @@ class _GroupRun:
         for member in trained:
             member.outcome.epochs_trained = track.trained if member is owner else 0
             member.outcome.seconds = time.perf_counter() - self.start
+        self._announce(track)
+
+    def _announce(self, track: _Track) -> None:
+        """Hands the ended track's members' outcomes, final now, to `on_result`."""
+        if self.on_result is not None:
+            for member in track.members:
+                self.on_result(member.index, member.outcome)
 
     def _result(self, member, track, weights, probs, history, trained) -> TrainResult:
         config = member.config
