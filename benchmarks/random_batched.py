@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
+import floor  # noqa: E402
+from grid_wall_time import MATMUL_REPEATS, _split_sizes  # noqa: E402
 
 # Each contender says its own FER_SEARCH_ASK_BATCH; none inherits this shell's.
 ASK_BATCH_UNSET = ("FER_SEARCH_ASK_BATCH",)
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     # load drifts, no contender always runs first or last. Wall time: the mean over rounds.
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     order = list(contenders)
+    matmul: list[float] = []
     for round_ in range(args.rounds):
+        matmul += floor.matmul_seconds(repeats=MATMUL_REPEATS)
         for name in order if round_ % 2 == 0 else order[::-1]:
             src, env = contenders[name]
             folder = work / f"contender-{order.index(name)}-round-{round_}"
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(warm / ".cache" / part, folder / ".cache" / part)
             runs[name].append(_run(src, folder, data_root, args, "random", args.trials, env))
             print(f"round {round_ + 1}, {name}: {runs[name][-1]['wall_s']:.1f} s", flush=True)
+    matmul += floor.matmul_seconds(repeats=MATMUL_REPEATS)
     prov["load_average_at_end"] = benchlib.load_average()
     results = {name: {**found[0], "wall_s": sum(r["wall_s"] for r in found) / len(found),
                       "wall_s_by_round": [r["wall_s"] for r in found],
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "batched_over_old": results["batched"]["wall_s"] / old_s,
         "batched_over_one_at_a_time": results["batched"]["wall_s"] / base["wall_s"],
+        "heads_floor": heads_floor(base["params"], _splits(work, args), args.image_size,
+                                   floor.matmul_rate(matmul)),
     }
     rows = [[name, f"{r['wall_s']:.1f}",
              " / ".join(f"{w:.1f}" for w in r["wall_s_by_round"]), f"{r['wall_s'] / old_s:.3f}",
@@ -134,11 +141,52 @@ def main(argv: list[str] | None = None) -> int:
            else "") + ").\n\n"
         "Same configs / same values: each trial's params and final value equal those of the "
         "one-at-a-time run, trial by trial.\n\n"
+        + _floor_markdown(report["heads_floor"], results["batched"]["wall_s"], old_s) + "\n\n"
         + benchlib.provenance_markdown(prov)
     )
     for path in benchlib.write_results(args.out, args.name, report, markdown):
         print(f"wrote {path}")
     return 0
+
+
+def heads_floor(params: list[dict], splits: dict[str, int], image_size: int,
+                rate: dict) -> dict:
+    """The heads' share of the machine's floor (benchmarks/floor.py): every trial's head trained
+    for its epochs over the train split and scoring the val split after each, in FLOPs, at the
+    best matmul rate measured in this run. Start-up, logging and the report are not in it; the
+    features are cached for every contender."""
+    widths = sorted({int(p["head_width"]) for p in params})
+    code = ("import json, sys; from benchmarks.floor import network_shapes; "
+            "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
+                         check=True, capture_output=True, text=True,
+                         env=benchlib.source_env(benchlib.REPO), cwd=benchlib.REPO).stdout
+    shapes = json.loads(out.strip().splitlines()[-1])["heads"]
+    flop = sum(int(p["epochs"]) * floor.head_epoch_flops(shapes[str(int(p["head_width"]))],
+                                                         splits["train"], splits["val"])
+               for p in params)
+    return {"head_flop": flop, "head_epochs": sum(int(p["epochs"]) for p in params),
+            "split_sizes": splits, "matmul": {"n": floor.MATMUL_N, **rate},
+            "floor_s": flop / (rate["gflops_best"] * 1e9)}
+
+
+def _splits(work: Path, args) -> dict[str, int]:
+    found = _split_sizes(work / "warm-up", "warm-up")
+    return found or {"train": round(args.faces * 0.7), "val": round(args.faces * 0.1)}
+
+
+def _floor_markdown(f: dict, batched_s: float, old_s: float) -> str:
+    goal = old_s / 2
+    return (
+        f"The heads' floor: every trial's head for its epochs ({f['head_epochs']} head-epochs "
+        f"over {f['split_sizes']['train']} train faces, the {f['split_sizes']['val']} val "
+        f"faces scored after each) is {f['head_flop'] / 1e12:.2f} TFLOP, "
+        f"**{f['floor_s']:.1f} s** at this run's best numpy matmul rate "
+        f"({f['matmul']['gflops_best']:.0f} GFLOP/s; benchmarks/floor.py). Batched: "
+        f"{batched_s:.1f} s = that floor + {batched_s - f['floor_s']:.1f} s of everything else "
+        f"(start-up and imports, the study's set-up, logging, the report, and kernels slower "
+        f"than a large matmul). The goal, half the old code's time, is {goal:.1f} s: it "
+        f"leaves {goal - f['floor_s']:.1f} s beside the heads' arithmetic.")
 
 
 def warm_up_run(work: Path, data_root: Path, args) -> dict:
