@@ -150,12 +150,7 @@ def _floor(faces: int, image_size: int, splits: dict[str, int], rate: dict) -> d
     at the best measured matmul rate. The layer shapes come from the trainer's own models, in a
     process of their own (this one stays free of TensorFlow)."""
     widths = SPACE["head_width"]
-    code = ("import json, sys; from benchmarks.floor import network_shapes; "
-            "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
-    out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
-                         check=True, capture_output=True, text=True,
-                         env=benchlib.source_env(benchlib.REPO), cwd=benchlib.REPO).stdout
-    shapes = json.loads(out.strip().splitlines()[-1])
+    shapes = network_shapes_apart(image_size, widths)
     per_face = floor.forward_flops(shapes["base"])
     others = [values for key, values in SPACE.items() if key not in ("epochs", "head_width")]
     per_width = len(list(itertools.product(*others)))  # heads of one width: lr x batch size
@@ -180,6 +175,17 @@ def _floor(faces: int, image_size: int, splits: dict[str, int], rate: dict) -> d
         "floor_s": (features + heads) / flops_per_s,
         "shapes": shapes,
     }
+
+
+def network_shapes_apart(image_size: int, widths: list[int]) -> dict:
+    """`floor.network_shapes` computed in a process of its own, so that the calling benchmark
+    stays free of TensorFlow; the JSON keys of the heads are the widths as text."""
+    code = ("import json, sys; from benchmarks.floor import network_shapes; "
+            "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
+                         check=True, capture_output=True, text=True,
+                         env=benchlib.source_env(benchlib.REPO), cwd=benchlib.REPO).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _floor_markdown(f: dict, new: dict, over: float) -> str:

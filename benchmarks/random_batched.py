@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import floor  # noqa: E402
-from grid_wall_time import MATMUL_REPEATS, _split_sizes  # noqa: E402
+from grid_wall_time import MATMUL_REPEATS, _split_sizes, network_shapes_apart  # noqa: E402
 
 # Each contender says its own FER_SEARCH_ASK_BATCH; none inherits this shell's.
 ASK_BATCH_UNSET = ("FER_SEARCH_ASK_BATCH",)
@@ -156,12 +156,7 @@ def heads_floor(params: list[dict], splits: dict[str, int], image_size: int,
     best matmul rate measured in this run. Start-up, logging and the report are not in it; the
     features are cached for every contender."""
     widths = sorted({int(p["head_width"]) for p in params})
-    code = ("import json, sys; from benchmarks.floor import network_shapes; "
-            "print(json.dumps(network_shapes(int(sys.argv[1]), json.loads(sys.argv[2]))))")
-    out = subprocess.run([sys.executable, "-c", code, str(image_size), json.dumps(widths)],
-                         check=True, capture_output=True, text=True,
-                         env=benchlib.source_env(benchlib.REPO), cwd=benchlib.REPO).stdout
-    shapes = json.loads(out.strip().splitlines()[-1])["heads"]
+    shapes = network_shapes_apart(image_size, widths)["heads"]
     flop = sum(int(p["epochs"]) * floor.head_epoch_flops(shapes[str(int(p["head_width"]))],
                                                          splits["train"], splits["val"])
                for p in params)
