@@ -8,18 +8,20 @@ space of studies/expw-random.yaml, no pruner, val_macro_f1, class_weight balance
 seed 0) on the synthetic ExpW folder of benchmarks/random_batched.py (5,800 faces, 64 px,
 `weights: none`), this commit's code:
 
-- `batched`: FER_SEARCH_ASK_BATCH=K (`--batch`, 8 unless given): TPE asks K trials at once, the
-  batch's earlier ones RUNNING and lied about (constant liar), and each batch's groups train
-  together;
+- `batched`: FER_SEARCH_ASK_BATCH unset (the default: TPE's 10 random start-up trials asked in
+  batches, 8 then 2, and trained together, then one trial at a time), or K (`--batch`): K
+  trials at once after the start-up too, the batch's earlier ones RUNNING and lied about
+  (constant liar);
 - `one at a time`: FER_SEARCH_ASK_BATCH=1, every trial asked after the last one ended.
 
-Unlike a random study, TPE draws other configurations when it asks K at once (it sees fewer
-finished trials per ask), so the best values differ; the question is by how much, against the
-time saved. Features are copied from random_batched's warm-up into every contender's fresh
-cache (extraction timed apart, there); fresh Optuna and MLflow stores; timed as whole commands.
-Contenders alternate which runs first from seed to seed.
+Unset, both should draw the same configurations and values trial by trial (TPE's first model
+sees the same finished trials); with K > 1 after the start-up, TPE sees fewer finished trials
+per ask and draws others, so the best values differ. Features are copied from random_batched's
+warm-up into every contender's fresh cache (extraction timed apart, there); fresh Optuna and
+MLflow stores; timed as whole commands. Contenders alternate which runs first from seed to
+seed.
 
-Writes results/tpe_batched.{json,md}.
+Writes results/tpe_batched.{json,md} (`--name`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import benchlib  # noqa: E402
 import random_batched as rb  # noqa: E402
 
 
-def contenders(batch: int) -> dict[str, dict[str, str]]:
-    return {"batched": {"FER_SEARCH_ASK_BATCH": str(batch)},
+def contenders(batch: int | None) -> dict[str, dict[str, str]]:
+    # An empty env leaves FER_SEARCH_ASK_BATCH unset (random_batched.ASK_BATCH_UNSET).
+    return {"batched": {} if batch is None else {"FER_SEARCH_ASK_BATCH": str(batch)},
             "one at a time": {"FER_SEARCH_ASK_BATCH": "1"}}
 
 
@@ -103,10 +106,11 @@ def render(report: dict) -> str:
     setup, runs, summary = report["setup"], report["results"], report["summary"]
     seeds = setup["seeds"]
     train_faces = int(setup["faces"] * 0.7)
-    rows, lower = [], 0
+    rows, lower, same = [], 0, 0
     for seed in seeds:
         b, o = runs["batched"][str(seed)], runs["one at a time"][str(seed)]
         lower += b["best"] < o["best"]
+        same += b["params"] == o["params"] and b["values"] == o["values"]
         sb, so = _steps(b["params"], train_faces), _steps(o["params"], train_faces)
         rows.append([str(seed), f"{b['best']:.4f}", f"{o['best']:.4f}",
                      f"{b['best'] - o['best']:+.4f}", f"{b['wall_s']:.1f}", f"{o['wall_s']:.1f}",
@@ -123,7 +127,7 @@ def render(report: dict) -> str:
         f"studies/expw-random.yaml (no pruner), {setup['faces']} synthetic faces (70% train), "
         f"{setup['image_size']} px, frozen VGG16 (`weights: none`), features cached for every "
         "run (copied from one warm-up run), fresh Optuna and MLflow stores; timed as the whole "
-        f"`fer-search run` command. Batched: FER_SEARCH_ASK_BATCH={setup['ask_batch_default']}"
+        f"`fer-search run` command. Batched: {_batched(setup['ask_batch_default'])}"
         "; one at a time: FER_SEARCH_ASK_BATCH=1. "
         "One run per sampler seed and contender, the first to run alternating from seed to "
         "seed.\n\n"
@@ -132,26 +136,43 @@ def render(report: dict) -> str:
                           "batched / one at a time", "batches trained, batched / one at a time",
                           "complete trials"], rows)
         + f"\n\nBest value: batched was lower for {lower} of {len(seeds)} sampler seeds. "
-        f"Batched TPE asks {setup['ask_batch_default']} trials at once, the batch's earlier "
-        "ones lied about as bad "
-        "(constant liar), so each ask sees fewer finished trials and it draws other "
-        "configurations than one at a time; one run per seed is few"
-        + (", but here it cost best value" if 2 * lower > len(seeds) else "") + ".\n\n"
-        "Wall time: the two draw other configurations, so they train different amounts "
-        "(\"batches trained\": the sum over trials of epochs x batches per epoch on 70% "
-        "of the faces, a batch-16 epoch costing about 8 batch-128 ones); compare wall "
-        "times with that in mind, and with the load below.\n\n"
+        f"Same configurations and values as one at a time, trial by trial: {same} of "
+        f"{len(seeds)} seeds. " + _why(setup["ask_batch_default"], lower, len(seeds))
+        + "\n\n"
         f"The one-time feature extraction (timed apart, warm-up run): "
         f"{report['warm_up']['feature_s']:.1f} s.\n\n"
         + benchlib.provenance_markdown(report["provenance"])
     )
 
 
+def _batched(batch: int | None) -> str:
+    if batch is None:
+        return ("FER_SEARCH_ASK_BATCH unset (the default: TPE's random start-up trials in "
+                "batches, then one trial at a time)")
+    return f"FER_SEARCH_ASK_BATCH={batch}"
+
+
+def _why(batch: int | None, lower: int, seeds: int) -> str:
+    if batch is None:
+        return ("Unset, only TPE's random start-up trials are batched, and TPE's first model "
+                "sees the same finished trials as one at a time: the two should draw the same "
+                "configurations, so the wall times compare the same work.")
+    return (
+        f"Batched TPE asks {batch} trials at once, the batch's earlier ones lied about as bad "
+        "(constant liar), so each ask sees fewer finished trials and it draws other "
+        "configurations than one at a time; one run per seed is few"
+        + (", but here it cost best value" if 2 * lower > seeds else "") + ".\n\n"
+        "Wall time: the two draw other configurations, so they train different amounts "
+        "(\"batches trained\": the sum over trials of epochs x batches per epoch on 70% "
+        "of the faces, a batch-16 epoch costing about 8 batch-128 ones); compare wall "
+        "times with that in mind, and with the load below.")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
-    p.add_argument("--batch", type=int, default=8,
-                   help="the batched contender's FER_SEARCH_ASK_BATCH")
+    p.add_argument("--batch", type=int, default=None,
+                   help="the batched contender's FER_SEARCH_ASK_BATCH (default: unset)")
     p.add_argument("--faces", type=int, default=5800, help="faces in all (70%% train)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--trials", type=int, default=32)

@@ -11,7 +11,9 @@ for the free settings: batch size, learning rate, width, dropout, epochs, ...) t
   at once, in trial order, before anything trains: a random sampler draws exactly the values it
   would have drawn one trial at a time (its stream is the process's, consumed in the same
   order); a TPE sampler sees the batch's earlier trials RUNNING and lies about them (Optuna's
-  constant liar, `make_sampler`), as it does for parallel workers.
+  constant liar, `make_sampler`), as it does for parallel workers. By default TPE batches only
+  its random start-up trials and then asks one at a time (`TPE_STARTUP_TRIALS`): the same
+  configurations as one-at-a-time asks, the start-up's trained together.
 - `n_trials` exactly: asks happen under the study lock, which every asking worker takes, and
   ask at most `n_trials` minus the trials finished, running or queued (WAITING copies of lost
   trials, which Optuna's `ask` takes before making a new trial).
@@ -43,10 +45,19 @@ from trainer import settings
 HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial was re-queued)"
 
 # A batch's size when FER_SEARCH_ASK_BATCH is unset. Random: 8, the same configurations and
-# values as one at a time, in fewer passes. TPE: 1; in batches of 8 its constant liar learned
-# from fewer finished trials and found lower best values, 3 seeds of 3
-# (benchmarks/results/tpe_batched.md).
+# values as one at a time, in fewer passes. TPE: 1 once its model draws; in batches of 8 its
+# constant liar learned from fewer finished trials and found lower best values, 3 seeds of 3
+# (benchmarks/results/tpe_batched.md). TPE's start-up trials are random draws, asked as a random
+# study's are (`TPE_STARTUP_TRIALS`).
 DEFAULT_BATCH = {"random": 8, "tpe": 1}
+
+# TPE draws a trial at random while fewer trials than this have finished (Optuna's
+# `n_startup_trials`; `make_sampler` passes it). One at a time, those are the first ones asked:
+# trials 0 to 9. A TPE batch takes no more of them than one-at-a-time asks would have drawn at
+# random and never mixes them with model-drawn ones. So the start-up trials draw exactly the
+# values of one-at-a-time asks (the sampler's random stream, consumed in the same order), train
+# together, and TPE's first model sees the same finished trials as it would one at a time.
+TPE_STARTUP_TRIALS = 10
 
 
 def ask(study: optuna.Study, storage, spec: StudySpec, limit: int | None) -> list[optuna.Trial]:
@@ -65,21 +76,28 @@ def ask(study: optuna.Study, storage, spec: StudySpec, limit: int | None) -> lis
     return trials
 
 
-def batch_size(spec: StudySpec) -> int:
-    """FER_SEARCH_ASK_BATCH, else the sampler's default (`DEFAULT_BATCH`)."""
-    return settings.ask_batch() or DEFAULT_BATCH[spec.sampler]
+def batch_size(spec: StudySpec, startup: bool = False) -> int:
+    """FER_SEARCH_ASK_BATCH, else the sampler's default (`DEFAULT_BATCH`; a random study's for
+    TPE's random `startup` trials)."""
+    return settings.ask_batch() or DEFAULT_BATCH["random" if startup else spec.sampler]
 
 
 def room(study: optuna.Study, spec: StudySpec, limit: int | None) -> int:
-    """How many trials the next batch may take: at most `batch_size` and `limit`, and no more
-    than `n_trials` leaves. Call it under the study lock."""
-    size = batch_size(spec) if limit is None else min(batch_size(spec), limit)
-    if spec.n_trials is None:
-        return max(0, size)
+    """How many trials the next batch may take: at most `batch_size` and `limit`, no more than
+    `n_trials` leaves, and for TPE not across the end of its start-up (`TPE_STARTUP_TRIALS`).
+    Call it under the study lock."""
     waiting = grid_queue.count(study, TrialState.WAITING)
     taken = grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     # Failed trials do not count (a failure is replaced, as one-at-a-time asks did); queued
     # copies do, and an ask takes them first.
+    startup_left = TPE_STARTUP_TRIALS - taken - waiting if spec.sampler == "tpe" else 0
+    size = batch_size(spec, startup=startup_left > 0)
+    if startup_left > 0:
+        size = min(size, startup_left)
+    if limit is not None:
+        size = min(size, limit)
+    if spec.n_trials is None:
+        return max(0, size)
     return max(0, min(size, waiting + max(0, spec.n_trials - taken - waiting)))
 
 

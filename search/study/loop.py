@@ -63,7 +63,8 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "tpe":
         # The constant liar (Optuna's advice for parallel TPE): trials asked but unfinished
         # (others', or this batch's: search.study.ask_batch) count as bad, so a batch spreads.
-        return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True,
+                                          n_startup_trials=ask_batch.TPE_STARTUP_TRIALS)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 

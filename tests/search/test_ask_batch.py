@@ -40,9 +40,10 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _run_random(folder, monkeypatch, batch: int, real) -> tuple[list, list[list]]:
-    """A 16-trial random study in its own project folder (own caches: no epoch record of the
-    other run can answer a trial); its trials and the groups `train_group` (`real`) trained."""
+def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
+         n_trials: int = 16) -> tuple[list, list[list]]:
+    """A study in its own project folder (own caches: no epoch record of the other run can
+    answer a trial); its trials and the groups `train_group` (`real`) trained."""
     folder.mkdir()
     monkeypatch.chdir(folder)
     passes: list[list] = []
@@ -52,19 +53,19 @@ def _run_random(folder, monkeypatch, batch: int, real) -> tuple[list, list[list]
         return real(configs, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_group", spy)
-    spec_path = write_spec(folder, sampler="random", n_trials=16, seed=7, space=SPACE,
+    spec_path = write_spec(folder, sampler=sampler, n_trials=n_trials, seed=7, space=SPACE,
                            train=TRAIN)
     with settings.override(FER_SEARCH_ASK_BATCH=batch):
         summary = run_study(load_spec(spec_path), **urls(folder))
-    assert len(summary.outcomes) == 16
+    assert len(summary.outcomes) == n_trials
     trials = optuna.load_study(study_name="tiny", storage=urls(folder)["storage_url"]).get_trials()
     return trials, passes
 
 
 def test_batched_asks_draw_and_score_what_one_at_a_time_asks_do(project, monkeypatch):
     real = trainer.train_group
-    alone, alone_passes = _run_random(project / "one", monkeypatch, 1, real)
-    batched, passes = _run_random(project / "batched", monkeypatch, 8, real)
+    alone, alone_passes = _run(project / "one", monkeypatch, 1, real)
+    batched, passes = _run(project / "batched", monkeypatch, 8, real)
     assert alone_passes == []  # one at a time: every trial trained alone
     assert [t.params for t in batched] == [t.params for t in alone]
     assert all(t.state == TrialState.COMPLETE for t in batched + alone)
@@ -76,6 +77,26 @@ def test_batched_asks_draw_and_score_what_one_at_a_time_asks_do(project, monkeyp
     assert any(len({c.batch_size for c in configs}) > 1 for configs in passes)
     for configs in passes:
         assert len({c.class_weight for c in configs}) == 1
+
+
+def test_tpe_batches_its_random_startup_and_then_draws_what_one_at_a_time_draws(
+        project, monkeypatch):
+    """TPE unset: its 10 random start-up trials asked in batches (8, then 2) and trained
+    together, then one at a time. The same configurations and values as one-at-a-time asks,
+    the model-drawn trials after the start-up included: TPE's first model sees the same
+    finished trials either way."""
+    real = trainer.train_group
+    alone, alone_passes = _run(project / "one", monkeypatch, 1, real, "tpe", 13)
+    batched, passes = _run(project / "batched", monkeypatch, None, real, "tpe", 13)
+    assert alone_passes == []
+    assert [t.params for t in batched] == [t.params for t in alone]
+    assert [t.value for t in batched] == [t.value for t in alone]
+    assert all(t.state == TrialState.COMPLETE for t in batched + alone)
+    # Only start-up trials shared passes (trial numbers are not on a TrainConfig: match the
+    # learning rates, each drawn from a continuous range).
+    startup_rates = {t.params["learning_rate"] for t in batched[:ask_batch.TPE_STARTUP_TRIALS]}
+    assert passes and max(len(configs) for configs in passes) >= 2
+    assert all(c.learning_rate in startup_rates for configs in passes for c in configs)
 
 
 # --------------------------------------------------------------------------- the budget
@@ -240,20 +261,27 @@ def test_tpe_asks_batches_past_its_startup_within_the_budget(tmp_path):
                 for trial in batch:  # a smooth score, best near learning_rate 1e-2
                     study.tell(trial, -abs(trial.params["learning_rate"] - 1e-2))
         trials = study.get_trials()
-    assert sizes == [8, 8, 8, 4] and len(trials) == 28
+    # No batch spans the end of TPE's 10 random start-up trials.
+    assert sizes == [8, 2, 8, 8, 2] and len(trials) == 28
     assert all(1e-3 <= t.params["learning_rate"] <= 3e-2 for t in trials)
     assert all(t.params["batch_size"] in (16, 32) for t in trials)
 
 
-@pytest.mark.parametrize(("sampler", "expected"), [("random", 8), ("tpe", 1)])
+@pytest.mark.parametrize(("sampler", "expected"), [("random", [8, 8, 8, 3, 3]),
+                                                  ("tpe", [8, 2, 1, 3, 3])])
 def test_an_unset_batch_is_the_samplers_default(tmp_path, sampler, expected):
-    """Unset FER_SEARCH_ASK_BATCH: random asks 8 at once (same draws, fewer passes), TPE one (its
-    constant liar learned less in batches: benchmarks/results/tpe_batched.md); set, it rules."""
-    spec = load_spec(write_spec(tmp_path, sampler=sampler, n_trials=20, space=SPACE, train=TRAIN))
+    """Unset FER_SEARCH_ASK_BATCH: random asks 8 at once (same draws, fewer passes); TPE 8 of
+    its random start-up, the rest of it, then one (its constant liar learned less in batches:
+    benchmarks/results/tpe_batched.md); set, it rules."""
+    spec = load_spec(write_spec(tmp_path, sampler=sampler, n_trials=40, space=SPACE, train=TRAIN))
     with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
         study = optuna.create_study(study_name=spec.name, storage=storage,
                                     sampler=make_sampler(spec), direction="maximize")
-        with settings.override(FER_SEARCH_ASK_BATCH=None):
-            assert len(ask_batch.ask(study, storage, spec, None)) == expected
-        with settings.override(FER_SEARCH_ASK_BATCH=3):
-            assert len(ask_batch.ask(study, storage, spec, None)) == 3
+        sizes = []
+        for batch in (None, None, None, 3, 3):
+            with settings.override(FER_SEARCH_ASK_BATCH=batch):
+                asked = ask_batch.ask(study, storage, spec, None)
+            sizes.append(len(asked))
+            for trial in asked:
+                study.tell(trial, 0.5)
+    assert sizes == expected
