@@ -1,7 +1,5 @@
 """`python -m search.cli`: the same as the `fer-search` command."""
 
-import sys
+from search.cli.main import entry
 
-from search.cli.main import main
-
-sys.exit(main())
+entry()
