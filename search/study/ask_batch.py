@@ -47,8 +47,8 @@ HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial wa
 # A batch's size when FER_SEARCH_ASK_BATCH is unset. Random: 8, the same configurations and
 # values as one at a time, in fewer passes. TPE: 1 once its model draws; in batches of 8 its
 # constant liar learned from fewer finished trials and found lower best values, 3 seeds of 3
-# (benchmarks/results/tpe_batched.md). TPE's start-up trials are random draws, asked as a random
-# study's are (`TPE_STARTUP_TRIALS`).
+# (benchmarks/results/tpe_batched-by-8.md). TPE's start-up trials are random draws, asked as a
+# random study's are (`TPE_STARTUP_TRIALS`).
 DEFAULT_BATCH = {"random": 8, "tpe": 1}
 
 # TPE draws a trial at random while fewer trials than this have finished (Optuna's

@@ -181,6 +181,8 @@ class _Compiled:
             w2 = weights[2]
             targets = head.targets(onehot)  # each row sums to 1, smoothed or not
             logits, hidden, dropped = self._forward(variables, h, xb, t, heads[h])
+            # log_softmax of dense targets, not sparse_softmax_cross_entropy: the latter has no
+            # deterministic GPU kernel.
             log_p = tf.nn.log_softmax(logits)
             # d loss / d logits = (softmax - targets) * weight / size, per face
             d_logits = (tf.exp(log_p) - targets) * coef
