@@ -267,6 +267,33 @@ def test_tpe_asks_batches_past_its_startup_within_the_budget(tmp_path):
     assert all(t.params["batch_size"] in (16, 32) for t in trials)
 
 
+def test_a_failed_tpe_startup_trial_is_replaced_by_another_random_one(tmp_path):
+    """TPE draws at random until 10 trials have finished, failed ones not counted: a batch after
+    failures still takes only random draws, as many as the start-up lacks."""
+    spec = load_spec(write_spec(tmp_path, sampler="tpe", n_trials=40, space=SPACE, train=TRAIN))
+    with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
+        study = optuna.create_study(study_name=spec.name, storage=storage,
+                                    sampler=make_sampler(spec), direction="maximize")
+        with settings.override(FER_SEARCH_ASK_BATCH=None):
+            first = ask_batch.ask(study, storage, spec, None)
+            for trial in first[:6]:
+                study.tell(trial, 0.5)
+            for trial in first[6:]:
+                study.tell(trial, state=TrialState.FAIL)
+            second = ask_batch.ask(study, storage, spec, None)
+            for trial in second:
+                study.tell(trial, 0.5)
+            third = ask_batch.ask(study, storage, spec, None)
+    assert [len(first), len(second), len(third)] == [8, 4, 1]
+    # The first two batches were drawn at random, the third by TPE's model, which marks its
+    # (relative) draws in the trial's system attributes.
+    def model_drawn(trial) -> bool:
+        attrs = study.trials[trial.number].system_attrs
+        return any(key.startswith("tpe:relative_params") for key in attrs)
+
+    assert [model_drawn(t) for t in first + second + third] == [False] * 12 + [True]
+
+
 @pytest.mark.parametrize(("sampler", "expected"), [("random", [8, 8, 8, 3, 3]),
                                                   ("tpe", [8, 2, 1, 3, 3])])
 def test_an_unset_batch_is_the_samplers_default(tmp_path, sampler, expected):
