@@ -41,7 +41,7 @@ def project(tmp_path, monkeypatch):
 
 
 def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
-         n_trials: int = 16) -> tuple[list, list[list]]:
+         *, n_trials: int) -> tuple[list, list[list]]:
     """A study in its own project folder (own caches: no epoch record of the other run can
     answer a trial); its trials and the groups `train_group` (`real`) trained."""
     folder.mkdir()
@@ -64,8 +64,9 @@ def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
 
 def test_batched_asks_draw_and_score_what_one_at_a_time_asks_do(project, monkeypatch):
     real = trainer.train_group
-    alone, alone_passes = _run(project / "one", monkeypatch, 1, real)
-    batched, passes = _run(project / "batched", monkeypatch, 8, real)
+    # 32 trials, as many as the issue's random study (benchmarks/random_batched.py) asks.
+    alone, alone_passes = _run(project / "one", monkeypatch, 1, real, n_trials=32)
+    batched, passes = _run(project / "batched", monkeypatch, 8, real, n_trials=32)
     assert alone_passes == []  # one at a time: every trial trained alone
     assert [t.params for t in batched] == [t.params for t in alone]
     assert all(t.state == TrialState.COMPLETE for t in batched + alone)
@@ -86,8 +87,8 @@ def test_tpe_batches_its_random_startup_and_then_draws_what_one_at_a_time_draws(
     the model-drawn trials after the start-up included: TPE's first model sees the same
     finished trials either way."""
     real = trainer.train_group
-    alone, alone_passes = _run(project / "one", monkeypatch, 1, real, "tpe", 13)
-    batched, passes = _run(project / "batched", monkeypatch, None, real, "tpe", 13)
+    alone, alone_passes = _run(project / "one", monkeypatch, 1, real, "tpe", n_trials=13)
+    batched, passes = _run(project / "batched", monkeypatch, None, real, "tpe", n_trials=13)
     assert alone_passes == []
     assert [t.params for t in batched] == [t.params for t in alone]
     assert [t.value for t in batched] == [t.value for t in alone]
