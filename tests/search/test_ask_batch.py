@@ -300,7 +300,7 @@ def test_a_failed_tpe_startup_trial_is_replaced_by_another_random_one(tmp_path):
 def test_an_unset_batch_is_the_samplers_default(tmp_path, sampler, expected):
     """Unset FER_SEARCH_ASK_BATCH: random asks 8 at once (same draws, fewer passes); TPE 8 of
     its random start-up, the rest of it, then one (its constant liar learned less in batches:
-    benchmarks/results/tpe_batched.md); set, it rules."""
+    benchmarks/results/tpe_batched-by-8.md); set, it rules."""
     spec = load_spec(write_spec(tmp_path, sampler=sampler, n_trials=40, space=SPACE, train=TRAIN))
     with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
         study = optuna.create_study(study_name=spec.name, storage=storage,

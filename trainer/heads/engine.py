@@ -104,21 +104,20 @@ class _Compiled:
             self._traced = True
 
     def _forward(self, variables, h: int, x, t=None, head=None):
-        """Head `h`'s logits on `x`; with the step `t` (training), also its hidden layer and
-        dropout factor (None without dropout), which the backward pass reuses."""
+        """Head `h` on `x`: its logits, hidden layer, that layer after dropout (`kept`, the
+        second layer's input) and the dropout factor (None without dropout, and without a
+        training step `t`, as when predicting); the backward pass reuses all of them."""
         w1, b1, w2, b2 = variables[h][0]
         # bias_add, not `+`: one op, and a step is mostly per-op overhead for a narrow head at
         # a small batch size.
         hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w1), b1))
-        dropped = None
+        kept, dropped = hidden, None
         if t is not None and self.switches[h]["dropout"]:
             # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only.
             noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([head["seed"], t]))
             dropped = tf.cast(noise >= head["drop_below"], tf.float32) * head["keep_scale"]
-        logits = tf.nn.bias_add(tf.matmul(hidden if dropped is None else hidden * dropped, w2), b2)
-        if t is None:
-            return logits
-        return logits, hidden, dropped
+            kept = hidden * dropped
+        return tf.nn.bias_add(tf.matmul(kept, w2), b2), hidden, kept, dropped
 
     def _per_head(self, runtime) -> list[dict]:
         """Each head's runtime settings as float32 / int64 scalars, computed once per epoch
@@ -180,16 +179,14 @@ class _Compiled:
             weights, m, v = variables[h]
             w2 = weights[2]
             targets = head.targets(onehot)  # each row sums to 1, smoothed or not
-            logits, hidden, dropped = self._forward(variables, h, xb, t, heads[h])
+            logits, hidden, kept, dropped = self._forward(variables, h, xb, t, heads[h])
             # log_softmax of dense targets, not sparse_softmax_cross_entropy: the latter has no
             # deterministic GPU kernel.
             log_p = tf.nn.log_softmax(logits)
             # d loss / d logits = (softmax - targets) * weight / size, per face
             d_logits = (tf.exp(log_p) - targets) * coef
             d_hidden = tf.matmul(d_logits, w2, transpose_b=True)
-            kept = hidden
             if dropped is not None:
-                kept = hidden * dropped
                 d_hidden = d_hidden * dropped
             d_pre = tf.raw_ops.ReluGrad(gradients=d_hidden, features=hidden)
             grads = [tf.matmul(xb, d_pre, transpose_a=True), tf.reduce_sum(d_pre, 0),
@@ -213,7 +210,7 @@ class _Compiled:
         return tf.stack(losses), tf.stack(hits)
 
     def _predict(self, variables, x):
-        return tf.stack([tf.nn.softmax(self._forward(variables, h, x))
+        return tf.stack([tf.nn.softmax(self._forward(variables, h, x)[0])
                          for h in range(len(self.heads))])
 
 
