@@ -25,7 +25,9 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
                                       # random/tpe: required unless timeout is set
     timeout: null                     # seconds after which no new trial starts, optional
     trial_timeout: null               # seconds one trial may run, optional
-    max_consecutive_failures: 3       # default 3
+    max_consecutive_failures: 3       # default 3 (one worker's failures in a row)
+    max_failed_trials: null           # stop every worker after this many trials failed for
+                                      # good, counted in the storage; default null (no limit)
     pruner: none                      # none | median | hyperband, default none
     space: {...}                      # required: see search.spec.sections
     train: {image_size: 48}           # fixed TrainConfig fields, default {}
@@ -64,7 +66,7 @@ PRUNERS = ("none", "median", "hyperband")
 
 _TOP_KEYS = (
     "name", "sampler", "seed", "metric", "direction", "n_trials", "timeout", "trial_timeout",
-    "max_consecutive_failures", "pruner", "space", "train", "data", "storage", "tracking_uri",
+    "max_consecutive_failures", "max_failed_trials", "pruner", "space", "train", "data", "storage", "tracking_uri",
     "registry",
 )
 _SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
@@ -85,6 +87,8 @@ class StudySpec:
         timeout: seconds after which no new trial starts, or None.
         trial_timeout: seconds one trial may run before it is stopped and failed, or None.
         max_consecutive_failures: stop the study after this many failed trials in a row.
+        max_failed_trials: stop every worker of the study once this many of its trials have
+            failed for good (counted in the storage across workers); None: no limit.
         pruner: ``none``, ``median`` or ``hyperband``.
         space: the searched parameters, in spec order.
         train: fixed `TrainConfig` values (never one of the searched names).
@@ -116,6 +120,7 @@ class StudySpec:
     model_name: str
     path: Path
     text: str = field(repr=False)
+    max_failed_trials: int | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -224,6 +229,8 @@ class _SpecReader(NodeReader):
             max_consecutive_failures=self.integer(
                 top.get("max_consecutive_failures", 3), ("max_consecutive_failures",), 1
             ),
+            max_failed_trials=self.optional_count(top.get("max_failed_trials"),
+                                                  ("max_failed_trials",)),
             pruner=self.choice(_or_default(top.get("pruner"), "none"), ("pruner",), PRUNERS),
             space=space,
             train=train,
@@ -273,6 +280,13 @@ class _SpecReader(NodeReader):
             raise self.error(
                 ("storage",), "a database URL such as sqlite:///studies/optuna.db, or null", found
             )
+        return value
+
+    def optional_count(self, value: object, at: At) -> int | None:
+        """An integer >= 1, or null (no limit)."""
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise self.error(at, "an integer >= 1, or null", value)
         return value
 
     def optional_string(self, value: object, at: At) -> str | None:
