@@ -11,7 +11,9 @@ largest count asked, and each config hears of its own epochs only. Every finishe
 to the track's epoch record (trainer.heads.epoch_record: its arrays only at the configs' own
 epoch counts, unless `share_epochs_to` says other configs will ask) and, with `resume`, every
 CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed training resumes
-after its last checkpointed epoch, replaying the finished ones to the caller first.
+after its last checkpointed epoch, replaying the finished ones to the caller first. A head
+that raises fails alone: a pass whose program raises is re-run head by head for that epoch
+(`_Pass.next_epoch`), so one configuration's out-of-memory or bad arithmetic costs only itself.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from trainer import settings
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
-from trainer.errors import TrainingDiverged
+from trainer.errors import HeadFailed, TrainingDiverged
 from trainer.heads import engine as engine
 from trainer.heads.checkpoint import (
     Checkpoint,
@@ -95,8 +97,9 @@ def train_group(
     ("The epochs axis and group training").
 
     Returns one entry per config, in order: its TrainResult, or the exception that stopped it
-    (raised by `on_epoch_end(index, epoch, metrics)`, or TrainingDiverged). KeyboardInterrupt
-    and SystemExit propagate; checkpointed epochs stay checkpointed.
+    (raised by `on_epoch_end(index, epoch, metrics)`, TrainingDiverged, or HeadFailed: its head
+    raised when trained alone, `_Pass.next_epoch`). KeyboardInterrupt and SystemExit propagate;
+    checkpointed epochs stay checkpointed.
 
     `on_result(index, entry)` hears each config's entry as soon as it is final (when its head's
     training ends), on the caller's thread, while other heads may still train: the caller can
@@ -265,6 +268,11 @@ class _GroupRun:
 
     def _finish(self, done: _Epoch) -> None:
         """Stores, checkpoints and reports one pass's finished epoch (on the caller's thread)."""
+        for track, error in done.failed:  # its members fail; the checkpoint goes with it
+            for member in track.members:
+                if member.alive:
+                    member.outcome = error
+            self._end(track)
         stored = []
         # Every head's epoch is on disk before anyone hears of it: a caller that dies in its
         # callback (or a kill then) loses no finished epoch of any member.
@@ -368,7 +376,8 @@ class _GroupRun:
 @dataclass
 class _Epoch:
     """One epoch of a pass's tracks, computed: per track its loss and hits sums, validation
-    probabilities and state after the epoch."""
+    probabilities and state after the epoch; and the tracks whose head raised this epoch, each
+    with its `HeadFailed`."""
 
     epoch: int
     tracks: list[_Track]
@@ -378,6 +387,7 @@ class _Epoch:
     states: list[engine.HeadState]
     weight_sum: float
     batch_size: int
+    failed: list[tuple[_Track, BaseException]] = field(default_factory=list)
 
 
 class _Pass:
@@ -394,11 +404,19 @@ class _Pass:
         self.weight, self.weight_sum = run.weights_for(tracks[0].config)
         self.epoch = min(t.epoch for t in tracks)  # the last epoch computed
         self.last = max(t.target for t in tracks)
+        self.one_at_a_time = False  # set when the pass failed together but no head alone
 
     def next_epoch(self) -> _Epoch | None:
         """Trains the next epoch any track is due for; None when none is left. Reads the tracks
-        only: `_GroupRun._finish` updates them before the next call."""
-        run = self.run
+        only: `_GroupRun._finish` updates them before the next call.
+
+        A pass whose program raises (one head out of memory at its width, an error in one
+        head's arithmetic) is run again head by head for that epoch, from the states before it:
+        a head that raises alone fails alone (`_Epoch.failed`, a `HeadFailed`), and the others'
+        epoch counts as theirs (a head's numbers do not depend on its group-mates). Once the
+        culprit is found the rest train together again; when every head passed alone (the
+        program failed only together, e.g. out of memory for all of them at once), the pass
+        trains them one at a time from then on."""
         while self.epoch < self.last:
             self.epoch += 1
             active = [t for t in self.tracks if not t.done and t.epoch == self.epoch - 1]
@@ -408,17 +426,56 @@ class _Pass:
             # they share one compiled program instead of tracing another (~1 s) for a
             # reordering. A head's numbers do not depend on its place in the program.
             active.sort(key=lambda t: t.spec.program_key())
-            specs = [t.spec for t in active]
-            with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs) as prog:
-                prog.load([t.state for t in active])
-                order = engine.epoch_order(self.seed, self.epoch, run.n)
-                loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, order,
-                                              self.batch_size, (self.epoch - 1) * self.steps)
-                probs = engine.predict(prog, run.xv)
-                states = prog.dump()
-            return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum,
-                          self.batch_size)
+            if self.one_at_a_time:
+                return self._head_by_head(active)
+            try:
+                return self._train(active)
+            except Exception as error:  # noqa: BLE001  (found and failed per head below)
+                if len(active) == 1:
+                    return self._failed(active, [self._head_failed(active[0], error)])
+            epoch = self._head_by_head(active)
+            self.one_at_a_time = not epoch.failed
+            return epoch
         return None
+
+    def _train(self, active: list[_Track]) -> _Epoch:
+        run = self.run
+        specs = [t.spec for t in active]
+        with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs) as prog:
+            prog.load([t.state for t in active])
+            order = engine.epoch_order(self.seed, self.epoch, run.n)
+            loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, order,
+                                          self.batch_size, (self.epoch - 1) * self.steps)
+            probs = engine.predict(prog, run.xv)
+            states = prog.dump()
+        return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum,
+                      self.batch_size)
+
+    def _head_by_head(self, active: list[_Track]) -> _Epoch:
+        """This epoch, each track in a program of its own: the ones that raise are failed."""
+        done: list[_Epoch] = []
+        failed: list[tuple[_Track, BaseException]] = []
+        for track in active:
+            try:
+                done.append(self._train([track]))
+            except Exception as error:  # noqa: BLE001  (this head's own failure)
+                failed.append(self._head_failed(track, error))
+        if not done:
+            return self._failed(active, failed)
+        return _Epoch(self.epoch, [e.tracks[0] for e in done],
+                      np.concatenate([e.loss for e in done]),
+                      np.concatenate([e.hits for e in done]),
+                      np.concatenate([e.probs for e in done]),
+                      [e.states[0] for e in done], self.weight_sum, self.batch_size, failed)
+
+    def _failed(self, active: list[_Track], failed: list) -> _Epoch:
+        empty = np.zeros((0,), "float32")
+        return _Epoch(self.epoch, [], empty, empty, empty, [], self.weight_sum,
+                      self.batch_size, failed)
+
+    def _head_failed(self, track: _Track, error: BaseException) -> tuple[_Track, HeadFailed]:
+        return track, HeadFailed(error, batch_size=self.batch_size, epoch=self.epoch,
+                                 head_width=track.config.head_width)
 
 
 def _side_by_side(passes: list[_Pass], finish: Callable[[_Epoch], None]) -> None:
