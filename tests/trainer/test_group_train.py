@@ -217,10 +217,13 @@ def test_a_pruned_head_of_one_pass_leaves_the_other_passes_unchanged(tmp_path):
     assert_same(pruned[2], full[2])
 
 
-def test_an_error_in_one_pass_stops_the_group_and_reaches_the_caller(tmp_path, monkeypatch):
-    """A pass that fails on its thread (out of memory, say) fails the whole group, as a failed
-    pass always did, and no thread is left running."""
+def test_an_error_in_one_pass_fails_its_head_only_and_leaves_no_thread(tmp_path, monkeypatch):
+    """A pass that fails on its thread (out of memory, say) fails its own head, with the reason;
+    the other pass's head completes as it would alone (issue 29: it used to take the whole group
+    down), and no thread is left running."""
     import threading
+
+    from trainer import HeadFailed
 
     real = head_engine.run_epoch
 
@@ -231,31 +234,66 @@ def test_an_error_in_one_pass_stops_the_group_and_reaches_the_caller(tmp_path, m
 
     monkeypatch.setattr(head_engine, "run_epoch", failing)
     before = threading.active_count()
-    with pytest.raises(MemoryError, match="batch 8"):
-        train_group([BASE, BASE.replace(batch_size=8)], array_dataset(tmp_path / "a"))
+    configs = [BASE, BASE.replace(batch_size=8)]
+    healthy, failed = train_group(configs, array_dataset(tmp_path / "a"))
     assert threading.active_count() == before
+    assert isinstance(failed, HeadFailed) and "out of memory at batch_size 8" in str(failed)
+    monkeypatch.undo()
+    assert_same(healthy, train(BASE, array_dataset(tmp_path / "alone")))
 
 
-def test_passes_side_by_side_each_checkpoint_and_resume_after_an_interrupt(tmp_path):
+def test_passes_side_by_side_each_checkpoint_and_resume_after_an_interrupt(tmp_path, monkeypatch):
     """Interrupted mid-group, the heads of both passes resume after their last checkpointed
-    epoch (or are answered from their record) and end as an uninterrupted group does."""
+    epoch and end as an uninterrupted group does.
+
+    Which epoch the other pass has reached when the interrupt comes is set by the test, not by
+    the machine's speed: the batch-16 pass (head 0) computes its 3rd epoch only once head 1 has
+    reported its 2nd, and the batch-8 pass (head 1) computes its 3rd only once the interrupt is
+    raised; so head 1 has exactly 2 epochs checkpointed."""
+    import threading
+
     from trainer import settings
 
     configs = [BASE.replace(epochs=4), BASE.replace(batch_size=8, epochs=4)]
     data = array_dataset(tmp_path / "a")
+    wait_s = 120  # far past any epoch; hit only if the group never gets there
+    second_reported_two = threading.Event()
+    interrupted = threading.Event()
+    gates = {16: second_reported_two, 8: interrupted}  # each pass's gate before its 3rd epoch
+    calls = {16: 0, 8: 0}  # each pass's epochs begun: its own thread's count
+    real = head_engine.run_epoch
+
+    def gated(prog, heads, x, y, weight, order, batch_size, step0):
+        calls[batch_size] += 1
+        if calls[batch_size] == 3 and not gates[batch_size].wait(wait_s):
+            for gate in gates.values():  # let the other pass go too: the group ends, loudly
+                gate.set()
+            raise AssertionError(f"the batch-{batch_size} pass waited {wait_s} s "
+                                 "for its 3rd epoch's turn")
+        return real(prog, heads, x, y, weight, order, batch_size, step0)
 
     def stop_late(index, epoch, metrics):
+        if index == 1 and epoch == 2:
+            second_reported_two.set()
         if index == 0 and epoch == 3:
+            interrupted.set()
             raise KeyboardInterrupt
 
-    with settings.override(FER_SEARCH_CHECKPOINT_S=0), pytest.raises(KeyboardInterrupt):
-        train_group(configs, data, stop_late)
+    try:
+        with (monkeypatch.context() as patch, settings.override(FER_SEARCH_CHECKPOINT_S=0),
+              pytest.raises(KeyboardInterrupt)):
+            patch.setattr(head_engine, "run_epoch", gated)
+            train_group(configs, data, stop_late)
+    finally:  # no pass is left waiting on a gate, whatever happened
+        for gate in gates.values():
+            gate.set()
+    assert calls[16] == 3
     resumed = train_group(configs, data)
     # The interrupted head's epoch 3 was stored and checkpointed before its callback; the other
-    # pass, on its own thread, had reached an epoch of its own (or its end: then its record
-    # answers it).
+    # pass had stored and checkpointed its epochs 1 and 2 (its 3rd, begun after the interrupt,
+    # was never handed over).
     assert resumed[0].resumed_from_epoch == 3
-    assert resumed[1].epochs_trained == 0 or resumed[1].resumed_from_epoch >= 1
+    assert resumed[1].resumed_from_epoch == 2
     full = train_group(configs, array_dataset(tmp_path / "b"))
     for got, want in zip(resumed, full, strict=True):
         np.testing.assert_array_equal(got.top_weights[0], want.top_weights[0])
