@@ -39,10 +39,15 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from search.contracts import DEFAULT_MODEL_NAME
 from search.errors import _MISSING, SpecError
@@ -146,8 +151,17 @@ class StudySpec:
 
     @property
     def redacted_text(self) -> str:
-        """`text` with passwords in URLs replaced by ``***``: the version to log or print."""
-        return mask_text(self.text)
+        """`text` with the password of every URL replaced by ``***``: the version to store
+        (the study's `spec_yaml`, the MLflow artifact `spec/study.yaml`), log or print.
+
+        Rebuilt from the parsed YAML, not by a pattern over the raw text (where a quoted URL's
+        password may hold a space, a quote or '<'): each string value is masked
+        (`search.urls.mask_url` for a URL and for ``storage``/``tracking_uri``, `mask_text`
+        for other text) and written back in place, quoted as YAML needs, so comments and
+        layout stay. Then each of those URLs' passwords is masked wherever else it stands as
+        one (a commented-out copy of the line, say). Should the rebuilt text not read back as
+        the masked values, the masked values are written out afresh (comments lost)."""
+        return _redacted(self.text, self.path)
 
     def train_config(self, params: Mapping[str, Any] | None = None) -> TrainConfig:
         """The trainer config of one trial: the fixed ``train`` values plus the trial's params.
@@ -303,3 +317,117 @@ class _SpecReader(NodeReader):
 
 def _or_default(value: object, default: object) -> object:
     return default if value is None else value
+
+
+# ------------------------------------------------------------------------------ redacted text
+
+_URL_KEYS = ("storage", "tracking_uri")  # top-level keys whose value is a URL, whatever it holds
+_STARTS_AS_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:")
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)*")  # an anchor or tag before a scalar's text
+
+
+def _mask_value(value: str, url_key: bool) -> str:
+    return mask_url(value) if url_key or _STARTS_AS_URL.match(value) else mask_text(value)
+
+
+def _redacted(text: str, path: Path) -> str:
+    """`StudySpec.redacted_text`."""
+    try:
+        node, raw = parse(path, text)
+    except SpecError:  # not a spec: mask what a pattern finds
+        return mask_text(text)
+    edits: list[tuple[int, int, str]] = []
+    urls: list[str] = []
+    seen: set[int] = set()
+
+    def walk(item: Node | None, url_key: bool = False) -> None:
+        if item is None or id(item) in seen:
+            return
+        seen.add(id(item))
+        if isinstance(item, MappingNode):
+            for key, value in item.value:
+                walk(key)
+                walk(value, item is node and isinstance(key, ScalarNode)
+                     and key.value in _URL_KEYS)
+        elif isinstance(item, SequenceNode):
+            for value in item.value:
+                walk(value)
+        elif isinstance(item, ScalarNode) and item.tag == "tag:yaml.org,2002:str":
+            masked = _mask_value(item.value, url_key)
+            if masked != item.value:
+                urls.append(item.value)
+                start, end = item.start_mark.index, item.end_mark.index
+                source = text[start:end]
+                prefix = _PROPERTIES.match(source).group()
+                tail = source[len(source.rstrip()):] if item.style in ("|", ">") else ""
+                edits.append((start, end, prefix + _yaml_string(masked, item.style) + tail))
+
+    walk(node)
+    rebuilt = text
+    for start, end, replacement in sorted(edits, reverse=True):
+        rebuilt = rebuilt[:start] + replacement + rebuilt[end:]
+    for url in urls:
+        rebuilt = mask_text(rebuilt, url)
+    rebuilt = _mask_comments(mask_text(rebuilt))
+    expected = _mask_plain(raw, top=True)
+    try:
+        if parse(path, rebuilt)[1] == expected:
+            return rebuilt
+    except SpecError:
+        pass
+    dumped = yaml.safe_dump(expected, sort_keys=False, allow_unicode=True, width=1 << 16)
+    for url in urls:
+        dumped = mask_text(dumped, url)
+    return mask_text(dumped)
+
+
+def _mask_comments(text: str) -> str:
+    """`text` with every URL in a comment masked as a whole URL: to the last '@' of its line
+    (a commented-out ``storage:`` line keeps no password, spaces and quotes included)."""
+    try:
+        tokens = list(yaml.scan(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return text
+    covered = [(token.start_mark.index, token.end_mark.index) for token in tokens]
+    pieces, at = [], 0
+    for sharp in re.finditer(r"(?:^|(?<=\s))#[^\r\n]*", text, re.MULTILINE):
+        if any(start <= sharp.start() < end for start, end in covered):
+            continue
+        comment = sharp.group()
+        for found in reversed(list(re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://", comment))):
+            comment = comment[:found.start()] + mask_url(comment[found.start():])
+        pieces += [text[at:sharp.start()], comment]
+        at = sharp.end()
+    return "".join(pieces) + text[at:]
+
+
+def _mask_plain(value: Any, top: bool = False, url_key: bool = False) -> Any:
+    """The parsed values with every string masked as `_redacted` masks its node."""
+    if isinstance(value, dict):
+        return {key: _mask_plain(item, url_key=top and key in _URL_KEYS)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_plain(item) for item in value]
+    if isinstance(value, str):
+        return _mask_value(value, url_key)
+    return value
+
+
+def _yaml_string(value: str, style: str | None) -> str:
+    """`value` as a YAML scalar: plain or single-quoted as it was written when that reads back
+    as the same string on one line, else double-quoted (JSON's escapes are YAML's)."""
+    if value.isprintable():
+        if style is None and _reads_back(value):
+            return value
+        if style == "'":
+            return "'" + value.replace("'", "''") + "'"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _reads_back(value: str) -> bool:
+    """`value`, written plain, is read back as itself (and not as a mapping, alias, comment)."""
+    try:
+        return value.strip() == value and ": " not in value and " #" not in value \
+            and yaml.safe_load(value) == value
+    except yaml.YAMLError:
+        return False
