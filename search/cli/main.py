@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from search.cli.common import err, one_line
-from search.cli.registry_commands import cmd_fetch, cmd_history, cmd_predict, cmd_promote, cmd_serve
+from search.cli.registry_commands import (
+    add_serve_options,
+    add_trust_option,
+    cmd_fetch,
+    cmd_history,
+    cmd_predict,
+    cmd_promote,
+    cmd_serve,
+)
 from search.cli.study_commands import cmd_report, cmd_run, cmd_status, cmd_studies, cmd_worker
 from search.cli.tool_commands import cmd_dashboard, cmd_data_check, cmd_data_synth, cmd_ui
 from search.contracts import (
@@ -132,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(history)
 
     serve = _command(commands, "serve", cmd_serve,
-                     "serve a registered model over HTTP (MLflow's scoring server)")
+                     "serve a registered model over HTTP (/invocations, /ping)")
     serve.add_argument("model", help="NAME, NAME@ALIAS or NAME/VERSION (default alias champion)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5001, help="default 5001 (the UI has 5000)")
+    add_serve_options(serve)
     _tracking_option(serve)
 
     predict = _command(commands, "predict", cmd_predict, "predict the expression of face images")
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--box", help="crop first: top,left,right,bottom (ExpW's order)")
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per face, every probability at full precision")
+    add_trust_option(predict)
     _tracking_option(predict)
 
     status = _command(commands, "status", cmd_status, "the trials of a study")

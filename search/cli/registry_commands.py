@@ -3,6 +3,7 @@ models."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -91,20 +92,56 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
+TRUST_HELP = ("load the model by running the code stored with it in the tracking server "
+              "(MLflow's loader), not fer-search's installed code: only if you trust everyone "
+              "who can write to that server")
+
+
+def add_trust_option(parser: argparse.ArgumentParser) -> None:
+    """``--trust-stored-code`` (predict, serve)."""
+    parser.add_argument("--trust-stored-code", action="store_true", help=TRUST_HELP)
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """What `serve` accepts: body size, batch size, requests at once; and the trust flag."""
+    from search.registry.serve import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_BODY_MB,
+        DEFAULT_MAX_CONCURRENCY,
+    )
+
+    parser.add_argument("--max-body-mb", type=_positive_float, default=DEFAULT_MAX_BODY_MB,
+                        metavar="MB", help=f"larger request bodies get 413 before they are read "
+                        f"(default {DEFAULT_MAX_BODY_MB:g} MB)")
+    parser.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
+                        metavar="N", help=f"most faces per request (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--max-concurrency", type=_positive_int,
+                        default=DEFAULT_MAX_CONCURRENCY, metavar="N",
+                        help=f"requests read and predicted at once; others wait, then get 503 "
+                        f"(default {DEFAULT_MAX_CONCURRENCY})")
+    add_trust_option(parser)
+
+
 def cmd_serve(args) -> int:
-    from search.registry.serve import serve
+    from search.registry.serve import Limits, serve
     from search.tracking.runs import resolve_tracking_uri
 
-    def ready(version, url: str) -> None:
-        out.print(f"serving {version.name} version {version.version} ({args.model}) on "
-                  f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop)")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 1_000_000), max_batch=args.max_batch,
+                    max_concurrency=args.max_concurrency)
+
+    def ready(model, url: str) -> None:
+        code = "the code stored with it (--trust-stored-code)" if model.stored_code else \
+            "installed code"
+        out.print(f"serving {model.name} version {model.version} ({args.model}) on "
+                  f"{url}: POST {url}/invocations, GET {url}/ping (Ctrl-C to stop); loaded "
+                  f"with {code}", markup=False)
         sys.stdout.flush()
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, None)
     require_stores(None, tracking_uri)
     start_tensorflow(None)
-    serve(args.model, tracking_uri=tracking_uri,
-          host=args.host, port=args.port, on_ready=ready)
+    serve(args.model, tracking_uri=tracking_uri, host=args.host, port=args.port, limits=limits,
+          trust_stored_code=args.trust_stored_code, on_ready=ready)
     return EXIT_OK
 
 
@@ -132,7 +169,7 @@ def cmd_predict(args) -> int:
     predictions = predict_images(
         args.model, args.images, box=box, warn=lambda text: err.print(
             f"warning: {text}", markup=False, soft_wrap=True),
-        tracking_uri=tracking_uri)
+        tracking_uri=tracking_uri, trust_stored_code=args.trust_stored_code)
     for p in predictions:
         if args.json:  # one object per face, every probability at full precision
             print(json.dumps({"file": str(p.file), "expression": p.expression,
@@ -154,3 +191,23 @@ def _parse_box(text: str | None) -> tuple[int, int, int, int] | None:
     if len(values) != 4:
         raise InputError(f"--box: expected top,left,right,bottom (4 numbers), but got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, but got {text!r}")
+    return value

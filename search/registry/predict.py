@@ -4,21 +4,21 @@ Faces are made by the trainer's own functions (`trainer.read_image`, `trainer.cr
 very path the crop cache trained the model on, so a face predicted here is the face the model
 would have been trained on.
 
-The model is copied out of the registry into a temporary folder and loaded from there: loading a
-``models:/`` URI in place would have MLflow write a ``registered_model_meta`` file into the
-registry's artifact store, and reading a model must never write where it was read from (the
-store may be read-only, or shared).
+The model is loaded by `search.registry.loading.load_version`: through the installed
+`ExpressionModel` on the version's ``model.keras`` (safe mode), running nothing stored with the
+model unless ``trust_stored_code`` asks for MLflow's loader; either way from a temporary copy,
+never writing into the store it reads.
 """
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from search.errors import InputError
 
@@ -76,6 +76,7 @@ def predict_images(
     tracking_uri: str,
     box: Box | None = None,
     warn: Callable[[str], None] | None = None,
+    trust_stored_code: bool = False,
 ) -> list[Prediction]:
     """Predicts the expression in each image with a registered model.
 
@@ -85,6 +86,8 @@ def predict_images(
         tracking_uri: the MLflow registry.
         box: optional face box ``(top, left, right, bottom)``, applied to every image.
         warn: told when the box lies mostly outside an image.
+        trust_stored_code: load the model with the code stored beside it (MLflow's loader)
+            rather than the installed `ExpressionModel`.
 
     Returns:
         One `Prediction` per path, in order.
@@ -94,10 +97,13 @@ def predict_images(
     """
     if not paths:
         raise InputError("no images given: pass one or more image files")
-    model = load_registered_model(model_ref, tracking_uri=tracking_uri)
-    images = load_images(paths, input_size(model), box, warn)
-    frame = model.predict(images)
+    from search.registry.loading import load_version
     from search.registry.pyfunc_model import EXPRESSION_COLUMN
+
+    model = load_version(model_ref, tracking_uri=tracking_uri,
+                         trust_stored_code=trust_stored_code)
+    images = load_images(paths, model.image_size, box, warn)
+    frame = model.predict(images)
 
     class_names = [c for c in frame.columns if c != EXPRESSION_COLUMN]
     return [
@@ -108,38 +114,6 @@ def predict_images(
         )
         for path, (_, row) in zip(paths, frame.iterrows(), strict=True)
     ]
-
-
-def load_registered_model(model_ref: str, *, tracking_uri: str):
-    """The pyfunc model a reference points to, resolved to its version first, so errors name
-    what the registry holds and a concurrent alias move cannot change the model mid-call.
-
-    The version's files are copied into a temporary folder and loaded from there (see the
-    module's docstring); the folder is removed once the model is in memory.
-    """
-    import mlflow.pyfunc
-
-    from search.registry.refs import registry_tracker, resolve_version
-
-    tracker = registry_tracker(tracking_uri)
-    version = resolve_version(tracker.client, model_ref, tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="fer-search-model-") as local:
-        # dst_path makes MLflow copy the model (and write its registered_model_meta) there.
-        return mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}",
-                                        dst_path=local)
-
-
-def input_size(model) -> int:
-    """The side S of the (-1, S, S, 3) faces a loaded pyfunc model's signature takes."""
-    schema = model.metadata.get_input_schema()
-    if schema is not None and schema.is_tensor_spec():
-        shape = schema.inputs[0].shape
-        if len(shape) == 4 and shape[1] and shape[1] > 0:
-            return int(shape[1])
-    size = (model.metadata.metadata or {}).get("image_size")
-    if size:
-        return int(size)
-    raise InputError("the model records no input size: it was not registered by fer-search")
 
 
 def _check_box(box: Box) -> None:
@@ -156,7 +130,11 @@ def _load_face(path: Path, image_size: int, box: Box | None,
     import trainer
 
     try:
-        image = trainer.read_image(path)
+        with warnings.catch_warnings():
+            # Pillow warns past 89 M pixels; read_image refuses every such image itself, and
+            # says so in the error (trainer.data.faces.MAX_PIXELS).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = trainer.read_image(path)
     except trainer.UnreadableImage as err:
         raise InputError(_unreadable(path, err)) from None
     face = trainer.crop_face(image, box, image_size)  # the crop cache's own path

@@ -1,7 +1,11 @@
 """The MLflow model registry, read side: model references, resolving them, fetching a version.
 
 Model references are ``NAME`` (= ``NAME@champion``), ``NAME@ALIAS`` or ``NAME/VERSION``.
-`fetch` writes a registered version's `.keras` file and a description of it into a folder.
+`fetch` writes a registered version's `.keras` file and a description of it into a folder;
+`download_version` is the one reader of a version's files, which `fetch`, `predict` and `serve`
+share: it reads the version's ``MLmodel`` (as YAML data) and its ``.keras`` file, nothing else,
+and refuses an artifact path in ``MLmodel`` that would leave the model's folder (``..``, an
+absolute path, a URI), as a tampered store could write one.
 
 This module needs no Optuna (serving and fetching hosts need only MLflow and the trainer).
 The write side lives beside it:
@@ -9,7 +13,8 @@ The write side lives beside it:
 - `promotion`: promote a study's best trial (reads the Optuna study; imports Optuna);
 - `registration`: log the pyfunc model into the trial's run and register a version;
 - `aliases`: where `champion` / `challenger` go, and the recorded history of moves;
-- `serve`: a registered version behind MLflow's scoring server.
+- `loading`: a registered version in memory, through installed code only (stored code opt-in);
+- `serve`: a registered version behind a small HTTP server that refuses what would sink it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ METADATA_FILE = "metadata.json"
 _NAME = MODEL_NAME_PATTERN
 _ALIAS = re.compile(r"[A-Za-z0-9_-]+")
 _REF_HELP = "NAME, NAME@ALIAS or NAME/VERSION (e.g. expw-vgg16@champion or expw-vgg16/3)"
+# A path inside a model's folder as MLflow writes one: relative, '/'-separated names that do not
+# start with a dot (so no '..' and no '.'), no drive, scheme, backslash or percent-escape.
+_INSIDE_PATH = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*/)*[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 class RegistryError(SearchError):
     """Promotion or fetching failed for a reason other than bad input (CLI exit code 1)."""
@@ -161,7 +169,7 @@ def fetch(model_ref: str, out_dir: Path | str, *, tracking_uri: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=out))  # same disk: os.replace works
     try:
-        info = _download_version(tracker.client, version, staging)
+        info = download_version(tracker.client, version, staging)
         class_names = info["class_names"]
         description = _describe(tracker.client, version, info["image_size"], model_ref)
         (staging / CLASS_NAMES_FILE).write_text(json.dumps(class_names, indent=2) + "\n")
@@ -173,9 +181,15 @@ def fetch(model_ref: str, out_dir: Path | str, *, tracking_uri: str) -> Path:
     return out
 
 
-def _download_version(client, version, staging: Path) -> dict[str, Any]:
-    """Downloads the version's MLmodel and `.keras` file into `staging`; returns what MLmodel
-    says about the model (class names, image size)."""
+def download_version(client, version, staging: Path) -> dict[str, Any]:
+    """Downloads the version's MLmodel and `.keras` file into `staging` (the `.keras` file as
+    ``staging/model.keras``); returns what MLmodel says about the model (class names, image
+    size). Nothing stored with the model is run: MLmodel is read as YAML data.
+
+    Raises:
+        InputError: MLmodel names no `.keras` artifact, or a path that leaves the model's folder.
+        RegistryError: a download failed.
+    """
     import mlflow.artifacts
     import yaml
 
@@ -185,7 +199,7 @@ def _download_version(client, version, staging: Path) -> dict[str, Any]:
             artifact_uri=f"{base}/MLmodel", dst_path=str(staging / "download")
         )
         mlmodel = yaml.safe_load(Path(mlmodel_path).read_text())
-        keras_rel = _keras_artifact_path(mlmodel)
+        keras_rel = _keras_artifact_path(mlmodel, f"{version.name} version {version.version}")
         keras_local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{base}/{keras_rel}", dst_path=str(staging / "download")
         )
@@ -203,14 +217,33 @@ def _download_version(client, version, staging: Path) -> dict[str, Any]:
     return {"class_names": list(class_names), "image_size": image_size}
 
 
-def _keras_artifact_path(mlmodel: dict[str, Any]) -> str:
+def _keras_artifact_path(mlmodel: Any, what: str) -> str:
     from search.registry.pyfunc_model import KERAS_ARTIFACT
 
-    artifacts = (mlmodel.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {})
-    entry = artifacts.get(KERAS_ARTIFACT)
-    if not entry or "path" not in entry:
-        raise InputError("this model version was not registered by fer-search (no .keras artifact)")
-    return entry["path"]
+    flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    artifacts = pyfunc.get("artifacts") if isinstance(pyfunc, dict) else None
+    entry = artifacts.get(KERAS_ARTIFACT) if isinstance(artifacts, dict) else None
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise InputError(f"{what} was not registered by fer-search (no .keras artifact)")
+    return check_inside_path(entry["path"], f"{what}: its MLmodel's .keras artifact path")
+
+
+def check_inside_path(path: Any, what: str) -> str:
+    """`path` (read from a model's MLmodel) if it names a file inside the model's folder.
+
+    Raises:
+        InputError: `path` is absolute, a URI, or climbs out with ``..`` (or is not a plain
+            relative path at all): a tampered MLmodel, never one MLflow wrote.
+    """
+    text = path if isinstance(path, str) else ""
+    if not _INSIDE_PATH.fullmatch(text):
+        raise InputError(
+            f"{what}: expected a relative path inside the model's folder, but got "
+            f"{str(path)[:200]!r}; refusing to read it (the stored MLmodel was changed after "
+            f"MLflow wrote it)"
+        )
+    return text
 
 
 def _describe(client, version, image_size: int | None, ref: str) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """Logging a rebuilt model into its trial's MLflow run and registering it as a model version.
 
 The model is an MLflow pyfunc "model from code" (`search/registry/pyfunc_model.py`) carrying
-the `.keras` file and a copy of `trainer/`. It is logged into the trial's run under the name
+the `.keras` file and a copy of `trainer/`, so that `mlflow.pyfunc.load_model` works with nothing
+but the pinned requirements. fer-search's own `predict`, `serve` and `fetch` never run that stored
+code: they read the `.keras` file (safe mode) and MLmodel's data (`search.registry.loading`).
+It is logged into the trial's run under the name
 ``<study>-trial-<n>``, registered, and linked back the way `mlflow.register_model` links it (the
 logged model's ``mlflow.modelVersions`` tag), so its page in the UI shows the version rather
 than "Not registered". Each version carries a Markdown description (what it is, how it scored)
@@ -131,7 +134,7 @@ def model_signature(class_names: tuple[str, ...]):
 
     No input schema, on purpose: MLflow enforces a tensor input's dtype exactly (uint8 refuses
     float32 and the reverse), and faces come as both. The model checks its input itself
-    (`pyfunc_model._as_batch`: shape (N, S, S, 3), numbers in 0..255); the size is in the
+    (`pyfunc_model.as_batch`: shape (N, S, S, 3), numbers in 0..255); the size is in the
     model's metadata (``image_size``). Over HTTP, JSON numbers reach it as int or float arrays.
     """
     from mlflow.models import ModelSignature

@@ -6,6 +6,10 @@ predicted from a file is the face the model would have been trained on (no train
 
 `read_image` also sorts the ways a file can fail to be an image into a few kinds
 (`trainer.data.problems.IMAGE_PROBLEMS`), which ``data check`` counts and ``run`` summarises.
+
+An image with more than `MAX_PIXELS` pixels is refused from its header, before a byte of it is
+decoded: a few KB of PNG can declare 13000 x 13000 pixels (half a GB once decoded to RGB), and
+Pillow's own guard only warns below 179 M pixels. Refused images are ``corrupt``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from trainer.data.problems import CORRUPT, MISSING, NOT_AN_IMAGE, TRUNCATED, ZER
 from trainer.errors import DataError
 
 Box = tuple[int, int, int, int]  # (top, left, right, bottom): label.lst's order
+# The most pixels a photo holding faces may have: 50 M (8660 x 5773), 150 MB decoded to RGB.
+# ExpW's photos are well under 1 M; a 48 MP camera's full-size shots still pass.
+MAX_PIXELS = 50_000_000
 
 
 class UnreadableImage(DataError):
@@ -56,6 +63,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def _decode(path: Path, then):
     try:
         with Image.open(path) as img:
+            _check_pixels(img)  # from the header, before anything is decoded
             img.load()  # decode now: a truncated file fails here, not later in resize
             return then(img)
     except FileNotFoundError:
@@ -71,6 +79,15 @@ def _decode(path: Path, then):
         text = str(err)
         kind = TRUNCATED if "truncat" in text.lower() else CORRUPT
         raise UnreadableImage(path, kind, text[:200]) from None
+
+
+def _check_pixels(img: Image.Image) -> None:
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} an "
+            f"image of faces may have; refused before decoding"
+        )
 
 
 def _size(path: Path) -> int:
