@@ -8,7 +8,8 @@ A password sits in one of two places, and both are masked, whatever characters i
   quotes, '<' or a space is masked whole, percent-encoded or not;
 - the query, ``?password=...`` or ``&password=...`` (also ``sslpassword``, ``passwd``, ``pwd``,
   ``secret``, ``token``, ``api_key``, any case). In a URL its value runs to the next
-  ``&name=`` or the end; in free text, to the next '&', whitespace or quote.
+  ``&name=`` or the end; in free text, to the next '&', whitespace or quote (or a ':' before
+  whitespace, as in "URL: cause").
 
 Each pattern marks spans of the original string and every marked span becomes ``***``; where
 two readings of an odd URL disagree (a query password holding '@', say), their union is
@@ -47,8 +48,8 @@ _SECRET_KEY = r"[\w.-]*(?:password|passwd|pwd|secret|token)|api_?key|pass"
 _QUERY_KEY = rf"(?i:[?&;](?P<key>{_SECRET_KEY})=)"
 # In a URL the value runs to the next parameter ('&name=') or the end of the string.
 _QUERY_IN_URL = re.compile(rf"{_QUERY_KEY}(?P<password>(?:[^&]|&(?![\w.-]+=))+)", re.DOTALL)
-# In free text, to the next '&', whitespace or quote.
-_QUERY_IN_TEXT = re.compile(rf"{_QUERY_KEY}(?P<password>[^&\s'\"<>]+)")
+# In free text, to the next '&', whitespace or quote, or a ':' before whitespace ("URL: cause").
+_QUERY_IN_TEXT = re.compile(rf"{_QUERY_KEY}(?P<password>(?:[^&\s'\"<>:]|:(?!\s|$))+)")
 
 MASK = "***"
 

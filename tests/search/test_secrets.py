@@ -1,9 +1,12 @@
 """A password in the storage URL is shown nowhere: not in MLflow, Optuna's attributes, the CLI's
 output, the workers' output or any log; only masked (`***`).
 
-The run uses the throwaway PostgreSQL cluster (whose password is random and distinctive) and a
-real MLflow server; the password is given every way a user would: in the spec, on the command
-line and in the environment of `run --workers 2`, and in URLs that fail.
+The `postgres` run uses the throwaway PostgreSQL cluster (whose password is random and
+distinctive) and a real MLflow server; the password is given every way a user would: in the
+spec, on the command line and in the environment of `run --workers 2`, and in URLs that fail.
+The others (issue 30) need no server: a spec whose URLs hold passwords with a space, quotes or
+'<', or in the query, overridden by --storage, run on SQLite; and the one-line errors of URLs
+that cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.search.studyhelp import stores_fixture, write_spec  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.postgres
+from tests.search.studyhelp import stores_fixture, urls, write_spec  # noqa: F401 (fixture)
 
 SPACE = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
          "head_width": [16]}
@@ -69,6 +70,7 @@ def _optuna_texts(storage, name: str) -> list[str]:
     return texts
 
 
+@pytest.mark.postgres
 def test_the_storage_password_appears_nowhere(pg_cluster, mlflow_server, tmp_path,
                                               monkeypatch, stores):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -117,3 +119,76 @@ def _closed_port() -> int:
     from benchmarks.pgcluster import free_port
 
     return free_port()  # nothing listens there once the probe socket is closed
+
+
+# ---------------------------------------------------------------------------- issue 30, no server
+
+ODD_PASSWORD = "S3c retD'\"<q>"  # a space, both quotes, '<': the old pattern stopped at each
+QUERY_PASSWORD = "Qu3ry pass"
+
+
+def test_a_spec_password_with_a_space_never_reaches_the_stored_spec(tmp_path, monkeypatch,
+                                                                     stores):
+    """The spec names a PostgreSQL storage and an MLflow server whose passwords hold a space
+    (and quotes, '<', or sit in the query); --storage and --tracking-uri override both, as the
+    issue's reproduction did. After a one-trial run neither the Optuna study's `spec_yaml`
+    (which optuna-dashboard serves) nor the MLflow artifact `spec/study.yaml`, nor anything
+    else either store holds, shows a password; the stored spec is still the spec, masked."""
+    from search.cli.main import main
+    from search.contracts import PARENT_RUN_ATTR, SPEC_ATTR
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.delenv("FER_SEARCH_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage = f"postgresql://fer:{ODD_PASSWORD}@db.invalid:5432/optuna"
+    tracking = f"http://fer@mlflow.invalid:5000/?password={QUERY_PASSWORD}"
+    spec_path = write_spec(tmp_path, name="odd-secret", space={**SPACE, "learning_rate": [1e-2]},
+                           storage=storage, tracking_uri=tracking)
+    spec_path.write_text(f"# was: storage: {storage}\n" + spec_path.read_text())
+    where = urls(tmp_path)
+
+    code = main(["run", str(spec_path), "--storage", where["storage_url"],
+                 "--tracking-uri", where["tracking_uri"], "--n-trials", "1"])
+    assert code == 0
+
+    study = stores.study(where["storage_url"], "odd-secret")
+    stored = study.user_attrs[SPEC_ATTR]
+    client = MlflowClient(where["tracking_uri"])
+    parent = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+    artifact = Path(client.download_artifacts(parent.info.run_id, "spec/study.yaml")).read_text()
+    texts = {"optuna": _optuna_texts(stores.get(where["storage_url"]), "odd-secret"),
+             "mlflow": _mlflow_texts(where["tracking_uri"], "odd-secret")}
+    for secret in (ODD_PASSWORD, "S3c ret", QUERY_PASSWORD):
+        assert secret not in stored and secret not in artifact
+        for place, found in texts.items():
+            assert not [t for t in found if t and secret in t], f"{secret!r} leaked into {place}"
+    from search.spec.loader import spec_from_text
+
+    for text in (stored, artifact):
+        masked = spec_from_text(text, spec_path)
+        assert masked.storage == "postgresql://fer:***@db.invalid:5432/optuna"
+        assert masked.tracking_uri == "http://fer@mlflow.invalid:5000/?password=***"
+        assert text.startswith("# was: storage: postgresql://fer:***@db.invalid:5432/optuna\n")
+
+
+@pytest.mark.parametrize("args", [
+    ("studies", "--storage", "postgresql://fer@127.0.0.1:{port}/db?password=S3cretQ"),
+    ("studies", "--storage",
+     "postgresql://fer@127.0.0.1:{port}/db?sslmode=disable&password=S3c%20retQ"),
+    ("studies", "--storage", "postgresql://fer:S3c retQ'\"<@127.0.0.1:{port}/db"),
+    ("ui", "--tracking-uri", "postgresql://fer@127.0.0.1:{port}/db?password=S3cretQ"),
+    ("ui", "--tracking-uri", "http://127.0.0.1:{port}/?token=S3cretQ"),
+], ids=["storage-query", "storage-later-query", "storage-odd-userinfo", "tracking-query",
+        "tracking-token"])
+def test_an_unreachable_url_is_named_in_one_line_without_its_password(args, capsys):
+    """The CLI's one-line error for a store it cannot reach names the URL, masked: the old
+    mask left a query's password in it (`storage: cannot open ...?password=S3cretQ: ...`)."""
+    from search.cli.main import main
+
+    args = [arg.format(port=_closed_port()) for arg in args]
+    assert main(list(args)) == 1
+    said = capsys.readouterr()
+    shown = said.out + said.err
+    assert "S3c" not in shown and "retQ" not in shown, shown
+    assert "***" in shown and "Connection refused" in shown, shown
