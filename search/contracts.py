@@ -17,6 +17,15 @@ TRIAL_RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 TRIAL_REASON_ATTR = "reason"  # why a trial failed or was pruned, in words
 TRIAL_FAILURE_ATTR = "failure"  # PERMANENT_FAILURE: never re-queued (the loss diverged)
 PERMANENT_FAILURE = "permanent"
+
+
+def failed_for_good(trial) -> bool:
+    """A FAIL trial with the permanent mark (its own merits, or given up after MAX_RETRY):
+    never re-queued; what `max_failed_trials` counts. Other FAIL trials have a queued copy."""
+    return trial.state.name == "FAIL" and \
+        trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE
+
+
 # A retried trial names the trial it carries on: Optuna's heartbeat retry sets the system attr
 # `failed_trial` (and `retry_history`); the grid queue sets the user attr of the same name when
 # it re-queues an interrupted point.
@@ -24,6 +33,9 @@ FAILED_TRIAL_ATTR = "failed_trial"
 RESUMED_FROM_RUN = "resumed_from_run"  # trial user attr and MLflow tag: the run carried on
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # ... and the checkpointed epoch it resumed after
 RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried it on
+# The trials a trial shared its claim (and so its training pass) with, written before training:
+# if their worker dies, each was a suspect, and its copy trains alone (grid_queue.recover_lost).
+PASS_MATES_ATTR = "pass_mates"
 
 # ------------------------------------------------------------------ Optuna study user attributes
 
@@ -48,6 +60,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # A trial stuck inside an epoch past trial_timeout: recorded, then the worker exits for its
 # supervisor to restart it (sysexits' EX_TEMPFAIL). search.study.deadline.
 EXIT_TRIAL_STUCK = 75
+# The study's failure budget (`max_failed_trials`) is spent: the worker stopped before its next
+# claim, holding nothing. Final: a supervisor that restarts it would see the same.
+EXIT_FAILED_TRIALS = 3
 
 # ------------------------------------------------------------------------- model registry
 

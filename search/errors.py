@@ -71,6 +71,11 @@ class StudyError(SearchError):
     """A study cannot go on, e.g. after too many consecutive failed trials."""
 
 
+class FailureBudgetSpent(StudyError):
+    """The study's `max_failed_trials` trials have failed for good: every worker stops before
+    its next claim (exit code `EXIT_FAILED_TRIALS`, final: a supervisor should not restart it)."""
+
+
 class InputError(SearchError):
     """Bad input other than a spec (exit code 2): an unknown study or model, a malformed model
     reference or storage URL, an unreadable image."""

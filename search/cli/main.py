@@ -29,11 +29,12 @@ from search.contracts import (
     CHAMPION_ALIAS,
     DEFAULT_MODEL_NAME,
     EXIT_BAD_INPUT,
+    EXIT_FAILED_TRIALS,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
-from search.errors import InputError, SearchError, SpecError
+from search.errors import FailureBudgetSpent, InputError, SearchError, SpecError
 
 
 def entry() -> None:
@@ -76,8 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def exit_code_of(error: BaseException) -> int:
-    """2 for input the user can fix (spec, data, weights, names), 1 for everything else."""
+    """2 for input the user can fix (spec, data, weights, names), 3 when the study's failure
+    budget is spent (`max_failed_trials`), 1 for everything else."""
     import trainer
+
+    if isinstance(error, FailureBudgetSpent):
+        return EXIT_FAILED_TRIALS
 
     bad_input = (SpecError, InputError, trainer.ConfigError, trainer.DataError,
                  trainer.WeightsError)

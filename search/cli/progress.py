@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.contracts import METRIC_ATTR
+from search.contracts import METRIC_ATTR, TRIAL_REASON_ATTR, failed_for_good
 
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
                 "WAITING": "dim"}
@@ -75,7 +75,20 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
     for rank, trial in enumerate(trials, 1):
         table.add_row(str(rank), str(trial.number), *[_fmt(trial.params.get(n)) for n in names],
                       f"{trial.value:.4f}", _duration(trial))
+    table.caption = failures_line(study)
     return table
+
+
+def failures_line(study) -> str | None:
+    """How many trials failed for good and how many were retried, and where to read why."""
+    from optuna.trial import TrialState
+
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
+        return None
+    for_good = sum(1 for trial in failed if failed_for_good(trial))
+    return (f"{for_good} failed for good, {len(failed) - for_good} failed and retried: "
+            f"`fer-search status {study.study_name}` says why")
 
 
 def trials_table(study) -> Table:
@@ -89,6 +102,7 @@ def trials_table(study) -> Table:
         table.add_column(name, justify="right")
     table.add_column(study.user_attrs.get(METRIC_ATTR, "value"), justify="right")
     table.add_column("seconds", justify="right")
+    table.add_column("why (failed or pruned)", overflow="fold")
     for trial in trials:
         params = trial.params or trial.system_attrs.get("fixed_params", {})
         state = trial.state.name
@@ -98,8 +112,17 @@ def trials_table(study) -> Table:
             *[_fmt(params.get(n)) for n in names],
             "" if trial.value is None else f"{trial.value:.4f}",
             _duration(trial),
+            _why(trial),
         )
+    table.caption = failures_line(study)
     return table
+
+
+def _why(trial) -> str:
+    reason = trial.user_attrs.get(TRIAL_REASON_ATTR, "")
+    if trial.state.name == "FAIL" and not reason:
+        return "(no reason recorded)"
+    return reason if trial.state.name in ("FAIL", "PRUNED") else ""
 
 
 def studies_table(summaries) -> Table:

@@ -33,6 +33,7 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 from sqlalchemy import func, select, text
 
+from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR
 from search.storage import points
 
 TRIALS_INDEX = "fer_search_trials_queue"  # on Optuna's `trials`: a claim's read
@@ -41,11 +42,13 @@ WINDOW = 32  # rows a claim looks at (and locks for a moment): a group's members
 
 class Waiting(NamedTuple):
     """A WAITING trial as a claim sees it: its id, number and queued grid point (None: a trial
-    that was not queued for a grid point, e.g. a random study's re-queued copy)."""
+    that was not queued for a grid point, e.g. a random study's re-queued copy), and whether it
+    must train alone (`points.ALONE_ATTR`: it died with its worker while sharing a pass)."""
 
     trial_id: int
     number: int
     params: dict[str, Any] | None
+    alone: bool = False
 
 
 Choose = Callable[[Sequence[Waiting]], Sequence[int]]
@@ -71,8 +74,9 @@ def claim_waiting(storage: optuna.storages.RDBStorage, study_id: int, choose: Ch
             .with_for_update(skip_locked=True)).all()
         if not rows:
             return []
-        queued = _queued_points(session, [trial_id for trial_id, _ in rows])
-        candidates = [Waiting(trial_id, number, queued.get(trial_id)) for trial_id, number in rows]
+        queued, alone = _queued_points(session, [trial_id for trial_id, _ in rows])
+        candidates = [Waiting(trial_id, number, queued.get(trial_id), trial_id in alone)
+                      for trial_id, number in rows]
         chosen = [trial_id for trial_id in choose(candidates)
                   if trial_id in {c.trial_id for c in candidates}]
         now = datetime.now()
@@ -121,16 +125,35 @@ def count(storage: optuna.storages.RDBStorage, study_id: int, states) -> int:
             .where(trials.study_id == study_id, trials.state.in_(list(states)))).scalar())
 
 
-def _queued_points(session, trial_ids: list[int]) -> dict[int, dict[str, Any]]:
+def count_failed_for_good(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """How many trials of the study are FAIL with the permanent mark (user attr `failure`:
+    never re-queued: they failed on their own merits or were given up), in one COUNT."""
+    trials, attrs = models.TrialModel, models.TrialUserAttributeModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        return int(session.execute(
+            select(func.count()).select_from(trials)
+            .join(attrs, attrs.trial_id == trials.trial_id)
+            .where(trials.study_id == study_id, trials.state == TrialState.FAIL,
+                   attrs.key == TRIAL_FAILURE_ATTR,
+                   attrs.value_json == json.dumps(PERMANENT_FAILURE))).scalar())
+
+
+def _queued_points(session, trial_ids: list[int]) -> tuple[dict[int, dict[str, Any]], set[int]]:
     """The grid point each trial was queued for (`points.POINT_ATTR`, else Optuna's
-    `fixed_params` of a study queued before the point table)."""
+    `fixed_params` of a study queued before the point table), and the trials marked to train
+    alone (`points.ALONE_ATTR`), in one read."""
     attrs = models.TrialSystemAttributeModel
     found: dict[int, dict[str, Any]] = {}
+    alone: set[int] = set()
     for trial_id, key, value in session.execute(
             select(attrs.trial_id, attrs.key, attrs.value_json)
             .where(attrs.trial_id.in_(trial_ids),
-                   attrs.key.in_((points.POINT_ATTR, "fixed_params")))
+                   attrs.key.in_((points.POINT_ATTR, "fixed_params", points.ALONE_ATTR)))
             .order_by(attrs.key.desc())):  # "fixed_params" before "fer_search:...": the point wins
         value = json.loads(value)
-        found[trial_id] = json.loads(value) if key == points.POINT_ATTR else value
-    return found
+        if key == points.ALONE_ATTR:
+            if value:
+                alone.add(trial_id)
+        else:
+            found[trial_id] = json.loads(value) if key == points.POINT_ATTR else value
+    return found, alone

@@ -44,10 +44,16 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
+from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR, TRIAL_REASON_ATTR
+
 CREATE_TOKEN_ATTR = "fer_search:create_token"  # system attr: who created the trial
 STATE_TOKEN_ATTR = "fer_search:state_token"  # system attr: who made its last state change
 REQUEUE_TOKEN_ATTR = "fer_search:requeue_token"  # system attr: who re-queued a FAIL trial
 POINT_ATTR = "fer_search:grid_point"  # system attr: the grid point's canonical JSON
+# System attr of a re-queued copy whose trial died with its worker while sharing a pass: the
+# copy trains alone (claims, ask_batch.split), so a trial that kills its worker is found and
+# uses up its own retries only.
+ALONE_ATTR = "fer_search:alone"
 
 _metadata = MetaData()
 # One row per live grid point: the trial that holds it (WAITING, RUNNING, done, or the FAIL
@@ -210,11 +216,12 @@ def enqueue_point(storage: optuna.storages.RDBStorage, study_id: int, template: 
 
 def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: int,
                   template: FrozenTrial | None, key: str | None, token: str, *,
-                  stale_after_s: float | None) -> str:
+                  stale_after_s: float | None, reason: str | None = None) -> str:
     """The one re-queue, in one transaction: fails the old trial if it is RUNNING with a
     heartbeat older than `stale_after_s` (None: it must be FAIL already, an interrupted trial),
     creates `template` (None: no copy, the trial has been retried enough) and moves point
-    `key`'s row to it.
+    `key`'s row to it. A trial failed here gets `reason` (user attr `reason`) in the same
+    transaction, and, given up (no template), the permanent mark: no later fill re-queues it.
 
     Returns:
         "replaced" (done now), "done" (done by this token's earlier attempt), or "skipped"
@@ -231,6 +238,7 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
                        (STATE_TOKEN_ATTR, REQUEUE_TOKEN_ATTR)))).scalars().all()
         if json.dumps(token) in marks:
             return "done"
+        given_up = template is None
         if stale_after_s is not None:
             if old.state != TrialState.RUNNING or not _stale(session, old_id, stale_after_s):
                 return "skipped"
@@ -247,6 +255,13 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
         if stale_after_s is not None:  # fail it, marked as ours
             storage._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
                                                    old_id, STATE_TOKEN_ATTR, token)
+            user = models.TrialUserAttributeModel
+            if reason:
+                storage._set_trial_attr_without_commit(session, user, old_id,
+                                                       TRIAL_REASON_ATTR, reason[:1000])
+            if given_up:
+                storage._set_trial_attr_without_commit(session, user, old_id,
+                                                       TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
             old.state = TrialState.FAIL
             old.datetime_complete = datetime.now()
         else:  # an interrupted trial, FAIL already: marked as re-queued by us

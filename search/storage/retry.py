@@ -196,6 +196,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """How many trials of the study are in `states` (search.storage.claims.count)."""
         return self._retrying(lambda: claims.count(self, study_id, states), "count_trials")
 
+    def count_failed_for_good(self, study_id: int) -> int:
+        """Trials failed for good (search.storage.claims.count_failed_for_good), retried."""
+        return self._retrying(lambda: claims.count_failed_for_good(self, study_id),
+                              "count_failed_for_good")
+
     def enqueue_point(self, study_id: int, template, key: str):
         """Queues grid point `key` (search.storage.points.enqueue_point), retried; the new
         trial, or None when the point is held (by a retry's own first attempt, or another)."""
@@ -204,7 +209,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                               "enqueue_point")
 
     def replace_trial(self, study_id: int, old_id: int, template, key: str | None, *,
-                      stale: bool) -> bool:
+                      stale: bool, reason: str | None = None) -> bool:
         """The one re-queue (search.storage.points.replace_trial), retried: fails a stale
         trial (`stale`) or takes an interrupted one, and queues `template` in its place. True
         when this call did it (its first attempt, if a retry finds that one committed)."""
@@ -212,7 +217,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         grace = (self.grace_period or 2 * (self.heartbeat_interval or 0)) if stale else None
         return self._retrying(
             lambda: points.replace_trial(self, study_id, old_id, template, key, token,
-                                         stale_after_s=grace) != "skipped",
+                                         stale_after_s=grace, reason=reason) != "skipped",
             "replace_trial")
 
     def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:

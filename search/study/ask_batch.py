@@ -38,6 +38,7 @@ from optuna.trial import TrialState
 from search.contracts import TRIAL_REASON_ATTR
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
+from search.storage import points
 from search.storage.locks import study_lock
 from search.study import grid_queue, group_runner
 from trainer import settings
@@ -101,16 +102,21 @@ def room(study: optuna.Study, spec: StudySpec, limit: int | None) -> int:
     return max(0, min(size, waiting + max(0, spec.n_trials - taken - waiting)))
 
 
-def split(spec: StudySpec, trials: Sequence[optuna.Trial]) -> list[list[optuna.Trial]]:
+def split(spec: StudySpec, trials: Sequence[optuna.Trial],
+          storage) -> list[list[optuna.Trial]]:
     """The batch by the trainer's group key, in the order of each group's first trial: at most
     FER_SEARCH_MAX_GROUP heads a group (trials equal but for `epochs` are one head), so a
-    batch trains as a grid's claims would. A trial the trainer cannot group trains alone."""
+    batch trains as a grid's claims would. A trial the trainer cannot group trains alone, and
+    so does the copy of a trial that died with its worker while sharing a pass
+    (`points.ALONE_ATTR`, read from `storage`)."""
     group_of, head_of = group_runner.group_of(spec), group_runner.head_of(spec)
     limit = max(1, settings.max_group())
     groups: list[tuple[Hashable, set, list[optuna.Trial]]] = []
     for trial in trials:
         params = trial.params
         key, head = _key(group_of, params), _key(head_of, params)
+        if _alone(storage, trial):
+            key = None
         if key is None:
             groups.append((None, set(), [trial]))
             continue
@@ -123,6 +129,10 @@ def split(spec: StudySpec, trials: Sequence[optuna.Trial]) -> list[list[optuna.T
         else:
             groups.append((key, {head}, [trial]))
     return [members for _, _, members in groups]
+
+
+def _alone(storage, trial: optuna.Trial) -> bool:
+    return bool(storage.get_trial(trial._trial_id).system_attrs.get(points.ALONE_ATTR))
 
 
 def _key(key_of: grid_queue.GroupOf, params: dict) -> Hashable | None:

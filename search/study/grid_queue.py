@@ -45,9 +45,10 @@ from optuna.trial import TrialState
 
 from search.contracts import (
     FAILED_TRIAL_ATTR,
-    PERMANENT_FAILURE,
-    TRIAL_FAILURE_ATTR,
+    PASS_MATES_ATTR,
+    TRIAL_REASON_ATTR,
     TRIAL_RUN_ID_ATTR,
+    failed_for_good,
 )
 from search.spec.loader import StudySpec
 from search.storage import claims, points
@@ -113,7 +114,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
         if holder is None:
             if storage.enqueue_point(study_id, _queued_trial(params), key) is not None:
                 queued += 1
-        elif holder.state == TrialState.FAIL and not _permanent(holder):
+        elif holder.state == TrialState.FAIL and not failed_for_good(holder):
             # Interrupted (Ctrl-C, a crash): the copy names it, so that it resumes its
             # checkpoint and its MLflow run says whose work it carries on.
             if storage.replace_trial(study_id, holder._trial_id, requeued(holder, params), key,
@@ -138,10 +139,15 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
     trial (`ResilientRDBStorage.replace_trial`): the one re-queue path, with `fill_queue`'s.
     Call it under `storage.study_lock`. A grid point's copy takes over the point's row; a
     random or TPE trial's copy keeps its params for `ask` (as Optuna's retry callback did).
-    A trial retried `MAX_RETRY` times is failed without a copy.
+
+    Finding the culprit: a trial that died while sharing its worker's pass (`PASS_MATES_ATTR`)
+    may be the one that killed it, or a victim; its copy trains alone (`points.ALONE_ATTR`), so
+    the victims complete and only the culprit dies again, using up its own retries. A trial
+    that died `MAX_RETRY` + 1 times is failed for good, without a copy. Each failed trial gets
+    its reason in the same transaction.
 
     Args:
-        on_lost: called with (study, the failed trial) for each trial failed here.
+        on_lost: called with (study, the failed trial, its reason) for each trial failed here.
     """
     if not storage.heartbeat_interval:
         return []
@@ -150,15 +156,32 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
     for trial_id in storage._get_stale_trial_ids(study_id):
         frozen = storage.get_trial(trial_id)
         params = queued_params(frozen)
-        template = requeued(frozen, params)
-        if len(template.system_attrs["retry_history"]) > MAX_RETRY:
+        # It shared its pass: the culprit, or a victim. Its copy trains alone.
+        template = requeued(frozen, params, alone=bool(frozen.user_attrs.get(PASS_MATES_ATTR)))
+        deaths = len(template.system_attrs["retry_history"])
+        if deaths > MAX_RETRY:
             template = None
+        reason = lost_reason(frozen, deaths, given_up=template is None)
         key = points.point_key(params) if params is not None else None
-        if storage.replace_trial(study_id, trial_id, template, key, stale=True):
+        if storage.replace_trial(study_id, trial_id, template, key, stale=True, reason=reason):
             lost.append(frozen)
             if on_lost is not None:
-                on_lost(study, frozen)
+                on_lost(study, frozen, reason)
     return lost
+
+
+def lost_reason(trial: optuna.trial.FrozenTrial, deaths: int, *, given_up: bool) -> str:
+    """Why a trial whose worker died was failed, in words: with whom it shared the pass, which
+    attempt it was, and whether it was given up."""
+    if given_up:
+        return (f"killed its worker {deaths} times (out of memory? no heartbeat): given up "
+                f"after MAX_RETRY={MAX_RETRY} retries")
+    mates = trial.user_attrs.get(PASS_MATES_ATTR) or []
+    where = (f" while training in one pass with trials {', '.join(map(str, mates))}"
+             if mates else "")
+    then = "re-queued to train alone, to find the culprit" if mates else "re-queued"
+    return (f"worker lost (no heartbeat: killed, out of memory?){where}; {then} (attempt "
+            f"{deaths} of {MAX_RETRY + 1})")
 
 
 def queue_full(study: optuna.Study, spec: StudySpec) -> bool:
@@ -174,20 +197,28 @@ def has_lost(study: optuna.Study, storage) -> bool:
         bool(storage._get_stale_trial_ids(study._study_id))
 
 
-def requeued(old: optuna.trial.FrozenTrial,
-             params: dict[str, Any] | None) -> optuna.trial.FrozenTrial:
+def requeued(old: optuna.trial.FrozenTrial, params: dict[str, Any] | None, *,
+             alone: bool = False) -> optuna.trial.FrozenTrial:
     """The WAITING copy of `old`: for a grid point, its point (never `old`'s params, which a
     trial cut off while suggesting holds only in part); else `old`'s params and attributes, as
     Optuna's retry callback copies them. Either way Optuna's `failed_trial` and
     `retry_history` say whose retry it is, and the user attr `failed_trial` names a trial
-    with an MLflow run to resume."""
+    with an MLflow run to resume.
+
+    Args:
+        alone: the copy trains alone (`points.ALONE_ATTR`); a copy of such a copy does too.
+    """
     system = {k: v for k, v in old.system_attrs.items() if not k.startswith("fer_search:")}
     system["failed_trial"] = system.get("failed_trial", old.number)
     system["retry_history"] = [*system.get("retry_history", []), old.number]
+    if alone or old.system_attrs.get(points.ALONE_ATTR):
+        system[points.ALONE_ATTR] = True
     if params is None:
+        user = {k: v for k, v in old.user_attrs.items()
+                if k not in (PASS_MATES_ATTR, TRIAL_REASON_ATTR)}
         return optuna.trial.create_trial(
             state=TrialState.WAITING, params=old.params, distributions=old.distributions,
-            user_attrs=old.user_attrs, system_attrs=system)
+            user_attrs=user, system_attrs=system)
     user = {FAILED_TRIAL_ATTR: old.number} if old.user_attrs.get(TRIAL_RUN_ID_ATTR) else {}
     return _queued_trial(params, system, user)
 
@@ -204,16 +235,11 @@ def _queued_trial(params: dict[str, Any], system: dict | None = None,
 def _legacy_holder(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
     """Of a point's trials queued before the point table: the live or done one, else a
     permanent failure, else the last failure (to re-queue); None when it has none."""
-    for wanted in (lambda t: t.state in _TAKEN, _permanent, lambda t: True):
+    for wanted in (lambda t: t.state in _TAKEN, failed_for_good, lambda t: True):
         found = [t for t in trials if wanted(t)]
         if found:
             return found[-1]
     return None
-
-
-def _permanent(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and \
-        trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE
 
 
 def _backend(study: optuna.Study):
@@ -280,9 +306,13 @@ def claim_group(
 
     seen: dict[int, claims.Waiting] = {}
 
+    def key_of(candidate: claims.Waiting) -> Hashable | None:
+        # A copy of a trial that died with its worker in a shared pass trains alone.
+        return None if candidate.alone else _group_key(group_of, candidate.params)
+
     def choose(waiting: Sequence[claims.Waiting]) -> list[int]:
         seen.update((candidate.trial_id, candidate) for candidate in waiting)
-        first = _group_key(group_of, waiting[0].params)
+        first = key_of(waiting[0])
         if first is None:
             return [waiting[0].trial_id]
         chosen: list[int] = []
@@ -290,7 +320,7 @@ def claim_group(
         for candidate in waiting:
             if max_trials is not None and len(chosen) >= max_trials:
                 break
-            if _group_key(group_of, candidate.params) != first:
+            if key_of(candidate) != first:
                 continue
             head = _head_key(head_of, candidate)
             if head not in heads and len(heads) >= max(1, limit):
@@ -344,6 +374,16 @@ def _group_key(group_of: GroupOf, params: dict[str, Any] | None) -> Hashable | N
 def _head_key(head_of: GroupOf | None, waiting: claims.Waiting) -> Hashable:
     head = _group_key(head_of, waiting.params) if head_of is not None else None
     return ("trial", waiting.number) if head is None else head
+
+
+def count_failed_for_good(study: optuna.Study) -> int:
+    """How many of the study's trials failed for good (FAIL with the permanent mark: their own
+    merits, or given up after MAX_RETRY), counted in the storage across every worker."""
+    backend = _backend(study)
+    if hasattr(backend, "count_failed_for_good"):
+        return backend.count_failed_for_good(study._study_id)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if failed_for_good(t))
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:

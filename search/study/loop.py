@@ -22,9 +22,8 @@ from search.contracts import (
     SAMPLER_ATTR,
     SPEC_ATTR,
     SPEC_PATH_ATTR,
-    TRIAL_RUN_ID_ATTR,
 )
-from search.errors import StudyError
+from search.errors import FailureBudgetSpent, StudyError
 from search.spec.loader import StudySpec
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
@@ -76,17 +75,26 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+@dataclass(frozen=True)
+class LostTrial:
+    """A dead worker's trial, failed by `grid_queue.recover_lost`, and why."""
+
+    study_name: str
+    number: int
+    reason: str
+
+
 class _LostRuns:
     """Called for each dead worker's trial that `grid_queue.recover_lost` failed (and re-queued
-    in the same transaction): remembers its MLflow run, which the dead worker could not
-    close."""
+    in the same transaction): remembers it, for `_close_lost_runs` to close its MLflow run,
+    which the dead worker could not."""
 
     def __init__(self) -> None:
-        self.run_ids: list[str] = []
+        self.trials: list[LostTrial] = []
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get(TRIAL_RUN_ID_ATTR):
-            self.run_ids.append(trial.user_attrs[TRIAL_RUN_ID_ATTR])
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
+        self.trials.append(LostTrial(study.study_name, trial.number,
+                                     reason or "worker lost: no heartbeat"))
 
 
 def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
@@ -263,14 +271,17 @@ class StudyLoop:
         """Runs trials until one of the loop's ends; returns why it ended, in words.
 
         Raises:
-            StudyError: too many trials failed in a row.
+            StudyError: too many trials failed in a row (FailureBudgetSpent: in the whole
+                study, `max_failed_trials`).
             KeyboardInterrupt: after the interrupted trial was recorded (`TrialRunner.run`).
         """
         while True:
+            # Recovered first: a dead worker's trial given up there counts in `_why_stop`'s
+            # failure budget before anything more is claimed.
+            self._recover_lost_trials()
             reason = self._why_stop()
             if reason is not None:
                 return reason
-            self._recover_lost_trials()
             trials = self._next_trials()
             if not trials:
                 if self._others_still_running():
@@ -280,8 +291,21 @@ class StudyLoop:
             self._run_batch(trials)
 
     def _why_stop(self) -> str | None:
+        """Why to claim nothing more (None: go on).
+
+        Raises:
+            FailureBudgetSpent: the study's `max_failed_trials` trials failed for good, in
+                whichever worker (counted in the storage).
+        """
         if self._stop_reason is not None:
             return self._stop_reason
+        budget = self.spec.max_failed_trials
+        failed = grid_queue.count_failed_for_good(self.study) if budget is not None else 0
+        if budget is not None and failed >= budget:
+            raise FailureBudgetSpent(
+                f"study {self.spec.name!r} stopped: {failed} trials failed for good "
+                f"(max_failed_trials: {budget}); `fer-search status {self.spec.name}` lists "
+                f"them with their reasons")
         if self.n_trials is not None and len(self.outcomes) >= self.n_trials:
             return f"ran the {self.n_trials} trials asked for"
         if time.monotonic() >= self.deadline:
@@ -309,7 +333,7 @@ class StudyLoop:
             for outcome in self._run_trials(trials):
                 self._record(outcome)
             return
-        groups = ask_batch.split(self.spec, trials)
+        groups = ask_batch.split(self.spec, trials, self.storage)
         started = 0
         try:
             with Heartbeat(self.storage, [trial._trial_id for trial in trials]):
@@ -414,10 +438,25 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
-    while lost.run_ids:
-        run_id = lost.run_ids.pop()
+    """Closes the lost trials' MLflow runs FAILED with their reasons: the run a trial recorded,
+    and any run of that trial still RUNNING whose id never reached the trial (its worker died
+    between creating the run and recording it), found by its tags."""
+    while lost.trials:
+        trial = lost.trials.pop()
         try:
-            if tracker.client.get_run(run_id).info.status == "RUNNING":
-                tracker.end_run(run_id, "FAILED", "worker lost: no heartbeat (trial re-queued)")
-        except Exception:  # the run is gone; nothing to close
+            for run_id in _running_runs(tracker, trial):
+                tracker.end_run(run_id, "FAILED", trial.reason)
+        except Exception:  # the runs or the experiment are gone; nothing to close
             pass
+
+
+def _running_runs(tracker: Tracker, trial: LostTrial) -> list[str]:
+    found = tracker.client.get_experiment_by_name(trial.study_name)
+    if found is None:
+        return []
+    runs = tracker.client.search_runs(
+        [found.experiment_id],
+        filter_string=(f"tags.`optuna.study_name` = '{trial.study_name}' and "
+                       f"tags.`optuna.trial_number` = '{trial.number}' and "
+                       f"attributes.status = 'RUNNING'"))
+    return [run.info.run_id for run in runs]

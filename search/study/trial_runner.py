@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 import trainer
 from search.contracts import (
     FAILED_TRIAL_ATTR,
+    PASS_MATES_ATTR,
     PERMANENT_FAILURE,
     RESUMED_BY_RUN_TAG,
     RESUMED_FROM_EPOCH,
@@ -112,6 +113,11 @@ class TrialRunner:
         results: list = []
         # Beat from the claim on: a slow MLflow call must not make a live trial look dead.
         with Heartbeat(self.storage, [self._trial_id(trial) for trial in trials]):
+            if len(trials) > 1:  # suspects, should this worker die: grid_queue.recover_lost
+                for trial in trials:
+                    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                        trial.set_user_attr(PASS_MATES_ATTR,
+                                            [t.number for t in trials if t is not trial])
             sessions: list[TrialSession] = []
             for trial in trials:
                 try:
@@ -263,15 +269,17 @@ class TrialSession:
             raise error  # another worker owns the trial now
         if isinstance(error, optuna.TrialPruned):
             return self._finish(TrialState.PRUNED, str(error))
-        if isinstance(error, TrialTimedOut | trainer.TrainingDiverged):
-            # Its own merits: running it again would end the same way.
+        if isinstance(error, TrialTimedOut | trainer.TrainingDiverged | trainer.HeadFailed):
+            # Its own merits (a head that raised was trained alone to tell): running it again
+            # would end the same way.
             self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
             return self._finish(TrialState.FAIL, str(error))
         if isinstance(error, FATAL):
             return self._finish(TrialState.FAIL, str(error))
         if isinstance(error, KeyboardInterrupt | SystemExit):
             return self._finish(TrialState.FAIL, "interrupted", mlflow_status="KILLED")
-        # Out of memory, a driver error: this trial only.
+        # Any other error of this trial's training (a driver error): this trial only, for good.
+        self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
         self.runner.tracker.client.set_tag(
             self.run_id, "traceback", "".join(traceback.format_exception(error))[-4000:])
         return self._finish(TrialState.FAIL, f"{type(error).__name__}: {error}")

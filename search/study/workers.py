@@ -38,6 +38,7 @@ from typing import TextIO
 
 from search.contracts import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED_TRIALS,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -128,7 +129,8 @@ def split_trials(n_trials: int | None, workers: int) -> list[int | None]:
 
 
 def aggregate_exit_codes(codes: list[int], signal_received: int | None = None) -> int:
-    """0 when every worker succeeded; 2 when one reported bad input (all would); else 1. A run
+    """0 when every worker succeeded; 2 when one reported bad input (all would); 3 when the
+    failure budget stopped them (`max_failed_trials`; the others exited 0); else 1. A run
     interrupted by SIGINT exits 130 whatever its workers said."""
     if signal_received == signal.SIGINT:
         return EXIT_INTERRUPTED
@@ -136,6 +138,8 @@ def aggregate_exit_codes(codes: list[int], signal_received: int | None = None) -
         return EXIT_OK
     if EXIT_BAD_INPUT in codes:
         return EXIT_BAD_INPUT
+    if all(code in (EXIT_OK, EXIT_FAILED_TRIALS) for code in codes):
+        return EXIT_FAILED_TRIALS
     return EXIT_FAILURE
 
 

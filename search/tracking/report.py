@@ -47,7 +47,9 @@ from search.contracts import (
     PARENT_RUN_ATTR,
     SAMPLER_ATTR,
     SPEC_ATTR,
+    TRIAL_REASON_ATTR,
     TRIAL_RUN_ID_ATTR,
+    failed_for_good,
 )
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
 
@@ -195,6 +197,7 @@ def describe(
         ) + ".",
         "",
     ]
+    lines += _failures(trials)
     if best is None:
         lines += ["No trial has completed yet.", ""]
     else:
@@ -453,6 +456,26 @@ def _load(name: str, storage) -> optuna.Study:
         raise InputError(f"no study named {name!r} in the storage; studies there: "
                          f"{', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def _failures(trials: list[FrozenTrial], most: int = 20) -> list[str]:
+    """The trials failed for good, each with its reason, and how many failures were retried."""
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if not failed:
+        return []
+    for_good = [t for t in failed if failed_for_good(t)]
+    lines = [f"Failed: {len(for_good)} for good, {len(failed) - len(for_good)} retried "
+             "(their worker was lost or stopped; each has a copy).", ""]
+    if for_good:
+        lines += ["### Failed for good", "", "| trial | params | why |", "|---|---|---|"]
+        for trial in for_good[:most]:
+            params = ", ".join(f"{k}={_value_text(v)}" for k, v in trial.params.items())
+            why = trial.user_attrs.get(TRIAL_REASON_ATTR, "(no reason recorded)")
+            lines.append(f"| {trial.number} | {params} | {why.replace('|', '/')} |")
+        if len(for_good) > most:
+            lines.append(f"| ... | {len(for_good) - most} more | `fer-search status` |")
+        lines.append("")
+    return lines
 
 
 def _value_text(value) -> str:

@@ -256,8 +256,12 @@ class Tracker:
         )])
 
     def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Ends the run; a run that did not finish says why in its `fail_reason` tag and its
+        description (what the MLflow UI shows first)."""
         if reason:
             self.client.set_tag(run_id, "fail_reason", reason[:4000])
+            if status != "FINISHED":
+                self.client.set_tag(run_id, NOTE_TAG, f"**{status}**: {reason[:4000]}")
         self.client.set_terminated(run_id, status=status)
 
 

@@ -158,7 +158,7 @@ def test_a_batch_splits_by_group_key_up_to_the_head_cap(tmp_path):
                                     sampler=make_sampler(spec))
         with settings.override(FER_SEARCH_ASK_BATCH=12, FER_SEARCH_MAX_GROUP=3):
             batch = ask_batch.ask(study, storage, spec, None)
-            groups = ask_batch.split(spec, batch)
+            groups = ask_batch.split(spec, batch, storage)
     assert sorted(t.number for g in groups for t in g) == list(range(12))
     for group in groups:
         assert len({t.params["class_weight"] for t in group}) == 1

@@ -195,9 +195,9 @@ def test_a_lost_point_is_requeued_once_when_a_worker_starts_meanwhile(
     _stale_trial(study, storage)
     original = loop_module._LostRuns.__call__
 
-    def paused(self, study, trial):  # the dead trial is FAIL: pause, another worker starts
+    def paused(self, study, trial, *reason):  # the dead trial is FAIL: pause, another starts
         _paused_call(lambda: workers.start(spec))
-        original(self, study, trial)
+        original(self, study, trial, *reason)
 
     monkeypatch.setattr(loop_module._LostRuns, "__call__", paused)
     recovering = loop_module.StudyLoop(spec, study, storage, None, None, lost)

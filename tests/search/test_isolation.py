@@ -1,0 +1,223 @@
+"""One bad trial costs only itself (issue 29).
+
+A configuration that kills its worker process (the test hook `tests.search.poison_worker`, as an
+out-of-memory kill would) shares a pass with healthy group-mates. Workers are started again when
+they die, as a Kubernetes Job or a Slurm requeue would. The dead pass's trials are retried alone,
+so the healthy ones complete and only the culprit uses up its retries (MAX_RETRY + 1 attempts at
+most), and every FAIL says why, in Optuna and in MLflow, where no run is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from benchmarks.pgcluster import Worker
+from benchmarks.pgcluster import worker_env as env_for
+from search.cli.main import main
+from search.contracts import (
+    EXIT_FAILED_TRIALS,
+    PASS_MATES_ATTR,
+    TRIAL_REASON_ATTR,
+    failed_for_good,
+)
+from search.spec.loader import load_spec
+from search.spec.params import suggest_all
+from search.storage.sessions import MAX_RETRY
+from search.study.loop import make_sampler
+from tests.search.poison_worker import POISON_ENV
+from tests.search.studyhelp import stores_fixture, urls, write_spec  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [16, 32], "epochs": [2],
+        "head_width": [16, 24]}
+POISON = {"learning_rate": 1.0e-2, "batch_size": 16, "head_width": 24}
+
+
+def spawn_poisoned(folder: Path, spec_path: Path, env: dict[str, str], name: str) -> Worker:
+    """`fer-search worker SPEC --threads 1` with the poison hook installed."""
+    log = folder / f"{name}.log"
+    command = [sys.executable, "-m", "tests.search.poison_worker", "worker", str(spec_path),
+               "--threads", "1"]
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, cwd=folder, env=env, stdout=sink,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Worker(process, log)
+
+
+def run_restarting(folder: Path, spec_path: Path, env: dict[str, str], workers: int, *,
+                   max_starts: int = 16, timeout: float = 900) -> list[int]:
+    """Runs `workers` poisoned workers, each started again when it is killed, until every one
+    exits by itself; returns the exit codes of those that did, in order."""
+    running = {i: spawn_poisoned(folder, spec_path, env, f"w{i}-0") for i in range(workers)}
+    starts, codes = workers, []
+    deadline = time.monotonic() + timeout
+    try:
+        while running:
+            for slot, worker in list(running.items()):
+                code = worker.process.poll()
+                if code is None:
+                    continue
+                if code != -signal.SIGKILL:
+                    codes.append(code)
+                    del running[slot]
+                    continue
+                assert starts < max_starts, f"{starts} worker starts: the study never ends"
+                running[slot] = spawn_poisoned(folder, spec_path, env, f"w{slot}-{starts}")
+                starts += 1
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.output()[-2000:] for w in running.values())
+                raise AssertionError(f"workers still running after {timeout:.0f} s:\n{logs}")
+            time.sleep(0.3)
+    finally:
+        for worker in running.values():
+            worker.kill()
+    return codes
+
+
+def is_poison(trial: FrozenTrial, poison: dict) -> bool:
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return all(params.get(name) == value for name, value in poison.items())
+
+
+def assert_only_the_culprit_failed(trials: list[FrozenTrial], poison: dict,
+                                   completes: int) -> None:
+    """Every healthy configuration complete; the poison's attempts all FAIL, at most
+    MAX_RETRY + 1 of them, the last given up and saying so; every FAIL with its reason."""
+    bad = [t for t in trials if is_poison(t, poison)]
+    good = [t for t in trials if not is_poison(t, poison)]
+    assert bad, "the poison configuration never ran: this test would prove nothing"
+    assert all(t.state == TrialState.FAIL for t in bad), [(t.number, t.state) for t in bad]
+    assert len(bad) <= MAX_RETRY + 1, [t.user_attrs.get(TRIAL_REASON_ATTR) for t in bad]
+    given_up = [t for t in bad if failed_for_good(t)]
+    assert len(given_up) == 1
+    assert given_up[0].user_attrs[TRIAL_REASON_ATTR].startswith(
+        f"killed its worker {MAX_RETRY + 1} times")
+    assert sum(t.state == TrialState.COMPLETE for t in good) == completes
+    assert not [t for t in good if failed_for_good(t)], "a healthy trial failed for good"
+    for trial in trials:
+        if trial.state == TrialState.FAIL:
+            assert trial.user_attrs.get(TRIAL_REASON_ATTR), f"trial {trial.number}: no reason"
+    # The group-mates that died with the culprit say so, and their copies completed alone.
+    victims = [t for t in good if t.state == TrialState.FAIL]
+    assert victims, "no healthy trial shared the culprit's pass"
+    for victim in victims:
+        assert "while training in one pass with trials" in victim.user_attrs[TRIAL_REASON_ATTR]
+        assert victim.user_attrs.get(PASS_MATES_ATTR)
+
+
+def assert_no_run_left_running(tracking_uri: str, study: str) -> None:
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert runs
+    running = [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert not running, f"runs left RUNNING: {running}"
+    for run in runs:
+        if run.info.status == "FAILED" and run.data.tags.get("fer_search.kind") == "trial":
+            assert run.data.tags.get("fail_reason"), run.info.run_name
+            assert run.data.tags.get("mlflow.note.content"), run.info.run_name
+
+
+def _trials(url: str, name: str) -> list[FrozenTrial]:
+    from search.storage.sessions import storage_session
+
+    with storage_session(url, read_only=True) as storage:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+@pytest.mark.slow
+def test_a_poison_grid_point_fails_alone_with_two_restarting_workers(tmp_path, capsys):
+    """Issue 29's case: 8 points, one kills its worker every time it runs. The 7 others used
+    to share its 4 deaths and end FAIL; now they complete, and `status` says why it failed."""
+    spec = write_spec(tmp_path, name="poison-grid", space=GRID)
+    where = urls(tmp_path)
+    env = env_for(where["storage_url"], where["tracking_uri"],
+                  **{POISON_ENV: json.dumps(POISON)})
+    codes = run_restarting(tmp_path, spec, env, workers=2)
+    assert codes == [0, 0]
+    trials = _trials(where["storage_url"], "poison-grid")
+    assert_only_the_culprit_failed(trials, POISON, completes=7)
+    assert_no_run_left_running(where["tracking_uri"], "poison-grid")
+
+    capsys.readouterr()
+    assert main(["status", "poison-grid", "--storage", where["storage_url"]]) == 0
+    shown = capsys.readouterr().out
+    assert "killed its worker" in shown and "1 failed for good" in shown
+
+
+def _first_batch(spec_path: Path, size: int) -> list[dict]:
+    """The params a fresh worker's first batch of asks draws (the sampler's seeded stream)."""
+    spec = load_spec(spec_path)
+    study = optuna.create_study(sampler=make_sampler(spec), direction=spec.direction)
+    return [suggest_all(study.ask(), spec.space) for _ in range(size)]
+
+
+@pytest.mark.slow
+def test_a_poison_random_trial_fails_alone_in_batched_asks(tmp_path):
+    """The same for a random study asking 8 trials at once: the batch's groups are re-run
+    alone after the death, and the study still ends with its 8 complete trials."""
+    space = {"learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True},
+             "batch_size": [16, 32], "head_width": [16, 24]}
+    spec = write_spec(tmp_path, name="poison-random", sampler="random", n_trials=8,
+                      space=space, train={**_train(), "epochs": 2})
+    drawn = _first_batch(spec, 8)
+    poison = drawn[3]  # a learning rate drawn once: one configuration of the 8
+    where = urls(tmp_path)
+    env = env_for(where["storage_url"], where["tracking_uri"], FER_SEARCH_ASK_BATCH="8",
+                  **{POISON_ENV: json.dumps(poison)})
+    codes = run_restarting(tmp_path, spec, env, workers=2)
+    assert codes == [0, 0]
+    trials = _trials(where["storage_url"], "poison-random")
+    assert_only_the_culprit_failed(trials, poison, completes=8)
+    assert_no_run_left_running(where["tracking_uri"], "poison-random")
+
+
+def _train() -> dict:
+    from tests.search.studyhelp import SPEC
+
+    return dict(SPEC["train"])
+
+
+@pytest.mark.slow
+def test_max_failed_trials_stops_the_worker_with_its_own_exit_code(tmp_path):
+    """`max_failed_trials: 1`: once the poison point is given up, the worker stops before its
+    next claim, with one line and exit code 3 (final: its supervisor does not restart it)."""
+    spec = write_spec(tmp_path, name="budget", space=GRID, max_failed_trials=1)
+    where = urls(tmp_path)
+    env = env_for(where["storage_url"], where["tracking_uri"],
+                  **{POISON_ENV: json.dumps(POISON)})
+    assert run_restarting(tmp_path, spec, env, workers=1) == [EXIT_FAILED_TRIALS]
+    trials = _trials(where["storage_url"], "budget")
+    assert [t.number for t in trials if failed_for_good(t)] == \
+        [t.number for t in trials if is_poison(t, POISON) and failed_for_good(t)]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [line for log in tmp_path.glob("w*.log") for line in log.read_text().splitlines()
+               if "max_failed_trials" in line]
+    assert stopped == ["error: study 'budget' stopped: 1 trials failed for good "
+                       "(max_failed_trials: 1); `fer-search status budget` lists them with "
+                       "their reasons"], stopped
+    assert_no_run_left_running(where["tracking_uri"], "budget")
+
+
+@pytest.mark.postgres
+def test_a_poison_grid_point_fails_alone_on_postgres_with_four_workers(pg_cluster, mlflow_server,
+                                                                     tmp_path):
+    spec = write_spec(tmp_path, name="poison-pg", space=GRID)
+    env = env_for(pg_cluster.url(), mlflow_server.uri, **{POISON_ENV: json.dumps(POISON)})
+    codes = run_restarting(tmp_path, spec, env, workers=4, max_starts=24)
+    assert codes == [0, 0, 0, 0]
+    trials = _trials(pg_cluster.url(), "poison-pg")
+    assert_only_the_culprit_failed(trials, POISON, completes=7)
+    assert_no_run_left_running(mlflow_server.uri, "poison-pg")
