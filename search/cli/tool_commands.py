@@ -37,18 +37,33 @@ def cmd_ui(args) -> int:
 
             webbrowser.open(url)
         return EXIT_OK
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
     DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
-    command += ["--default-artifact-root", DEFAULT_ARTIFACT_ROOT.resolve().as_uri()]
+    command, env = mlflow_ui_command(uri, DEFAULT_ARTIFACT_ROOT.resolve().as_uri(), args.host,
+                                     args.port)
     out.print(f"MLflow UI on {base} (Ctrl-C to stop); {what}: {url}", soft_wrap=True)
     sys.stdout.flush()
     if args.open:
         _open_when_up(f"{base}/health", url)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     # Become the UI process: Ctrl-C and kill reach MLflow itself, and no server outlives us.
     os.execve(sys.executable, command, env)
     return EXIT_OK  # not reached
+
+
+def mlflow_ui_command(uri: str, artifact_root: str, host: str,
+                      port: int) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow ui` command line and its environment. The store's URI, password and all,
+    goes in the environment (``MLFLOW_BACKEND_STORE_URI``, which `mlflow server`/`ui` read
+    for --backend-store-uri, and pass on to their workers the same way), never on the command
+    line, which `ps` shows to every user of the machine."""
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port),
+               "--workers", "1"]
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_BACKEND_STORE_URI": uri,
+        "MLFLOW_DEFAULT_ARTIFACT_ROOT": artifact_root,
+    }
+    return command, env
 
 
 def _without_userinfo(url: str) -> str:
@@ -74,7 +89,8 @@ webbrowser.open(sys.argv[2])
 
 def _open_when_up(health_url: str, url: str) -> None:
     """Opens `url` in a browser once the server answers `health_url` (we are about to become
-    the server, so a small detached process waits for it)."""
+    the server, so a small detached process waits for it). Both are the local UI's
+    ``http://host:port/...`` addresses: no store URI or password is on its command line."""
     import subprocess
 
     subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_UP, health_url, url],

@@ -192,3 +192,47 @@ def test_an_unreachable_url_is_named_in_one_line_without_its_password(args, caps
     shown = said.out + said.err
     assert "S3c" not in shown and "retQ" not in shown, shown
     assert "***" in shown and "Connection refused" in shown, shown
+
+
+def test_ui_gives_mlflow_the_store_by_environment_not_command_line(tmp_path, monkeypatch):
+    """`fer-search ui` on a PostgreSQL tracking store becomes `mlflow ui`: the store's URI,
+    password and all, is in the new program's environment (MLFLOW_BACKEND_STORE_URI, which
+    `mlflow server`/`ui` read for --backend-store-uri), and no argument of it, nor of the
+    browser-opener it starts with --open, holds the password (`ps` shows arguments to every
+    user). The stores are not reached: their checks are stubbed."""
+    import subprocess as subprocess_module
+
+    import search.cli.tool_commands as tool_commands
+    import search.tracking.runs as runs
+    from search.cli.main import main
+
+    uri = f"postgresql+psycopg2://fer:{ODD_PASSWORD}@db.example.org:5432/mlflow"
+    started: list[tuple[str, list[str], dict[str, str]]] = []
+
+    class Became(Exception):
+        pass
+
+    def execve(path, argv, env):
+        started.append((path, list(argv), dict(env)))
+        raise Became
+
+    def popen(argv, **kwargs):
+        started.append((argv[0], list(argv), dict(kwargs.get("env") or os.environ)))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tool_commands, "require_stores", lambda storage, tracking: None)
+    monkeypatch.setattr(runs, "Tracker", lambda uri: type("T", (), {"client": None})())
+    monkeypatch.setattr(runs, "pick_experiment", lambda client, study: None)
+    monkeypatch.setattr(tool_commands.os, "execve", execve)
+    monkeypatch.setattr(subprocess_module, "Popen", popen)
+    main(["ui", "--tracking-uri", uri, "--open", "--port", "5123"])
+
+    assert [argv[1:4] for _, argv, _ in started] == [["-c", tool_commands._OPEN_WHEN_UP,
+                                                     "http://127.0.0.1:5123/health"],
+                                                    ["-m", "mlflow", "ui"]]
+    for _, argv, _ in started:
+        assert not [arg for arg in argv if "S3c" in arg or "retD" in arg], argv
+    _, argv, env = started[-1]
+    assert env["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"].startswith("file://")
+    assert "--backend-store-uri" not in argv and "--port" in argv
