@@ -168,8 +168,8 @@ class ScoringApp:
         if path == "/invocations":
             _allow(method, ("POST",))
             return 200, await self._invocations(scope, receive)
-        raise HTTPError(404, "NOT_FOUND", f"no such endpoint {path[:100]!r}; this server has "
-                        "POST /invocations, GET /ping, /health and /version")
+        raise HTTPError(404, "NOT_FOUND", "no such endpoint: this server has POST "
+                        "/invocations, GET /ping, /health and /version")
 
     async def _invocations(self, scope: dict, receive: Callable) -> dict:
         import asyncio  # here: the CLI's parser imports this module for its defaults
