@@ -221,3 +221,43 @@ def test_a_poison_grid_point_fails_alone_on_postgres_with_four_workers(pg_cluste
     trials = _trials(pg_cluster.url(), "poison-pg")
     assert_only_the_culprit_failed(trials, POISON, completes=7)
     assert_no_run_left_running(mlflow_server.uri, "poison-pg")
+
+
+def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason(tmp_path):
+    """The worker died between creating the trial's MLflow run and recording its id on the
+    trial: the run is found by its tags (study, trial number) and closed FAILED, with the
+    reason in its tag and description, when the trial is recovered."""
+    from search.storage.locks import study_lock
+    from search.storage.sessions import open_storage
+    from search.study import grid_queue
+    from search.study.loop import StudyLoop, _LostRuns
+    from search.tracking.runs import Tracker
+    from trainer import settings
+
+    spec = load_spec(write_spec(tmp_path, name="orphan", space=GRID))
+    where = urls(tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    tracker = Tracker(where["tracking_uri"])
+    experiment = tracker.experiment_id("orphan")
+    lost = _LostRuns()
+    with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
+        storage = open_storage(where["storage_url"], on_stale=lost, resilient=True)
+        try:
+            study = optuna.create_study(study_name="orphan", storage=storage)
+            with study_lock(where["storage_url"], "orphan"):
+                grid_queue.fill_queue(study, spec)
+            (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+            run_id = tracker.start_trial_run(experiment, "", "orphan", trial.number,
+                                             params={}, tags={})
+            time.sleep(2.5)  # the worker is gone: no beat for longer than the 1 s grace
+            StudyLoop(spec, study, storage, None, tracker, lost)._recover_lost_trials()
+            (failed,) = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+        finally:
+            storage.close()
+    run = MlflowClient(where["tracking_uri"]).get_run(run_id)
+    assert failed.number == trial.number
+    assert run.info.status == "FAILED"
+    reason = failed.user_attrs[TRIAL_REASON_ATTR]
+    assert reason.startswith("worker lost (no heartbeat") and "attempt 1 of" in reason
+    assert run.data.tags["fail_reason"] == reason
+    assert reason in run.data.tags["mlflow.note.content"]
