@@ -256,3 +256,50 @@ def test_array_tasks_reach_postgresql_through_the_pgbouncer_job(tmp_path, pg_clu
     finally:
         storage.engine.dispose()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+@pytest.mark.parametrize("change, says", [
+    ("group-writable", "its mode 664 lets others write it (chmod go-w)"),
+    ("world-writable", "its mode 646 lets others write it (chmod go-w)"),
+    ("someone else's", "it belongs to uid 4321, not to you"),
+    ("a symbolic link", "it is a symbolic link"),
+    ("not an address", "expected host:port, found 'evil@attacker:1/x?'"),
+])
+def test_a_task_refuses_a_pgbouncer_address_someone_else_could_have_written(tmp_path, change,
+                                                                           says):
+    """Anyone who can write pgbouncer.address sends the workers, and their password, where
+    they like (issue 30, finding 7): the task checks its owner and mode as it checks the
+    settings file's, and stops with one line, before any worker starts."""
+    (tmp_path / "submit").mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    address_file = shared / "pgbouncer.address"
+    address_file.write_text("node7:6432\n")
+    address_file.chmod(0o644)
+    if change == "group-writable":
+        address_file.chmod(0o664)
+    elif change == "world-writable":
+        address_file.chmod(0o646)
+    elif change == "someone else's":
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(address_file, 4321, 4321)
+    elif change == "a symbolic link":
+        elsewhere = tmp_path / "elsewhere.address"
+        address_file.rename(elsewhere)
+        address_file.symlink_to(elsewhere)
+    else:
+        address_file.write_text("evil@attacker:1/x?\n")
+    bin_dir, calls = _fake_tools(tmp_path, 0)
+    env = slurm_env(tmp_path, {**SETTINGS, "FER_SLURM_SHARED": str(shared),
+                               "FER_SLURM_PGBOUNCER": "1", "FER_SLURM_PGBOUNCER_WAIT_S": "1"},
+                    FER_SLURM_CMD="fer-search")
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = run_task(tmp_path, env, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"fer-search-array: refusing {address_file}: {says}")
+    assert line.endswith("; it must be a file you own that no one else can write (your "
+                         "fer-search-pgbouncer.sbatch job writes it so)")
+    assert not calls.exists()
+    assert "pw-not-on-cmdline" not in result.stdout + result.stderr
