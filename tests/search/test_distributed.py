@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.pgcluster import spawn_worker, wait_for
+from benchmarks.pgcluster import Worker, spawn_worker, wait_for
 from benchmarks.pgcluster import worker_env as env_for
 from search.storage.retry import ResilientRDBStorage, is_transient, retry_transient
 from search.storage.sessions import open_storage, storage_session
@@ -555,23 +555,71 @@ def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_p
              f"connections back to the baseline {dict(baseline)}")
 
 
+# `fer-search worker` whose trial, at the end of its epoch 2, waits for the file named by
+# $FER_TEST_RELEASE before it goes on (and reports the epoch): a test stops the database
+# meanwhile, so the trial is mid-training when the server goes, on any machine, instead of
+# racing its remaining epochs against the server's shutdown.
+PAUSED_WORKER = """
+import os, sys, time
+from pathlib import Path
+
+from search.study.trial_runner import TrialSession
+
+release = Path(os.environ["FER_TEST_RELEASE"])
+real = TrialSession.on_epoch_end
+
+
+def paused(self, epoch, metrics):
+    deadline = time.monotonic() + 600  # a safety net: the test releases it in seconds
+    while epoch == 2 and not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    real(self, epoch, metrics)
+
+
+TrialSession.on_epoch_end = paused
+from search.cli.main import entry
+
+sys.argv[0] = "fer-search"
+entry()
+"""
+
+
+def _spawn_paused_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
+                         release: Path) -> Worker:
+    """`spawn_worker`'s worker, with PAUSED_WORKER's pause at epoch 2 until `release` exists."""
+    log = folder / f"{name}.log"
+    command = [sys.executable, "-c", PAUSED_WORKER, "worker", str(spec_path), "--threads", "1"]
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, cwd=folder, env={**env, "FER_TEST_RELEASE":
+                                                                 str(release)},
+                                   stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Worker(process, log)
+
+
 @pytest.mark.postgres
 def test_a_trial_in_an_outage_finishes_when_the_database_is_back(pg_cluster, tmp_path,
                                                                   stores):
     """The database stops mid-trial; the trial's reports, beats and final tell meet the
     outage. Once the server is back the worker finishes within a backoff step (at most 10 s
-    between attempts), not after a heartbeat's 5 minutes of retries."""
+    between attempts), not after a heartbeat's 5 minutes of retries.
+
+    The trial waits after its epoch 2 until the server is down (PAUSED_WORKER), so its next
+    report meets the outage, however fast its last epochs would have run."""
     space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [30], "head_width": [16]}
     spec = write_spec(tmp_path, name="pg-outage", space=space)
     # MLflow in a local file: only the Optuna database goes away. A grace longer than the
     # outage: the trial stays this worker's.
     env = env_for(pg_cluster.url(), f"sqlite:///{tmp_path}/mlruns/mlflow.db",
                   FER_SEARCH_GRACE_S="600")
-    worker = spawn_worker(tmp_path, spec, env, "worker")
+    release = tmp_path / "database-stopped"
+    worker = _spawn_paused_worker(tmp_path, spec, env, "worker", release)
     try:
         caught = wait_for(lambda: _mid_trial(stores, pg_cluster.url(), "pg-outage"), 300,
                           "a trial mid-training", watch=(worker,))
-        pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        try:
+            pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        finally:
+            release.touch()  # the trial goes on: its next report meets the outage
         try:
             wait_for(lambda: "database unavailable" in worker.output(), 120,
                      "the worker to meet the outage", watch=(worker,))
