@@ -21,11 +21,21 @@ def start_tensorflow(threads: int | None) -> None:
     set_threads(threads)  # TensorFlow was already loaded (tests): the same value, or an error
 
 
+# The store URLs this command has opened or checked: `one_line` masks their passwords wherever
+# an error quotes them, even where a pattern alone cannot tell where a password ends (a space).
+_URLS_IN_USE: list[str] = []
+
+
+def _in_use(*urls: str | None) -> None:
+    _URLS_IN_USE.extend(url for url in urls if url and url not in _URLS_IN_USE)
+
+
 def storage_for(url: str, read_only: bool = False):
     """The storage at `url` for a `with` block, closed after (a one-shot command: no retries;
     `read_only`: it must exist, nothing is created)."""
     from search.storage.sessions import storage_session
 
+    _in_use(url)
     return storage_session(url, read_only=read_only)
 
 
@@ -34,6 +44,7 @@ def require_stores(storage_url: str | None, tracking_uri: str) -> None:
     from search.storage.sessions import storage_session
     from search.tracking.store_check import require_tracking_store
 
+    _in_use(storage_url, tracking_uri)
     if storage_url is not None:
         with storage_session(storage_url, read_only=True):
             pass
@@ -51,7 +62,17 @@ def load_study_named(name: str, storage):
 
 
 def one_line(error: BaseException) -> str:
-    from search.urls import mask_text
+    """The error in one line, every URL's password masked: those of the stores this command
+    used and of the environment's (given whole, so a password with a space is masked too),
+    then any other a pattern finds."""
+    import os
 
-    text = " ".join(str(error).split()) or type(error).__name__
-    return mask_text(text)
+    from search.urls import mask_text
+    from trainer import settings
+
+    text = str(error)
+    for url in (*_URLS_IN_USE, os.environ.get(settings.STORAGE_ENV),
+                os.environ.get("MLFLOW_TRACKING_URI")):
+        if url:
+            text = mask_text(text, url)
+    return mask_text(" ".join(text.split()) or type(error).__name__)

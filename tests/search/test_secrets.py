@@ -236,3 +236,26 @@ def test_ui_gives_mlflow_the_store_by_environment_not_command_line(tmp_path, mon
     assert env["MLFLOW_BACKEND_STORE_URI"] == uri
     assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"].startswith("file://")
     assert "--backend-store-uri" not in argv and "--port" in argv
+
+
+def test_a_command_error_quoting_a_store_url_masks_a_password_with_a_space(tmp_path,
+                                                                           monkeypatch):
+    """Any error of a command (a library's, say) that quotes a store's URL shows it masked,
+    even where a pattern alone cannot tell where the password ends: the URLs the command
+    opened or checked, and the environment's, are masked whole."""
+    from search.cli import common
+
+    storage = f"postgresql://fer:{ODD_PASSWORD}@127.0.0.1:{_closed_port()}/db"
+    tracking = "http://fer:Tr4ck pass@mlflow.example.org:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setattr(common, "_URLS_IN_USE", [])
+    with pytest.raises(Exception) as raised:  # refused: the URL is now one the command used
+        with common.storage_for(storage, read_only=True):
+            pass
+    assert "S3c" not in common.one_line(raised.value)
+    error = RuntimeError(f"cannot reach {storage} nor\n{tracking} (tried twice)")
+    shown = common.one_line(error)
+    assert "S3c" not in shown and "retD" not in shown and "Tr4ck" not in shown, shown
+    assert shown == ("cannot reach postgresql://fer:***@127.0.0.1:"
+                     f"{storage.rsplit(':', 1)[1]} nor http://fer:***@mlflow.example.org:5000 "
+                     "(tried twice)")
