@@ -354,9 +354,10 @@ def _one_stress_round(url: str, folder: Path, name: str) -> None:
     processes = []
     try:
         # The victim starts first and claims before the others start (on a loaded machine the
-        # others could otherwise finish the grid before it claims anything); its epochs are
-        # long, so that it is surely killed mid-trial, while the others start and claim.
-        processes.append(_dry_worker(folder, spec_path, url, "worker-0", epoch_s=3.0))
+        # others could otherwise finish the grid before it claims anything); its first epoch
+        # outlasts the whole round (10 minutes, where the kill comes a few seconds after its
+        # claim), so it is killed mid-trial however slowly the others start and claim.
+        processes.append(_dry_worker(folder, spec_path, url, "worker-0", epoch_s=600.0))
         victim_process, victim_log = processes[0]
         deadline = time.monotonic() + 60
         while not _claimed(victim_log):
