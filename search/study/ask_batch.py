@@ -74,6 +74,10 @@ def ask(study: optuna.Study, storage, spec: StudySpec, limit: int | None) -> lis
             trial = study.ask()  # a queued copy of a lost trial first, else a new one
             suggest_all(trial, spec.space)  # drawn now, in trial order (see the docstring)
             trials.append(trial)
+            if _alone(storage, trial):
+                # A suspect (it died with its worker in a shared pass) ends the batch: it
+                # trains last and alone, so that no trial of the batch waits on its fate.
+                break
     return trials
 
 

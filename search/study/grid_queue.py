@@ -156,12 +156,16 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
     for trial_id in storage._get_stale_trial_ids(study_id):
         frozen = storage.get_trial(trial_id)
         params = queued_params(frozen)
-        # It shared its pass: the culprit, or a victim. Its copy trains alone.
-        template = requeued(frozen, params, alone=bool(frozen.user_attrs.get(PASS_MATES_ATTR)))
+        # It shared its pass: the culprit, or a victim. Its copy trains alone. A trial that
+        # had not started (a later group of a batch: no MLflow run yet) did not kill anyone:
+        # its death is not counted against its retries.
+        started = bool(frozen.user_attrs.get(TRIAL_RUN_ID_ATTR))
+        template = requeued(frozen, params, alone=bool(frozen.user_attrs.get(PASS_MATES_ATTR)),
+                            counted=started)
         deaths = len(template.system_attrs["retry_history"])
         if deaths > MAX_RETRY:
             template = None
-        reason = lost_reason(frozen, deaths, given_up=template is None)
+        reason = lost_reason(frozen, deaths, given_up=template is None, started=started)
         key = points.point_key(params) if params is not None else None
         if storage.replace_trial(study_id, trial_id, template, key, stale=True, reason=reason):
             lost.append(frozen)
@@ -170,9 +174,13 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
     return lost
 
 
-def lost_reason(trial: optuna.trial.FrozenTrial, deaths: int, *, given_up: bool) -> str:
+def lost_reason(trial: optuna.trial.FrozenTrial, deaths: int, *, given_up: bool,
+                started: bool = True) -> str:
     """Why a trial whose worker died was failed, in words: with whom it shared the pass, which
     attempt it was, and whether it was given up."""
+    if not started:
+        return ("worker lost (no heartbeat) before this trial started training (another trial "
+                "of its batch killed it?); re-queued, not counted as an attempt")
     if given_up:
         return (f"killed its worker {deaths} times (out of memory? no heartbeat): given up "
                 f"after MAX_RETRY={MAX_RETRY} retries")
@@ -198,7 +206,7 @@ def has_lost(study: optuna.Study, storage) -> bool:
 
 
 def requeued(old: optuna.trial.FrozenTrial, params: dict[str, Any] | None, *,
-             alone: bool = False) -> optuna.trial.FrozenTrial:
+             alone: bool = False, counted: bool = True) -> optuna.trial.FrozenTrial:
     """The WAITING copy of `old`: for a grid point, its point (never `old`'s params, which a
     trial cut off while suggesting holds only in part); else `old`'s params and attributes, as
     Optuna's retry callback copies them. Either way Optuna's `failed_trial` and
@@ -207,15 +215,17 @@ def requeued(old: optuna.trial.FrozenTrial, params: dict[str, Any] | None, *,
 
     Args:
         alone: the copy trains alone (`points.ALONE_ATTR`); a copy of such a copy does too.
+        counted: `old`'s end counts as an attempt (in `retry_history`, which MAX_RETRY caps).
     """
     system = {k: v for k, v in old.system_attrs.items() if not k.startswith("fer_search:")}
     system["failed_trial"] = system.get("failed_trial", old.number)
-    system["retry_history"] = [*system.get("retry_history", []), old.number]
+    system["retry_history"] = [*system.get("retry_history", []), *([old.number] * counted)]
     if alone or old.system_attrs.get(points.ALONE_ATTR):
         system[points.ALONE_ATTR] = True
     if params is None:
+        # The copy's own run, mates and end are its own (the old run: `retry_history`).
         user = {k: v for k, v in old.user_attrs.items()
-                if k not in (PASS_MATES_ATTR, TRIAL_REASON_ATTR)}
+                if k not in (PASS_MATES_ATTR, TRIAL_REASON_ATTR, TRIAL_RUN_ID_ATTR)}
         return optuna.trial.create_trial(
             state=TrialState.WAITING, params=old.params, distributions=old.distributions,
             user_attrs=user, system_attrs=system)
