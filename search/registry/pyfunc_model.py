@@ -21,11 +21,12 @@ load in `load_context`.
 
 What each way of loading runs:
 
-- ``fer-search predict`` / ``serve`` / ``fetch`` (and `search.registry.loading.load_version`):
-  this class as installed with fer-search, on the version's ``model.keras`` read in safe mode
-  (`ExpressionModel.from_keras_file`). The copy of this file and of ``trainer/`` stored with the
-  model are never imported or run, so whoever can write to the tracking server cannot run code
-  on the hosts that predict; at worst they can swap the weights.
+- ``fer-search predict`` / ``serve`` (`search.registry.loading.load_version`): this class as
+  installed with fer-search, on the version's ``model.keras`` read in safe mode
+  (`ExpressionModel.from_keras_file`); ``fetch`` only downloads that file and ``MLmodel``. The
+  copy of this file and of ``trainer/`` stored with the model are never imported or run, so
+  whoever can write to the tracking server cannot run code on the hosts that predict; at worst
+  they can swap the weights.
 - `mlflow.pyfunc.load_model` (and ``predict`` / ``serve --trust-stored-code``): MLflow runs the
   stored copy of this file and imports the stored ``code/trainer``: trust it only as far as you
   trust everyone who can write to the tracking server.

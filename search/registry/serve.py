@@ -66,7 +66,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "max_concurrency"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')}: expected a number >= 1, but got "
+                raise InputError(f"serve limits: {name}: expected an integer >= 1, but got "
                                  f"{getattr(self, name)!r}")
 
     @property
