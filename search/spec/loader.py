@@ -415,13 +415,23 @@ def _mask_plain(value: Any, top: bool = False, url_key: bool = False) -> Any:
 
 def _yaml_string(value: str, style: str | None) -> str:
     """`value` as a YAML scalar: plain or single-quoted as it was written when that reads back
-    as the same string on one line, else double-quoted (JSON's escapes are YAML's)."""
+    as the same string on one line, else double-quoted, escaping what is not printable."""
     if value.isprintable():
         if style is None and _reads_back(value):
             return value
         if style == "'":
             return "'" + value.replace("'", "''") + "'"
-    return json.dumps(value, ensure_ascii=False)
+    return '"' + "".join(_escaped(c) for c in value) + '"'
+
+
+def _escaped(char: str) -> str:
+    """One character of a double-quoted YAML scalar: printable ones as they are (readable
+    unicode), the rest (line breaks such as U+0085 and U+2028 included) as escapes."""
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return json.dumps(char)[1:-1] if ord(char) < 0x80 else f"\\U{ord(char):08x}"
 
 
 def _reads_back(value: str) -> bool:

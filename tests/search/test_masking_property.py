@@ -96,7 +96,9 @@ def _spec_text(storage: str, tracking_uri: str, comment: str | None, style: str)
     """A valid spec whose storage and tracking URIs hold the password, quoted as `style`
     ('"', "'" or None for YAML's choice), with a commented-out storage line above."""
     def scalar(value: str) -> str:
-        if style == "'" and value.isprintable():
+        if not value.isprintable():  # YAML folds some (U+0085, U+2028) unless escaped
+            return yaml.safe_dump(value, default_style='"').rstrip("\n")
+        if style == "'":
             return "'" + value.replace("'", "''") + "'"
         if style == '"':
             return yaml.safe_dump(value, default_style='"', allow_unicode=True).rstrip("\n")
