@@ -71,8 +71,8 @@ PRUNERS = ("none", "median", "hyperband")
 
 _TOP_KEYS = (
     "name", "sampler", "seed", "metric", "direction", "n_trials", "timeout", "trial_timeout",
-    "max_consecutive_failures", "max_failed_trials", "pruner", "space", "train", "data", "storage", "tracking_uri",
-    "registry",
+    "max_consecutive_failures", "max_failed_trials", "pruner", "space", "train", "data",
+    "storage", "tracking_uri", "registry",
 )
 _SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
 
