@@ -442,26 +442,86 @@ def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_
     assert dead.info.status == "FAILED" and "heartbeat" in dead.data.tags["fail_reason"]
 
 
+# `fer-search worker` whose Nth trial ($FER_TEST_PAUSE_TRIAL, default 1: this process's first),
+# at the end of its epoch 2, waits for the file named by $FER_TEST_RELEASE before it goes on
+# (and reports the epoch): a test stops the database meanwhile, so the trial is mid-training
+# when the server goes, on any machine, instead of racing its remaining epochs against the
+# server's shutdown.
+PAUSED_WORKER = """
+import os, sys, time
+from pathlib import Path
+
+from search.study.trial_runner import TrialSession
+
+release = Path(os.environ["FER_TEST_RELEASE"])
+pause_trial = int(os.environ.get("FER_TEST_PAUSE_TRIAL", "1"))
+real = TrialSession.on_epoch_end
+sessions = []  # this process's trials, in the order they began
+
+
+def paused(self, epoch, metrics):
+    if self not in sessions:
+        sessions.append(self)
+    deadline = time.monotonic() + 600  # a safety net: the test releases it in seconds
+    while (epoch == 2 and sessions.index(self) + 1 == pause_trial and not release.exists()
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    real(self, epoch, metrics)
+
+
+TrialSession.on_epoch_end = paused
+from search.cli.main import entry
+
+sys.argv[0] = "fer-search"
+entry()
+"""
+
+
+def _spawn_paused_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
+                         release: Path, trial: int = 1) -> Worker:
+    """`spawn_worker`'s worker, with PAUSED_WORKER's pause at epoch 2 of its `trial`th trial
+    until `release` exists."""
+    log = folder / f"{name}.log"
+    command = [sys.executable, "-c", PAUSED_WORKER, "worker", str(spec_path), "--threads", "1"]
+    env = {**env, "FER_TEST_RELEASE": str(release), "FER_TEST_PAUSE_TRIAL": str(trial)}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, cwd=folder, env=env, stdout=sink,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Worker(process, log)
+
+
 @pytest.mark.postgres
 def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path, stores):
+    """Two workers, trials one at a time (a group of the six would end all at once: no trial
+    would be complete while another trains). Each worker's second trial waits after its epoch
+    2 until the server is down (PAUSED_WORKER), so neither can run out of trials and exit
+    before the restart, and their next reports meet the outage, on any machine."""
     space = {"learning_rate": [3.0e-3, 1.0e-2, 3.0e-2], "batch_size": [32], "epochs": [30],
              "head_width": [16, 32]}
     spec = write_spec(tmp_path, name="pg-restart", space=space)
     # A restart is not a death: a grace longer than the outage, so no live trial is re-queued.
-    env = env_for(pg_cluster.url(), mlflow_server.uri, FER_SEARCH_GRACE_S="60")
-    workers = [spawn_worker(tmp_path, spec, env, f"worker-{i}") for i in (1, 2)]
+    env = env_for(pg_cluster.url(), mlflow_server.uri, FER_SEARCH_GRACE_S="60",
+                  FER_SEARCH_MAX_GROUP="1")
+    release = tmp_path / "database-stopped"
+    workers = [_spawn_paused_worker(tmp_path, spec, env, f"worker-{i}", release, trial=2)
+               for i in (1, 2)]
     try:
         def mid_study():
-            running = _mid_trial(stores, pg_cluster.url(), "pg-restart")
-            done = running and [t for t in stores.trials(pg_cluster.url(), "pg-restart")
-                                if t.state == TrialState.COMPLETE]
-            return done or None
+            trials = stores.trials(pg_cluster.url(), "pg-restart")
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            # Both workers mid-trial (each has begun training: its storage is connected).
+            training = [t for t in trials if t.state == TrialState.RUNNING
+                        and t.intermediate_values and t.user_attrs.get("mlflow_run_id")]
+            return done if done and len(training) >= 2 else None
 
-        before = wait_for(mid_study, 300, "a complete trial and one mid-training",
+        before = wait_for(mid_study, 300, "a complete trial and two mid-training",
                           watch=tuple(workers))
         # The server down until a worker has met the outage (no fixed sleep), every connection
         # cut: heartbeats, reports and MLflow's own store all meet it.
-        pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        try:
+            pg_cluster.pg_ctl("-m", "fast", "-w", "stop")
+        finally:
+            release.touch()  # the paused trials go on: their next reports meet the outage
         try:
             wait_for(lambda: any("database unavailable" in w.output() for w in workers), 120,
                      "a worker to meet the outage", watch=tuple(workers))
@@ -553,47 +613,6 @@ def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_p
     # The server notices a closed client within moments: polled, not slept on.
     wait_for(lambda: _connections(pg_cluster) == baseline, 30,
              f"connections back to the baseline {dict(baseline)}")
-
-
-# `fer-search worker` whose trial, at the end of its epoch 2, waits for the file named by
-# $FER_TEST_RELEASE before it goes on (and reports the epoch): a test stops the database
-# meanwhile, so the trial is mid-training when the server goes, on any machine, instead of
-# racing its remaining epochs against the server's shutdown.
-PAUSED_WORKER = """
-import os, sys, time
-from pathlib import Path
-
-from search.study.trial_runner import TrialSession
-
-release = Path(os.environ["FER_TEST_RELEASE"])
-real = TrialSession.on_epoch_end
-
-
-def paused(self, epoch, metrics):
-    deadline = time.monotonic() + 600  # a safety net: the test releases it in seconds
-    while epoch == 2 and not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    real(self, epoch, metrics)
-
-
-TrialSession.on_epoch_end = paused
-from search.cli.main import entry
-
-sys.argv[0] = "fer-search"
-entry()
-"""
-
-
-def _spawn_paused_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
-                         release: Path) -> Worker:
-    """`spawn_worker`'s worker, with PAUSED_WORKER's pause at epoch 2 until `release` exists."""
-    log = folder / f"{name}.log"
-    command = [sys.executable, "-c", PAUSED_WORKER, "worker", str(spec_path), "--threads", "1"]
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=folder, env={**env, "FER_TEST_RELEASE":
-                                                                 str(release)},
-                                   stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Worker(process, log)
 
 
 @pytest.mark.postgres
