@@ -432,7 +432,7 @@ class _Pass:
                 return self._train(active)
             except Exception as error:  # noqa: BLE001  (found and failed per head below)
                 if len(active) == 1:
-                    return self._failed(active, [self._head_failed(active[0], error)])
+                    return self._failed([self._head_failed(active[0], error)])
             epoch = self._head_by_head(active)
             self.one_at_a_time = not epoch.failed
             return epoch
@@ -461,14 +461,15 @@ class _Pass:
             except Exception as error:  # noqa: BLE001  (this head's own failure)
                 failed.append(self._head_failed(track, error))
         if not done:
-            return self._failed(active, failed)
+            return self._failed(failed)
         return _Epoch(self.epoch, [e.tracks[0] for e in done],
                       np.concatenate([e.loss for e in done]),
                       np.concatenate([e.hits for e in done]),
                       np.concatenate([e.probs for e in done]),
                       [e.states[0] for e in done], self.weight_sum, self.batch_size, failed)
 
-    def _failed(self, active: list[_Track], failed: list) -> _Epoch:
+    def _failed(self, failed: list[tuple[_Track, BaseException]]) -> _Epoch:
+        """An epoch in which every head due raised: no track trained, each listed fails."""
         empty = np.zeros((0,), "float32")
         return _Epoch(self.epoch, [], empty, empty, empty, [], self.weight_sum,
                       self.batch_size, failed)
