@@ -12,8 +12,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
+from search.contracts import PERMANENT_FAILURE
 from search.spec.loader import load_spec
-from search.study import deadline, grid_queue
+from search.study import deadline
 from search.study.loop import run_study
 from tests.search.studyhelp import urls, write_spec
 from trainer import settings
@@ -64,7 +65,7 @@ def test_a_trial_past_its_deadline_stops_at_an_epoch_boundary_and_is_not_retried
     assert late.state == TrialState.FAIL
     assert late.user_attrs["reason"] == "timed out after 15 s"
     assert list(late.intermediate_values) == [1, 2]  # stopped at the boundary past 15 s
-    assert late.user_attrs["failure"] == grid_queue.PERMANENT_FAILURE
+    assert late.user_attrs["failure"] == PERMANENT_FAILURE
     run = MlflowClient(where["tracking_uri"]).get_run(late.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["fail_reason"] == "timed out after 15 s"
@@ -103,7 +104,7 @@ def test_a_trial_stuck_inside_an_epoch_is_recorded_and_the_worker_exits(project,
     (trial,) = _trials("stuck", where["storage_url"]).values()
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["reason"] == "timed out after 0.5 s"  # the watchdog's record stands
-    assert trial.user_attrs["failure"] == grid_queue.PERMANENT_FAILURE
+    assert trial.user_attrs["failure"] == PERMANENT_FAILURE
     assert summary.outcomes[0].reason == "timed out after 0.5 s"
     run = MlflowClient(where["tracking_uri"]).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
