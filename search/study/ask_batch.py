@@ -162,8 +162,8 @@ def hand_back(study: optuna.Study, storage, trials: Sequence[optuna.Trial]) -> i
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # recovered meanwhile (this worker was cut off): its copy exists
-            copy = grid_queue.requeued(storage.get_trial(trial_id), None)
-            copy.user_attrs.pop(TRIAL_REASON_ATTR, None)  # the copy has not ended
+            # Not an attempt: it never started (no retry counted against it).
+            copy = grid_queue.requeued(storage.get_trial(trial_id), None, counted=False)
             if storage.replace_trial(study_id, trial_id, copy, None, stale=False):
                 handed += 1
     return handed
