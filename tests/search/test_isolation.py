@@ -262,13 +262,18 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
                                              params={}, tags={})
             time.sleep(2.5)  # the worker is gone: no beat for longer than the 1 s grace
             StudyLoop(spec, study, storage, None, tracker, lost)._recover_lost_trials()
-            (failed,) = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+            trials = study.get_trials()
         finally:
             storage.close()
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
     run = MlflowClient(where["tracking_uri"]).get_run(run_id)
     assert failed.number == trial.number
     assert run.info.status == "FAILED"
     reason = failed.user_attrs[TRIAL_REASON_ATTR]
-    assert reason.startswith("worker lost (no heartbeat") and "attempt 1 of" in reason
+    # Its id never reached the trial: it died before training, so no attempt is counted.
+    assert reason.startswith("worker lost (no heartbeat) before this trial started training")
+    assert reason.endswith("not counted as an attempt")
+    (copy,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert copy.state == TrialState.WAITING and copy.system_attrs["retry_history"] == []
     assert run.data.tags["fail_reason"] == reason
     assert reason in run.data.tags["mlflow.note.content"]
