@@ -26,7 +26,7 @@ from tests.deploy.conftest import missing_tool
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = ("cpu", "gpu")
-TLS = "cpu+tls"  # the cpu overlay with components/postgres-tls added
+TLS = "cpu-tls"  # the cpu overlay with components/postgres-tls
 SCHEMA_VERSIONS = ("1.30.0", "1.37.0")
 SENTINEL = "sentinel-Pw-7f3c1e"  # prefix of every value written into the test's secrets.env
 POSTGRES_CLIENTS = {"pgbouncer", "promote", "mlflow", "dashboard"}
@@ -69,8 +69,7 @@ def secret_keys() -> list[str]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     """Each overlay rendered from a copy of deploy/kubernetes whose base/secrets.env is the
-    example with a sentinel value per key (the real secrets.env is never read), and the cpu
-    overlay once more with the TLS component."""
+    example with a sentinel value per key (the real secrets.env is never read)."""
     tool = kubectl()
     root = tmp_path_factory.mktemp("kubernetes") / "kubernetes"
     shutil.copytree(KUBERNETES, root, ignore=shutil.ignore_patterns("secrets.env", "db.env"))
@@ -78,12 +77,6 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     assert "postgres-password" in keys and len(keys) >= 8
     (root / "base" / "secrets.env").write_text(
         "".join(f"{key}={SENTINEL}-{key}\n" for key in keys))
-    tls = root / "overlays" / TLS
-    shutil.copytree(root / "overlays" / "cpu", tls)
-    text = (tls / "kustomization.yaml").read_text()
-    (tls / "kustomization.yaml").write_text(text.replace(
-        "  - ../../components/images\n",
-        "  - ../../components/images\n  - ../../components/postgres-tls\n"))
     result = {}
     for overlay in (*OVERLAYS, TLS):
         done = subprocess.run([tool, "kustomize", str(root / "overlays" / overlay)],
