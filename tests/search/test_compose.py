@@ -360,3 +360,25 @@ def test_pgbouncer_pools_transactions_with_the_password_from_a_file(compose):
     assert settings["pool_mode"] == "transaction"  # what search.storage.locks works through
     assert settings["max_db_connections"] == "${PGBOUNCER_POOL:-40}"
     assert int(service["environment"]["PGBOUNCER_POOL"]) <= 50
+
+
+def test_the_tls_override_makes_every_client_verify_postgresql(compose):
+    """deploy/compose/postgres-tls.yml (docker compose -f docker-compose.yml -f ...): TLS on in
+    PostgreSQL, verify-full in every client of it, TLS from PgBouncer to the workers."""
+    override = yaml.safe_load((ROOT / "deploy" / "compose" / "postgres-tls.yml").read_text())
+    services = override["services"]
+    assert set(services) <= set(compose["services"])
+    assert "ssl=on" in services["postgres"]["command"]
+    for client in ("mlflow", "worker", "dashboard"):
+        env = services[client]["environment"]
+        assert env["PGSSLMODE"] == "verify-full", client
+        assert env["PGSSLROOTCERT"] == "/run/secrets/postgres-tls-ca", client
+    bouncer = services["pgbouncer"]["environment"]
+    assert bouncer["PGBOUNCER_SERVER_TLS_SSLMODE"] == "verify-full"
+    assert bouncer["PGBOUNCER_CLIENT_TLS_SSLMODE"] == "require"
+    for name, service in services.items():
+        for secret in service.get("secrets", []):
+            assert secret in override["secrets"] or secret in compose["secrets"], (name, secret)
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_FILE") or key == "PGSSLROOTCERT":
+                assert value.rsplit("/", 1)[1] in service["secrets"], (name, key)
