@@ -87,6 +87,14 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in [
          "`data.cache_dir`). Point every worker at one shared folder (a ReadWriteMany volume, "
          "NFS): each crop cache and feature set is then built once for all of them, under a lock "
          "held by the study's storage.", USER),
+    Knob("FER_SEARCH_DB_PASSWORD_FILE", None, "a file", _text,
+         "Read by the image's entrypoint (deploy/docker/fer-search-secrets.sh), not by Python: "
+         "the database role's password, from a mounted Secret; written into a private libpq "
+         "password file (PGPASSFILE), so no storage URL carries the password.", USER),
+    Knob("FER_SEARCH_RUNTIME_DIR", None, "a folder", _text,
+         "Read by the image's entrypoints (deploy/docker, deploy/mlflow), not by Python: where "
+         "they write the password file and MLflow's auth settings (default /tmp/fer-search; an "
+         "emptyDir where the root file system is read-only).", USER),
     Knob("FER_SEARCH_DB_RETRY_S", 300.0, _SECONDS, _number(float, 0),
          "How long a worker retries a storage call through a database outage before it exits 1.",
          USER),

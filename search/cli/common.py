@@ -71,8 +71,7 @@ def one_line(error: BaseException) -> str:
     from trainer import settings
 
     text = str(error)
-    for url in (*_URLS_IN_USE, os.environ.get(settings.STORAGE_ENV),
-                os.environ.get("MLFLOW_TRACKING_URI")):
+    for url in (*_URLS_IN_USE, settings.storage(), os.environ.get("MLFLOW_TRACKING_URI")):
         if url:
             text = mask_text(text, url)
     return mask_text(" ".join(text.split()) or type(error).__name__)

@@ -2,7 +2,7 @@
 product code.
 
 Run as `python -m tests.search.poison_worker worker SPEC ...` (any `fer-search` arguments) with
-`FER_SEARCH_TEST_POISON` set to a JSON object of `TrainConfig` fields. A training that includes
+`FER_TEST_POISON` set to a JSON object of `TrainConfig` fields. A training that includes
 a config with those values (alone or in a group's pass) SIGKILLs the process as it starts, as
 the kernel's out-of-memory killer would for a head too wide for the machine: nothing is
 recorded, the trials just stop beating.
@@ -17,7 +17,7 @@ import sys
 
 import trainer
 
-POISON_ENV = "FER_SEARCH_TEST_POISON"
+POISON_ENV = "FER_TEST_POISON"  # not a FER_SEARCH_ knob: the product never reads it
 
 
 def is_poison(config) -> bool:

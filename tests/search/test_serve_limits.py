@@ -11,6 +11,7 @@ an unexpected failure) are checked on the ASGI app itself, in this process, with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.client
 import json
 import os
@@ -261,10 +262,17 @@ class StandIn:
         return pd.DataFrame({"happy": [1.0] * len(images), "expression": ["happy"] * len(images)})
 
 
+def _run(coroutine):
+    """`asyncio.run` on a thread of its own: a library used by an earlier test in the same
+    process (Playwright's sync API) can leave an event loop running on this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _call(app, body: bytes = b"", *, path: str = "/invocations", method: str = "POST",
           headers: dict[str, str] | None = None, chunk: int | None = None):
     """One request through the app: (status, response headers, body, body bytes it read)."""
-    return asyncio.run(_acall(app, body, path, method, headers, chunk))
+    return _run(_acall(app, body, path, method, headers, chunk))
 
 
 async def _acall(app, body, path, method, headers, chunk):
@@ -336,7 +344,7 @@ def test_requests_past_the_concurrency_limit_wait_then_get_503(monkeypatch):
         model.release.set()
         return await first, second
 
-    first, second = asyncio.run(both())
+    first, second = _run(both())
     assert first[0] == 200
     assert second[0] == 503 and second[3] == 0  # refused without reading its body
     assert "1 requests at once" in _one_json_line_without_internals(second[2])["message"]
