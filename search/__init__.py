@@ -66,15 +66,14 @@ def __dir__() -> list[str]:
 
 
 # Optuna warnings this package triggers on purpose, each for a documented reason; every other
-# warning still shows. Heartbeats, their retry callback and `fail_stale_trials` are marked
-# experimental, and they are the documented way to recover the trials of dead workers. Trials
-# are claimed and told by `search.study.loop`, not `Study.optimize`, and `TrialRunner` beats their
-# heartbeat itself, so Optuna's reminder that heartbeats go with `optimize` does not apply.
-# (pytest resets filters per test: pyproject.toml repeats these.)
+# warning still shows. The storage's `heartbeat_interval` argument is marked experimental, and
+# heartbeats are how the trials of dead workers are found (`search.study.grid_queue`'s own
+# re-queue, not Optuna's `fail_stale_trials` or its retry callback, which nothing here calls).
+# Trials are claimed and told by `search.study.loop`, not `Study.optimize`, and `TrialRunner`
+# beats their heartbeat itself, so Optuna's reminder that heartbeats go with `optimize` does not
+# apply. (pytest resets filters per test: pyproject.toml repeats these.)
 KNOWN_WARNINGS = (
     r"Argument ``heartbeat_interval`` is an experimental feature",
-    r"RetryHeartbeatStaleTrialCallback is experimental",
-    r"optuna\.storages\._heartbeat\.fail_stale_trials is experimental",
     r"Heartbeat of storage is supposed to be used with Study\.optimize",
 )
 for _message in KNOWN_WARNINGS:

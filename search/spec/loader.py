@@ -134,7 +134,7 @@ class StudySpec:
 
     @property
     def grid(self) -> dict[str, list[Any]]:
-        """The `GridSampler` search space (only for ``sampler: grid``)."""
+        """The grid queue's space, each parameter's values (only for ``sampler: grid``)."""
         return grid_of(self.space)
 
     @property

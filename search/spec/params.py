@@ -72,7 +72,7 @@ Param: TypeAlias = Categorical | FloatRange | IntRange
 
 
 def grid_of(space: Iterable[Param]) -> dict[str, list[Any]]:
-    """The search space of an Optuna `GridSampler`: each parameter's values, in spec order.
+    """A grid's points, by axis: each parameter's values, in spec order (the grid queue's space).
 
     Args:
         space: categorical parameters only (a spec with ``sampler: grid`` guarantees this).
