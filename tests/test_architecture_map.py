@@ -76,3 +76,53 @@ def test_the_map_reads_its_own_format() -> None:
     """The parser above finds a planted mismatch, so a green run means something."""
     text = "**`search/x/`**: a job here.\n\n| module | job |\n|---|---|\n| `a.py`, `b.py` | j |\n"
     assert named_modules(sections(text)["search/x"]) == {"a.py", "b.py"}
+
+
+LONG_FILE_LINES = 400  # ARCHITECTURE.md's "## Files over 400 lines"
+
+
+def long_files(root: Path = ROOT) -> set[str]:
+    """The .py files of the packages over LONG_FILE_LINES lines, as repository paths."""
+    return {p.relative_to(root).as_posix() for pkg in PACKAGES for p in (root / pkg).rglob("*.py")
+            if len(p.read_text(encoding="utf-8").splitlines()) > LONG_FILE_LINES}
+
+
+def listed_long_files(text: str) -> set[str]:
+    """The package files that ARCHITECTURE.md's "## Files over 400 lines" lists: the path that
+    opens each of its bullets (a path named further on in a bullet is not listed)."""
+    match = re.search(r"^## Files over 400 lines\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match is not None, "ARCHITECTURE.md has no '## Files over 400 lines' section"
+    pattern = rf"^- `((?:{'|'.join(PACKAGES)})/[\w/]+\.py)`"
+    return set(re.findall(pattern, match.group(1), re.M))
+
+
+def long_file_problems(on_disk: set[str], listed: set[str]) -> list[str]:
+    add = [f"add {name} (over {LONG_FILE_LINES} lines, not listed)"
+           for name in sorted(on_disk - listed)]
+    remove = [f"remove {name} (listed, now {LONG_FILE_LINES} lines or fewer, or gone)"
+              for name in sorted(listed - on_disk)]
+    return add + remove
+
+
+def test_files_over_400_lines_are_exactly_the_listed_ones() -> None:
+    problems = long_file_problems(long_files(), listed_long_files(
+        (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")))
+    assert problems == [], (
+        "ARCHITECTURE.md's '## Files over 400 lines' is out of date: " + "; ".join(problems))
+
+
+def test_the_long_file_check_sees_a_planted_file(tmp_path: Path) -> None:
+    """A file just over the line count is found, one at it is not, and the message names both
+    ways a list can be wrong."""
+    (tmp_path / "search" / "x").mkdir(parents=True)
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "search" / "x" / "long.py").write_text("a = 1\n" * (LONG_FILE_LINES + 1))
+    (tmp_path / "trainer" / "short.py").write_text("a = 1\n" * LONG_FILE_LINES)
+    assert long_files(tmp_path) == {"search/x/long.py"}
+    text = ("## Files over 400 lines\n\n- `trainer/short.py`: why, beside `trainer/b.py`.\n"
+            "- `search/a.py`: due to be split.\n\n## Next\n\n- `search/x/long.py`\n")
+    assert listed_long_files(text) == {"trainer/short.py", "search/a.py"}
+    assert long_file_problems({"search/x/long.py"}, listed_long_files(text)) == [
+        "add search/x/long.py (over 400 lines, not listed)",
+        "remove search/a.py (listed, now 400 lines or fewer, or gone)",
+        "remove trainer/short.py (listed, now 400 lines or fewer, or gone)"]
