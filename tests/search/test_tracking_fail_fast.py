@@ -1,39 +1,37 @@
 """A tracking store that is down stops `run`, `worker` and `promote` at the start: one line on
-stderr naming the store (password masked), exit code 1, within 10 s (issue 19's acceptance
-bound; before, MLflow retried for ~106 s against PostgreSQL and ~251 s against HTTP)."""
+stderr naming the store (password masked), exit code 1, after one probe (issue 19; before,
+MLflow retried for ~106 s against PostgreSQL and ~251 s against HTTP).
+
+"At once" is shown by counting the connections the command made to a server that hangs up on
+each (`tests/search/listener.py`), not by timing it: a retry loop shows on any machine, a bound
+in seconds only on a fast one."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
+import optuna
 import pytest
 
+from tests.search.listener import hang_up
 from tests.search.studyhelp import write_spec
 
-BOUND_S = 10.0  # the issue's acceptance criterion, a bound, not a performance measurement
 PASSWORD = "s3cr3t-pw"
+# One probe (one connection here; libpq may try a second time without SSL after a hang-up).
+# MLflow's own retries would be 7 or more.
+MOST_ATTEMPTS = 2
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (bound, then released, never listened on)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def fer_search(*args: str, cwd) -> tuple[subprocess.CompletedProcess, float]:
+def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     for name in ("MLFLOW_TRACKING_URI", "FER_SEARCH_STORAGE", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         env.pop(name, None)
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=120)
-    return result, time.monotonic() - started
+    # The timeout only keeps a hung command from hanging the suite.
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 def _tracking_uri(kind: str, port: int) -> tuple[str, str]:
@@ -46,8 +44,6 @@ def _tracking_uri(kind: str, port: int) -> tuple[str, str]:
 
 def _command(command: str, tmp_path, storage: str, tracking: str) -> list[str]:
     if command == "promote":
-        import optuna
-
         optuna.create_study(study_name="tiny", storage=storage)  # promote reads a real storage
         return ["promote", "tiny", "--storage", storage, "--tracking-uri", tracking]
     # Synthetic data is never made: the check fails before the data is touched.
@@ -60,8 +56,10 @@ def _command(command: str, tmp_path, storage: str, tracking: str) -> list[str]:
 def test_unreachable_tracking_store_fails_fast_with_one_line(tmp_path, command, kind):
     storage = f"sqlite:///{tmp_path}/studies/optuna.db"
     (tmp_path / "studies").mkdir(exist_ok=True)
-    tracking, shown = _tracking_uri(kind, closed_port())
-    result, seconds = fer_search(*_command(command, tmp_path, storage, tracking), cwd=tmp_path)
+    with hang_up() as server:
+        tracking, shown = _tracking_uri(kind, server.port)
+        result = fer_search(*_command(command, tmp_path, storage, tracking), cwd=tmp_path)
+        attempts = server.attempts
 
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -69,5 +67,5 @@ def test_unreachable_tracking_store_fails_fast_with_one_line(tmp_path, command, 
     assert shown in lines[0] and "tracking store" in lines[0]
     assert PASSWORD not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
-    assert seconds < BOUND_S, f"{command} took {seconds:.1f} s: {result.stderr}"
+    assert 1 <= attempts <= MOST_ATTEMPTS, f"{command} connected {attempts} times: {result.stderr}"
     assert not (tmp_path / ".cache").exists()  # the data was never touched
