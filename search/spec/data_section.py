@@ -8,7 +8,9 @@
       cache_dir: .cache               # optional, both kinds
 
 The ExpW keys are `DataConfig`'s fields, and `DataConfig` applies its own rules (split fractions,
-margin, ...) to what the spec says, so a reading option is declared once, in the trainer.
+margin, ...) to what the spec says, so a reading option is declared once, in the trainer. The
+pydantic models here check only the shapes (a path is a string, ``strict`` is true or false);
+`read_data` picks the kind and lets `DataConfig` judge the rest.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from search.spec.reader import At, NodeReader
+from pydantic import Field, create_model
+
+from search.spec.reader import Fault, Strict, validated
 from trainer.config import DEFAULT_SPLIT, DataConfig
 from trainer.errors import ConfigError
 from trainer.labels import NUM_CLASSES
@@ -32,9 +36,7 @@ READING_OPTIONS = tuple(
     f.name for f in dataclasses.fields(DataConfig) if f.name not in ("cache_dir", "workers")
 )
 _SPLIT_KEYS = ("split", "split_seed")  # valid for both kinds of data
-_COMMON_KEYS = (*_SPLIT_KEYS, "cache_dir")
 _EXPW_KEYS = tuple(name for name in READING_OPTIONS if name not in _SPLIT_KEYS)
-_SYNTHETIC_KEYS = ("faces", "seed", "imbalance")
 
 
 @dataclass(frozen=True)
@@ -86,83 +88,82 @@ class ExpwData:
         return {name: getattr(self.config, name) for name in READING_OPTIONS}
 
 
-def read_data(r: NodeReader, value: object) -> tuple[SyntheticData | ExpwData, Path]:
-    """The dataset and the cache folder."""
-    at: At = ("data",)
+class _Faces(Strict):
+    what: ClassVar[str] = "a mapping {faces, seed, imbalance}"
+    # The generator needs at least one face per class (trainer.data.synthetic).
+    faces: int = Field(ge=NUM_CLASSES, description=f"an integer >= {NUM_CLASSES}")
+    seed: int = Field(0, ge=0, description="an integer >= 0")
+    imbalance: bool = Field(False, description="true or false")
+
+
+class _Data(Strict):
+    """The keys of both kinds."""
+
+    split: list[Any] = Field(DEFAULT_SPLIT, description="a list [train, val, test]")
+    split_seed: int = Field(0, ge=0, description="an integer >= 0")
+    cache_dir: str = Field(DEFAULT_CACHE_DIR, pattern=r"\S", description="a non-empty string")
+
+    def _split(self) -> dict[str, Any]:
+        return {"split": tuple(self.split), "split_seed": self.split_seed}
+
+
+class _Synthetic(_Data):
+    synthetic: _Faces
+
+    def dataset(self) -> SyntheticData:
+        return SyntheticData(**self.synthetic.model_dump(), **self._split())
+
+
+class _ExpwOptions(_Data):
+    # Values the trainer would take in a form the user did not mean (a number as a path, "yes"
+    # as true) are refused here; everything else is DataConfig's to judge.
+    root: str = Field(pattern=r"\S", description="a path")
+    label_file: str | None = Field(None, pattern=r"\S", description="a path")
+    image_dir: str | None = Field(None, pattern=r"\S", description="a path")
+    margin: int | float | None = Field(None, description="a number in [0, 1]")
+    min_confidence: int | float | None = Field(None, description="a number >= 0")
+    strict: bool | None = Field(None, description="true or false")
+
+    def dataset(self) -> ExpwData:
+        options = {key: getattr(self, key) for key in _EXPW_KEYS if getattr(self, key) is not None}
+        for key in ("root", "label_file", "image_dir"):
+            if key in options:
+                options[key] = _expand(options[key])
+        return ExpwData(DataConfig(**options, **self._split(), cache_dir=Path(DEFAULT_CACHE_DIR)))
+
+
+# Any other reading option DataConfig grows is a key too, judged by DataConfig alone.
+_Expw = create_model(
+    "_Expw", __base__=_ExpwOptions,
+    **{name: (Any, None) for name in _EXPW_KEYS if name not in _ExpwOptions.model_fields},
+)
+
+
+def read_data(value: Any) -> tuple[SyntheticData | ExpwData, Path]:
+    """The dataset and the cache folder (the validator of the spec's ``data``)."""
     if not isinstance(value, dict):
-        raise r.error(at, "a mapping with synthetic: {faces, ...} or root: path", value)
+        raise Fault((), "a mapping with synthetic: {faces, ...} or root: path", value)
     if "synthetic" in value and "root" in value:
-        raise r.error(
-            at, "either synthetic or root, not both", found_text="both synthetic and root"
-        )
-    if "synthetic" in value:
-        r.mapping(value, at, ("synthetic", *_COMMON_KEYS))
-        data: SyntheticData | ExpwData = _synthetic(r, value)
-    elif "root" in value:
-        r.mapping(value, at, (*_EXPW_KEYS, *_COMMON_KEYS))
-        data = _expw(r, value)
-    else:
-        raise r.error(
-            at,
+        raise Fault((), "either synthetic or root, not both", found_text="both synthetic and root")
+    if "synthetic" not in value and "root" not in value:
+        raise Fault(
+            (),
             "either synthetic: {faces, seed, imbalance} or root: path/to/expw",
             found_text=f"neither (keys: {', '.join(map(str, value)) or 'none'})",
         )
-    cache_dir = _path(r.string(value.get("cache_dir", DEFAULT_CACHE_DIR), (*at, "cache_dir")))
-    _check_data_config(r, data.reading_options(), cache_dir)
-    return data, cache_dir
-
-
-def _synthetic(r: NodeReader, value: dict[str, Any]) -> SyntheticData:
-    at: At = ("data", "synthetic")
-    spec = r.mapping(
-        value["synthetic"], at, _SYNTHETIC_KEYS, required=("faces",),
-        what="a mapping {faces, seed, imbalance}",
-    )
-    return SyntheticData(
-        # The generator needs at least one face per class (trainer.data.synthetic).
-        faces=r.integer(spec["faces"], (*at, "faces"), NUM_CLASSES),
-        seed=r.integer(spec.get("seed", 0), (*at, "seed"), 0),
-        imbalance=r.boolean(spec.get("imbalance", False), (*at, "imbalance")),
-        **_split_options(r, value),
-    )
-
-
-def _expw(r: NodeReader, value: dict[str, Any]) -> ExpwData:
-    at: At = ("data",)
-    # Values the trainer would take in a form the user did not mean (a number as a path, "yes"
-    # as true) are checked here; everything else is DataConfig's to judge.
-    options = {key: value[key] for key in _EXPW_KEYS if value.get(key) is not None}
-    for key in ("root", "label_file", "image_dir"):
-        if key in options or key == "root":
-            options[key] = _path(r.string(value.get(key), (*at, key), "a path"))
-    if "margin" in options:
-        r.number(options["margin"], (*at, "margin"), "a number in [0, 1]")
-    if "min_confidence" in options:
-        r.number(options["min_confidence"], (*at, "min_confidence"), "a number >= 0")
-    if "strict" in options:
-        r.boolean(options["strict"], (*at, "strict"))
-    options.update(_split_options(r, value))
-    return ExpwData(_check_data_config(r, options, Path(DEFAULT_CACHE_DIR)))
-
-
-def _split_options(r: NodeReader, value: dict[str, Any]) -> dict[str, Any]:
-    split = value.get("split", list(DEFAULT_SPLIT))
-    if not isinstance(split, list):
-        raise r.error(("data", "split"), "a list [train, val, test]", split)
-    split_seed = r.integer(value.get("split_seed", 0), ("data", "split_seed"), 0)
-    return {"split": tuple(split), "split_seed": split_seed}
-
-
-def _check_data_config(r: NodeReader, options: dict[str, Any], cache_dir: Path) -> DataConfig:
-    """Lets `DataConfig` apply its own rules (split fractions, margin, ...)."""
+    spec = validated(_Synthetic if "synthetic" in value else _Expw, value)
+    cache_dir = _expand(spec.cache_dir)
     try:
-        return DataConfig(**options, cache_dir=cache_dir)
+        data = spec.dataset()
+        # DataConfig's own rules (split fractions, margin, ...), on what the spec says.
+        DataConfig(**data.reading_options(), cache_dir=cache_dir)
     except ConfigError as error:
         # `split` went in as a tuple; show it as the list the user wrote.
         found = list(error.found) if isinstance(error.found, tuple) else error.found
-        raise r.error(("data", error.field), error.expected, found) from error
+        raise Fault((error.field,), error.expected, found) from error
+    return data, cache_dir
 
 
-def _path(text: str) -> Path:
+def _expand(text: str) -> Path:
     # `~` is expanded; anything else relative stays relative to the working directory.
     return Path(text).expanduser()

@@ -44,17 +44,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from search.contracts import DEFAULT_MODEL_NAME
+from search.contracts import DEFAULT_MODEL_NAME, MODEL_NAME_EXPECTED, MODEL_NAME_PATTERN
 from search.errors import _MISSING, SpecError
 from search.spec.data_section import SYNTHETIC_DIR, ExpwData, SyntheticData, read_data
 from search.spec.params import Categorical, Param, grid_of, grid_size
-from search.spec.reader import At, NodeReader, parse, read_text
-from search.spec.sections import read_space, read_train
+from search.spec.reader import Fault, NodeReader, Strict, one_of, parse, read_text
+from search.spec.sections import TRAIN_FIELDS, Space, Train, params
 from search.urls import mask_text, mask_url
 from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
 
@@ -69,11 +70,6 @@ METRICS = ("val_accuracy", "val_macro_f1")
 DIRECTIONS = ("maximize", "minimize")
 PRUNERS = ("none", "median", "hyperband")
 
-_TOP_KEYS = (
-    "name", "sampler", "seed", "metric", "direction", "n_trials", "timeout", "trial_timeout",
-    "max_consecutive_failures", "max_failed_trials", "pruner", "space", "train", "data",
-    "storage", "tracking_uri", "registry",
-)
 _SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
 
 
@@ -213,110 +209,128 @@ def spec_from_text(text: str, path: Path | str) -> StudySpec:
     """Validates a spec held in memory (e.g. the copy a study keeps), as if read from `path`."""
     path = Path(path)
     node, raw = parse(path, text)
-    return _SpecReader(path, node).read(raw, text)
+    reader = NodeReader(path, node)
+    if raw is None:
+        raise reader.error((), "a mapping of spec keys", found_text="an empty document")
+    top = reader.validate(_Study, raw)
+    try:
+        return top.spec(path, text)
+    except Fault as fault:
+        raise reader.fault(fault) from None
 
 
-class _SpecReader(NodeReader):
-    """The top-level keys; the sections are read by `read_space`, `read_train`, `read_data`."""
+def _storage(value: str | None) -> str | None:
+    if value is not None and "://" not in value:
+        raise Fault((), _STORAGE, mask_url(value))
+    return value
 
-    def read(self, raw: object, text: str) -> StudySpec:
-        if raw is None:
-            raise self.error((), "a mapping of spec keys", found_text="an empty document")
-        top = self.mapping(
-            raw, (), _TOP_KEYS, required=("sampler", "space", "data"),
-            what="a mapping of spec keys (sampler, space, train, data, ...)",
-        )
-        sampler = self.choice(top["sampler"], ("sampler",), SAMPLERS)
-        train = read_train(self, top.get("train"))
-        space = read_space(self, top["space"], sampler, train)
-        n_trials, timeout = self.budget(top, sampler, space)
-        data, cache_dir = read_data(self, top["data"])
+
+_NAME = f"^{MODEL_NAME_PATTERN.pattern}$"
+_STORAGE = "a database URL such as sqlite:///studies/optuna.db, or null"
+_Seconds = Annotated[
+    int | float | None, Field(gt=0, description="a number of seconds > 0, or null")
+]
+
+
+class _Registry(Strict):
+    model_name: str = Field(DEFAULT_MODEL_NAME, pattern=_NAME, description=MODEL_NAME_EXPECTED)
+
+
+class _Study(Strict):
+    """The top-level keys, each on its own; `spec` applies the rules that join them."""
+
+    what: ClassVar[str] = "a mapping of spec keys (sampler, space, train, data, ...)"
+    name: str | None = Field(None, pattern=_NAME, description=MODEL_NAME_EXPECTED)
+    sampler: Literal[SAMPLERS] = Field(description=one_of(SAMPLERS))
+    seed: int = Field(
+        0, ge=0, lt=_SEED_LIMIT, description=f"an integer in 0..{_SEED_LIMIT - 1}"
+    )
+    metric: Literal[METRICS] = Field(METRICS[0], description=one_of(METRICS))
+    direction: Literal[DIRECTIONS] = Field("maximize", description=one_of(DIRECTIONS))
+    n_trials: int | None = Field(None, ge=1, description="an integer >= 1")
+    timeout: _Seconds = None
+    trial_timeout: _Seconds = None
+    max_consecutive_failures: int = Field(3, ge=1, description="an integer >= 1")
+    max_failed_trials: int | None = Field(None, ge=1, description="an integer >= 1, or null")
+    pruner: Literal[PRUNERS] | None = Field("none", description=one_of(PRUNERS))
+    space: Space = Field(
+        description="a mapping of TrainConfig fields to lists of values or ranges"
+    )
+    train: Train | None = Field(None, description="a mapping of TrainConfig fields")
+    data: Annotated[Any, AfterValidator(read_data)]
+    storage: Annotated[str | None, AfterValidator(_storage)] = Field(None, description=_STORAGE)
+    tracking_uri: str | None = Field(
+        None, pattern=r"\S", description="a non-empty string, or null"
+    )
+    registry: _Registry | None = None
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _grid_takes_lists(cls, space: Any, info: ValidationInfo) -> Any:
+        """Before a range's own rules: in a grid, a range is the fault."""
+        if info.data.get("sampler") == "grid" and isinstance(space, dict):
+            for name, value in space.items():
+                if name in TRAIN_FIELDS and isinstance(value, dict) and "choices" not in value:
+                    raise Fault(
+                        (name,), "a list of values (sampler grid cannot search a range)", value
+                    )
+        return space
+
+    def spec(self, path: Path, text: str) -> StudySpec:
+        """The `StudySpec`, after the rules that join keys: the space with the sampler and the
+        fixed values, the budget with the grid, the default name with the file's name."""
+        train = dict(self.train or {})
+        space = params(self.space, train)
+        data, cache_dir = self.data
         return StudySpec(
-            name=self.study_name(top),
-            sampler=sampler,
-            seed=self.integer(top.get("seed", 0), ("seed",), 0, _SEED_LIMIT),
-            metric=self.choice(top.get("metric", METRICS[0]), ("metric",), METRICS),
-            direction=self.choice(top.get("direction", "maximize"), ("direction",), DIRECTIONS),
-            n_trials=n_trials,
-            timeout=timeout,
-            trial_timeout=self.seconds(top.get("trial_timeout"), ("trial_timeout",)),
-            max_consecutive_failures=self.integer(
-                top.get("max_consecutive_failures", 3), ("max_consecutive_failures",), 1
-            ),
-            max_failed_trials=self.optional_count(top.get("max_failed_trials"),
-                                                  ("max_failed_trials",)),
-            pruner=self.choice(_or_default(top.get("pruner"), "none"), ("pruner",), PRUNERS),
+            name=self.name if self.name is not None else _stem_name(path),
+            sampler=self.sampler,
+            seed=self.seed,
+            metric=self.metric,
+            direction=self.direction,
+            n_trials=self.budget(space),
+            timeout=self.timeout,
+            trial_timeout=self.trial_timeout,
+            max_consecutive_failures=self.max_consecutive_failures,
+            max_failed_trials=self.max_failed_trials,
+            pruner=self.pruner or "none",
             space=space,
             train=train,
             data=data,
             cache_dir=cache_dir,
-            storage=self.storage(top.get("storage")),
-            tracking_uri=self.optional_string(top.get("tracking_uri"), ("tracking_uri",)),
-            model_name=self.model_name(top.get("registry")),
-            path=self.path,
+            storage=self.storage,
+            tracking_uri=self.tracking_uri,
+            model_name=(self.registry or _Registry()).model_name,
+            path=path,
             text=text,
         )
 
-    def study_name(self, top: dict[str, Any]) -> str:
-        if "name" in top:
-            return self.name(top["name"], ("name",))
-        return self.name(self.path.stem, ("name",), " (the file's stem; set name: explicitly)")
-
-    def budget(
-        self, top: dict[str, Any], sampler: str, space: tuple[Param, ...]
-    ) -> tuple[int | None, float | None]:
-        """Resolves ``n_trials`` (a grid's default is its size) and ``timeout``."""
-        n_trials = top.get("n_trials")
-        if n_trials is not None:
-            n_trials = self.integer(n_trials, ("n_trials",), 1)
-        timeout = self.seconds(top.get("timeout"), ("timeout",))
-        if sampler == "grid":
+    def budget(self, space: tuple[Param, ...]) -> int | None:
+        """``n_trials``: a grid's default is its size; random and TPE need it or a timeout."""
+        if self.sampler == "grid":
             size = grid_size(space)
-            if n_trials is not None and n_trials > size:
+            if self.n_trials is not None and self.n_trials > size:
                 axes = " x ".join(str(len(p.choices)) for p in space if isinstance(p, Categorical))
-                raise self.error(
-                    ("n_trials",), f"at most the grid's size {size} ({axes}), or null", n_trials
+                raise Fault(
+                    ("n_trials",), f"at most the grid's size {size} ({axes}), or null",
+                    self.n_trials,
                 )
-            return (size if n_trials is None else n_trials), timeout
-        if n_trials is None and timeout is None:
-            raise self.error(
+            return size if self.n_trials is None else self.n_trials
+        if self.n_trials is None and self.timeout is None:
+            raise Fault(
                 ("n_trials",),
-                f"an integer >= 1 (sampler {sampler} needs n_trials, timeout or both)",
-                top.get("n_trials", _MISSING),
+                f"an integer >= 1 (sampler {self.sampler} needs n_trials, timeout or both)",
+                None if "n_trials" in self.model_fields_set else _MISSING,
             )
-        return n_trials, timeout
-
-    def storage(self, value: object) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or "://" not in value:
-            found = mask_url(value) if isinstance(value, str) else value
-            raise self.error(
-                ("storage",), "a database URL such as sqlite:///studies/optuna.db, or null", found
-            )
-        return value
-
-    def optional_count(self, value: object, at: At) -> int | None:
-        """An integer >= 1, or null (no limit)."""
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
-            raise self.error(at, "an integer >= 1, or null", value)
-        return value
-
-    def optional_string(self, value: object, at: At) -> str | None:
-        if value is None:
-            return None
-        return self.string(value, at, "a non-empty string, or null")
-
-    def model_name(self, value: object) -> str:
-        if value is None:
-            return DEFAULT_MODEL_NAME
-        registry = self.mapping(value, ("registry",), ("model_name",))
-        return self.name(registry.get("model_name", DEFAULT_MODEL_NAME), ("registry", "model_name"))
+        return self.n_trials
 
 
-def _or_default(value: object, default: object) -> object:
-    return default if value is None else value
+def _stem_name(path: Path) -> str:
+    if not MODEL_NAME_PATTERN.fullmatch(path.stem):
+        raise Fault(
+            ("name",), MODEL_NAME_EXPECTED + " (the file's stem; set name: explicitly)", path.stem
+        )
+    return path.stem
 
 
 # ------------------------------------------------------------------------------ redacted text

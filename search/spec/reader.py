@@ -1,10 +1,13 @@
 """Generic validation of a YAML document, with errors that point at the file, line and field.
 
-Nothing here knows what a study is: `NodeReader` checks types, ranges, key sets and names of plain
-values parsed from YAML, and turns each violation into a `SpecError` naming the file, the line
-(from the node tree PyYAML parsed alongside the values), the field path (``space.lr[1]``), the
-rule (``expected an integer >= 1``) and the value found. The sections of a study spec
-(`search.spec.sections`, `search.spec.data_section`, `search.spec.loader`) are written on top of it.
+Nothing here knows what a study is. PyYAML parses the text once into plain values and the node
+tree (for line numbers; a key written twice is an error here). The values are validated by
+pydantic models built on `Strict`: unknown keys are errors, nothing is coerced, and pydantic's
+first error becomes one `Fault` (field path, what was expected, what was found), which
+`NodeReader` turns into a `SpecError` naming the file and the line of that path
+(``study.yaml:6: space.batch_size[1]: expected an integer >= 1, but got -4``). The sections of
+a study spec (`search.spec.sections`, `search.spec.data_section`, `search.spec.loader`) are
+written on top of it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from search.contracts import MODEL_NAME_EXPECTED, MODEL_NAME_PATTERN
 from search.errors import _MISSING, SpecError, show
 
 # A field path inside the document: ("space", "learning_rate", 1) is space.learning_rate[1].
@@ -121,14 +129,11 @@ def dotted(at: At) -> str:
 
 
 class NodeReader:
-    """Checks plain values of one parsed document; knows its file and node tree, to point each
-    error at a line."""
+    """One parsed document's file and node tree, to point each error at a line."""
 
     def __init__(self, path: Path, node: Node | None) -> None:
         self.path = path
         self.node = node
-
-    # -- errors
 
     def line(self, at: At) -> int | None:
         """The line of the deepest node on the path ``at`` (its parent's when a key is missing)."""
@@ -155,71 +160,101 @@ class NodeReader:
             self.path, dotted(at), expected, found, found_text=found_text, line=self.line(at)
         )
 
-    # -- readers: each returns the value when it obeys the rule, else raises `error`
+    def fault(self, fault: Fault) -> SpecError:
+        return self.error(fault.at, fault.expected, fault.found, found_text=fault.found_text)
 
-    def mapping(
-        self,
-        value: object,
-        at: At,
-        allowed: Iterable[str],
-        *,
-        required: Iterable[str] = (),
-        what: str = "a mapping",
-    ) -> dict[str, Any]:
-        """Checks ``value`` is a mapping with only ``allowed`` keys and every ``required`` one."""
-        allowed = tuple(allowed)
+    def validate(self, model: type[M], value: object) -> M:
+        """``value`` as ``model``, or the `SpecError` of its first fault."""
+        try:
+            return validated(model, value)
+        except Fault as fault:
+            raise self.fault(fault) from None
+
+
+# ------------------------------------------------------------------------- pydantic, one fault
+
+
+class Fault(ValueError):
+    """One broken rule, at a path relative to where it was found: what a validator raises (inside
+    pydantic it travels as a ``value_error``), and what `Strict` turns pydantic's own errors into.
+    """
+
+    def __init__(
+        self, at: At, expected: str, found: object = _MISSING, *, found_text: str | None = None
+    ) -> None:
+        super().__init__(expected)
+        self.at, self.expected, self.found, self.found_text = at, expected, found, found_text
+
+    def under(self, prefix: At) -> Fault:
+        return Fault((*prefix, *self.at), self.expected, self.found, found_text=self.found_text)
+
+
+class Strict(BaseModel):
+    """A spec mapping: unknown keys are errors, no value is coerced (``"1"`` is not 1, ``true``
+    is not 1, ``.inf`` is not a number), and a failed validation becomes one `Fault`.
+
+    Each field's ``description`` is what it expects (``"an integer >= 1"``): pydantic's own
+    errors (a wrong type, a bound) are told in those words. A model nested in another raises its
+    `Fault` up, and the outer model adds the field's name to its path, so the path of every fault
+    is the field path of the document."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    what: ClassVar[str] = "a mapping"  # expected, when the value is not a mapping
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_fault(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if not isinstance(value, dict):
-            raise self.error(at, what, value)
-        for key in value:
-            if key not in allowed:
-                raise self.error(
-                    (*at, key),
-                    "one of the keys " + ", ".join(allowed),
-                    found_text=_unknown_key(key, allowed),
-                )
-        for key in required:
-            if key not in value:
-                raise self.error((*at, key), f"a value for {key!r}", found_text="nothing (missing)")
-        return value
+            raise Fault((), cls.what, value)
+        try:
+            return handler(value)
+        except ValidationError as error:
+            raise _first_fault(cls, value, error) from None
 
-    def choice(self, value: object, at: At, choices: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise self.error(at, "one of " + ", ".join(repr(c) for c in choices), value)
-        return value
 
-    def integer(self, value: object, at: At, low: int, high: int | None = None) -> int:
-        """An int in ``low..high-1`` (``high`` exclusive; None: no upper bound)."""
-        if not is_int(value) or value < low or (high is not None and value >= high):
-            bound = f"in {low}..{high - 1}" if high is not None else f">= {low}"
-            raise self.error(at, f"an integer {bound}", value)
-        return value
+M = TypeVar("M", bound=BaseModel)
+# Unknown keys first (a misspelt key is also a missing one), then missing ones, then values.
+_ORDER = {"extra_forbidden": 0, "invalid_key": 0, "missing": 1}
 
-    def number(self, value: object, at: At, expected: str = "a number") -> float | int:
-        if not is_number(value):
-            raise self.error(at, expected, value)
-        return value
 
-    def seconds(self, value: object, at: At) -> float | None:
-        """A duration: a number > 0, or null (no limit)."""
-        if value is not None and (not is_number(value) or value <= 0):
-            raise self.error(at, "a number of seconds > 0, or null", value)
-        return value
+def _first_fault(model: type[BaseModel], value: dict[Any, Any], error: ValidationError) -> Fault:
+    first = min(error.errors(), key=lambda e: _ORDER.get(e["type"], 2))
+    at: At = tuple(part for part in first["loc"] if part != "[key]")  # a dict key's own check
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, Fault):
+        return cause.under(at)
+    if not at:
+        raise error  # a model's own check must raise a Fault: a bug, not a spec's fault
+    if first["type"] in ("extra_forbidden", "invalid_key"):
+        return unknown_key(at, at[-1], tuple(model.model_fields))
+    if first["type"] == "missing":
+        return Fault(at, f"a value for {at[-1]!r}", found_text="nothing (missing)")
+    # A wrong type or a broken bound: the field's own words, and the value as written.
+    return Fault(at[:1], model.model_fields[at[0]].description or "a valid value", value[at[0]])
 
-    def boolean(self, value: object, at: At) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(at, "true or false", value)
-        return value
 
-    def string(self, value: object, at: At, expected: str = "a non-empty string") -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(at, expected, value)
-        return value
+def unknown_key(at: At, key: Any, allowed: tuple[str, ...]) -> Fault:
+    """The fault of ``key`` (at ``at``) in a mapping that takes only the ``allowed`` keys."""
+    found = f"an unknown key {show(key)}"
+    close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
+    if close:
+        found += f" (did you mean {close[0]!r}?)"
+    return Fault(at, "one of the keys " + ", ".join(allowed), found_text=found)
 
-    def name(self, value: object, at: At, hint: str = "") -> str:
-        """A name fit for a URL, a file name and an MLflow experiment."""
-        if not isinstance(value, str) or not MODEL_NAME_PATTERN.fullmatch(value):
-            raise self.error(at, MODEL_NAME_EXPECTED + hint, value)
-        return value
+
+def validated(model: type[M], value: object) -> M:
+    """``value`` as ``model`` (a `Strict` model), or its `Fault` raised."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        cause = error.errors()[0].get("ctx", {}).get("error")
+        if isinstance(cause, Fault):
+            raise cause from None
+        raise  # not a Strict model: a bug, not a spec's fault
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(repr(c) for c in choices)
 
 
 def _child(node: Node, part: str | int) -> Node | None:
@@ -230,12 +265,6 @@ def _child(node: Node, part: str | int) -> Node | None:
     if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
         return node.value[part]
     return None
-
-
-def _unknown_key(key: object, allowed: tuple[str, ...]) -> str:
-    text = f"an unknown key {show(key)}"
-    close = difflib.get_close_matches(str(key), allowed, n=1) if isinstance(key, str) else []
-    return f"{text} (did you mean {close[0]!r}?)" if close else text
 
 
 def is_int(value: object) -> bool:

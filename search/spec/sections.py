@@ -12,134 +12,164 @@ choice, both ends of each range) is checked by building a `TrainConfig` from it 
       dropout: {low: 0.0, high: 0.6}              # float range
       head_width: {low: 64, high: 1024, log: true}
     train: {image_size: 48}                       # fixed values
+
+`Space` and `Train` are the pydantic types of the two sections (each shape on its own); `params`
+applies the rules that join them (and the field's type with a range's ends) and builds the
+`Param`s. (That a grid takes lists only is checked by the spec's top level, which knows the
+sampler.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, model_validator
 
 from search.spec.params import Categorical, FloatRange, IntRange, Param
-from search.spec.reader import At, NodeReader, is_int, is_number
+from search.spec.reader import At, Fault, Strict, is_int, is_number, unknown_key, validated
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 
-_RANGE_KEYS = ("low", "high", "log", "step")
+TRAIN_FIELDS = TrainConfig.field_names()
 # With int ends a range is an int range, unless the field itself is a float: `{low: 1, high: 3}`
 # for dropout or learning_rate must not silently sample only 1, 2, 3.
 _FLOAT_FIELDS = frozenset(
     f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float)
 )
+_SHAPES = "a non-empty list of values, {choices: [...]} or a range {low, high, log, step}"
 
 
-def read_train(r: NodeReader, value: object) -> dict[str, Any]:
-    """The fixed `TrainConfig` values, checked by the trainer's own rules."""
-    if value is None:
-        return {}
-    fields = TrainConfig.field_names()
-    train = dict(r.mapping(value, ("train",), fields, what="a mapping of TrainConfig fields"))
+def _field_name(key: Any) -> str:
+    if key not in TRAIN_FIELDS:
+        raise unknown_key((), key, TRAIN_FIELDS)
+    return key
+
+
+def _values(values: list[Any]) -> list[Any]:
+    """A grid axis or a categorical's choices: scalars, each once."""
+    if not values:
+        raise Fault((), "a non-empty list of values", values)
+    for index, item in enumerate(values):
+        if not isinstance(item, str | int | float | bool):
+            raise Fault((index,), "a number, string, true or false", item)
+        # Equal values of one type would run the same configuration twice.
+        if any(type(other) is type(item) and other == item for other in values[:index]):
+            raise Fault((index,), "values that differ from each other", item)
+    return values
+
+
+class Choices(Strict):
+    """``{choices: [...]}``."""
+
+    choices: Annotated[list[Any], AfterValidator(_values)] = Field(
+        description="a non-empty list of values"
+    )
+
+
+class Range(Strict):
+    """``{low, high, log, step}``; whether it is an int or a float range, and so what its step
+    must be, depends on the field searched (`params`)."""
+
+    low: int | float = Field(description="a number")
+    high: int | float = Field(description="a number")
+    log: bool = Field(False, description="true or false")
+    step: Any = None
+
+    @model_validator(mode="after")
+    def _ends(self) -> Range:
+        if self.low > self.high:
+            raise Fault((), "low <= high", found_text=f"low={self.low!r}, high={self.high!r}")
+        if self.log and self.low <= 0:
+            raise Fault(("low",), "a number > 0 (log: true samples in log space)", self.low)
+        if self.log and "step" in self.model_fields_set:
+            raise Fault(("step",), "no step with log: true (log and step exclusive)", self.step)
+        return self
+
+
+def _shape(value: Any) -> list[Any] | Choices | Range:
+    if isinstance(value, list):
+        return _values(value)
+    if isinstance(value, dict):
+        return validated(Choices if "choices" in value else Range, value)
+    raise Fault((), _SHAPES, value)
+
+
+def _not_empty(space: dict[str, Any]) -> dict[str, Any]:
+    if not space:
+        raise Fault((), "at least one searched TrainConfig field", space)
+    return space
+
+
+def _by_trainer(train: dict[str, Any]) -> dict[str, Any]:
     try:
         TrainConfig(**train)
     except ConfigError as error:
-        raise r.error(("train", error.field), error.expected, error.found) from error
+        raise Fault((error.field,), error.expected, error.found) from error
     return train
 
 
-def read_space(
-    r: NodeReader, value: object, sampler: str, train: dict[str, Any]
+_FieldName = Annotated[Any, AfterValidator(_field_name)]
+Space = Annotated[
+    dict[_FieldName, Annotated[Any, AfterValidator(_shape)]], AfterValidator(_not_empty)
+]
+Train = Annotated[dict[_FieldName, Any], AfterValidator(_by_trainer)]
+
+
+def params(
+    space: dict[str, list[Any] | Choices | Range], train: dict[str, Any]
 ) -> tuple[Param, ...]:
-    """The searched parameters, in spec order; a grid takes lists only."""
-    space = r.mapping(
-        value, ("space",), TrainConfig.field_names(),
-        what="a mapping of TrainConfig fields to lists of values or ranges",
-    )
-    if not space:
-        raise r.error(("space",), "at least one searched TrainConfig field", space)
-    params = []
-    for name, spec in space.items():
+    """The searched parameters, in spec order.
+
+    Raises:
+        Fault: a field both searched and fixed, a step that does not fit the range, or a value
+            the trainer rejects (with the fixed values).
+    """
+    result = []
+    for name, shape in space.items():
+        at: At = ("space", name)
         if name in train:
-            raise r.error(
+            raise Fault(
                 ("train", name),
                 f"{name} either searched (space.{name}) or fixed (train.{name}), not both",
                 train[name],
             )
-        param, candidates = _param(r, name, spec, sampler)
-        _check_with_trainer(r, name, candidates, train)
-        params.append(param)
-    return tuple(params)
+        if isinstance(shape, Range):
+            param: Param = _range(name, shape, at)
+            candidates = [((*at, "low"), shape.low), ((*at, "high"), shape.high)]
+        else:
+            values, where = (shape.choices, (*at, "choices")) if isinstance(shape, Choices) \
+                else (shape, at)
+            param = Categorical(name, tuple(values))
+            candidates = [((*where, index), item) for index, item in enumerate(values)]
+        _check_with_trainer(name, candidates, train)
+        result.append(param)
+    return tuple(result)
 
 
-def _param(
-    r: NodeReader, name: str, value: object, sampler: str
-) -> tuple[Param, list[tuple[At, Any]]]:
-    """One searched field, and the values (with their paths) the trainer must accept."""
-    at: At = ("space", name)
-    if isinstance(value, list):
-        return _categorical(r, name, value, at)
-    if isinstance(value, dict) and "choices" in value:
-        r.mapping(value, at, ("choices",))
-        return _categorical(r, name, value["choices"], (*at, "choices"))
-    if isinstance(value, dict):
-        if sampler == "grid":
-            raise r.error(at, "a list of values (sampler grid cannot search a range)", value)
-        return _range(r, name, value, at)
-    raise r.error(
-        at,
-        "a non-empty list of values, {choices: [...]} or a range {low, high, log, step}",
-        value,
-    )
-
-
-def _categorical(
-    r: NodeReader, name: str, values: object, at: At
-) -> tuple[Categorical, list[tuple[At, Any]]]:
-    if not isinstance(values, list) or not values:
-        raise r.error(at, "a non-empty list of values", values)
-    for index, item in enumerate(values):
-        if not isinstance(item, str | int | float | bool):
-            raise r.error((*at, index), "a number, string, true or false", item)
-        # Equal values of one type would run the same configuration twice.
-        if any(type(other) is type(item) and other == item for other in values[:index]):
-            raise r.error((*at, index), "values that differ from each other", item)
-    candidates = [((*at, index), item) for index, item in enumerate(values)]
-    return Categorical(name, tuple(values)), candidates
-
-
-def _range(
-    r: NodeReader, name: str, value: dict[str, Any], at: At
-) -> tuple[FloatRange | IntRange, list[tuple[At, Any]]]:
-    spec = r.mapping(value, at, _RANGE_KEYS, required=("low", "high"))
-    low = r.number(spec["low"], (*at, "low"))
-    high = r.number(spec["high"], (*at, "high"))
-    log = r.boolean(spec.get("log", False), (*at, "log"))
-    if low > high:
-        raise r.error(at, "low <= high", found_text=f"low={low!r}, high={high!r}")
-    if log and low <= 0:
-        raise r.error((*at, "low"), "a number > 0 (log: true samples in log space)", low)
-    if log and "step" in spec:
-        raise r.error(
-            (*at, "step"), "no step with log: true (log and step exclusive)", spec["step"]
-        )
-    candidates = [((*at, "low"), low), ((*at, "high"), high)]
+def _range(name: str, spec: Range, at: At) -> FloatRange | IntRange:
+    low, high = spec.low, spec.high
     if is_int(low) and is_int(high) and name not in _FLOAT_FIELDS:
-        step = r.integer(spec.get("step", 1), (*at, "step"), 1)
+        step = spec.step if "step" in spec.model_fields_set else 1
+        if not is_int(step) or step < 1:
+            raise Fault((*at, "step"), "an integer >= 1", step)
         if (high - low) % step:
-            raise r.error((*at, "step"), f"a step dividing high - low = {high - low}", step)
-        return IntRange(name, low, high, step, log), candidates
-    step = spec.get("step")
+            raise Fault((*at, "step"), f"a step dividing high - low = {high - low}", step)
+        return IntRange(name, low, high, step, spec.log)
+    step = spec.step
     if step is not None:
         if not is_number(step) or step <= 0:
-            raise r.error((*at, "step"), "a number > 0, or null", step)
+            raise Fault((*at, "step"), "a number > 0, or null", step)
         count = (high - low) / step
         if not math.isclose(count, round(count), rel_tol=1e-9, abs_tol=1e-9):
-            raise r.error((*at, "step"), f"a step dividing high - low = {high - low!r}", step)
+            raise Fault((*at, "step"), f"a step dividing high - low = {high - low!r}", step)
         step = float(step)
-    return FloatRange(name, float(low), float(high), log, step), candidates
+    return FloatRange(name, float(low), float(high), spec.log, step)
 
 
 def _check_with_trainer(
-    r: NodeReader, name: str, candidates: list[tuple[At, Any]], train: dict[str, Any]
+    name: str, candidates: list[tuple[At, Any]], train: dict[str, Any]
 ) -> None:
     """Builds a `TrainConfig` from each candidate value and the fixed values."""
     for at, value in candidates:
@@ -149,4 +179,4 @@ def _check_with_trainer(
             expected = error.expected if error.field == name else (
                 f"{error.expected} (for {error.field})"
             )
-            raise r.error(at, expected, error.found) from error
+            raise Fault(at, expected, error.found) from error
