@@ -104,20 +104,18 @@ class _Compiled:
             self._traced = True
 
     def _forward(self, variables, h: int, x, t=None, head=None):
-        """Head `h` on `x`: its logits, hidden layer, that layer after dropout (`kept`, the
-        second layer's input) and the dropout factor (None without dropout, and without a
-        training step `t`, as when predicting); the backward pass reuses all of them."""
+        """Head `h`'s logits on `x`, with dropout when it has a training step `t` (None when
+        predicting). The training step differentiates this same function (a tape)."""
         w1, b1, w2, b2 = variables[h][0]
-        # bias_add, not `+`: one op, and a step is mostly per-op overhead for a narrow head at
-        # a small batch size.
+        # bias_add, not `+`: one op forward and one backward (a broadcast add's gradient is
+        # five), and a step is mostly per-op overhead for a narrow head at a small batch size.
         hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w1), b1))
-        kept, dropped = hidden, None
         if t is not None and self.switches[h]["dropout"]:
             # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only.
             noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([head["seed"], t]))
-            dropped = tf.cast(noise >= head["drop_below"], tf.float32) * head["keep_scale"]
-            kept = hidden * dropped
-        return tf.nn.bias_add(tf.matmul(kept, w2), b2), hidden, kept, dropped
+            hidden = hidden * (tf.cast(noise >= head["drop_below"], tf.float32)
+                               * head["keep_scale"])
+        return tf.nn.bias_add(tf.matmul(hidden, w2), b2)
 
     def _per_head(self, runtime) -> list[dict]:
         """Each head's runtime settings as float32 / int64 scalars, computed once per epoch
@@ -164,33 +162,17 @@ class _Compiled:
         """One batch for every head (`heads`: their runtime settings, `_per_head`): forward,
         backward, Adam. Returns the heads' summed loss and weighted hits on the batch.
 
-        The backward pass is written out, not taped: the loss is Keras' (per-face categorical
-        cross-entropy, weighted, summed over the batch and divided by its size), and its
-        gradients by hand are a dozen ops a head where a tape made some thirty; a step of a
-        narrow head at batch size 16 is mostly per-op overhead. Same gradients up to float
-        round-off (tests compare the engine with Keras `fit`)."""
-        classes = self.classes
-        onehot = tf.one_hot(yb, classes)
+        The gradients are the tape's (`_gradients`) of the forward pass: a setting that changes
+        the forward pass or the loss needs no derivative written for it."""
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
-        coef = tf.expand_dims(wb / size, 1)  # d loss / d per-face loss, for every head
+        onehot = tf.one_hot(yb, self.classes)
+        share = wb / size  # each face's share of the loss, for every head
         losses, hits = [], []
         for h, head in enumerate(self.heads):
             weights, m, v = variables[h]
-            w2 = weights[2]
-            targets = head.targets(onehot)  # each row sums to 1, smoothed or not
-            logits, hidden, kept, dropped = self._forward(variables, h, xb, t, heads[h])
-            # log_softmax of dense targets, not sparse_softmax_cross_entropy: the latter has no
-            # deterministic GPU kernel.
-            log_p = tf.nn.log_softmax(logits)
-            # d loss / d logits = (softmax - targets) * weight / size, per face
-            d_logits = (tf.exp(log_p) - targets) * coef
-            d_hidden = tf.matmul(d_logits, w2, transpose_b=True)
-            if dropped is not None:
-                d_hidden = d_hidden * dropped
-            d_pre = tf.raw_ops.ReluGrad(gradients=d_hidden, features=hidden)
-            grads = [tf.matmul(xb, d_pre, transpose_a=True), tf.reduce_sum(d_pre, 0),
-                     tf.matmul(kept, d_logits, transpose_a=True), tf.reduce_sum(d_logits, 0)]
+            grads, logits, per_face = self._gradients(variables, h, xb, onehot, share, t,
+                                                      heads[h])
             decay = head.weight_decay
             if decay > 0:  # decoupled, before the Adam step, as Keras' AdamW does
                 for var in weights:
@@ -203,14 +185,34 @@ class _Compiled:
                     epsilon=_EPSILON, grad=grad,
                 )
             # The batch's summed weighted loss (Keras' loss times the batch size).
-            losses.append(-tf.reduce_sum(tf.reduce_sum(targets * log_p, axis=1) * wb))
+            losses.append(tf.reduce_sum(per_face * wb))
             correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb),
                               tf.float32)
             hits.append(tf.reduce_sum(correct * wb))
         return tf.stack(losses), tf.stack(hits)
 
+    def _gradients(self, variables, h: int, xb, onehot, share, t, head):
+        """Head `h`'s gradients [w1, b1, w2, b2] of Keras' loss on the batch (per-face
+        categorical cross-entropy of `HeadSpec.targets`, weighted, summed over the batch and
+        divided by its size), by a tape over `_forward`; also its logits and per-face losses.
+
+        They are the gradients once written out by hand here (softmax minus targets, two
+        matmuls and a ReluGrad) up to float round-off: the tape sums a bias's gradient with
+        BiasAddGrad and the softmax's as `g - sum(g) * p`, in another order
+        (benchmarks/head_backward.py measures both ways, and how far apart they end)."""
+        weights = variables[h][0]
+        targets = self.heads[h].targets(onehot)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(weights)
+            logits = self._forward(variables, h, xb, t, head)
+            # log_softmax of dense targets, not sparse_softmax_cross_entropy: the latter has no
+            # deterministic GPU kernel.
+            per_face = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=1)
+            loss = tf.reduce_sum(per_face * share)
+        return tape.gradient(loss, weights), logits, per_face
+
     def _predict(self, variables, x):
-        return tf.stack([tf.nn.softmax(self._forward(variables, h, x)[0])
+        return tf.stack([tf.nn.softmax(self._forward(variables, h, x))
                          for h in range(len(self.heads))])
 
 
