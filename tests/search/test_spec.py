@@ -286,12 +286,26 @@ BAD_SPECS = {
     ),
     "expw key with synthetic data": (_with(("data.label_file", "x")), "data.label_file", "label"),
     "unknown registry key": (_with(("registry", {"model": "m"})), "registry.model", "model"),
+    "misspelt key before missing key": (  # samplr is unknown and sampler missing: say the first
+        _with(("sampler", _DELETE), ("samplr", "grid")), "samplr", "did you mean 'sampler'?"
+    ),
+    "key not a string": (_with(("space", {1: [32]})), "space[1]", "an unknown key 1"),
+    "unknown choices key": (
+        _with(("space.batch_size", {"choices": [32], "step": 1})), "space.batch_size.step", "step"
+    ),
     # wrong types
     "seed is a string": (_with(("seed", "zero")), "seed", "'zero'"),
     "seed is negative": (_with(("seed", -1)), "seed", "-1"),
     "space is a list": (_with(("space", ["learning_rate"])), "space", "['learning_rate']"),
     "space value is a scalar": (
         _with(("space.learning_rate", 0.001)), "space.learning_rate", "0.001"
+    ),
+    "space value is null": (_with(("space.learning_rate", None)), "space.learning_rate", "None"),
+    "n_trials is a string": (_with(("n_trials", "3")), "n_trials", "'3'"),  # nothing coerced
+    "timeout is infinite": (_with(("timeout", float("inf"))), "timeout", "inf"),
+    "range end is nan": (
+        _with(RANDOM, TRIALS, ("space.dropout", {"low": float("nan"), "high": 0.5})),
+        "space.dropout.low", "nan",
     ),
     "grid value is a list": (_with(("space.batch_size", [[32]])), "space.batch_size[0]", "[32]"),
     "bool for an int": (_with(("space.batch_size", [True])), "space.batch_size[0]", "True"),
@@ -364,6 +378,10 @@ BAD_SPECS = {
     "grid with a range": (
         _with(("space.learning_rate", {"low": 0.001, "high": 0.1})),
         "space.learning_rate", "'low': 0.001",
+    ),
+    "grid with a range that is wrong too": (  # the grid's rule first: no range at all
+        _with(("space.learning_rate", {"low": 0.1, "high": 0.01})),
+        "space.learning_rate", "(sampler grid cannot search a range)",
     ),
     "duplicate grid value": (_with(("space.batch_size", [32, 32])), "space.batch_size[1]", "32"),
     # space and train
