@@ -30,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import benchlib, pgcluster  # noqa: E402
+from benchmarks import benchlib  # noqa: E402
+from tests.infra import pgcluster  # noqa: E402
 
 OLD_COMMIT = "d41d3da~1"  # the last commit before the claim of search.storage.claims
 LENGTHS = (10, 10_000)

@@ -49,7 +49,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import benchlib, pgbouncer, pgcluster  # noqa: E402
+from benchmarks import benchlib  # noqa: E402
+from tests.infra import pgbouncer, pgcluster  # noqa: E402
 
 WORKERS = (8, 32, 128, 256)
 MODES = ("direct", "pgbouncer")

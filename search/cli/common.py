@@ -67,8 +67,8 @@ def one_line(error: BaseException) -> str:
     then any other a pattern finds."""
     import os
 
+    from search import settings
     from search.urls import mask_text
-    from trainer import settings
 
     text = str(error)
     for url in (*_URLS_IN_USE, settings.storage(), os.environ.get("MLFLOW_TRACKING_URI")):

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import TrialState
 
+from search import settings
 from search.storage import claims, points
 from search.storage.engines import close_storage
 from search.urls import mask_text
-from trainer import settings
 
 logger = logging.getLogger("search.storage.sessions")
 T = TypeVar("T")

@@ -45,6 +45,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from search import settings
 from search.errors import InputError, SearchError
 from search.storage import claims, points
 from search.storage.engines import (
@@ -57,7 +58,6 @@ from search.storage.engines import (
 from search.storage.locks import named_lock
 from search.storage.retry import ResilientRDBStorage, root_message
 from search.urls import mask_text, mask_url
-from trainer import settings
 
 # Heartbeats and their retry callback are marked experimental; they are the documented way to
 # recover trials of dead workers, which this project relies on.

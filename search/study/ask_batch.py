@@ -35,13 +35,13 @@ from collections.abc import Hashable, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from search import settings
 from search.contracts import TRIAL_REASON_ATTR
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
 from search.storage import points
 from search.storage.locks import study_lock
 from search.study import grid_queue, group_runner
-from trainer import settings
 
 HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial was re-queued)"
 

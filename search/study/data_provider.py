@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trainer
+from search import settings
 from search.spec.data_section import SyntheticData
 from search.spec.loader import StudySpec
 from search.storage.locks import cache_lock
-from trainer import settings
 
 
 def _to_stderr(line: str) -> None:

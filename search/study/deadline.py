@@ -32,8 +32,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+from search import settings
 from search.contracts import EXIT_TRIAL_STUCK  # 75; tests read it from here
-from trainer import settings
 
 clock = time.monotonic  # read at call time, so tests can move time on
 _exit = os._exit  # likewise replaceable: tests must not end the test process

@@ -43,6 +43,7 @@ import optuna
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import TrialState
 
+from search import settings
 from search.contracts import (
     FAILED_TRIAL_ATTR,
     PASS_MATES_ATTR,
@@ -53,7 +54,6 @@ from search.contracts import (
 from search.spec.loader import StudySpec
 from search.storage import claims, points
 from search.storage.sessions import MAX_RETRY
-from trainer import settings
 
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 # At most this many heads trained together by one worker. A group's pass costs about k times

@@ -22,10 +22,10 @@ from typing import Any
 import optuna
 
 import trainer
+from search import settings
 from search.spec.loader import StudySpec
 from search.study import grid_queue
 from search.study.trial_runner import TrialOutcome, TrialRunner, TrialSession
-from trainer import settings
 
 
 def group_of(spec: StudySpec) -> grid_queue.GroupOf:

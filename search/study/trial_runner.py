@@ -21,8 +21,6 @@ then says from which epoch it resumed (`resumed_from_epoch`).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import threading
 import time
 import traceback
@@ -33,6 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 import trainer
+from search import settings
 from search.contracts import (
     FAILED_TRIAL_ATTR,
     PASS_MATES_ATTR,
@@ -49,7 +48,6 @@ from search.spec.params import suggest_all
 from search.study.data_provider import DataProvider
 from search.study.deadline import Deadline, TrialTimedOut, Watchdog
 from search.tracking.runs import Tracker, trial_tags
-from trainer import settings
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
 # What a training pass gives back: one TrainResult or exception per session, in order.
@@ -216,8 +214,6 @@ class TrialSession:
         self._unreported[epoch] = float(metrics[self.runner.spec.metric])
         if self.runner.prunes or time.monotonic() - self._reported_at >= settings.report_s():
             self._report()
-        if epoch == settings.kill_at_epoch():  # a test hook: a machine lost mid-training
-            os.kill(os.getpid(), signal.SIGKILL)
         if self.runner.prunes and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         self.deadline.check()

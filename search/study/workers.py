@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from search import settings
 from search.contracts import (
     EXIT_BAD_INPUT,
     EXIT_FAILED_TRIALS,
@@ -47,7 +48,6 @@ from search.contracts import (
 from search.errors import InputError
 from search.spec.loader import StudySpec
 from search.study import signals
-from trainer import settings
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 MAX_RESTARTS = 5  # per worker: a worker stuck again and again has a problem a restart won't fix

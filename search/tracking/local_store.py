@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer import settings
+from search import settings
 from trainer.files.atomic import fsync_dir
 from trainer.files.lock import file_lock
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import settings
+from tests.infra import settings
 
 # Headless in a container: no sandbox (root), no GPU, and nothing fetched from outside.
 CHROMIUM_ARGS = [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.pgcluster import free_port
 from search.tracking.runs import ML_VIEW
+from tests.infra.pgcluster import free_port
 from tests.search.studyhelp import urls, write_spec
 
 pytestmark = pytest.mark.browser

@@ -1,4 +1,4 @@
-"""Fixtures of tests/deploy: the throwaway PostgreSQL cluster of benchmarks/pgcluster.py (Slurm
+"""Fixtures of tests/deploy: the throwaway PostgreSQL cluster of tests/infra/pgcluster.py (Slurm
 test), and the offline tools (kubectl, kubernetes-validate), which fail rather than skip in CI."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from benchmarks.pgcluster import pg_cluster  # noqa: F401  (pytest fixture)
+from tests.infra.fixtures import pg_cluster  # noqa: F401  (pytest fixture)
 
 
 def missing_tool(what: str) -> None:

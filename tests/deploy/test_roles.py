@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.pgcluster import ClusterUnavailable, free_port, remove_cluster, start_cluster
 from tests.deploy.conftest import missing_tool
+from tests.infra.fixtures import unavailable
+from tests.infra.pgcluster import ClusterUnavailable, free_port, remove_cluster, start_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -61,9 +62,7 @@ def cluster(tmp_path_factory):
     try:
         cluster = start_cluster()
     except ClusterUnavailable as error:
-        from benchmarks.pgcluster import _unavailable
-
-        _unavailable(str(error))
+        unavailable(str(error))
     try:
         folder = write_secrets(tmp_path_factory.mktemp("secrets"), PASSWORDS)
         done = psql(cluster, folder, "-f", str(ROLES))

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import pgbouncer
+from tests.infra.fixtures import unavailable
+from tests.infra.pgcluster import USER, ClusterUnavailable, free_port, run_as
 from tests.search.studyhelp import write_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,14 +191,11 @@ def test_array_tasks_reach_postgresql_through_the_pgbouncer_job(tmp_path, pg_clu
     import optuna
     import psycopg2
 
-    from benchmarks import pgbouncer
-    from benchmarks.pgcluster import USER, ClusterUnavailable, _run_as, _unavailable, free_port
-
     try:
         program = Path(pgbouncer.binary())  # /usr/sbin on Debian: not on every user's PATH
-        as_postgres = "--user=postgres" if _run_as() else ""  # PgBouncer refuses root
+        as_postgres = "--user=postgres" if run_as() else ""  # PgBouncer refuses root
     except ClusterUnavailable as error:
-        _unavailable(str(error))
+        unavailable(str(error))
     name = f"slurm-pgb-{uuid.uuid4().hex[:8]}"
     (tmp_path / "submit").mkdir()
     spec = write_spec(tmp_path / "submit", name=name, space=TINY_SPACE)

@@ -30,7 +30,7 @@ PORT = {
     "from search.study import grid_queue": "from search import grid_queue",
     "from search.study import loop as loop_module": "from search import study as loop_module",
     '"search.storage.retry.time.sleep"': '"search.storage_retry.time.sleep"',
-    "from trainer import settings\n": "import search.storage as storage_module\n",
+    "from search import settings\n": "import search.storage as storage_module\n",
     # The old code read the heartbeat settings into module constants at import.
     "    with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):\n        yield":
         "    storage_module.HEARTBEAT_S, storage_module.GRACE_S = 1, 1\n    yield",

@@ -11,12 +11,12 @@ import pytest
 from optuna.trial import TrialState
 
 import trainer
+from search import settings
 from search.spec.loader import load_spec
 from search.storage.sessions import open_storage
 from search.study import ask_batch, grid_queue
 from search.study.loop import make_sampler, run_study
 from tests.search.studyhelp import race, urls, write_spec
-from trainer import settings
 
 # A tiny space: two class weightings make two groups; everything else is free inside a group
 # (heads of the two batch sizes train in passes side by side).

@@ -2,7 +2,7 @@
 
 Without a PostgreSQL server: claims across processes on SQLite, `fer-search run --workers 2`, and
 a worker stopped by SIGINT or SIGTERM. With the throwaway cluster (marker `postgres`,
-benchmarks/pgcluster.py): two `fer-search worker` processes sharing a grid with a real
+tests/infra/): two `fer-search worker` processes sharing a grid with a real
 `mlflow server`, a worker killed with SIGKILL mid-trial, and the server restarted mid-study.
 """
 
@@ -21,8 +21,6 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.pgcluster import Worker, spawn_worker, wait_for
-from benchmarks.pgcluster import worker_env as env_for
 from search.storage.retry import ResilientRDBStorage, is_transient, retry_transient
 from search.storage.sessions import open_storage, storage_session
 from search.study import grid_queue
@@ -34,6 +32,8 @@ from search.study.workers import (
     worker_command,
     worker_env,
 )
+from tests.infra.workers import Worker, spawn_worker, wait_for
+from tests.infra.workers import worker_env as env_for
 from tests.search.studyhelp import (  # noqa: F401 (fixture)
     Stores,
     race,

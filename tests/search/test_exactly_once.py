@@ -37,13 +37,13 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from search import settings
 from search.spec.loader import load_spec
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
 from search.study import loop as loop_module
 from tests.search.studyhelp import write_spec
-from trainer import settings
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

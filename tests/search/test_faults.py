@@ -26,6 +26,7 @@ import yaml
 from PIL import Image
 
 from search.cli.main import main
+from tests.infra import hooks
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
 from tests.trainer.conftest import write_expw
 
@@ -205,7 +206,7 @@ CASES = [
          may_change=("rows/", "specs/"), absent=("Traceback", "study ")),
     # item 3: a cache the disk cannot hold fails before anything is written
     Case("run-full-disk", run_full_disk, 1, "not enough free space for the crop cache",
-         may_change=("rows/", "specs/"), env={"FER_SEARCH_DISK_LIMIT_BYTES": "100000"},
+         may_change=("rows/", "specs/"), env={"FER_SEARCH_TEST_DISK_LIMIT_BYTES": "100000"},
          absent=("Traceback", "study ", "--debug")),
     # item 9: fetch never overwrites silently; bad references fail before any download
     Case("fetch-over-existing", fetch_over_existing, 2, "pass --force to replace it",
@@ -245,7 +246,8 @@ def test_bad_input(case: Case, project: Project, capsys, monkeypatch) -> None:
     argv = case.setup(project)
     capsys.readouterr()
     before = snapshot(project.folder)
-    code = main(argv)
+    with hooks.from_environment():  # the hooks the case's environment names
+        code = main(argv)
     captured = capsys.readouterr()
     after = snapshot(project.folder)
     assert code == case.code, captured

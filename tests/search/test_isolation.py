@@ -22,8 +22,6 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmarks.pgcluster import Worker
-from benchmarks.pgcluster import worker_env as env_for
 from search.cli.main import main
 from search.contracts import (
     EXIT_FAILED_TRIALS,
@@ -35,6 +33,8 @@ from search.spec.loader import load_spec
 from search.spec.params import suggest_all
 from search.storage.sessions import MAX_RETRY
 from search.study.loop import make_sampler
+from tests.infra.workers import Worker
+from tests.infra.workers import worker_env as env_for
 from tests.search.poison_worker import POISON_ENV
 from tests.search.studyhelp import stores_fixture, urls, write_spec  # noqa: F401 (fixture)
 
@@ -238,12 +238,12 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
     """The worker died between creating the trial's MLflow run and recording its id on the
     trial: the run is found by its tags (study, trial number) and closed FAILED, with the
     reason in its tag and description, when the trial is recovered."""
+    from search import settings
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage
     from search.study import grid_queue
     from search.study.loop import StudyLoop, _LostRuns
     from search.tracking.runs import Tracker
-    from trainer import settings
 
     spec = load_spec(write_spec(tmp_path, name="orphan", space=GRID))
     where = urls(tmp_path)

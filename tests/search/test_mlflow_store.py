@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from search import settings
 from search.tracking import local_store as mlflow_store
 from search.tracking.local_store import ensure_sqlite_store, sqlite_path
-from trainer import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
 """Many workers through PgBouncer (issue 18): transaction pooling in front of PostgreSQL
-(benchmarks/pgbouncer.py, the compose `pgbouncer` service), with a pool of 4 server connections.
+(tests/infra/pgbouncer.py, the compose `pgbouncer` service), with a pool of 4 server connections.
 
 - The exactly-once stress round (8 dry worker processes, staggered, one SIGKILLed, 32 points)
   runs with the pool's URL as every worker's storage URL; every point still runs exactly once,
@@ -17,9 +17,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from benchmarks.pgbouncer import server_connections
 from search.storage.engines import engine_kwargs
 from search.storage.locks import named_lock
+from tests.infra.pgbouncer import server_connections
 from tests.search.test_exactly_once import _one_stress_round
 
 pytestmark = pytest.mark.postgres

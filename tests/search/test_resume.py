@@ -22,13 +22,13 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
-from benchmarks.pgcluster import spawn_worker
-from benchmarks.pgcluster import worker_env as env_for
 from search.spec.loader import load_spec
 from search.study.loop import run_study
 from search.tracking.runs import Tracker
+from tests.infra.hooks import KILL_AT_EPOCH_ENV
+from tests.infra.workers import spawn_worker
+from tests.infra.workers import worker_env as env_for
 from tests.search.studyhelp import SPEC, urls, write_spec
-from trainer.settings import KILL_AT_EPOCH_ENV
 
 SPACE = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [4], "head_width": [16]}
 

@@ -4,8 +4,9 @@ storage build the crop cache and each feature set once, under a lock held by the
 (`search.storage.locks.cache_lock`); the others wait, then read.
 
 Machines are stood for by processes whose cache-folder file locks lock nothing
-(FER_SEARCH_TEST_CACHE_UNLOCKED), as over NFS between machines: only the storage's lock can
-serialise them. Builds are counted by FER_SEARCH_TEST_BUILD_LOG (one line per build).
+(FER_SEARCH_TEST_CACHE_UNLOCKED, a hook of tests/infra/hooks.py), as over NFS between machines:
+only the storage's lock can serialise them. Builds are counted by FER_SEARCH_TEST_BUILD_LOG (one
+line per build).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from benchmarks.pgcluster import spawn_worker
-from benchmarks.pgcluster import worker_env as env_for
+from search import settings
 from search.spec.loader import load_spec
 from search.storage.locks import cache_lock, holds_locks
 from search.study.data_provider import DataProvider
+from tests.infra import hooks
+from tests.infra.workers import spawn_worker
+from tests.infra.workers import worker_env as env_for
 from tests.search.studyhelp import stores_fixture, write_spec  # noqa: F401 (fixture)
-from trainer import settings
 
 # Three grid points, one head a group (FER_SEARCH_MAX_GROUP=1 below): three workers of one
 # trial each all train.
@@ -57,7 +59,7 @@ def test_the_data_provider_hands_the_storage_lock_to_the_trainer(tmp_path, monke
     spec = load_spec(write_spec(tmp_path, name="lock"))
     url = f"sqlite:///{tmp_path}/stores/optuna.db"
     log = tmp_path / "builds.log"
-    with settings.override(FER_SEARCH_TEST_BUILD_LOG=log):
+    with hooks.build_log(log):
         data = DataProvider(spec, storage_url=url).get(32)
     assert data.cache_lock is not None
     [(kind, key)] = _builds(log)

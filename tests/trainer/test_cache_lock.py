@@ -1,6 +1,6 @@
 """trainer.files.cache_lock: a crop cache or a feature set is built under the lock handed in
 (`cache_lock`), not the file lock, so builders on machines that share the cache folder build it
-once. Two threads stand for two machines: FER_SEARCH_TEST_CACHE_UNLOCKED makes the file lock
+once. Two threads stand for two machines: `hooks.unlocked_cache_files` makes the file lock
 lock nothing, as it may between machines over NFS.
 
 The race is forced, not hoped for: the first builder waits inside its build until the second
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.infra import hooks
 from tests.trainer.arrays import array_dataset
-from trainer import settings
 from trainer.config import DataConfig, TrainConfig
 from trainer.data import crops, loading
 from trainer.data.synthetic import generate_synthetic_expw
@@ -109,7 +109,7 @@ def _held(lock: threading.Lock):
 @pytest.fixture
 def machines():
     """File locks in the cache folder that lock nothing, as between machines over NFS."""
-    with settings.override(FER_SEARCH_TEST_CACHE_UNLOCKED=1):
+    with hooks.unlocked_cache_files():
         yield
 
 
@@ -176,11 +176,11 @@ def test_the_crop_cache_is_built_once_under_the_injected_lock(tmp_path, machines
     assert not list((tmp_path / "shared" / "crops").glob("*.lock"))
 
 
-def test_each_build_is_told_to_the_test_hook(tmp_path, monkeypatch):
+def test_each_build_is_told_to_the_builds_logger(tmp_path, monkeypatch):
     log = tmp_path / "builds.log"
     features.forget_loaded()
     data = array_dataset(tmp_path / "cache")
-    with settings.override(FER_SEARCH_TEST_BUILD_LOG=log):
+    with hooks.build_log(log):
         features.features_for(data, "train", CONFIG, _Network())
         features.forget_loaded()
         features.features_for(data, "train", CONFIG, _Network())  # read from disk: no build

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import trainer
-from trainer import settings
+from tests.infra import hooks
 from trainer.config import DataConfig
 from trainer.data import crops
 from trainer.data.faces import UnreadableImage, crop_face, image_size, read_image
@@ -166,7 +166,7 @@ def test_tally_counts_a_file_once_and_keeps_the_first_names() -> None:
 def test_a_crop_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(
     expw_root: Path, tmp_path: Path
 ) -> None:
-    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=50000), pytest.raises(DiskFull) as caught:
+    with hooks.disk_limit(50000), pytest.raises(DiskFull) as caught:
         load_dataset(DataConfig(root=expw_root, cache_dir=tmp_path / "c"), SIZE)
     assert isinstance(caught.value, trainer.TrainerError)
     assert not isinstance(caught.value, DataError)  # a runtime failure (exit 1), not bad input
@@ -187,7 +187,7 @@ def test_no_space_left_mid_write_becomes_disk_full(tmp_path: Path) -> None:
 def test_free_space_is_measured_on_the_nearest_existing_folder(tmp_path: Path) -> None:
     assert free_bytes(tmp_path / "not" / "yet") == free_bytes(tmp_path) > 0
     require_free_space(tmp_path / "not" / "yet", 1, "x")
-    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=7):
+    with hooks.disk_limit(7):
         assert free_bytes(tmp_path) == 7
         with pytest.raises(DiskFull):
             require_free_space(tmp_path, 8, "x")
@@ -206,7 +206,7 @@ def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_anything_is_writ
 
     data = array_dataset(tmp_path / "cache")
     config = TrainConfig(weights="none", image_size=32, epochs=1, batch_size=16, head_width=8)
-    with settings.override(FER_SEARCH_DISK_LIMIT_BYTES=1000), \
+    with hooks.disk_limit(1000), \
             pytest.raises(DiskFull, match="the feature cache"):
         train(config, data)
     assert not feature_path(data, "train", config).parent.exists()

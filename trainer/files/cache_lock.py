@@ -20,13 +20,17 @@ Typical use (the builder re-checks inside the lock: the holder before it may hav
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from trainer import settings
 from trainer.files.lock import file_lock
+
+builds = logging.getLogger("trainer.files.builds")
+"""Where every cache build is told (INFO, the record's `build` attribute: (kind, name)); tests
+count builds across processes with a handler on it (tests/infra/hooks.py)."""
 
 CacheLock = Callable[[str], AbstractContextManager[None]]
 """Makes the exclusive lock named `name` (letters, digits and '-', one name per cache entry),
@@ -44,8 +48,6 @@ def entry_lock(cache_lock: CacheLock | None, name: str,
     """
     if cache_lock is not None:
         return cache_lock(name)
-    if settings.cache_unlocked():  # a test's stand-in for machines that share the folder
-        return contextlib.nullcontext()
     return file_lock(lock_file)
 
 
@@ -60,13 +62,6 @@ def refresh(folder: Path) -> None:
 
 
 def record_build(kind: str, name: str) -> None:
-    """Tells the test hook FER_SEARCH_TEST_BUILD_LOG that this process builds `kind` `name` (one
-    line, appended with O_APPEND: lines of concurrent processes do not mix). Nothing otherwise."""
-    path = settings.build_log()
-    if not path:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{kind} {name} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    """Tells the `builds` logger that this process builds `kind` `name` (at INFO: silent unless
+    someone listens)."""
+    builds.info("building %s %s", kind, name, extra={"build": (kind, name)})

@@ -10,21 +10,16 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainer import settings
 from trainer.errors import DiskFull
 
 
 def free_bytes(folder: str | os.PathLike[str]) -> int:
     """Free bytes on the file system that holds ``folder`` (or, if it does not exist yet, its
-    nearest existing parent), capped by ``$FER_SEARCH_DISK_LIMIT_BYTES`` when set."""
+    nearest existing parent)."""
     path = Path(folder).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    free = shutil.disk_usage(path).free
-    limit = settings.disk_limit_bytes()  # a test hook: a full disk, simulated
-    if limit is not None:
-        free = min(free, limit)
-    return free
+    return shutil.disk_usage(path).free
 
 
 def require_free_space(folder: str | os.PathLike[str], needed: int, what: str) -> None:

@@ -1,5 +1,5 @@
 """A throwaway PgBouncer in transaction pooling in front of a throwaway PostgreSQL cluster
-(benchmarks/pgcluster.py), for tests and benchmarks: the `pgbouncer` service of
+(tests/infra/pgcluster.py), for tests and benchmarks: the `pgbouncer` service of
 docker-compose.yml, run natively.
 
 Many workers then hold many client connections to PgBouncer, while PostgreSQL sees at most
@@ -22,11 +22,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.pgcluster import USER, ClusterUnavailable, PgCluster, _run_as, free_port
+import psycopg2
+
+from tests.infra.pgcluster import USER, ClusterUnavailable, PgCluster, free_port, run_as
 
 DEFAULT_POOL = 40  # server connections per database (the issue's goal: at most 50 in all)
 MAX_CLIENTS = 4000  # client connections PgBouncer accepts (about 3 per worker)
@@ -56,8 +57,6 @@ class Bouncer:
 
     def pools(self) -> list[dict]:
         """`SHOW POOLS` of PgBouncer's admin console: clients and servers per pool."""
-        import psycopg2
-
         connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=USER,
                                       password=self.password, dbname="pgbouncer")
         connection.autocommit = True  # the admin console takes no transactions
@@ -103,7 +102,7 @@ def start_bouncer(cluster: PgCluster, pool: int = DEFAULT_POOL,
     Raises:
         ClusterUnavailable: PgBouncer is not installed (or cannot run as non-root).
     """
-    program, prefix = binary(), _run_as()
+    program, prefix = binary(), run_as()
     root = Path(tempfile.mkdtemp(prefix="fer-pgbouncer-"))
     bouncer = Bouncer(root, free_port(), cluster.password, pool)
     # The password in PgBouncer's auth file, readable by it alone: it answers SCRAM itself.
@@ -155,8 +154,6 @@ def remove_bouncer(bouncer: Bouncer) -> None:
 def server_connections(cluster: PgCluster, database: str = "optuna") -> int:
     """Client backends PostgreSQL has for `database` now (pg_stat_activity), this poll's own
     connection (to `postgres`) left out."""
-    import psycopg2
-
     connection = psycopg2.connect(host="127.0.0.1", port=cluster.port, user=USER,
                                   password=cluster.password, dbname="postgres")
     connection.autocommit = True
@@ -177,29 +174,3 @@ def _wait_listening(port: int, log: Path, timeout: float = 20) -> None:
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
     raise RuntimeError(f"pgbouncer did not listen on port {port} in {timeout:.0f} s:\n{tail}")
-
-
-# ------------------------------------------------------------------------------- pytest fixture
-
-
-try:
-    import pytest
-except ImportError:  # the benchmarks use this module without the test tools
-    pytest = None
-
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def pg_bouncer(pg_cluster: PgCluster) -> Iterator[Bouncer]:
-        """PgBouncer with a pool of 4 server connections in front of the session's cluster."""
-        from benchmarks.pgcluster import _unavailable
-
-        try:
-            bouncer = start_bouncer(pg_cluster, pool=4)
-        except ClusterUnavailable as error:
-            _unavailable(str(error))
-        try:
-            yield bouncer
-        finally:
-            remove_bouncer(bouncer)
