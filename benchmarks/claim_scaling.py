@@ -30,7 +30,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import optuna  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+
 from benchmarks import benchlib  # noqa: E402
+from search.storage import optuna_private as private  # noqa: E402
+from search.storage import points  # noqa: E402
+from search.storage.sessions import open_storage  # noqa: E402
+from search.study import grid_queue  # noqa: E402
 from tests.infra import pgcluster  # noqa: E402
 
 OLD_COMMIT = "d41d3da~1"  # the last commit before the claim of search.storage.claims
@@ -49,35 +56,22 @@ def old_grid_queue() -> types.ModuleType:
 
 def queue(storage, study_id: int, length: int) -> None:
     """`length` queued grid points (trial, point attrs and point row), in one transaction."""
-    import optuna
-    from optuna.storages._rdb.storage import _create_scoped_session
-    from sqlalchemy import insert
-
-    from search.storage import points
-    from search.study import grid_queue
-
-    with _create_scoped_session(storage.scoped_session) as session:
+    with private.session(storage) as session:
         for index in range(length):
             params = {"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
             template = grid_queue._queued_trial(params)
             trial = points._new_trial(storage, session, study_id, template, uuid.uuid4().hex)
             session.execute(insert(points.GRID_POINTS).values(
                 study_id=study_id, point_key=points.point_key(params), trial_id=trial.trial_id))
-    assert optuna  # imported for its storage module
 
 
 def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
-    import optuna
-
-    from search.storage.sessions import open_storage
-    from search.study import grid_queue
-
     claim_group = (old_grid_queue() if which == "before" else grid_queue).claim_group
     name = f"scaling-{which}-{length}"
     storage = open_storage(url, resilient=True)
     try:
         study = optuna.create_study(study_name=name, storage=storage)
-        queue(storage, study._study_id, length)
+        queue(storage, storage.get_study_id_from_name(study.study_name), length)
         times = []
         for _ in range(min(claims, length)):
             began = time.perf_counter()

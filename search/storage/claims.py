@@ -28,12 +28,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import optuna
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 from sqlalchemy import func, select, text
 
 from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR
+from search.storage import optuna_private as private
 from search.storage import points
 
 TRIALS_INDEX = "fer_search_trials_queue"  # on Optuna's `trials`: a claim's read
@@ -65,8 +64,8 @@ def claim_waiting(storage: optuna.storages.RDBStorage, study_id: int, choose: Ch
                   token: str, window: int = WINDOW) -> list[int]:
     """Claims the WAITING trials `choose` picks among the first `window` this transaction can
     lock; returns their ids ([] when it locked none, or chose none)."""
-    trials = models.TrialModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    trials = private.TRIALS
+    with private.session(storage) as session:
         rows = session.execute(
             select(trials.trial_id, trials.number)
             .where(trials.study_id == study_id, trials.state == TrialState.WAITING)
@@ -83,20 +82,19 @@ def claim_waiting(storage: optuna.storages.RDBStorage, study_id: int, choose: Ch
         for trial in session.query(trials).filter(trials.trial_id.in_(chosen)).all():
             if trial.state != TrialState.WAITING:  # cannot happen under the row's lock
                 raise RuntimeError(f"trial {trial.trial_id} left WAITING while locked")
-            storage._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
-                                                   trial.trial_id, points.STATE_TOKEN_ATTR,
-                                                   token)
+            private.set_trial_attr(storage, session, trial.trial_id, points.STATE_TOKEN_ATTR,
+                                   token)
             trial.state = TrialState.RUNNING
             trial.datetime_start = now
             if storage.heartbeat_interval:
-                points._beat(session, trial.trial_id)
+                private.beat(session, trial.trial_id)
     return chosen
 
 
 def claimed_by(storage: optuna.storages.RDBStorage, study_id: int, token: str) -> list[int]:
     """The trials a claim with `token` took, if it committed (in queue order)."""
-    attrs, trials = models.TrialSystemAttributeModel, models.TrialModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    attrs, trials = private.SYSTEM_ATTRS, private.TRIALS
+    with private.session(storage) as session:
         return list(session.execute(
             select(attrs.trial_id)
             .join(trials, trials.trial_id == attrs.trial_id)
@@ -107,8 +105,8 @@ def claimed_by(storage: optuna.storages.RDBStorage, study_id: int, token: str) -
 
 def any_waiting(storage: optuna.storages.RDBStorage, study_id: int) -> bool:
     """Whether the study has a WAITING trial (locked by a claim or not): one indexed row."""
-    trials = models.TrialModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    trials = private.TRIALS
+    with private.session(storage) as session:
         return session.execute(
             select(trials.trial_id)
             .where(trials.study_id == study_id, trials.state == TrialState.WAITING)
@@ -118,8 +116,8 @@ def any_waiting(storage: optuna.storages.RDBStorage, study_id: int) -> bool:
 def count(storage: optuna.storages.RDBStorage, study_id: int, states) -> int:
     """How many trials of the study are in `states`: one COUNT, where Optuna's `get_trials`
     would read (and build) every unfinished trial, in every worker polling for the end."""
-    trials = models.TrialModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    trials = private.TRIALS
+    with private.session(storage) as session:
         return int(session.execute(
             select(func.count()).select_from(trials)
             .where(trials.study_id == study_id, trials.state.in_(list(states)))).scalar())
@@ -128,8 +126,8 @@ def count(storage: optuna.storages.RDBStorage, study_id: int, states) -> int:
 def count_failed_for_good(storage: optuna.storages.RDBStorage, study_id: int) -> int:
     """How many trials of the study are FAIL with the permanent mark (user attr `failure`:
     never re-queued: they failed on their own merits or were given up), in one COUNT."""
-    trials, attrs = models.TrialModel, models.TrialUserAttributeModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    trials, attrs = private.TRIALS, private.USER_ATTRS
+    with private.session(storage) as session:
         return int(session.execute(
             select(func.count()).select_from(trials)
             .join(attrs, attrs.trial_id == trials.trial_id)
@@ -142,7 +140,7 @@ def _queued_points(session, trial_ids: list[int]) -> tuple[dict[int, dict[str, A
     """The grid point each trial was queued for (`points.POINT_ATTR`, else Optuna's
     `fixed_params` of a study queued before the point table), and the trials marked to train
     alone (`points.ALONE_ATTR`), in one read."""
-    attrs = models.TrialSystemAttributeModel
+    attrs = private.SYSTEM_ATTRS
     found: dict[int, dict[str, Any]] = {}
     alone: set[int] = set()
     for trial_id, key, value in session.execute(

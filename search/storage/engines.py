@@ -89,11 +89,7 @@ def close_storage(storage) -> None:
     Optuna starts no heartbeat thread of its own here (only `Study.optimize` does, and this
     project beats through search.study.trial_runner, which stops its thread), so the engine is all.
     """
-    engine = getattr(storage, "engine", None)
-    if engine is None:  # an in-memory storage, or Optuna's cache around one
-        backend = getattr(storage, "_backend", None)
-        engine = getattr(backend, "engine", None)
-        storage = backend if engine is not None else storage
+    engine = getattr(storage, "engine", None)  # None: not an RDB storage (in memory)
     with contextlib.suppress(Exception):  # the session of this thread; others are returned
         storage.remove_session()
     if engine is not None:

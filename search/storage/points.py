@@ -13,8 +13,9 @@ retry whether its own first attempt committed.
   creates its WAITING copy, moving the point's row from the old trial to the copy, in one
   transaction. "The old trial is FAIL" therefore means "its copy exists" whoever failed it.
 
-The functions take Optuna's `RDBStorage` (its session factory and its model helpers) and never
-retry; `ResilientRDBStorage` (search.storage.retry) retries them.
+The functions take Optuna's `RDBStorage` and never retry; `ResilientRDBStorage`
+(search.storage.retry) retries them. Optuna's tables and its helpers for writing inside a
+transaction are reached through search.storage.optuna_private only.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
     Column,
@@ -45,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 
 from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR, TRIAL_REASON_ATTR
+from search.storage import optuna_private as private
 
 CREATE_TOKEN_ATTR = "fer_search:create_token"  # system attr: who created the trial
 STATE_TOKEN_ATTR = "fer_search:state_token"  # system attr: who made its last state change
@@ -83,7 +83,7 @@ def ensure_table(engine) -> None:
 
 def rows(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
     """The study's grid points and the trial holding each."""
-    with _create_scoped_session(storage.scoped_session) as session:
+    with private.session(storage) as session:
         found = session.execute(select(GRID_POINTS.c.point_key, GRID_POINTS.c.trial_id)
                                 .where(GRID_POINTS.c.study_id == study_id)).all()
     return {key: trial_id for key, trial_id in found}
@@ -93,17 +93,17 @@ def set_intermediate_values(storage: optuna.storages.RDBStorage, trial_id: int,
                             values: dict[int, float]) -> None:
     """`values` (step -> value) as the trial's intermediate values, in one transaction: Optuna
     writes each step in its own."""
-    with _create_scoped_session(storage.scoped_session, True) as session:
+    with private.session(storage, True) as session:
         for step, value in values.items():
-            storage._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+            private.set_intermediate_value(storage, session, trial_id, step, value)
 
 
 def held_and_failed(storage: optuna.storages.RDBStorage, study_id: int) -> tuple[int, int]:
     """How many grid points of the study are held by a trial of the study, and how many of
     those by a FAIL trial (interrupted or failed for good): a worker's start-up check, in one
     query, that the queue needs no filling (rows left by a deleted study are not counted)."""
-    trials = models.TrialModel
-    with _create_scoped_session(storage.scoped_session) as session:
+    trials = private.TRIALS
+    with private.session(storage) as session:
         held, failed = session.execute(
             select(func.count(), func.count(case((trials.state == TrialState.FAIL, 1))))
             .select_from(GRID_POINTS)
@@ -115,30 +115,18 @@ def held_and_failed(storage: optuna.storages.RDBStorage, study_id: int) -> tuple
 
 def drop_leftovers(storage: optuna.storages.RDBStorage, study_id: int) -> None:
     """Deletes rows naming no trial of the study (a deleted study whose id SQLite reused)."""
-    with _create_scoped_session(storage.scoped_session) as session:
+    with private.session(storage) as session:
         session.execute(delete(GRID_POINTS).where(
             GRID_POINTS.c.study_id == study_id,
-            GRID_POINTS.c.trial_id.not_in(select(models.TrialModel.trial_id).where(
-                models.TrialModel.study_id == study_id))))
-
-
-def adopt(storage: optuna.storages.RDBStorage, study_id: int, key: str, trial_id: int) -> bool:
-    """Makes `trial_id` (queued before this table existed) the holder of point `key`; False
-    when the point is held already."""
-    try:
-        with _create_scoped_session(storage.scoped_session) as session:
-            session.execute(insert(GRID_POINTS).values(study_id=study_id, point_key=key,
-                                                       trial_id=trial_id))
-    except sa_exc.IntegrityError:
-        return False
-    return True
+            GRID_POINTS.c.trial_id.not_in(select(private.TRIALS.trial_id).where(
+                private.TRIALS.study_id == study_id))))
 
 
 def create_trial(storage: optuna.storages.RDBStorage, study_id: int,
                  template: FrozenTrial | None, token: str) -> FrozenTrial:
     """`RDBStorage._create_new_trial` in one attempt, the trial marked with `token`."""
-    with _create_scoped_session(storage.scoped_session) as session:
-        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+    with private.session(storage) as session:
+        private.lock_study(session, study_id)
         trial = _new_trial(storage, session, study_id, template, token)
         return _frozen(trial, template)
 
@@ -146,14 +134,14 @@ def create_trial(storage: optuna.storages.RDBStorage, study_id: int,
 def trial_by_token(storage: optuna.storages.RDBStorage, study_id: int,
                    token: str) -> FrozenTrial | None:
     """The trial of `study_id` created with `token`, if its creation committed."""
-    with _create_scoped_session(storage.scoped_session) as session:
+    with private.session(storage) as session:
         trial_id = session.execute(
-            select(models.TrialSystemAttributeModel.trial_id)
-            .join(models.TrialModel,
-                  models.TrialModel.trial_id == models.TrialSystemAttributeModel.trial_id)
-            .where(models.TrialModel.study_id == study_id,
-                   models.TrialSystemAttributeModel.key == CREATE_TOKEN_ATTR,
-                   models.TrialSystemAttributeModel.value_json == json.dumps(token))
+            select(private.SYSTEM_ATTRS.trial_id)
+            .join(private.TRIALS,
+                  private.TRIALS.trial_id == private.SYSTEM_ATTRS.trial_id)
+            .where(private.TRIALS.study_id == study_id,
+                   private.SYSTEM_ATTRS.key == CREATE_TOKEN_ATTR,
+                   private.SYSTEM_ATTRS.value_json == json.dumps(token))
         ).scalar()
     if trial_id is None:
         return None
@@ -162,11 +150,11 @@ def trial_by_token(storage: optuna.storages.RDBStorage, study_id: int,
 
 def state_token(storage: optuna.storages.RDBStorage, trial_id: int) -> str | None:
     """The token of the trial's last state change."""
-    with _create_scoped_session(storage.scoped_session) as session:
+    with private.session(storage) as session:
         found = session.execute(
-            select(models.TrialSystemAttributeModel.value_json)
-            .where(models.TrialSystemAttributeModel.trial_id == trial_id,
-                   models.TrialSystemAttributeModel.key == STATE_TOKEN_ATTR)).scalar()
+            select(private.SYSTEM_ATTRS.value_json)
+            .where(private.SYSTEM_ATTRS.trial_id == trial_id,
+                   private.SYSTEM_ATTRS.key == STATE_TOKEN_ATTR)).scalar()
     return None if found is None else json.loads(found)
 
 
@@ -179,21 +167,20 @@ def set_state(storage: optuna.storages.RDBStorage, trial_id: int, state: TrialSt
     Raises:
         UpdateFinishedTrialError: the trial is finished.
     """
-    with _create_scoped_session(storage.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+    with private.session(storage) as session:
+        trial = private.lock_trial(session, trial_id)
         storage.check_trial_is_updatable(trial_id, trial.state)
         if state == TrialState.RUNNING and trial.state != TrialState.WAITING:
             return False
-        storage._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
-                                               trial_id, STATE_TOKEN_ATTR, token)
+        private.set_trial_attr(storage, session, trial_id, STATE_TOKEN_ATTR, token)
         if values is not None:
             for objective, value in enumerate(values):
-                storage._set_trial_value_without_commit(session, trial, objective, value)
+                private.set_trial_value(storage, session, trial, objective, value)
         trial.state = state
         if state == TrialState.RUNNING:
             trial.datetime_start = datetime.now()
             if storage.heartbeat_interval:
-                _beat(session, trial_id)
+                private.beat(session, trial_id)
         if state.is_finished():
             trial.datetime_complete = datetime.now()
     return True
@@ -204,8 +191,8 @@ def enqueue_point(storage: optuna.storages.RDBStorage, study_id: int, template: 
     """Creates the WAITING trial of grid point `key` and its row; None when the point is held
     already (by a trial of this study), which a retry of a committed enqueue finds too."""
     try:
-        with _create_scoped_session(storage.scoped_session) as session:
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        with private.session(storage) as session:
+            private.lock_study(session, study_id)
             trial = _new_trial(storage, session, study_id, template, token)
             session.execute(insert(GRID_POINTS).values(study_id=study_id, point_key=key,
                                                        trial_id=trial.trial_id))
@@ -228,13 +215,13 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
         (the trial is not, or no longer, to be replaced: alive, finished otherwise, or its
         point held by another trial).
     """
-    with _create_scoped_session(storage.scoped_session) as session:
-        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        old = models.TrialModel.find_or_raise_by_id(old_id, session, for_update=True)
+    with private.session(storage) as session:
+        private.lock_study(session, study_id)
+        old = private.lock_trial(session, old_id)
         marks = session.execute(
-            select(models.TrialSystemAttributeModel.value_json)
-            .where(models.TrialSystemAttributeModel.trial_id == old_id,
-                   models.TrialSystemAttributeModel.key.in_(
+            select(private.SYSTEM_ATTRS.value_json)
+            .where(private.SYSTEM_ATTRS.trial_id == old_id,
+                   private.SYSTEM_ATTRS.key.in_(
                        (STATE_TOKEN_ATTR, REQUEUE_TOKEN_ATTR)))).scalars().all()
         if json.dumps(token) in marks:
             return "done"
@@ -253,15 +240,13 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
         if stale_after_s is None and template is None:
             return "skipped"
         if stale_after_s is not None:  # fail it, marked as ours
-            storage._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel,
-                                                   old_id, STATE_TOKEN_ATTR, token)
-            user = models.TrialUserAttributeModel
+            private.set_trial_attr(storage, session, old_id, STATE_TOKEN_ATTR, token)
             if reason:
-                storage._set_trial_attr_without_commit(session, user, old_id,
-                                                       TRIAL_REASON_ATTR, reason[:1000])
+                private.set_trial_attr(storage, session, old_id, TRIAL_REASON_ATTR,
+                                       reason[:1000], user=True)
             if given_up:
-                storage._set_trial_attr_without_commit(session, user, old_id,
-                                                       TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
+                private.set_trial_attr(storage, session, old_id, TRIAL_FAILURE_ATTR,
+                                       PERMANENT_FAILURE, user=True)
             old.state = TrialState.FAIL
             old.datetime_complete = datetime.now()
         else:  # an interrupted trial, FAIL already: marked as re-queued by us
@@ -283,7 +268,7 @@ def replace_trial(storage: optuna.storages.RDBStorage, study_id: int, old_id: in
 def _mark(session, trial_id: int, token: str) -> None:
     """The re-queue's token on a FAIL trial (Optuna's helper refuses finished trials; the
     state token stays its worker's, whose retried tell looks for it)."""
-    model = models.TrialSystemAttributeModel
+    model = private.SYSTEM_ATTRS
     existing = session.query(model).filter(model.trial_id == trial_id,
                                            model.key == REQUEUE_TOKEN_ATTR).one_or_none()
     if existing is None:
@@ -294,38 +279,34 @@ def _mark(session, trial_id: int, token: str) -> None:
 
 
 def _stale(session, trial_id: int, grace_s: float) -> bool:
-    beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session)
+    beat = private.last_heartbeat(session, trial_id)
     if beat is None:
         return False
     now = session.execute(func.now()).scalar().replace(tzinfo=None)
-    return (now - beat.heartbeat).total_seconds() > grace_s
-
-
-def _beat(session, trial_id: int) -> None:
-    beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
-    if beat is None:
-        session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-    else:
-        beat.heartbeat = session.execute(func.now()).scalar()
+    return (now - beat).total_seconds() > grace_s
 
 
 def _new_trial(storage, session, study_id: int, template: FrozenTrial | None, token: str):
-    trial = storage._get_prepared_new_trial(study_id, template, session)
+    trial = private.new_trial(storage, session, study_id, template)
     session.flush()
-    model = models.TrialSystemAttributeModel
+    model = private.SYSTEM_ATTRS
     session.add(model(trial_id=trial.trial_id, key=CREATE_TOKEN_ATTR,
                       value_json=json.dumps(token)))
     return trial
 
 
 def _frozen(trial, template: FrozenTrial | None) -> FrozenTrial:
-    """Optuna's own `_create_frozen_trial` (RDBStorage._create_new_trial)."""
+    """What Optuna's `RDBStorage._create_new_trial` returns: `template` as the new trial (its
+    number, start and id), else a bare RUNNING trial."""
     if template is not None:
-        frozen = copy.deepcopy(template)
-        frozen.number = trial.number
-        frozen.datetime_start = trial.datetime_start
-        frozen._trial_id = trial.trial_id
-        return frozen
+        return FrozenTrial(
+            number=trial.number, state=template.state, value=None, values=template.values,
+            datetime_start=trial.datetime_start, datetime_complete=template.datetime_complete,
+            params=copy.deepcopy(template.params),
+            distributions=copy.deepcopy(template.distributions),
+            user_attrs=copy.deepcopy(template.user_attrs),
+            system_attrs=copy.deepcopy(template.system_attrs),
+            intermediate_values=dict(template.intermediate_values), trial_id=trial.trial_id)
     return FrozenTrial(
         number=trial.number, state=trial.state, value=None, values=None,
         datetime_start=trial.datetime_start, datetime_complete=None, params={},

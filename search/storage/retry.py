@@ -1,5 +1,6 @@
-"""Riding out a database outage: which errors are transient, retrying a call with backoff, and
-the RDB storage whose calls retry (`open_storage(..., resilient=True)`, a worker's study loop)."""
+"""Riding out a database outage: which errors are transient, retrying a call with backoff
+(tenacity), and the RDB storage whose calls retry (`open_storage(..., resilient=True)`, a
+worker's study loop)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy import exc as sa
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from search import settings
 from search.storage import claims, points
+from search.storage import optuna_private as private
 from search.storage.engines import close_storage
 from search.urls import mask_text
 
@@ -43,8 +53,6 @@ def is_transient(error: BaseException) -> bool:
     """True for database errors that a later attempt may not meet: a restarted or unreachable
     server, a cut connection, a deadlock, SQLite busy. Optuna wraps them in
     `StorageInternalError`; the cause chain is searched."""
-    from sqlalchemy import exc as sa
-
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -72,23 +80,34 @@ def retry_transient(
     """Runs `call`, retrying with exponential backoff (0.5 s doubling to 10 s, jittered) while
     it fails with a transient database error, for at most `deadline_s` (FER_SEARCH_DB_RETRY_S).
 
-    Each retry is logged as one warning line, with any password of `url` masked.
+    Each retry is logged as one warning line, with any password of `url` masked. A permanent
+    error, or a transient one whose next wait would end past the deadline, is raised as it is.
     """
-    deadline = time.monotonic() + (settings.db_retry_s() if deadline_s is None else deadline_s)
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except Exception as error:
-            if not is_transient(error) or time.monotonic() + delay > deadline:
-                raise
-            # Masked before it is cut: a cut could leave a password's first half unrecognised.
-            reason = mask_text(" ".join(f"{type(error).__name__}: {root_message(error)}".split()),
-                               url)[:200]
-            logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
-                           reason, delay)
-            time.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 10.0)
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        # Masked before it is cut: a cut could leave a password's first half unrecognised.
+        reason = mask_text(" ".join(f"{type(error).__name__}: {root_message(error)}".split()),
+                           url)[:200]
+        logger.warning("database unavailable during %s (%s); retrying in %.1f s", what,
+                       reason, state.upcoming_sleep)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=_jittered,
+        stop=stop_before_delay(settings.db_retry_s() if deadline_s is None else deadline_s),
+        sleep=lambda seconds: time.sleep(seconds),  # looked up at the call (tests replace it)
+        before_sleep=log,
+        reraise=True,
+    )
+    return retrying(call)
+
+
+_BACKOFF = wait_exponential(multiplier=0.5, max=10.0)  # 0.5 s doubling to 10 s
+
+
+def _jittered(state: RetryCallState) -> float:
+    """The backoff's wait, +-20%: workers cut off together do not all come back together."""
+    return _BACKOFF(state) * random.uniform(0.8, 1.2)
 
 
 def root_message(error: BaseException) -> str:
@@ -150,9 +169,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
         return self._retrying(change, "set_trial_state_values")
 
-    def _create_new_trial(self, study_id: int, template_trial=None):
+    def create_trial_once(self, study_id: int, template_trial=None):
         """A new trial that a retry never creates twice: it carries a token, looked up by a
-        retry before creating again (Optuna's own loop, which retries blindly, is not used)."""
+        retry before creating again (Optuna's own loop, which retries blindly, is not used).
+        Installed as the method Optuna creates every trial through
+        (`optuna_private.CREATE_NEW_TRIAL`), for its public `create_new_trial` and its cache."""
         token = uuid.uuid4().hex
         attempts = 0
 
@@ -167,7 +188,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
         trial = self._retrying(create, "create_new_trial")
         if trial.state == TrialState.RUNNING and self.heartbeat_interval:
-            self.record_heartbeat(trial._trial_id)  # as for a claim: beat from the start
+            self.record_heartbeat(private.trial_id(trial))  # as for a claim: beat from the start
         return trial
 
     def claim_waiting(self, study_id: int, choose: claims.Choose,
@@ -247,16 +268,19 @@ def _retried(name: str) -> Callable[..., Any]:
     return wrapper
 
 
-# Every RDBStorage method that reaches the database (Optuna's _CachedStorage calls the private
-# ones directly).
+# Every RDBStorage method that reaches the database: the public ones, and those Optuna's cache
+# calls directly (optuna_private.CACHE_CALLS). Not `create_new_trial`: it calls
+# `create_trial_once`, which retries with its token; retried around it too, each attempt would
+# carry a new token, and a first attempt whose answer was lost would leave a second trial.
 for _name in (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
-    "_set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+    "get_trial_system_attrs", "get_all_studies", "set_trial_param",
+    "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial",
-    "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat",
-    "_get_stale_trial_ids", "get_current_version", "get_head_version",
+    "get_all_trials", "get_best_trial", "record_heartbeat", "get_current_version",
+    "get_head_version", *private.CACHE_CALLS,
 ):
     setattr(ResilientRDBStorage, _name, _retried(_name))
+setattr(ResilientRDBStorage, private.CREATE_NEW_TRIAL, ResilientRDBStorage.create_trial_once)

@@ -242,8 +242,7 @@ def _check_schema(storage: ResilientRDBStorage) -> None:
     Raises:
         RuntimeError: the tables were made by another Optuna version (Optuna's own words).
     """
-    versions = storage._version_manager
-    current, head = versions.get_current_version(), versions.get_head_version()
+    current, head = storage.get_current_version(), storage.get_head_version()
     if current != head:
         raise RuntimeError(
             f"The runtime optuna version {optuna.__version__} is no longer compatible with the "

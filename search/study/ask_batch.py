@@ -39,6 +39,7 @@ from search import settings
 from search.contracts import TRIAL_REASON_ATTR
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
+from search.storage import optuna_private as private
 from search.storage import points
 from search.storage.locks import study_lock
 from search.study import grid_queue, group_runner
@@ -136,7 +137,7 @@ def split(spec: StudySpec, trials: Sequence[optuna.Trial],
 
 
 def _alone(storage, trial: optuna.Trial) -> bool:
-    return bool(storage.get_trial(trial._trial_id).system_attrs.get(points.ALONE_ATTR))
+    return bool(storage.get_trial(private.trial_id(trial)).system_attrs.get(points.ALONE_ATTR))
 
 
 def _key(key_of: grid_queue.GroupOf, params: dict) -> Hashable | None:

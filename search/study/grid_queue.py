@@ -35,12 +35,11 @@ import itertools
 import json
 import random
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
-from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import TrialState
 
 from search import settings
@@ -53,9 +52,9 @@ from search.contracts import (
 )
 from search.spec.loader import StudySpec
 from search.storage import claims, points
+from search.storage import optuna_private as private
 from search.storage.sessions import MAX_RETRY
 
-_TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
 # At most this many heads trained together by one worker. A group's pass costs about k times
 # one head's arithmetic but one Python dispatch and one read of each batch: by k = 8 the
 # per-batch overhead is already amortised to an eighth, while a larger k makes one worker hold
@@ -81,43 +80,32 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     interrupted (FAIL, not permanently); returns how many. Call it under `storage.study_lock`.
 
     A point's holder is read from the storage's point table (search.storage.points), never
-    inferred from a trial's params: a claimed trial's params appear one suggest at a time. A
-    study queued before the table existed has its holders adopted from their queued params.
+    inferred from a trial's params: a claimed trial's params appear one suggest at a time.
 
     Args:
         group_of: a grid point's group key; given, the points are queued group by group (in
             the seed's order of their first members), so that a claim's window
             (search.storage.claims) holds a whole group.
     """
-    storage = _backend(study)
-    study_id = study._study_id
+    storage = private.storage_of(study)
+    study_id = study_id_of(study, storage)
     combos = grid_points(spec)
     if queue_full(study, spec):
         return 0  # every point held, none by a FAIL trial: nothing to read (a worker's start)
     points.drop_leftovers(storage, study_id)
-    trials = study.get_trials(deepcopy=False)
-    by_id = {trial._trial_id: trial for trial in trials}
+    by_id = {private.trial_id(trial): trial for trial in study.get_trials(deepcopy=False)}
     held = points.rows(storage, study_id)
-    legacy: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for trial in trials:
-        params = queued_params(trial)
-        if params is not None:
-            legacy.setdefault(points.point_key(params), []).append(trial)
     queued = 0
     for params in _grouped(combos, group_of):
         key = points.point_key(params)
         holder = by_id.get(held.get(key, -1))
-        if holder is None:
-            holder = _legacy_holder(legacy.get(key, []))
-            if holder is not None and not points.adopt(storage, study_id, key, holder._trial_id):
-                continue  # adopted meanwhile by another process (one not holding the lock)
         if holder is None:
             if storage.enqueue_point(study_id, _queued_trial(params), key) is not None:
                 queued += 1
         elif holder.state == TrialState.FAIL and not failed_for_good(holder):
             # Interrupted (Ctrl-C, a crash): the copy names it, so that it resumes its
             # checkpoint and its MLflow run says whose work it carries on.
-            if storage.replace_trial(study_id, holder._trial_id, requeued(holder, params), key,
+            if storage.replace_trial(study_id, held[key], requeued(holder, params), key,
                                      stale=False):
                 queued += 1
     return queued
@@ -151,9 +139,9 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
     """
     if not storage.heartbeat_interval:
         return []
-    study_id = study._study_id
+    study_id = study_id_of(study, storage)
     lost = []
-    for trial_id in storage._get_stale_trial_ids(study_id):
+    for trial_id in private.stale_trial_ids(storage, study_id):
         frozen = storage.get_trial(trial_id)
         params = queued_params(frozen)
         # It shared its pass: the culprit, or a victim. Its copy trains alone. A trial that
@@ -195,14 +183,15 @@ def lost_reason(trial: optuna.trial.FrozenTrial, deaths: int, *, given_up: bool,
 def queue_full(study: optuna.Study, spec: StudySpec) -> bool:
     """Whether every grid point is queued and none is held by a FAIL trial (one query): then
     `fill_queue` has nothing to do."""
-    return points.held_and_failed(_backend(study), study._study_id) == \
+    storage = private.storage_of(study)
+    return points.held_and_failed(storage, study_id_of(study, storage)) == \
         (len(grid_points(spec)), 0)
 
 
 def has_lost(study: optuna.Study, storage) -> bool:
     """Whether a trial's heartbeat stopped (a read without the lock, before taking it)."""
     return bool(storage.heartbeat_interval) and \
-        bool(storage._get_stale_trial_ids(study._study_id))
+        bool(private.stale_trial_ids(storage, study_id_of(study, storage)))
 
 
 def requeued(old: optuna.trial.FrozenTrial, params: dict[str, Any] | None, *,
@@ -242,19 +231,17 @@ def _queued_trial(params: dict[str, Any], system: dict | None = None,
                                      user_attrs=user or {})
 
 
-def _legacy_holder(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    """Of a point's trials queued before the point table: the live or done one, else a
-    permanent failure, else the last failure (to re-queue); None when it has none."""
-    for wanted in (lambda t: t.state in _TAKEN, failed_for_good, lambda t: True):
-        found = [t for t in trials if wanted(t)]
-        if found:
-            return found[-1]
-    return None
+# A Study's id in its storage never changes: read once per Study object, by name.
+_STUDY_IDS: weakref.WeakKeyDictionary[optuna.Study, int] = weakref.WeakKeyDictionary()
 
 
-def _backend(study: optuna.Study):
-    """The study's RDB storage under Optuna's cache."""
-    return getattr(study._storage, "_backend", study._storage)
+def study_id_of(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """The storage's id of `study` (Optuna's public route, its name), read once per `Study`:
+    every claim and count needs it."""
+    found = _STUDY_IDS.get(study)
+    if found is None:
+        found = _STUDY_IDS[study] = storage.get_study_id_from_name(study.study_name)
+    return found
 
 
 def queued_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
@@ -310,8 +297,7 @@ def claim_group(
             moment): about what one claim can take (`group_runner.claim`: `limit` heads times
             the trials per head). A larger window locks rows that other claims then skip.
     """
-    backend = getattr(storage, "_backend", storage)
-    study_id = study._study_id
+    study_id = study_id_of(study, storage)
     max_trials = max(1, max_trials) if max_trials is not None else None
 
     seen: dict[int, claims.Waiting] = {}
@@ -341,35 +327,16 @@ def claim_group(
 
     pause = 0.01
     while True:
-        claimed = backend.claim_waiting(study_id, choose, max(1, window))
+        claimed = storage.claim_waiting(study_id, choose, max(1, window))
         if claimed:
-            _remember(study, [seen[trial_id] for trial_id in claimed])
+            # Into Optuna's cache around the storage (its `suggest` looks the trial up there).
+            private.remember_running(study, [(t, seen[t].number) for t in claimed])
             return [optuna.Trial(study, trial_id) for trial_id in claimed]
-        if not backend.any_waiting(study_id):
+        if not storage.any_waiting(study_id):
             return []
         # Every WAITING trial is in another claim's window for a moment: look again.
         time.sleep(pause * random.uniform(0.5, 1.5))
         pause = min(pause * 2, 0.2)
-
-
-def _remember(study: optuna.Study, trials: list[claims.Waiting]) -> None:
-    """Puts claimed trials into Optuna's cache around the storage (its `suggest` looks a trial's
-    study up there) as RUNNING trials known by id and number only: the cache reads unfinished
-    trials again whenever it is asked for the study's trials, and `optuna.Trial` reads its own
-    trial from the storage. Cheaper than the cache's own read of every unfinished trial."""
-    cached = study._storage
-    if not isinstance(cached, _CachedStorage):
-        return
-    now = datetime.now()
-    frozen = [optuna.trial.FrozenTrial(
-        number=t.number, state=TrialState.RUNNING, value=None, values=None,
-        datetime_start=now, datetime_complete=None, params={}, distributions={},
-        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=t.trial_id)
-        for t in trials]
-    with cached._lock:
-        info = cached._studies.setdefault(study._study_id, _StudyInfo())
-        cached._add_trials_to_cache(study._study_id, frozen)
-        info.unfinished_trial_ids.update(t.trial_id for t in trials)
 
 
 def _group_key(group_of: GroupOf, params: dict[str, Any] | None) -> Hashable | None:
@@ -389,9 +356,9 @@ def _head_key(head_of: GroupOf | None, waiting: claims.Waiting) -> Hashable:
 def count_failed_for_good(study: optuna.Study) -> int:
     """How many of the study's trials failed for good (FAIL with the permanent mark: their own
     merits, or given up after MAX_RETRY), counted in the storage across every worker."""
-    backend = _backend(study)
+    backend = private.storage_of(study)
     if hasattr(backend, "count_failed_for_good"):
-        return backend.count_failed_for_good(study._study_id)
+        return backend.count_failed_for_good(study_id_of(study, backend))
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                if failed_for_good(t))
 
@@ -399,7 +366,7 @@ def count_failed_for_good(study: optuna.Study) -> int:
 def count(study: optuna.Study, *states: TrialState) -> int:
     """How many of the study's trials are in `states`: one COUNT on the project's storage
     (workers poll it at a study's end), else Optuna's read of the trials."""
-    backend = _backend(study)
+    backend = private.storage_of(study)
     if hasattr(backend, "count_trials"):
-        return backend.count_trials(study._study_id, states)
+        return backend.count_trials(study_id_of(study, backend), states)
     return len(study.get_trials(deepcopy=False, states=states))

@@ -25,6 +25,7 @@ from search.contracts import (
 )
 from search.errors import FailureBudgetSpent, StudyError
 from search.spec.loader import StudySpec
+from search.storage import optuna_private as private
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
@@ -336,7 +337,7 @@ class StudyLoop:
         groups = ask_batch.split(self.spec, trials, self.storage)
         started = 0
         try:
-            with Heartbeat(self.storage, [trial._trial_id for trial in trials]):
+            with Heartbeat(self.storage, [private.trial_id(trial) for trial in trials]):
                 for group in groups:
                     if started and (self._stop_reason or time.monotonic() >= self.deadline):
                         return  # a signal or the deadline: start no further group

@@ -45,6 +45,7 @@ from search.contracts import (
 )
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
+from search.storage import optuna_private as private
 from search.study.data_provider import DataProvider
 from search.study.deadline import Deadline, TrialTimedOut, Watchdog
 from search.tracking.runs import Tracker, trial_tags
@@ -229,7 +230,7 @@ class TrialSession:
         self._reported_at = time.monotonic()
         write_all = getattr(self.runner.storage, "set_trial_intermediate_values", None)
         if write_all is not None and len(values) > 1:
-            write_all(self.trial._trial_id, values)
+            write_all(private.trial_id(self.trial), values)
             return
         for epoch, value in values.items():
             self.trial.report(value, epoch)

@@ -51,6 +51,7 @@ from search.contracts import (
     TRIAL_RUN_ID_ATTR,
     failed_for_good,
 )
+from search.storage import optuna_private as private
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
 
 PLOTS_DIR = "plots"
@@ -68,8 +69,6 @@ PLOTS = (
 # zlib level 1: a PNG encodes in ~60% of level 6's time (41 -> 24 ms for the largest plot here),
 # files 1.1-1.25x as big.
 PNG_OPTIONS = {"compress_level": 1}
-# Optuna's modules that import scikit-learn at import time, for evaluators the report never uses.
-_SKLEARN_USERS = ("optuna.importance._fanova._fanova", "optuna.importance._mean_decrease_impurity")
 
 
 @dataclass
@@ -391,11 +390,7 @@ def importance_module() -> ModuleType:
     finally:
         if sys.modules.get("sklearn", ...) is None:
             del sys.modules["sklearn"]
-    for name in _SKLEARN_USERS:
-        module = sys.modules.get(name)
-        guard = getattr(module, "_imports", None)
-        if guard is not None and not guard.is_successful():
-            module._imports = _SklearnOnFirstUse(module)
+    private.defer_sklearn(_SklearnOnFirstUse)  # Optuna's modules that import scikit-learn
     return optuna.importance
 
 

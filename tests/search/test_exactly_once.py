@@ -282,20 +282,6 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
 # ------------------------------------------------------------------- around the table
 
 
-def test_a_study_queued_before_the_point_table_keeps_its_points(workers, tmp_path):
-    """Trials enqueued by the old code (no point rows) are adopted by their queued params."""
-    spec = _spec(tmp_path)
-    storage, study = workers.open()
-    for params in grid_queue.grid_points(spec):
-        study.enqueue_trial(params)
-    (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
-    name = next(iter(spec.grid))
-    trial.suggest_categorical(name, spec.grid[name])
-    workers.start(spec)
-    workers.start(spec)
-    assert_exactly_once(study, spec, total=4)
-
-
 def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, quick_heartbeat):
     """Random and TPE trials are asked, not queued: a dead worker's one is failed and its
     copy, with its params, queued by the same transaction, for `ask` to take."""
