@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from trainer import settings
 from trainer.heads.spec import HeadSpec
+from trainer.network.model import head_activation
 
 _BETA_1 = 0.9
 _BETA_2 = 0.999
@@ -109,7 +110,7 @@ class _Compiled:
         w1, b1, w2, b2 = variables[h][0]
         # bias_add, not `+`: one op forward and one backward (a broadcast add's gradient is
         # five), and a step is mostly per-op overhead for a narrow head at a small batch size.
-        hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w1), b1))
+        hidden = head_activation(self.heads[h])(tf.nn.bias_add(tf.matmul(x, w1), b1))
         if t is not None and self.switches[h]["dropout"]:
             # Inverted dropout like Keras'; the mask depends on (seed, step, rate) only.
             noise = tf.random.stateless_uniform(tf.shape(hidden), tf.stack([head["seed"], t]))

@@ -134,6 +134,15 @@ def precision_scope(precision: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+def head_activation(head):
+    """The activation of the hidden layer of `head` (a `TrainConfig` or a `HeadSpec`: what both
+    have of a head's settings), a function of a tensor: the one definition of what the hidden
+    layer computes, used by the Keras head (`head_layers`) and by the head engine's forward pass
+    (trainer.heads.engine, whose gradients a tape takes through it), so the two paths cannot
+    disagree and a setting acting here needs no derivative written for it."""
+    return keras.activations.get("relu")
+
+
 def head_layers(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAMES) -> list:
     """Dense(head_width, relu) -> Dropout -> softmax, initialised from the config's seed alone.
 
@@ -144,7 +153,7 @@ def head_layers(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAMES)
     return [
         keras.layers.Dense(
             config.head_width,
-            activation="relu",
+            activation=head_activation(config),
             kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed),
             name="head_dense",
         ),
