@@ -5,6 +5,7 @@ and sessions all build on it."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,6 @@ def write_ahead_log(path: Path) -> None:
     `sync_normal` without an fsync: about half the time of a rollback-journal commit (2.4 ->
     1.2 ms per `trial.report` here); readers no longer block the writer. Best effort: a database
     another process holds open in the old mode keeps it (and full syncs)."""
-    import sqlite3
-
     try:
         connection = sqlite3.connect(path, timeout=0.2, isolation_level=None)
     except sqlite3.Error:

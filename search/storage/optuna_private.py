@@ -31,7 +31,7 @@ What is relied on (Optuna 5.0 and 5.1):
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import ModuleType
@@ -229,12 +229,3 @@ def defer_sklearn(make_guard: Callable[[ModuleType], Any]) -> None:
         if guard is not None and not guard.is_successful():
             module._imports = make_guard(module)
 
-
-def iter_private_names() -> Iterator[str]:
-    """Every private name this module relies on, for its test and for error messages."""
-    yield from ("_create_scoped_session", "_get_prepared_new_trial",
-                "_set_trial_attr_without_commit", "_set_trial_value_without_commit",
-                "_set_trial_intermediate_value_without_commit", "_get_stale_trial_ids",
-                CREATE_NEW_TRIAL, *CACHE_CALLS, "_storage", "_study_id", "_trial_id",
-                "_backend", "_lock", "_studies", "_add_trials_to_cache", "_StudyInfo",
-                "_CachedStorage", "_imports", *SKLEARN_IMPORTERS)
