@@ -43,11 +43,12 @@ from search.contracts import (
 from search.errors import InputError
 from search.registry import aliases, registration
 from search.registry.refs import RegistryError, check_model_name, registry_tracker
+from search.registry.registration import Source
 from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
 from search.storage.sessions import storage_session
 from search.study.data_provider import DataProvider
-from search.tracking.runs import Tracker
+from search.tracking.runs import Tracker, dataset_key
 from search.urls import mask_url
 
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.
@@ -236,8 +237,7 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
     if trainer.scores_on_features(config):
         check_exported(trial, trainer.check_export(model, config, weights, dataset, "test"))
     val_metrics, test_metrics = _metrics(val, "val"), _metrics(test, "test")
-    # Before logging the model: MLflow links the run's step-0 metrics to the logged model.
-    tracker.log(run_id, metrics=test_metrics)
+    # The test metrics are logged with the model (`log_and_register`), linked to it and the data.
     tracker.log_evaluation(run_id, test, "test")
     tags = {
         "study": study.study_name,
@@ -249,14 +249,18 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
         "metric": metric,
         "direction": study.direction.name.lower(),
     }
-    description = registration.version_description(
-        study=study.study_name, trial_number=trial.number, run_id=run_id,
-        experiment_id=tracker.client.get_run(run_id).info.experiment_id, params=trial.params,
-        val=val, test=test, fingerprint=dataset.fingerprint, metric=metric,
-    )
+    study_run = study.user_attrs.get(PARENT_RUN_ATTR)
+    if study_run:
+        tags["study_run_id"] = study_run
+    source = Source(study=study.study_name, trial_number=trial.number, run_id=run_id,
+                    experiment_id=tracker.client.get_run(run_id).info.experiment_id,
+                    study_run_id=study_run, dataset=dataset_key(dataset))
     return _Built(model, {
-        "logged_name": registration.logged_model_name(study.study_name, trial.number),
-        "image_size": config.image_size, "tags": tags, "description": description,
+        "source": source, "image_size": config.image_size, "tags": tags,
+        "test_metrics": test_metrics,
+        "description": registration.version_description(
+            source, params=trial.params, val=val, test=test, fingerprint=dataset.fingerprint,
+            metric=metric),
     })
 
 

@@ -22,13 +22,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
 import trainer
 from search.registry.refs import KERAS_FILE, RegistryError
-from search.tracking.runs import Tracker
+from search.tracking.runs import NOTE_TAG, Tracker
 
 # Pinned from the running environment: MLflow would otherwise infer them by importing the model
 # (about 7 s here) and might miss what the shipped trainer code needs.
@@ -54,19 +55,38 @@ def version_of_run(client, name: str, run_id: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a version comes from: the study, its trial and their runs, the data it was trained
+    and tested on (MLflow's dataset name and digest, `search.tracking.runs.dataset_key`)."""
+
+    study: str
+    trial_number: int
+    run_id: str
+    experiment_id: str
+    study_run_id: str | None
+    dataset: tuple[str, str]
+
+    def run_link(self, run_id: str) -> str:
+        """A run's page, relative to the MLflow UI's root (the UI resolves it)."""
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
 def log_and_register(
     tracker: Tracker,
     run_id: str,
     model,
     *,
     name: str,
-    logged_name: str,
+    source: Source,
     image_size: int,
     tags: Mapping[str, Any],
     description: str,
+    test_metrics: Mapping[str, float],
 ):
-    """Logs `model` as a pyfunc model into the trial's run and registers it; returns the
-    `ModelVersion`."""
+    """Logs `model` as a pyfunc model into the trial's run, its test metrics into both (linked to
+    the data they were measured on), gives the logged model its description, and registers it;
+    returns the `ModelVersion`."""
     class_names = tuple(trainer.class_names_of(model))
     with tempfile.TemporaryDirectory(prefix="fer-promote-") as tmp:
         keras_path = trainer.save_model(model, Path(tmp) / KERAS_FILE)
@@ -74,7 +94,7 @@ def log_and_register(
         info = _log_into_run(
             tracker,
             run_id,
-            name=logged_name,
+            name=logged_model_name(source.study, source.trial_number),
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={_keras_artifact_key(): str(keras_path)},
             code_paths=[str(trainer_code)],
@@ -88,6 +108,11 @@ def log_and_register(
             },
             input_example=_input_example(image_size),
         )
+    # After logging the model, not before: MLflow copies a run's step-0 metrics to the model it
+    # logs, without their dataset (a run's metrics keep none).
+    tracker.log(run_id, metrics=test_metrics, model_id=info.model_id, dataset=source.dataset)
+    tracker.client.set_logged_model_tags(
+        info.model_id, {NOTE_TAG: logged_model_description(source, name, image_size)})
     return register(tracker.client, name, info, run_id, tags, description)
 
 
@@ -149,12 +174,32 @@ def model_signature(class_names: tuple[str, ...]):
     return ModelSignature(inputs=None, outputs=outputs)
 
 
+def logged_model_description(source: Source, name: str, image_size: int) -> str:
+    """The logged model's Markdown page: what it is, what it learnt from, how to load it and
+    what each way of loading trusts."""
+    dataset, digest = source.dataset
+    return "\n".join([
+        f"Facial-expression classifier (ExpW's seven classes): VGG16 and the head trained in "
+        f"trial **{source.trial_number}** of study **{source.study}**, on RGB faces of "
+        f"{image_size}x{image_size} px.",
+        "",
+        f"- **Data**: `{dataset}` (digest `{digest}`), trained on its train split, chosen on "
+        f"its validation split, scored on its test split (the test metrics on this page).",
+        f"- **Trial run**: [{source.run_id}]({source.run_link(source.run_id)})"
+        + (f"; **study run**: [{source.study}]({source.run_link(source.study_run_id)})"
+           if source.study_run_id else ""),
+        f"- **Registered as** `{name}`: `fer-search fetch {name}@champion --out DIR`, "
+        f"`fer-search predict --model {name}@champion FACE.jpg`, "
+        f"`fer-search serve {name}@champion` load `model.keras` in Keras' safe mode with "
+        f"fer-search's installed code.",
+        "- `mlflow.pyfunc.load_model(...)` also works, and runs the Python code stored with "
+        "this model: load it only from a tracking server whose writers you trust.",
+    ])
+
+
 def version_description(
+    source: Source,
     *,
-    study: str,
-    trial_number: int,
-    run_id: str,
-    experiment_id: str,
     params: Mapping[str, Any],
     val: trainer.Evaluation,
     test: trainer.Evaluation,
@@ -162,9 +207,12 @@ def version_description(
     metric: str,
 ) -> str:
     """The version's Markdown page: where it came from and how it scored."""
-    run = f"#/experiments/{experiment_id}/runs/{run_id}"
+    run_id = source.run_id
+    run = source.run_link(run_id)
+    study = (f"[{source.study}]({source.run_link(source.study_run_id)})"
+             if source.study_run_id else source.study)
     lines = [
-        f"Trial **{trial_number}** of study **{study}** (optimising `{metric}`), "
+        f"Trial **{source.trial_number}** of study **{study}** (optimising `{metric}`), "
         f"rebuilt from the trial's run [{run_id}]({run}) and scored on the test split.",
         "",
         "| split | accuracy | macro-F1 | loss |",

@@ -193,9 +193,13 @@ class Tracker:
         history: Iterable[Mapping[str, float]] = (),
         tags: Mapping[str, str] | None = None,
         step: int = 0,
+        model_id: str | None = None,
+        dataset: tuple[str, str] | None = None,
     ) -> None:
         """Params, metrics (at `step`), per-epoch metrics (step = epoch) and tags, in few round
-        trips."""
+        trips. With `model_id`, `metrics` are also the logged model's, linked to `dataset` (its
+        `dataset_key`) if given: the model's page lists the datasets of its metrics as
+        "Datasets used" (a run's own metrics keep no dataset)."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -205,7 +209,11 @@ class Tracker:
             for key, value in row.items()
             if key != "epoch"
         ]
-        metric_rows += [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        linked = {"model_id": model_id}
+        if dataset is not None:
+            linked.update(dataset_name=dataset[0], dataset_digest=dataset[1])
+        metric_rows += [Metric(k, float(v), now, step, **linked)
+                        for k, v in (metrics or {}).items()]
         param_rows = [Param(k, _param_text(v)) for k, v in (params or {}).items()]
         tag_rows = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         first = True
@@ -265,6 +273,12 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
 
+def dataset_key(dataset) -> tuple[str, str]:
+    """The name and digest MLflow knows `dataset` (a trainer.Dataset) by: one dataset per data
+    and image size; its splits are the inputs' contexts."""
+    return f"{DATASET_NAME}-{dataset.image_size}px", dataset.fingerprint[:DIGEST_CHARS]
+
+
 def dataset_entity_fields(dataset, source: str) -> dict[str, str]:
     """Name, digest, source and profile of `dataset` (a trainer.Dataset) for MLflow."""
     report = getattr(dataset, "report", None)
@@ -276,9 +290,10 @@ def dataset_entity_fields(dataset, source: str) -> dict[str, str]:
         "split_sizes": splits,
     }
     uri = Path(source).resolve().as_uri() if "://" not in source else source
+    name, digest = dataset_key(dataset)
     return {
-        "name": f"{DATASET_NAME}-{dataset.image_size}px",
-        "digest": dataset.fingerprint[:DIGEST_CHARS],
+        "name": name,
+        "digest": digest,
         "source_type": "local",
         "source": json.dumps({"uri": uri}),
         "schema": json.dumps({"features": f"uint8 (n, {dataset.image_size}, "

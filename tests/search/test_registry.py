@@ -169,7 +169,7 @@ def test_the_logged_model_is_named_after_the_trial_and_shown_as_registered(
     assert [(link["name"], str(link["version"])) for link in links] == [("expw-vgg16", "1")]
 
     text = version.description
-    assert f"Trial **{champion.trial_number}** of study **{tiny_study.name}**" in text
+    assert f"Trial **{champion.trial_number}** of study **[{tiny_study.name}](" in text
     assert f"| test | {champion.test_metrics['test_accuracy']:.4f} |" in text
     assert all(f"| {cls} | " in text for cls in trainer.CLASS_NAMES)  # per-class recall rows
     assert f"`{version.tags['data_fingerprint']}`" in text
@@ -179,6 +179,36 @@ def test_the_logged_model_is_named_after_the_trial_and_shown_as_registered(
     model_text = client.get_registered_model("expw-vgg16").description
     assert "Champion now**: version 1 (study tiny" in model_text
     assert "fer-search serve expw-vgg16@champion" in model_text
+
+
+def test_the_logged_model_page_names_its_data_describes_itself_and_links_the_study(
+        tiny_study, champion, client):  # noqa: F811
+    """What MLflow 3's logged-model page shows: "Datasets used" (the datasets of the metrics
+    linked to the model), the description (its `mlflow.note.content` tag), and the registered
+    version's way back to the study's run."""
+    version = client.get_model_version("expw-vgg16", "1")
+    logged = client.get_logged_model(version.model_id or version.source.removeprefix("models:/"))
+    study_run = _study(tiny_study).user_attrs["mlflow_parent_run_id"]
+    inputs = client.get_run(champion.run_id).inputs.dataset_inputs
+    names = {(i.dataset.name, i.dataset.digest) for i in inputs}
+    assert len(names) == 1  # the trial trained on one dataset
+    test_metrics = {m.key: m for m in logged.metrics if m.key.startswith("test_")}
+    assert set(test_metrics) == {"test_accuracy", "test_macro_f1", "test_loss"}
+    for metric in test_metrics.values():  # linked to the model and to the trial's dataset
+        assert (metric.dataset_name, metric.dataset_digest) in names
+        assert metric.model_id == logged.model_id
+    assert test_metrics["test_accuracy"].value == champion.test_metrics["test_accuracy"]
+
+    note = logged.tags["mlflow.note.content"]
+    (name, digest), = names
+    assert f"`{name}` (digest `{digest}`)" in note
+    assert f"trial **{champion.trial_number}** of study **{tiny_study.name}**" in note
+    assert f"runs/{study_run}" in note and f"runs/{champion.run_id}" in note
+    assert "fer-search fetch expw-vgg16@champion" in note and "mlflow.pyfunc.load_model" in note
+
+    assert version.tags["study_run_id"] == study_run
+    assert f"[{tiny_study.name}](#/experiments/" in version.description
+    assert f"runs/{study_run})" in version.description
 
 
 def test_a_model_that_cannot_serve_is_not_registered(tiny_study, client, monkeypatch):  # noqa: F811

@@ -59,7 +59,7 @@ class Registered:
 
 def make_registered(folder: Path) -> Registered:
     """Logs and registers a random-weights model; call it with `folder` as the working folder."""
-    from search.registry.registration import log_and_register
+    from search.registry.registration import Source, log_and_register
     from search.tracking.runs import Tracker
     from trainer.network.model import build_network
 
@@ -71,8 +71,12 @@ def make_registered(folder: Path) -> Registered:
     config = trainer.TrainConfig(image_size=IMAGE_SIZE, weights="none", head_width=8)
     version = log_and_register(
         tracker, run_id, build_network(config).full, name=MODEL_NAME,
-        logged_name="security-trial-0", image_size=IMAGE_SIZE,
+        source=Source(study="security", trial_number=0, run_id=run_id,
+                      experiment_id=tracker.experiment_id("security"), study_run_id=None,
+                      dataset=("expw-48px", "0" * 32)),
+        image_size=IMAGE_SIZE,
         tags={"image_size": IMAGE_SIZE}, description="a random model for the security tests",
+        test_metrics={},
     )
     tracker.client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
     uri_of_files = tracker.client.get_model_version_download_uri(MODEL_NAME, version.version)
