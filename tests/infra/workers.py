@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tests.infra.hooks import HOOK_VARIABLES
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def worker_env(storage_url: str, tracking_uri: str, **extra: str) -> dict[str, str]:
     """A worker's environment: the URLs, quick heartbeats (a dead worker is noticed in seconds),
@@ -64,7 +66,11 @@ def spawn_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
     """Starts `fer-search worker SPEC --threads 1 ARGS` in `folder` (its data and caches), with
     the test hooks `env` names installed."""
     log = folder / f"{name}.log"
-    program = "tests.infra.hooks" if HOOK_VARIABLES & set(env) else "search.cli"
+    program = "search.cli"
+    if HOOK_VARIABLES & set(env):  # tests/ is no installed package: found from the repository
+        program = "tests.infra.hooks"
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                                  env.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", program, "worker", str(spec_path), "--threads", "1", *args]
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=sink,

@@ -21,6 +21,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from tests.infra.pgcluster import free_port
 from tests.search.studyhelp import stores_fixture, urls, write_spec  # noqa: F401 (fixture)
 
 SPACE = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
@@ -116,8 +117,6 @@ def test_the_storage_password_appears_nowhere(pg_cluster, mlflow_server, tmp_pat
 
 
 def _closed_port() -> int:
-    from benchmarks.pgcluster import free_port
-
     return free_port()  # nothing listens there once the probe socket is closed
 
 
