@@ -22,12 +22,15 @@ CLASS_WEIGHTS = ("none", "balanced")
 # Keras dtype policies of VGG16's conv layers: float32, or bfloat16 / float16 arithmetic on float32
 # weights (the head, its softmax and the cached features stay float32).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# The head's hidden activation: Keras names (keras.activations), gelu exact (erf, not tanh).
+ACTIVATIONS = ("relu", "gelu")
 # Train / validation / test fractions when a dataset does not say (the spec's default too).
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 # Settings added after epoch records were first written, at the value that computes what was
 # computed before the setting existed: a record's key leaves a setting out at that value, so the
 # records written before it existed stay valid (trainer.heads.epoch_record).
-NEUTRAL_VALUES: dict[str, Any] = {"precision": "float32", "label_smoothing": 0.0}
+NEUTRAL_VALUES: dict[str, Any] = {"precision": "float32", "label_smoothing": 0.0,
+                                  "activation": "relu"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class TrainConfig:
             in another precision are cached apart.
         label_smoothing: smooths the cross-entropy's targets towards the uniform: a face's target
             is onehot * (1 - label_smoothing) + label_smoothing / classes; in [0, 1), 0 = off.
+        activation: the head's hidden activation: ``relu`` (the default) or ``gelu``.
     """
 
     learning_rate: float = 1e-3
@@ -75,6 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     precision: str = "float32"
     label_smoothing: float = 0.0
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         _check_number(
@@ -107,6 +112,7 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_number("label_smoothing", self.label_smoothing, float, "a number in [0, 1)",
                       low=0, high=1)
+        _check_choice("activation", self.activation, ACTIVATIONS)
 
     @property
     def uses_feature_cache(self) -> bool:

@@ -181,6 +181,34 @@ def test_any_train_config_field_is_a_grid_axis_label_smoothing_too(tmp_path: Pat
         load_spec(_write(tmp_path, text.replace("[0.0, 0.1]", "[0.0, 1.0]"), "bad.yaml"))
 
 
+def test_the_head_activation_is_searched_like_any_other_setting(tmp_path: Path) -> None:
+    """`activation` (a TrainConfig field added after the spec's code) needs nothing in search/:
+    a grid axis, a categorical choice for random and TPE, each value by the field's rule."""
+    import optuna
+
+    from search.spec.params import suggest_all
+
+    grid = (
+        "sampler: grid\n"
+        "space:\n"
+        "  activation: [relu, gelu]\n"
+        "  head_width: [64, 256]\n"
+        "train: {image_size: 48, weights: none}\n"
+        "data: {synthetic: {faces: 10}}\n"
+    )
+    spec = load_spec(_write(tmp_path, grid))
+    assert spec.grid["activation"] == ["relu", "gelu"]
+    assert spec.n_trials == 4 and spec.heads_only
+    assert spec.train_config({"activation": "gelu", "head_width": 64}).activation == "gelu"
+    random = grid.replace("sampler: grid", "sampler: random\nn_trials: 4").replace(
+        "[relu, gelu]", "{choices: [relu, gelu]}")
+    spec = load_spec(_write(tmp_path, random, "random.yaml"))
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert spec.train_config(suggest_all(trial, spec.space)).activation in ("relu", "gelu")
+    with pytest.raises(SpecError, match="activation"):
+        load_spec(_write(tmp_path, grid.replace("[relu, gelu]", "[relu, tanh]"), "bad.yaml"))
+
+
 def test_ranges(tmp_path: Path) -> None:
     space = {
         "learning_rate": {"low": 1, "high": 2},  # int ends, but a float field

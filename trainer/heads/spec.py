@@ -43,8 +43,8 @@ def _setting(*, static: bool, free: bool, switch: bool = False, shape: bool = Fa
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head: its hidden width, dropout rate, weight decay, label smoothing, learning rate
-    and seed.
+    """One head: its hidden width, dropout rate, weight decay, label smoothing, hidden
+    activation, learning rate and seed.
 
     Static fields first, in the order they sort a group's heads (trainer.heads.group_train),
     then switched ones.
@@ -58,6 +58,7 @@ class HeadSpec:
     dropout: float = _setting(static=False, free=True, switch=True)
     weight_decay: float = _setting(static=True, free=True)
     label_smoothing: float = _setting(static=True, free=True)
+    activation: str = _setting(static=True, free=True)  # trainer.network.model.head_activation
     learning_rate: float = _setting(static=False, free=True)
     seed: int = _setting(static=False, free=False)
 

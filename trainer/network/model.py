@@ -1,10 +1,10 @@
 """VGG16 + classification head, split at the point where training starts.
 
 The model is one chain of layers: raw RGB pixels -> VGG16 preprocessing -> VGG16's conv blocks ->
-pooling -> Dense(head_width, relu) -> Dropout -> 7-way softmax. `trainable_blocks` decides where
-the chain is cut: everything before the cut is frozen (and its output can be cached), everything
-after it is trained. `build_network` returns the full model and both halves, sharing layer objects,
-so weights trained in the `top` half are the weights of the exported `full` model.
+pooling -> Dense(head_width, activation) -> Dropout -> 7-way softmax. `trainable_blocks` decides
+where the chain is cut: everything before the cut is frozen (and its output can be cached),
+everything after it is trained. `build_network` returns the full model and both halves, sharing
+layer objects, so weights trained in the `top` half are the weights of the exported `full` model.
 
 `precision` is the dtype policy of VGG16's conv layers alone (`precision_scope` sets it while they
 are built and restores the caller's policy after): preprocessing, pooling and the head are always
@@ -140,11 +140,12 @@ def head_activation(head):
     layer computes, used by the Keras head (`head_layers`) and by the head engine's forward pass
     (trainer.heads.engine, whose gradients a tape takes through it), so the two paths cannot
     disagree and a setting acting here needs no derivative written for it."""
-    return keras.activations.get("relu")
+    return keras.activations.get(head.activation)
 
 
 def head_layers(config: TrainConfig, class_names: tuple[str, ...] = CLASS_NAMES) -> list:
-    """Dense(head_width, relu) -> Dropout -> softmax, initialised from the config's seed alone.
+    """Dense(head_width, activation) -> Dropout -> softmax, initialised from the config's seed
+    alone.
 
     Explicitly seeded initialisers make the head's starting weights independent of whatever was
     built before it, so a head built alone (cached-feature training) equals the one in the full
