@@ -156,6 +156,12 @@ def test_logged_model_page_shows_its_model_version(inspected, page, screenshots)
     # Registered: no "Not registered" tag, and its version listed under "Model versions".
     assert page.get_by_text("Not registered").count() == 0
     assert page.locator(f'a[href*="/models/{MODEL}/versions/1"]').count()
+    # "Datasets used" names the data its test metrics were measured on (it read "None" before),
+    # and the description says what the model is and how to load it ("No description" before).
+    assert page.get_by_text("Datasets used").count()
+    assert page.get_by_text(re.compile(r"expw-32px")).count()
+    assert page.get_by_text("No description").count() == 0
+    assert page.get_by_text(re.compile(r"Facial-expression classifier")).count()
 
 
 def test_optuna_dashboard_shows_the_study_and_its_spec(inspected, page, screenshots):
