@@ -38,6 +38,7 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
     storage: sqlite:///studies/optuna.db        # optional
     tracking_uri: sqlite:///mlruns/mlflow.db    # optional
     registry: {model_name: expw-vgg16}          # optional, default expw-vgg16
+    warm_start: {study: quickstart, top: 5}     # optional: see search.spec.warm_section
 """
 
 from __future__ import annotations
@@ -56,13 +57,13 @@ from search.spec.params import Categorical, Param, grid_of, grid_size
 from search.spec.reader import Fault, NodeReader, Strict, one_of, parse, read_text
 from search.spec.redacted import redacted
 from search.spec.sections import TRAIN_FIELDS, Space, Train, params
-from search.urls import mask_url
+from search.spec.warm_section import STORAGE_EXPECTED, WarmStart, WarmStartSection, storage_url
 from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "DEFAULT_SPLIT", "DIRECTIONS", "METRICS", "PRUNERS", "SAMPLERS",
-    "SYNTHETIC_DIR", "ExpwData", "SpecError", "StudySpec", "SyntheticData", "load_spec",
-    "spec_from_text",
+    "SYNTHETIC_DIR", "ExpwData", "SpecError", "StudySpec", "SyntheticData", "WarmStart",
+    "load_spec", "spec_from_text",
 ]
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -100,6 +101,7 @@ class StudySpec:
         model_name: the MLflow registered model the best trial is promoted to.
         path: the spec file, as given.
         text: the file's raw text, logged as an artifact (see `redacted_text`).
+        warm_start: the earlier study this one starts from (search.study.warm_start), or None.
     """
 
     name: str
@@ -122,6 +124,7 @@ class StudySpec:
     path: Path
     text: str = field(repr=False)
     max_failed_trials: int | None = None
+    warm_start: WarmStart | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -219,14 +222,8 @@ def spec_from_text(text: str, path: Path | str) -> StudySpec:
         raise reader.fault(fault) from None
 
 
-def _storage(value: str | None) -> str | None:
-    if value is not None and "://" not in value:
-        raise Fault((), _STORAGE, mask_url(value))
-    return value
-
-
 _NAME = f"^{MODEL_NAME_PATTERN.pattern}$"
-_STORAGE = "a database URL such as sqlite:///studies/optuna.db, or null"
+_STORAGE = STORAGE_EXPECTED
 _Seconds = Annotated[
     int | float | None, Field(gt=0, description="a number of seconds > 0, or null")
 ]
@@ -258,11 +255,14 @@ class _Study(Strict):
     )
     train: Train | None = Field(None, description="a mapping of TrainConfig fields")
     data: Annotated[Any, AfterValidator(read_data)]
-    storage: Annotated[str | None, AfterValidator(_storage)] = Field(None, description=_STORAGE)
+    storage: Annotated[str | None, AfterValidator(storage_url)] = Field(
+        None, description=_STORAGE
+    )
     tracking_uri: str | None = Field(
         None, pattern=r"\S", description="a non-empty string, or null"
     )
     registry: _Registry | None = None
+    warm_start: WarmStartSection | None = None
 
     @field_validator("space", mode="before")
     @classmethod
@@ -282,8 +282,12 @@ class _Study(Strict):
         train = dict(self.train or {})
         space = params(self.space, train)
         data, cache_dir = self.data
+        name = self.name if self.name is not None else _stem_name(path)
+        if self.warm_start is not None and self.warm_start.study == name:
+            raise Fault(("warm_start", "study"), f"an earlier study, not {name!r} itself",
+                        self.warm_start.study)
         return StudySpec(
-            name=self.name if self.name is not None else _stem_name(path),
+            name=name,
             sampler=self.sampler,
             seed=self.seed,
             metric=self.metric,
@@ -303,6 +307,7 @@ class _Study(Strict):
             model_name=(self.registry or _Registry()).model_name,
             path=path,
             text=text,
+            warm_start=self.warm_start.warm_start() if self.warm_start is not None else None,
         )
 
     def budget(self, space: tuple[Param, ...]) -> int | None:
