@@ -238,6 +238,10 @@ def _study_options(parser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="crop and feature cache (default: spec's)")
     parser.add_argument("--threads", type=_positive_int,
                         help="TensorFlow threads for this process (default: all cores)")
+    parser.add_argument("--warm-start", metavar="STUDY",
+                        help="start from an earlier study (the spec's warm_start.study, or a new "
+                        "warm_start with top 5 in this study's storage): its best configurations "
+                        "that fit the space run first; a TPE study learns from its trials")
 
 
 def _positive_int(text: str) -> int:

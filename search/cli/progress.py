@@ -61,7 +61,10 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
     """The best complete trials, best first."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    from search.study.warm_start import is_added
+
+    everyone = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = [t for t in everyone if not is_added(t)]  # a warm start's are not this study's
     reverse = study.direction.name == "MAXIMIZE"
     trials = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top]
     names = _param_names(trials)
@@ -76,6 +79,11 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
         table.add_row(str(rank), str(trial.number), *[_fmt(trial.params.get(n)) for n in names],
                       f"{trial.value:.4f}", _duration(trial))
     table.caption = failures_line(study)
+    added = sum(1 for t in everyone if is_added(t))
+    if added:
+        table.caption = (f"{table.caption}\n" if table.caption else "") + (
+            f"not ranked: {added} trials a warm start added from an earlier study "
+            f"(`fer-search status {study.study_name}` lists them)")
     return table
 
 
@@ -119,6 +127,12 @@ def trials_table(study) -> Table:
 
 
 def _why(trial) -> str:
+    from search.study.warm_start import FROM_ATTR, QUEUED_ATTR
+
+    if FROM_ATTR in trial.user_attrs:
+        return f"warm start: added from {trial.user_attrs[FROM_ATTR]} (not run here)"
+    if QUEUED_ATTR in trial.user_attrs and trial.state.name in ("WAITING", "RUNNING", "COMPLETE"):
+        return f"warm start: {trial.user_attrs[QUEUED_ATTR]}'s configuration, queued first"
     reason = trial.user_attrs.get(TRIAL_REASON_ATTR, "")
     if trial.state.name == "FAIL" and not reason:
         return "(no reason recorded)"

@@ -38,7 +38,6 @@ def cmd_worker(args) -> int:
 def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     """`run --workers N`: prepares the study here, then runs N `fer-search worker` processes on
     it (search.study.workers), and prints the leaderboard when they are done."""
-    from search.spec.loader import load_spec
     from search.storage.sessions import check_reachable, resolve_storage
     from search.study.data_provider import DataProvider
     from search.study.workers import WorkerPlan, prepare_study, run_workers
@@ -46,7 +45,7 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
     from search.tracking.store_check import check_tracking_server
     from search.urls import mask_url
 
-    spec = load_spec(args.spec)
+    spec = _load(args)
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     check_reachable(storage_url)
@@ -58,6 +57,7 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
               f"{args.workers} workers")
     prepare_study(spec, storage_url=storage_url, tracking_uri=tracking_uri,
                   cache_dir=args.cache_dir)
+    _print_warm_start(spec, storage_url)
     plan = WorkerPlan(spec_path=args.spec, workers=args.workers, storage_url=storage_url,
                       tracking_uri=tracking_uri, n_trials=args.n_trials, timeout=args.timeout,
                       cache_dir=args.cache_dir, threads=args.threads, debug=args.debug,
@@ -81,13 +81,12 @@ def _run_workers(args, gpus: tuple[str, ...] | None) -> int:
 
 
 def _run(args, leaderboard: bool):
-    from search.spec.loader import load_spec
     from search.storage.sessions import check_reachable, resolve_storage
     from search.tracking.runs import resolve_tracking_uri
     from search.tracking.store_check import check_tracking_server
     from search.urls import mask_url
 
-    spec = load_spec(args.spec)  # validated before anything is created
+    spec = _load(args)  # validated before anything is created
     storage_url = resolve_storage(args.storage, spec.storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     check_reachable(storage_url)  # an unreachable store fails in seconds, not after TF loads
@@ -121,6 +120,8 @@ def _run(args, leaderboard: bool):
             on_start=on_start,
             on_trial_end=progress.advance,
         )
+    if summary.warm_start:
+        err.print(summary.warm_start, markup=False, soft_wrap=True)
     err.print(f"{summary.stopped_because}: {len(summary.outcomes)} trials run now")
     if leaderboard:
         import optuna
@@ -134,6 +135,30 @@ def _run(args, leaderboard: bool):
         out.print(f"inspect the runs: fer-search ui --study {spec.name}   (prints the URL of "
                   "the runs; the study run holds the report and plots)")
     return summary, spec, (storage_url, tracking_uri), data
+
+
+def _load(args):
+    """The spec, with ``--warm-start STUDY`` in place of its ``warm_start.study``."""
+    from search.spec.loader import load_spec
+    from search.spec.warm_section import with_warm_start
+
+    spec = load_spec(args.spec)
+    if getattr(args, "warm_start", None) is not None:
+        spec = with_warm_start(spec, args.warm_start)
+    return spec
+
+
+def _print_warm_start(spec, storage_url: str) -> None:
+    """The warm start's line, as the study recorded it (`run --workers`: the parent did it)."""
+    if spec.warm_start is None:
+        return
+    from search.study.warm_start import DONE_ATTR
+
+    with storage_for(storage_url, read_only=True) as storage:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(spec.name))
+    line = (attrs.get(DONE_ATTR) or {}).get("line")
+    if line:
+        err.print(line, markup=False, soft_wrap=True)
 
 
 def cmd_status(args) -> int:

@@ -282,14 +282,17 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
 
 
 def best_trial(study: optuna.Study, storage_url: str) -> FrozenTrial:
-    """The study's best complete trial, or an `InputError` saying there is none yet."""
-    try:
-        return study.best_trial
-    except ValueError:  # Optuna's way of saying no trial is complete
-        raise InputError(
-            f"study {study.study_name!r} in {mask_url(storage_url)} has no complete trial to "
-            f"promote yet"
-        ) from None
+    """The study's best complete trial of its own (never one a warm start added from an earlier
+    study: search.study.warm_start), or an `InputError` saying there is none yet."""
+    from search.study.warm_start import own_best
+
+    best = own_best(study)
+    if best is not None:
+        return best
+    raise InputError(
+        f"study {study.study_name!r} in {mask_url(storage_url)} has no complete trial to "
+        f"promote yet"
+    )
 
 
 def complete_trial(study: optuna.Study, number: int) -> FrozenTrial:

@@ -121,3 +121,45 @@ def suggest(trial: optuna.trial.BaseTrial, param: Param) -> Any:
 def suggest_all(trial: optuna.trial.BaseTrial, space: Iterable[Param]) -> dict[str, Any]:
     """Samples every parameter of ``space``, in order; returns ``{name: value}``."""
     return {param.name: suggest(trial, param) for param in space}
+
+
+def distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `suggest` draws ``param`` from (what a trial added to a study
+    of this space must carry: `search.study.warm_start`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(param, Categorical):
+        return CategoricalDistribution(list(param.choices))
+    if isinstance(param, FloatRange):
+        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntRange):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    raise TypeError(f"not a search-space parameter: {param!r}")
+
+
+def value_in(param: Param, value: Any) -> tuple[Any, str | None]:
+    """``value`` as ``param`` would have drawn it (a categorical's own choice, a float range's
+    float), and None; or None and why ``param`` cannot draw it, in words that are the same for
+    every value out of the space (``learning_rate outside [0.0001, 0.01]``), so they count up.
+    """
+    name = param.name
+    if isinstance(param, Categorical):
+        for choice in param.choices:
+            if choice == value and isinstance(choice, bool) == isinstance(value, bool):
+                return choice, None
+        return None, f"{name} not in [{', '.join(map(repr, param.choices))}]"
+    number = isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
+    if isinstance(param, IntRange):
+        if not number or value != int(value):
+            return None, f"{name} not an integer"
+        value = int(value)
+    elif not number:
+        return None, f"{name} not a number"
+    if not param.low <= value <= param.high:
+        return None, f"{name} outside [{param.low:g}, {param.high:g}]"
+    if param.step is not None:
+        steps = (value - param.low) / param.step
+        if not math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9):
+            return None, f"{name} off the step {param.step:g} from {param.low:g}"
+    return (float(value) if isinstance(param, FloatRange) else value), None

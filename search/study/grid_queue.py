@@ -75,7 +75,8 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return combos
 
 
-def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = None) -> int:
+def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = None,
+               first: Sequence[dict[str, Any]] = ()) -> int:
     """Queues the grid points that no trial holds, and re-queues those whose trial was
     interrupted (FAIL, not permanently); returns how many. Call it under `storage.study_lock`.
 
@@ -86,6 +87,9 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
         group_of: a grid point's group key; given, the points are queued group by group (in
             the seed's order of their first members), so that a claim's window
             (search.storage.claims) holds a whole group.
+        first: grid points to queue ahead of all others, in this order (a warm start's best:
+            search.study.warm_start); claims take the queue in trial order. A point held
+            already keeps its place.
     """
     storage = private.storage_of(study)
     study_id = study_id_of(study, storage)
@@ -96,7 +100,9 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     by_id = {private.trial_id(trial): trial for trial in study.get_trials(deepcopy=False)}
     held = points.rows(storage, study_id)
     queued = 0
-    for params in _grouped(combos, group_of):
+    ahead = {points.point_key(params) for params in first}
+    for params in [*first, *(p for p in _grouped(combos, group_of)
+                             if points.point_key(p) not in ahead)]:
         key = points.point_key(params)
         holder = by_id.get(held.get(key, -1))
         if holder is None:

@@ -29,7 +29,7 @@ from search.storage import optuna_private as private
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import ask_batch, grid_queue, group_runner, signals
+from search.study import ask_batch, grid_queue, group_runner, signals, warm_start
 from search.study.data_provider import DataProvider, first_image_size, log_data
 from search.study.trial_runner import Heartbeat, TrialOutcome, TrialRunner
 from search.tracking.report import refresh_after_run
@@ -53,6 +53,7 @@ class RunSummary:
     stopped_because: str = ""
     best: FrozenTrial | None = None
     parent_run_id: str = ""
+    warm_start: str = ""  # what this call's warm start did, in one line (search.study.warm_start)
 
     def count(self, state: TrialState) -> int:
         return sum(1 for o in self.outcomes if o.state == state)
@@ -125,13 +126,25 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
     return study
 
 
-def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None) -> optuna.Study:
-    """Creates or loads the study, fails and re-queues dead workers' trials, and fills a grid's
-    queue. Call it under `study_lock`."""
+def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None,
+                  on_warm_start: Callable[[str], None] | None = None) -> optuna.Study:
+    """Creates or loads the study, fails and re-queues dead workers' trials, does a pending warm
+    start (search.study.warm_start: the earlier study read before this one is created) and
+    fills a grid's queue. Call it under `study_lock`.
+
+    Args:
+        on_warm_start: called with the warm start's line, when this call did it.
+    """
+    source = warm_start.read_source(spec, storage, storage_url)
     study = open_study(spec, storage, storage_url)
     grid_queue.recover_lost(study, storage, on_lost)
+    seeded = warm_start.seed(study, spec, source)
     if spec.sampler == "grid":
-        grid_queue.fill_queue(study, spec, group_runner.group_of(spec))
+        grid_queue.fill_queue(study, spec, group_runner.group_of(spec),
+                              first=seeded.first if seeded else ())
+    warm_start.finish(study, seeded)
+    if seeded is not None and on_warm_start is not None:
+        on_warm_start(seeded.line)
     return study
 
 
@@ -146,7 +159,7 @@ def ready_study(spec: StudySpec, storage) -> optuna.Study | None:
         return None
     if study.direction.name.lower() != spec.direction or SPEC_ATTR not in study.user_attrs:
         return None  # the locked path says what is wrong, or finishes the set-up
-    if grid_queue.has_lost(study, storage):
+    if grid_queue.has_lost(study, storage) or warm_start.pending(spec, storage):
         return None
     if spec.sampler == "grid" and not grid_queue.queue_full(study, spec):
         return None
@@ -186,18 +199,21 @@ def run_study(
     # it, so that workers starting together on a new study share one parent run.
     study = ready_study(spec, storage)
     parent_run_id = _reopen_parent(tracker, study) if study is not None else None
+    warmed: list[str] = []
     if parent_run_id is None:
         study, parent_run_id = _prepare_locked(spec, storage, storage_url, lost, tracker,
-                                               experiment_id)
+                                               experiment_id, warmed.append)
     _close_lost_runs(tracker, lost)
 
-    summary = RunSummary(spec.name, parent_run_id=parent_run_id)
+    summary = RunSummary(spec.name, parent_run_id=parent_run_id, warm_start="".join(warmed))
     runner = TrialRunner(spec, study, storage, provider, tracker, experiment_id, parent_run_id)
+    # The budget counts the study's own trials, not those a warm start added.
+    budget = warm_start.own_budget(spec, study)
     if on_start is not None:
-        on_start(_expected_trials(spec, study, n_trials))
+        on_start(_expected_trials(budget, study, n_trials))
     log_data(tracker, parent_run_id, spec, dataset)
 
-    loop = StudyLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials,
+    loop = StudyLoop(budget, study, storage, runner, tracker, lost, n_trials=n_trials,
                      deadline=deadline, on_trial_end=on_trial_end)
     summary.outcomes = loop.outcomes
     status = "FAILED"
@@ -213,7 +229,7 @@ def run_study(
         raise
     finally:
         try:
-            summary.best = _best_trial(study)
+            summary.best = warm_start.own_best(study)
             tracker.close_study_run(
                 parent_run_id,
                 status,
@@ -379,10 +395,11 @@ def _next_trials(spec: StudySpec, study: optuna.Study, storage,
 
 
 def _prepare_locked(spec: StudySpec, storage, storage_url: str, lost: _LostRuns,
-                    tracker: Tracker, experiment_id: str) -> tuple[optuna.Study, str]:
+                    tracker: Tracker, experiment_id: str,
+                    on_warm_start: Callable[[str], None]) -> tuple[optuna.Study, str]:
     """Under the study lock: `prepare_queue`, and the parent run opened or created."""
     with study_lock(storage_url, spec.name):
-        study = prepare_queue(spec, storage, storage_url, lost)
+        study = prepare_queue(spec, storage, storage_url, lost, on_warm_start)
         parent_run_id = tracker.open_study_run(
             experiment_id,
             study.user_attrs.get(PARENT_RUN_ATTR),
@@ -429,13 +446,6 @@ def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None)
 
 def _grid_size(spec: StudySpec) -> int | str:
     return len(grid_queue.grid_points(spec)) if spec.sampler == "grid" else "n/a"
-
-
-def _best_trial(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
 
 
 def _close_lost_runs(tracker: Tracker, lost: _LostRuns) -> None:
