@@ -71,3 +71,11 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MODEL_NAME_EXPECTED = "a name of letters, digits, '_', '.' and '-', starting with a letter or digit"
 DEFAULT_MODEL_NAME = "expw-vgg16"
 CHAMPION_ALIAS = "champion"
+
+# ------------------------------------------------------------------------------- serving
+
+# `fer-search serve`'s limits by default: the CLI's parser shows them (without importing the
+# server) and search.registry.serve.Limits defaults to them.
+DEFAULT_MAX_BODY_MB = 10.0
+DEFAULT_MAX_BATCH = 256
+DEFAULT_MAX_CONCURRENCY = 4

@@ -1,27 +1,34 @@
-"""`fer-search ui`, `dashboard`, `data check`, `data synth`: the viewers and the dataset tools."""
+"""`fer-search ui`, `dashboard`: the viewers (the MLflow UI, optuna-dashboard)."""
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
 import sys
+import webbrowser
+from urllib.parse import urlsplit, urlunsplit
 
-from search.cli.common import err, out, require_stores, storage_for
+from search.cli.common import out
+from search.cli.stores import require_stores, storage_for
 from search.contracts import EXIT_OK
 from search.errors import InputError
+from search.storage.sessions import resolve_storage
+from search.tracking.runs import (
+    DEFAULT_ARTIFACT_ROOT,
+    Tracker,
+    pick_experiment,
+    resolve_tracking_uri,
+    runs_url,
+)
+from search.urls import mask_url
+
+# optuna_dashboard is imported by `dashboard` alone, which says how to install it when it is
+# missing: `ui` shares this module, and that import costs ~2.5 s here.
 
 
 def cmd_ui(args) -> int:
     """Prints the URL of the study's runs in the model-training view (MLflow 3 would open its
     GenAI view), then becomes the MLflow UI; on a tracking server, that server is the UI."""
-    from search.tracking.runs import (
-        DEFAULT_ARTIFACT_ROOT,
-        Tracker,
-        pick_experiment,
-        resolve_tracking_uri,
-        runs_url,
-    )
-
     uri = resolve_tracking_uri(args.tracking_uri, None)
     require_stores(None, uri)
     on_server = uri.startswith(("http://", "https://"))
@@ -33,8 +40,6 @@ def cmd_ui(args) -> int:
     if on_server:
         out.print(f"{what}: {url}", soft_wrap=True)
         if args.open:
-            import webbrowser
-
             webbrowser.open(url)
         return EXIT_OK
     DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
@@ -68,8 +73,6 @@ def mlflow_ui_command(uri: str, artifact_root: str, host: str,
 
 def _without_userinfo(url: str) -> str:
     """`url` without `user:password@`: for printing and for a browser (which asks itself)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
                                                                else "")))
@@ -91,17 +94,12 @@ def _open_when_up(health_url: str, url: str) -> None:
     """Opens `url` in a browser once the server answers `health_url` (we are about to become
     the server, so a small detached process waits for it). Both are the local UI's
     ``http://host:port/...`` addresses: no store URI or password is on its command line."""
-    import subprocess
-
     subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_UP, health_url, url],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def cmd_dashboard(args) -> int:
-    from search.storage.sessions import resolve_storage
-    from search.urls import mask_url
-
     try:
         import optuna_dashboard
     except ImportError:
@@ -114,44 +112,4 @@ def cmd_dashboard(args) -> int:
         out.print(f"optuna-dashboard on http://{args.host}:{args.port} for {mask_url(url)} "
                   f"(Ctrl-C to stop)")
         optuna_dashboard.run_server(storage, host=args.host, port=args.port)
-    return EXIT_OK
-
-
-def cmd_data_check(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    import trainer
-    from search.study.data_provider import report_lines
-
-    config = trainer.DataConfig(root=args.root, label_file=args.label_file,
-                                image_dir=args.image_dir, strict=args.strict,
-                                cache_dir=args.cache_dir)
-    # Every image is decoded: a bar on stderr (gone when done) says how far it is.
-    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("", total=None)
-        report = trainer.inspect_dataset(
-            config, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
-    if args.json:
-        out.print_json(json.dumps(report.to_dict()))
-        return EXIT_OK
-    from search.cli.progress import data_report_table
-
-    table = data_report_table(report)
-    table.caption = None  # the footer is printed below, unwrapped, whatever the width
-    out.print(table)
-    for line in report_lines(report):
-        out.print(line, markup=False, soft_wrap=True)
-    return EXIT_OK
-
-
-def cmd_data_synth(args) -> int:
-    import trainer
-
-    if args.faces < 7:
-        raise InputError(f"--faces: expected an integer >= 7 (a face per class), but got "
-                         f"{args.faces}")
-    root = trainer.generate_synthetic_expw(args.out, args.faces, args.seed,
-                                           imbalance=args.imbalance)
-    out.print(f"wrote {args.faces} faces in ExpW's layout to {root}")
     return EXIT_OK

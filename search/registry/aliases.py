@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.table import Table
+
 from search.contracts import CHAMPION_ALIAS
 from search.registry.refs import CHALLENGER
 
@@ -163,8 +165,6 @@ def _next_seq(client, name: str) -> int:
 def history_table(name: str, moves: list[AliasMove], current: dict[str, Any]):
     """A rich table of the moves: which version held which alias from when until when, and
     which version it replaced."""
-    from rich.table import Table
-
     until = held_until(moves)
     now = ", ".join(f"{a} = version {v}" for a, v in sorted(current.items())) or "no aliases"
     table = Table(title=f"{name}: alias moves ({now})", title_justify="left")

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+
+import trainer
 from search.errors import InputError
+from search.registry.pyfunc_model import EXPRESSION_COLUMN, ExpressionModel
 from search.registry.refs import (
     KERAS_FILE,
     RegistryError,
@@ -92,9 +96,6 @@ def load_version(model_ref: str, *, tracking_uri: str,
 
 
 def _installed_model(path: Path, what: str):
-    import trainer
-    from search.registry.pyfunc_model import ExpressionModel
-
     try:
         return ExpressionModel.from_keras_file(path)
     except trainer.TrainerError as exc:
@@ -104,10 +105,6 @@ def _installed_model(path: Path, what: str):
 
 
 def _load_with_stored_code(version) -> LoadedModel:
-    import mlflow.pyfunc
-
-    from search.registry.pyfunc_model import EXPRESSION_COLUMN
-
     with tempfile.TemporaryDirectory(prefix="fer-search-model-") as local:
         # dst_path makes MLflow copy the model (and write its registered_model_meta) there.
         model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}",

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import trainer
 from search.errors import InputError
+from search.registry.loading import load_version
+from search.registry.pyfunc_model import EXPRESSION_COLUMN
 
 Box = tuple[int, int, int, int]
 # A box keeping less than this share of its area on the image is "far outside": warned about.
@@ -97,9 +100,6 @@ def predict_images(
     """
     if not paths:
         raise InputError("no images given: pass one or more image files")
-    from search.registry.loading import load_version
-    from search.registry.pyfunc_model import EXPRESSION_COLUMN
-
     model = load_version(model_ref, tracking_uri=tracking_uri,
                          trust_stored_code=trust_stored_code)
     images = load_images(paths, model.image_size, box, warn)
@@ -127,8 +127,6 @@ def _check_box(box: Box) -> None:
 
 def _load_face(path: Path, image_size: int, box: Box | None,
                warn: Callable[[str], None]) -> np.ndarray:
-    import trainer
-
     try:
         with warnings.catch_warnings():
             # Pillow warns past 89 M pixels; read_image refuses every such image itself, and

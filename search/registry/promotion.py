@@ -48,6 +48,7 @@ from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
 from search.storage.sessions import storage_session
 from search.study.data_provider import DataProvider
+from search.study.warm_start import own_best
 from search.tracking.runs import Tracker, dataset_key
 from search.urls import mask_url
 
@@ -284,8 +285,6 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
 def best_trial(study: optuna.Study, storage_url: str) -> FrozenTrial:
     """The study's best complete trial of its own (never one a warm start added from an earlier
     study: search.study.warm_start), or an `InputError` saying there is none yet."""
-    from search.study.warm_start import own_best
-
     best = own_best(study)
     if best is not None:
         return best

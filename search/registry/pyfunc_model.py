@@ -40,6 +40,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+import trainer
+
 # The name under which the `.keras` file is logged in the pyfunc model's `artifacts`.
 KERAS_ARTIFACT = "keras_model"
 EXPRESSION_COLUMN = "expression"
@@ -65,8 +67,6 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
         return model
 
     def _load(self, path: Any) -> None:
-        import trainer
-
         # Touching class_names_of imports trainer.network.model, which registers the model's custom
         # layers with Keras; trainer.load_model alone does not, and safe mode then refuses them.
         class_names_of = trainer.class_names_of
@@ -104,8 +104,6 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             A DataFrame with one row per face: one float column per class name (the
             probabilities, summing to 1) and ``expression``, the most probable class.
         """
-        import trainer
-
         images = as_batch(model_input)
         size = self.image_size
         if size is not None and images.shape[1:3] != (size, size):

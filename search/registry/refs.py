@@ -29,11 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import trainer
 from search.contracts import CHAMPION_ALIAS, MODEL_NAME_PATTERN
 from search.errors import InputError, SearchError
 from search.tracking.runs import Tracker
 from search.urls import mask_url
+
+# MLflow (and search.registry.pyfunc_model, which imports it) is imported where first used:
+# `run` and `worker` import this module (search.cli.study_commands imports promotion for `run
+# --promote`), and read the spec and check both stores before MLflow's import (~2.3 s here).
 
 CHALLENGER = "challenger"
 KERAS_FILE = "model.keras"
@@ -191,8 +197,6 @@ def download_version(client, version, staging: Path) -> dict[str, Any]:
         RegistryError: a download failed.
     """
     import mlflow.artifacts
-    import yaml
-
     base = client.get_model_version_download_uri(version.name, version.version).rstrip("/")
     try:
         mlmodel_path = mlflow.artifacts.download_artifacts(

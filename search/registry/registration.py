@@ -27,9 +27,15 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import trainer
 from search.registry.refs import KERAS_FILE, RegistryError
 from search.tracking.runs import NOTE_TAG, Tracker
+
+# MLflow (and search.registry.pyfunc_model, which imports it) is imported where first used:
+# `run` and `worker` import this module (search.cli.study_commands imports promotion for `run
+# --promote`), and read the spec and check both stores before MLflow's import (~2.3 s here).
 
 # Pinned from the running environment: MLflow would otherwise infer them by importing the model
 # (about 7 s here) and might miss what the shipped trainer code needs.
@@ -275,8 +281,6 @@ def tag_text(value: Any) -> str:
 def _input_example(image_size: int):
     """One mid-grey face: MLflow stores it as the serving example and, on logging, loads the
     logged model and predicts it (see `_ServingCheck`)."""
-    import numpy as np
-
     return np.full((1, image_size, image_size, 3), 128, dtype=np.uint8)
 
 

@@ -26,6 +26,7 @@ once the model is loaded; ``GET /version`` names the served version. Needs no Op
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -36,12 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import uvicorn
+
+from search.contracts import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_MB, DEFAULT_MAX_CONCURRENCY
 from search.errors import InputError
+from search.registry.loading import load_version
+from search.registry.pyfunc_model import as_batch
 
 DEFAULT_PORT = 5001  # `fer-search ui` takes 5000
-DEFAULT_MAX_BODY_MB = 10.0
-DEFAULT_MAX_BATCH = 256
-DEFAULT_MAX_CONCURRENCY = 4
 SLOT_WAIT_S = 30.0  # a request waits this long for a slot, then gets 503
 BODY_READ_S = 60.0  # a body must arrive within this (a client trickling bytes holds a slot)
 _JSON = "application/json"
@@ -101,12 +105,8 @@ def serve(
     """
     limits = limits or Limits()
     _check_port_free(host, port)  # before the slow model load
-    from search.registry.loading import load_version
-
     model = load_version(model_ref, tracking_uri=tracking_uri,
                          trust_stored_code=trust_stored_code)
-    import uvicorn
-
     app = ScoringApp(model, limits)
     if on_ready is not None:
         on_ready(model, f"http://{host}:{port}")
@@ -172,8 +172,6 @@ class ScoringApp:
                         "/invocations, GET /ping, /health and /version")
 
     async def _invocations(self, scope: dict, receive: Callable) -> dict:
-        import asyncio  # here: the CLI's parser imports this module for its defaults
-
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != _JSON:
@@ -228,10 +226,6 @@ class ScoringApp:
         return {"predictions": frame.to_dict(orient="records")}
 
     def _faces(self, payload: Any):
-        import numpy as np
-
-        from search.registry.pyfunc_model import as_batch
-
         size = self.model.image_size
         expected = (f"{{\"inputs\": [face, ...]}}, each face {size}x{size}x3 RGB numbers "
                     f"in 0..255")

@@ -59,6 +59,7 @@ from search.spec.redacted import redacted
 from search.spec.sections import TRAIN_FIELDS, Space, Train, params
 from search.spec.warm_section import STORAGE_EXPECTED, WarmStart, WarmStartSection, storage_url
 from trainer.config import DEFAULT_SPLIT, DataConfig, TrainConfig
+from trainer.heads.grouping import shareable
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "DEFAULT_SPLIT", "DIRECTIONS", "METRICS", "PRUNERS", "SAMPLERS",
@@ -140,8 +141,6 @@ class StudySpec:
     def heads_only(self) -> bool:
         """Every trial trains only a head on cached features (the trainer's `shareable`, for
         each value a searched param can take: each choice, both ends of a range)."""
-        from trainer.heads.grouping import shareable
-
         values = [{}]
         for param in self.space:
             ends = getattr(param, "choices", None) or (param.low, param.high)

@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 CONNECT_TIMEOUT_S = 5  # an unreachable PostgreSQL host fails a command in this many seconds
 
 
@@ -95,3 +96,10 @@ def close_storage(storage) -> None:
         engine.dispose()
 
 
+def root_message(error: BaseException) -> str:
+    """The first line of the deepest cause (the driver's own words), or the error's type."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause).strip()
+    return text.splitlines()[0].strip() if text else type(cause).__name__

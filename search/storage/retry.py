@@ -27,7 +27,7 @@ from tenacity import (
 from search import settings
 from search.storage import claims, points
 from search.storage import optuna_private as private
-from search.storage.engines import close_storage
+from search.storage.engines import close_storage, root_message
 from search.urls import mask_text
 
 logger = logging.getLogger("search.storage.sessions")
@@ -108,15 +108,6 @@ _BACKOFF = wait_exponential(multiplier=0.5, max=10.0)  # 0.5 s doubling to 10 s
 def _jittered(state: RetryCallState) -> float:
     """The backoff's wait, +-20%: workers cut off together do not all come back together."""
     return _BACKOFF(state) * random.uniform(0.8, 1.2)
-
-
-def root_message(error: BaseException) -> str:
-    """The first line of the deepest cause (the driver's own words), or the error's type."""
-    cause = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = str(cause).strip()
-    return text.splitlines()[0].strip() if text else type(cause).__name__
 
 
 class ResilientRDBStorage(optuna.storages.RDBStorage):

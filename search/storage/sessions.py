@@ -49,14 +49,16 @@ from search import settings
 from search.errors import InputError, SearchError
 from search.storage import claims, points
 from search.storage.engines import (
+    SQLITE_MAGIC,
     begin_immediate,
     close_storage,
     engine_kwargs,
+    root_message,
     sync_normal,
     write_ahead_log,
 )
 from search.storage.locks import named_lock
-from search.storage.retry import ResilientRDBStorage, root_message
+from search.storage.retry import ResilientRDBStorage
 from search.urls import mask_text, mask_url
 
 # Heartbeats and their retry callback are marked experimental; they are the documented way to
@@ -288,6 +290,5 @@ def _open_error(url: str, error: BaseException) -> SearchError:
     return StorageError(text)
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 # Driver messages saying the store named by the URL is not there or not a database.
 _MISSING_TEXT = ("does not exist", "file is not a database", "unable to open database file")

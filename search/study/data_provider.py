@@ -19,6 +19,7 @@ import trainer
 from search import settings
 from search.spec.data_section import SyntheticData
 from search.spec.loader import StudySpec
+from search.spec.params import Categorical
 from search.storage.locks import cache_lock
 
 
@@ -80,31 +81,8 @@ def _env_cache_dir() -> Path | None:
 
 def first_image_size(spec: StudySpec) -> int:
     """The image size of the study's first trial (each searched parameter at its first value)."""
-    from search.spec.params import Categorical
-
     first = {p.name: p.choices[0] if isinstance(p, Categorical) else p.low for p in spec.space}
     return spec.train_config(first).image_size
-
-
-def report_lines(report: trainer.DataReport) -> list[str]:
-    """``data check``'s footer: where the images are, what the reader dropped from label.lst,
-    and each kind of problem found in the images, with counts and the first file names."""
-    lines = [
-        f"images in {report.image_dir}",
-        f"label.lst: {report.duplicate_lines} duplicate lines, {report.skipped_lines} "
-        f"conflicting lines, {report.low_confidence} faces below min_confidence",
-    ]
-    if not report.problems:
-        lines.append("every image opened and every box lies on its image")
-    for kind, problem in report.problems.items():
-        lines.append(f"{kind}: {_count(problem['faces'], 'face')} in "
-                     f"{_count(problem['files'], 'file')} (first: "
-                     f"{', '.join(problem['examples'])})")
-    return lines
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def log_data(tracker, run_id: str, spec: StudySpec, data) -> None:

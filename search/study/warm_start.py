@@ -31,6 +31,7 @@ SQLite grid can seed a PostgreSQL TPE study): it is read through its own read-on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -213,8 +214,6 @@ def own_budget(spec: StudySpec, study: optuna.Study) -> StudySpec:
     added = added_count(study)
     if not added or spec.n_trials is None:
         return spec
-    import dataclasses
-
     return dataclasses.replace(spec, n_trials=spec.n_trials + added)
 
 

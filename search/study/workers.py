@@ -48,6 +48,8 @@ from search.contracts import (
 from search.errors import InputError
 from search.spec.loader import StudySpec
 from search.study import signals
+from search.study.data_provider import DataProvider
+from search.study.loop import run_study
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 MAX_RESTARTS = 5  # per worker: a worker stuck again and again has a problem a restart won't fix
@@ -206,9 +208,6 @@ def prepare_study(
     Workers started at the same moment would otherwise each find no study and no parent run,
     and create the parent run twice.
     """
-    from search.study.data_provider import DataProvider
-    from search.study.loop import run_study
-
     run_study(spec, storage_url=storage_url, tracking_uri=tracking_uri, n_trials=0,
               data=DataProvider(spec, cache_dir, storage_url=storage_url))
 

@@ -24,11 +24,15 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 from search import settings
 from trainer.files.atomic import fsync_dir
 from trainer.files.lock import file_lock
+
+# MLflow is imported where first used: search.tracking.runs imports this module, and `run` and
+# `worker` read the spec and check both stores before paying for MLflow's import (~2.3 s here).
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +85,6 @@ def _is_store(path: Path) -> bool:
 def template_path() -> Path:
     """Where this MLflow version's template lives (``$FER_SEARCH_MLFLOW_TEMPLATE_DIR`` or the
     user cache folder)."""
-    from importlib.metadata import version
-
     root = settings.mlflow_template_dir()
     if root is None:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

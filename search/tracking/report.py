@@ -38,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -51,8 +52,15 @@ from search.contracts import (
     TRIAL_RUN_ID_ATTR,
     failed_for_good,
 )
+from search.errors import InputError
 from search.storage import optuna_private as private
+from search.storage.sessions import open_storage
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
+
+# Imported where first used: optuna_dashboard (~2.5 s, and optional: no note without it),
+# matplotlib and optuna.visualization (~1.8 s): `run` and `worker` import this module (through
+# search.study.loop) and draw only when the study's report is refreshed. optuna.importance is
+# imported without scikit-learn on purpose (`importance_module`), scikit-learn at first use.
 
 PLOTS_DIR = "plots"
 HTML_PAGE = "report.html"
@@ -101,8 +109,6 @@ def refresh_study(study_name: str, storage_url: str, tracking_uri: str,
     Raises:
         InputError: no such study.
     """
-    from search.storage.sessions import open_storage
-
     storage = open_storage(storage_url)
     try:
         study = _load(study_name, storage)
@@ -349,8 +355,6 @@ def _plot_kwargs(stem: str, metric: str, importances: dict[str, float]) -> dict:
 
 def _figure_of(axes):
     """The Figure of what optuna's matplotlib functions return: Axes, or an array of them."""
-    import numpy as np
-
     first = np.asarray(axes, dtype=object).ravel()[0]
     return first.get_figure()
 
@@ -444,8 +448,6 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _load(name: str, storage) -> optuna.Study:
-    from search.errors import InputError
-
     names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
     if name not in names:
         raise InputError(f"no study named {name!r} in the storage; studies there: "

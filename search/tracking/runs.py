@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from search.errors import InputError
+from search.tracking.local_store import ensure_sqlite_store
+
+# MLflow is imported where first used (`Tracker`): `run` and `worker` import this module, and read
+# the spec and check both stores before paying for MLflow's import (~2.3 s here); MLflow also
+# reads its logging settings (`_prepare_mlflow_env`) when it is imported.
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlruns/artifacts")
@@ -60,8 +69,6 @@ def pick_experiment(client, study: str | None):
     Raises:
         InputError: `study` names no experiment here (the message lists those that exist).
     """
-    from search.errors import InputError
-
     found = client.search_experiments(order_by=["last_update_time DESC"])
     studies = [e for e in found if e.name != "Default"]
     if study is None:
@@ -85,8 +92,6 @@ def _prepare_mlflow_env() -> None:
 
 
 def _quiet_mlflow_loggers() -> None:
-    import logging
-
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -101,8 +106,6 @@ class Tracker:
 
         _quiet_mlflow_loggers()  # importing mlflow reset them
         self.uri = tracking_uri
-        from search.tracking.local_store import ensure_sqlite_store
-
         ensure_sqlite_store(tracking_uri)  # a new local store: from a template, under a lock
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
@@ -342,8 +345,6 @@ def confusion_png(confusion: list[list[int]], class_names: tuple[str, ...], titl
     Drawn with Pillow rather than matplotlib: a figure cost ~150 ms a trial here, more than the
     rest of a trial's logging together; this costs a few milliseconds.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     matrix = np.asarray(confusion)
     n = len(class_names)
     cell, left, top = 54, 78, 44

@@ -3,15 +3,19 @@ exist, a server must answer, and neither may keep a command waiting for minutes.
 
 from __future__ import annotations
 
+import base64
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from search.errors import InputError, SearchError
-from search.storage.engines import engine_kwargs
-from search.storage.retry import root_message
-from search.storage.sessions import SQLITE_MAGIC
+from search.storage.engines import SQLITE_MAGIC, engine_kwargs, root_message
 from search.urls import mask_text, mask_url
 
 TRACKING_PROBE_S = 5.0  # a tracking server that does not answer /health in this long is down
@@ -80,9 +84,6 @@ def check_tracking_server(uri: str) -> bool:
     Raises:
         TrackingStoreError: a server that refuses, times out or answers with an error.
     """
-    import urllib.error
-    import urllib.request
-
     masked = mask_url(uri)
     if uri.startswith(("http://", "https://")):
         try:
@@ -98,8 +99,6 @@ def check_tracking_server(uri: str) -> bool:
                                  f"{mask_text(reason, uri)}")
     if _database_backend(uri) is None:
         return False
-    from sqlalchemy import create_engine
-
     try:
         # engine_kwargs: psycopg2's connect_timeout, so an unreachable host fails in seconds.
         engine = create_engine(uri, **engine_kwargs(uri))
@@ -116,8 +115,6 @@ def check_tracking_server(uri: str) -> bool:
 
 def _database_backend(uri: str) -> str | None:
     """The SQLAlchemy backend of a database-server tracking URI, else None."""
-    from sqlalchemy.exc import ArgumentError
-
     if "://" not in uri:
         return None
     try:
@@ -130,10 +127,6 @@ def _database_backend(uri: str) -> str | None:
 def _health_request(uri: str):
     """GET <uri>/health; a `user:password@` in the URL becomes basic auth, as MLflow sends it
     (urllib would take it for part of the host name)."""
-    import base64
-    import urllib.request
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
     parts = urlsplit(uri)
     host = parts.hostname or ""
     if ":" in host:

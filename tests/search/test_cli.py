@@ -19,6 +19,47 @@ def fer_search(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+# What each command loads before its work: the parser imports no command module (the handler's
+# module is imported when its command runs), and no command module imports a heavy neighbour's
+# libraries. One fresh interpreter per entry; the heavy libraries are those seen loaded.
+IMPORTS = """
+import importlib, sys
+for name in sys.argv[1].split(","):
+    if name:
+        importlib.import_module(name)
+if sys.argv[2]:
+    from search.cli.main import build_parser
+    build_parser().parse_args(sys.argv[2].split())
+heavy = ("optuna", "mlflow", "tensorflow", "keras", "matplotlib", "search.cli.")
+print(",".join(sorted({m.split(".")[0] if not m.startswith("search.cli.") else m
+                       for m in sys.modules if m.startswith(heavy)})))
+"""
+
+
+@pytest.mark.parametrize(
+    "modules, argv, loaded",
+    [
+        ("search.cli.main", "run s.yaml", "search.cli.common,search.cli.main"),
+        ("search.cli.main", "predict a.png", "search.cli.common,search.cli.main"),
+        ("search.cli.inspect_commands", "", "optuna,search.cli.common,search.cli.inspect_commands,"
+         "search.cli.progress,search.cli.stores"),
+        ("search.cli.data_commands", "", "search.cli.common,search.cli.data_commands"),
+    ],
+)
+def test_a_command_imports_only_its_own_module(modules, argv, loaded):
+    done = subprocess.run([sys.executable, "-c", IMPORTS, modules, argv], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == loaded
+
+
+def test_the_model_commands_import_no_optuna():
+    done = subprocess.run([sys.executable, "-c", IMPORTS, "search.cli.model_commands", ""],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "optuna" not in done.stdout.strip().split(","), done.stdout
+
+
 def test_bad_spec_is_one_line_on_stderr_with_exit_code_2(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(

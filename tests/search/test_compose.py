@@ -276,9 +276,9 @@ def test_every_fer_search_command_is_a_real_command(compose):
         checked += 1
     assert checked >= 2
     worker = parser.parse_args(_command(compose["services"]["worker"]))
-    assert worker.handler.__name__ == "cmd_worker"
+    assert worker.command == "worker"
     dashboard = parser.parse_args(_command(compose["services"]["dashboard"]))
-    assert dashboard.handler.__name__ == "cmd_dashboard"
+    assert dashboard.command == "dashboard"
 
 
 def test_workers_find_the_shared_storage_and_tracking_server(compose):

@@ -288,7 +288,7 @@ def test_urls_reach_workers_by_environment_not_command_line():
     from search.cli.main import build_parser
 
     args = build_parser().parse_args(command[3:])
-    assert args.handler.__name__ == "cmd_worker" and args.threads == 1
+    assert args.handler == "search.cli.study_commands:cmd_worker" and args.threads == 1
 
 
 # --------------------------------------------------------------- claims across processes

@@ -202,7 +202,6 @@ def test_ui_gives_mlflow_the_store_by_environment_not_command_line(tmp_path, mon
     import subprocess as subprocess_module
 
     import search.cli.tool_commands as tool_commands
-    import search.tracking.runs as runs
     from search.cli.main import main
 
     uri = f"postgresql+psycopg2://fer:{ODD_PASSWORD}@db.example.org:5432/mlflow"
@@ -220,8 +219,8 @@ def test_ui_gives_mlflow_the_store_by_environment_not_command_line(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tool_commands, "require_stores", lambda storage, tracking: None)
-    monkeypatch.setattr(runs, "Tracker", lambda uri: type("T", (), {"client": None})())
-    monkeypatch.setattr(runs, "pick_experiment", lambda client, study: None)
+    monkeypatch.setattr(tool_commands, "Tracker", lambda uri: type("T", (), {"client": None})())
+    monkeypatch.setattr(tool_commands, "pick_experiment", lambda client, study: None)
     monkeypatch.setattr(tool_commands.os, "execve", execve)
     monkeypatch.setattr(subprocess_module, "Popen", popen)
     main(["ui", "--tracking-uri", uri, "--open", "--port", "5123"])
@@ -242,14 +241,14 @@ def test_a_command_error_quoting_a_store_url_masks_a_password_with_a_space(tmp_p
     """Any error of a command (a library's, say) that quotes a store's URL shows it masked,
     even where a pattern alone cannot tell where the password ends: the URLs the command
     opened or checked, and the environment's, are masked whole."""
-    from search.cli import common
+    from search.cli import common, stores
 
     storage = f"postgresql://fer:{ODD_PASSWORD}@127.0.0.1:{_closed_port()}/db"
     tracking = "http://fer:Tr4ck pass@mlflow.example.org:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.setattr(common, "_URLS_IN_USE", [])
     with pytest.raises(Exception) as raised:  # refused: the URL is now one the command used
-        with common.storage_for(storage, read_only=True):
+        with stores.storage_for(storage, read_only=True):
             pass
     assert "S3c" not in common.one_line(raised.value)
     error = RuntimeError(f"cannot reach {storage} nor\n{tracking} (tried twice)")

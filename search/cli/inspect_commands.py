@@ -1,0 +1,24 @@
+"""`fer-search status`, `studies`: what the Optuna storage holds. Optuna only: no MLflow, no
+TensorFlow (these answer in about a second)."""
+
+from __future__ import annotations
+
+import optuna
+
+from search.cli.common import out
+from search.cli.progress import studies_table, trials_table
+from search.cli.stores import load_study_named, storage_for
+from search.contracts import EXIT_OK
+from search.storage.sessions import resolve_storage
+
+
+def cmd_status(args) -> int:
+    with storage_for(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(trials_table(load_study_named(args.study, storage)))
+    return EXIT_OK
+
+
+def cmd_studies(args) -> int:
+    with storage_for(resolve_storage(args.storage, None), read_only=True) as storage:
+        out.print(studies_table(optuna.get_all_study_summaries(storage=storage)))
+    return EXIT_OK
