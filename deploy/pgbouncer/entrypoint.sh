@@ -1,7 +1,7 @@
 #!/bin/sh
 # Writes PgBouncer's settings from the environment (passwords reach it by file or environment,
 # never a command line) and runs it in the foreground. The same settings as
-# benchmarks/pgbouncer.py: transaction pooling, at most PGBOUNCER_POOL server connections per
+# tests/infra/pgbouncer.py: transaction pooling, at most PGBOUNCER_POOL server connections per
 # database, SCRAM towards clients and server. Used by the compose `pgbouncer` service, the
 # Kubernetes one (same image) and deploy/slurm/fer-search-pgbouncer.sbatch (natively).
 #

@@ -4,7 +4,7 @@ cache folder's crops and features are serialised with them.
 
 PostgreSQL's lock is transaction-held (`pg_try_advisory_xact_lock` in a transaction kept open
 while the lock is held, released by its COMMIT or by a cut connection), never session-held:
-through PgBouncer in transaction pooling (the compose `pgbouncer` service, benchmarks/pgbouncer.py)
+through PgBouncer in transaction pooling (the compose `pgbouncer` service, tests/infra/pgbouncer.py)
 a session lock would stay
 on whichever server connection ran it, held for nobody. A waiter polls with short transactions
 (backing off from 10 ms to 0.25 s) instead of blocking inside one: a blocked waiter would hold a
