@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_study:
         result["study"] = study(args, work)
     result["heads"], result["agreement"] = heads(args, work)
+    if "study" in result:
+        result["study_share"] = study_share(result)
     prov["load_average_at_end"] = benchlib.load_average()
     result["provenance"] = prov
     text = markdown(result)
@@ -263,7 +265,10 @@ def heads(args, work: Path) -> tuple[dict, dict]:
                 print(f"heads, {size} faces, {kind}: {times[kind][-1]:.2f} s", flush=True)
         timings[str(size)] = {
             "seconds": times, "median": {k: statistics.median(v) for k, v in times.items()},
-            "tape_over_hand": statistics.median(times["tape"]) / statistics.median(times["hand"]),
+            "best": {k: min(v) for k, v in times.items()},
+            "tape_over_hand": min(times["tape"]) / min(times["hand"]),
+            "tape_over_hand_medians": (statistics.median(times["tape"])
+                                       / statistics.median(times["hand"])),
             "groups": [len(g) for g in groups]}
     # Full batches only (1,024 = 32 x 32 = 16 x 64): no short last batch.
     for size in (FULL_BATCHES,):
@@ -346,12 +351,21 @@ def study(args, work: Path) -> dict:
             print(f"study, {kind}: {runs[kind][-1]['wall_s']:.1f} s", flush=True)
     hand, tape = runs["hand"][0]["values"], runs["tape"][0]["values"]
     same = sum(hand[k] == tape.get(k) for k in hand)
-    walls = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
-    return {"runs": runs, "median_wall_s": walls,
+    walls = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+    return {"runs": runs, "best_wall_s": walls,
             "tape_over_hand": walls["tape"] / walls["hand"],
             "trial_values_equal": same, "trials": len(hand),
             "max_trial_value_diff": max(abs(hand[k] - tape[k]) for k in hand),
             "best": {k: max(v[0]["values"].values()) for k, v in runs.items()}}
+
+
+def study_share(r: dict) -> dict:
+    """What the tape costs the whole study: head training's extra seconds (best runs, on the
+    size nearest the quickstart's) over the study's best wall time by hand."""
+    size = min(r["heads"], key=lambda k: abs(int(k) - 980))
+    best = r["heads"][size]["best"]
+    cost = best["tape"] - best["hand"]
+    return {"size": size, "cost": [cost, cost / r["study"]["best_wall_s"]["hand"]]}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -371,7 +385,7 @@ def markdown(r: dict) -> str:
             "## The whole quickstart study (`fer-search run`, cold: fresh stores and caches)", "",
             benchlib.table(["backward", "wall s", "feature extraction s", "the rest s",
                             "complete trials", "best val_accuracy"], rows), "",
-            f"tape / hand, whole study (median wall): **{s['tape_over_hand']:.3f}**; trial "
+            f"tape / hand, whole study (best wall of each): **{s['tape_over_hand']:.3f}**; trial "
             f"values equal in {s['trial_values_equal']} of {s['trials']} trials (largest "
             f"difference {s['max_trial_value_diff']:.2g}).",
             ""]
@@ -379,7 +393,7 @@ def markdown(r: dict) -> str:
     for size, t in r["heads"].items():
         rows.append([size, " / ".join(f"{x:.2f}" for x in t["seconds"]["hand"]),
                      " / ".join(f"{x:.2f}" for x in t["seconds"]["tape"]),
-                     f"{t['tape_over_hand']:.3f}"])
+                     f"{t['tape_over_hand']:.3f}", f"{t['tape_over_hand_medians']:.3f}"])
     lines += [
         "## Head training alone (the quickstart grid's 12 heads to 30 epochs, `train_group`)", "",
         "Random 512-d stand-ins for cached features, val = train / 7, grouped as the grid queue "
@@ -387,7 +401,16 @@ def markdown(r: dict) -> str:
         f"{next(iter(r['heads'].values()))['groups']}); each run on a fresh cache, its "
         "programs traced anew (as in a new worker); kinds in turns.", "",
         benchlib.table(["train faces", "hand s (each round)", "tape s (each round)",
-                        "tape / hand (medians)"], rows), ""]
+                        "tape / hand (best of each)", "tape / hand (medians)"], rows), ""]
+    if s:
+        t, cost, share = r["heads"][r["study_share"]["size"]], *r["study_share"]["cost"]
+        lines += [
+            f"What the tape costs a whole quickstart study, from the best runs: head training "
+            f"{t['best']['hand']:.2f} s by hand, {t['best']['tape']:.2f} s by tape "
+            f"({cost:+.2f} s), against a study of {s['best_wall_s']['hand']:.1f} s: "
+            f"**{share:+.1%}** of its wall time (the issue keeps the hand-written pass only if it "
+            "saves at least 20%). The machine is shared, so each contender's best run is the "
+            "least disturbed one; medians are shown beside them.", ""]
     rows = [[size, f"{a['weights_equal']} of {a['configs']}", f"{a['max_abs_weight_diff']:.3g}",
              f"{a['median_max_abs_weight_diff']:.3g}",
              f"{a['largest_weight']:.3g}", f"{a['histories_equal']} of {a['configs']}",
