@@ -3,7 +3,7 @@
 One worker (one storage, PostgreSQL directly, a throwaway cluster) claims trials one at a time
 (FER_SEARCH_MAX_GROUP=1) from a fresh study whose queue holds N grid points, N = 10 and 10,000:
 
-- claim (this commit): `grid_queue.claim_group`, one transaction over at most 32 WAITING rows
+- claim (this commit): `grid_queue.claim_batch`, one transaction over at most 32 WAITING rows
   read through an index, `FOR UPDATE SKIP LOCKED` (search.storage.claims);
 - claim (before: `claim_group` of d41d3da~1, from the git history, run against this commit's
   storage): reads every WAITING trial through Optuna's cache, then claims the first by Optuna's
@@ -66,7 +66,14 @@ def queue(storage, study_id: int, length: int) -> None:
 
 
 def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
-    claim_group = (old_grid_queue() if which == "before" else grid_queue).claim_group
+    if which == "before":
+        old = old_grid_queue()
+
+        def claim(study, storage):
+            return old.claim_group(study, storage, lambda params: None, limit=1)
+    else:
+        def claim(study, storage):
+            return grid_queue.claim_batch(study, storage, lambda params: None)
     name = f"scaling-{which}-{length}"
     storage = open_storage(url, resilient=True)
     try:
@@ -75,7 +82,7 @@ def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
         times = []
         for _ in range(min(claims, length)):
             began = time.perf_counter()
-            trials = claim_group(study, storage, lambda params: None, limit=1)
+            trials = claim(study, storage)
             times.append(time.perf_counter() - began)
             assert len(trials) == 1
         return times
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
 One worker, one storage, PostgreSQL directly (a throwaway cluster on this machine); a fresh study
 per row whose queue holds the given number of grid points; {args.claims} claims of one trial
-each timed (at most as many as are waiting). "after": this commit's `grid_queue.claim_group`
+each timed (at most as many as are waiting). "after": this commit's `grid_queue.claim_batch`
 (one transaction over at most 32 WAITING rows through an index, FOR UPDATE SKIP LOCKED);
 "before": `claim_group` of {OLD_COMMIT} (reads every WAITING trial, then claims the first),
 run against this commit's storage.

@@ -9,7 +9,7 @@ contender `hand` (`_hand_class`, relu heads only), so this measures what the tap
 1. `heads`: the quickstart grid's 24 configurations (12 heads: 3 learning rates x 2 batch sizes
    x 2 widths, trained to 30 epochs, dropout 0.3) on random 512-d stand-ins for cached
    features, grouped as a grid queue groups them (heads of one group key, at most 8 a group),
-   each through `trainer.train_group` (records, checkpoints, validation scores included), on
+   each through `trainer.train_many` (records, checkpoints, validation scores included), on
    the quickstart's ~980 training faces (`--sizes` for others);
    `hand` and `tape` in turns, each on a fresh cache and with programs traced anew, as in a
    new worker;
@@ -183,7 +183,7 @@ def _configs():
 def _groups(configs):
     """The configs as a grid queue groups them: one group key, heads (tracks) in order, at most
     MAX_GROUP heads a group."""
-    from trainer import track_key
+    from trainer.heads.grouping import track_key
 
     tracks: dict = {}
     for config in configs:
@@ -227,11 +227,11 @@ def _dataset(cache: Path, arrays, config):
 
 
 def _train_all(groups, data) -> list:
-    from trainer import train_group
+    from trainer import train_many
 
     results = []
     for configs in groups:
-        out = train_group(configs, data)
+        out = train_many(configs, data)
         bad = [o for o in out if isinstance(o, BaseException)]
         if bad:
             raise bad[0]

@@ -10,7 +10,7 @@ or checkpoint from an earlier contender can answer it):
    over cached features does);
 2. one head on the engine: `trainer.train` (records, checkpoints and val metrics included);
 3. six separate Keras fits (six learning rates), one after the other;
-4. a group of six heads on the engine: `trainer.train_group` of the same six configs;
+4. a group of six heads on the engine: `trainer.train_many` of the same six configs;
 5. numpy's float32 matmul (2048^3) as the machine's yardstick.
 
 FLOPs of a head epoch: 3 x the forward pass (forward, and the backward pass's two matmuls)
@@ -171,11 +171,11 @@ def _keras_fit(config, x, y, xv):
 
 
 def _engine(configs, data):
-    from trainer import train, train_group
+    from trainer import train, train_many
 
     if len(configs) == 1:
         return train(configs[0], data)
-    out = train_group(configs, data)
+    out = train_many(configs, data)
     assert all(not isinstance(o, BaseException) for o in out), out
     return out
 
@@ -218,7 +218,7 @@ def markdown(r: dict) -> str:
         f"{r['group_6_vs_6_keras_fits']:.1f}x (goal >= 10x: "
         f"{'met' if r['goal_group_6_at_least_10x'] else 'NOT met'}); its first call in a "
         f"process (tracing the 6-head program): {r['group_6_first_call_vs_6_keras_fits']:.1f}x",
-        "- engine rows include everything `train`/`train_group` do: per-epoch validation "
+        "- engine rows include everything `train`/`train_many` do: per-epoch validation "
         "metrics, the epoch record and checkpoint writes (a checkpoint once the last is "
         "FER_SEARCH_CHECKPOINT_S old, 10 s by default)",
         "- TensorFlow's threads, for every contender: "

@@ -1,4 +1,9 @@
-"""The VGG16 ExpW trainer: read ExpW, train and score one configuration, export the model.
+"""The VGG16 ExpW trainer: read ExpW, train and score configurations, export the model.
+
+Training is one protocol: `train(config, data)` for one configuration; `train_many(configs,
+data, on_epoch=, on_done=)` for several, which the trainer trains together where they can share
+work (it decides which: configs of equal `batch_key` may go to one call; `batch_cost` says what a
+call holds at once).
 
 This package knows nothing of Optuna, MLflow or `search`; `search` reaches it only through the
 names below. They are imported lazily: `from trainer import TrainConfig` does not start
@@ -42,12 +47,13 @@ _EXPORTS = {
     "load_tensorflow": "trainer.runtime",
     "defer_tensorflow": "trainer.runtime",
     "EpochCallback": "trainer.train",
+    "ManyEpochCallback": "trainer.train",
+    "DoneCallback": "trainer.train",
     "TrainResult": "trainer.heads.result",
     "train": "trainer.train",
-    "train_group": "trainer.heads.group_train",
-    "group_key": "trainer.heads.grouping",
-    "track_key": "trainer.heads.grouping",
-    "GroupCallback": "trainer.heads.group_train",
+    "train_many": "trainer.train",
+    "batch_key": "trainer.heads.grouping",
+    "batch_cost": "trainer.heads.grouping",
     "build_model": "trainer.heads.result",
     "evaluate": "trainer.evaluate",
     "evaluate_trained": "trainer.evaluate",
@@ -64,7 +70,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 # Modules that import TensorFlow: it is started first, quietly and with the planned threads
 # (trainer.runtime), whoever asks for one of their names first.
-_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.group_train", "trainer.heads.result",
+_NEEDS_TENSORFLOW = {"trainer.train", "trainer.heads.result",
                      "trainer.evaluate", "trainer.network.export", "trainer.network.model"}
 
 
@@ -119,12 +125,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
         evaluate_trained,
         scores_on_features,
     )
-    from trainer.heads.group_train import GroupCallback, train_group  # noqa: F401
-    from trainer.heads.grouping import group_key, track_key  # noqa: F401
+    from trainer.heads.grouping import batch_cost, batch_key  # noqa: F401
     from trainer.heads.result import TrainResult, build_model, build_trained  # noqa: F401
     from trainer.labels import CLASS_NAMES  # noqa: F401
     from trainer.metrics import Evaluation  # noqa: F401
     from trainer.network.export import load_model, save_model  # noqa: F401
     from trainer.network.model import class_names_of, predict_proba  # noqa: F401
     from trainer.runtime import defer_tensorflow, set_threads  # noqa: F401
-    from trainer.train import EpochCallback, train  # noqa: F401
+    from trainer.train import (  # noqa: F401
+        DoneCallback,
+        EpochCallback,
+        ManyEpochCallback,
+        train,
+        train_many,
+    )

@@ -1,11 +1,10 @@
-"""Random and TPE studies asked k trials at a time, each batch trained by the trainer's groups
+"""Random and TPE studies asked k trials at a time, trained by the trainer in batches
 (issue 20).
 
 One trial at a time, every random or TPE trial's head trains alone. Here a worker asks up to
-FER_SEARCH_ASK_BATCH trials at once and splits them by the trainer's `group_key`, as a grid
-group is (search.study.group_runner): trials of one batch that can train together (equal but
-for the free settings: batch size, learning rate, width, dropout, epochs, ...) train in one
-`train_group`, a pass per batch size, the passes side by side.
+FER_SEARCH_ASK_BATCH trials at once and splits them into batches the trainer may train in one
+`trainer.train_many` call, as a grid's claims are (search.study.batches: equal
+`trainer.batch_key`, while `trainer.batch_cost` fits).
 
 - The sampler is untouched. Every trial of a batch is asked and its params drawn (`suggest_all`)
   at once, in trial order, before anything trains: a random sampler draws exactly the values it
@@ -24,8 +23,8 @@ for the free settings: batch size, learning rate, width, dropout, epochs, ...) t
   by the next ask. A worker that stops mid-batch (a signal, the deadline, too many failures)
   hands its unstarted trials back at once, failed and re-queued by the same transaction
   (`hand_back`).
-- Pruning acts per trial: a group's members report every epoch on their own
-  (group_runner.run_group).
+- Pruning acts per trial: a batch's members report every epoch on their own
+  (trial_runner.TrialRunner.run_many).
 """
 
 from __future__ import annotations
@@ -42,7 +41,8 @@ from search.spec.params import suggest_all
 from search.storage import optuna_private as private
 from search.storage import points
 from search.storage.locks import study_lock
-from search.study import grid_queue, group_runner
+from search.study import grid_queue
+from search.study.batches import Batching
 
 HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial was re-queued)"
 
@@ -107,44 +107,30 @@ def room(study: optuna.Study, spec: StudySpec, limit: int | None) -> int:
     return max(0, min(size, waiting + max(0, spec.n_trials - taken - waiting)))
 
 
-def split(spec: StudySpec, trials: Sequence[optuna.Trial],
-          storage) -> list[list[optuna.Trial]]:
-    """The batch by the trainer's group key, in the order of each group's first trial: at most
-    FER_SEARCH_MAX_GROUP heads a group (trials equal but for `epochs` are one head), so a
-    batch trains as a grid's claims would. A trial the trainer cannot group trains alone, and
-    so does the copy of a trial that died with its worker while sharing a pass
-    (`points.ALONE_ATTR`, read from `storage`)."""
-    group_of, head_of = group_runner.group_of(spec), group_runner.head_of(spec)
-    limit = max(1, settings.max_group())
-    groups: list[tuple[Hashable, set, list[optuna.Trial]]] = []
+def split(spec: StudySpec, trials: Sequence[optuna.Trial], storage,
+          batching: Batching | None = None) -> list[list[optuna.Trial]]:
+    """The asked trials as batches for the trainer, in the order of each batch's first trial:
+    trials of one key while they fit (`Batching`), so that they train as a grid's claims
+    would. A trial the trainer cannot batch trains alone, and so does the copy of a trial that
+    died with its worker while sharing a pass (`points.ALONE_ATTR`, read from `storage`)."""
+    batching = batching or Batching(spec)
+    batches: list[tuple[Hashable, list[optuna.Trial]]] = []
     for trial in trials:
-        params = trial.params
-        key, head = _key(group_of, params), _key(head_of, params)
-        if _alone(storage, trial):
-            key = None
+        key = None if _alone(storage, trial) else batching.key(trial.params)
         if key is None:
-            groups.append((None, set(), [trial]))
+            batches.append((None, [trial]))
             continue
-        head = ("trial", trial.number) if head is None else head
-        for group_key, heads, members in groups:
-            if group_key == key and (head in heads or len(heads) < limit):
-                heads.add(head)
+        for batch_key, members in batches:
+            if batch_key == key and batching.fits([t.params for t in [*members, trial]]):
                 members.append(trial)
                 break
         else:
-            groups.append((key, {head}, [trial]))
-    return [members for _, _, members in groups]
+            batches.append((key, [trial]))
+    return [members for _, members in batches]
 
 
 def _alone(storage, trial: optuna.Trial) -> bool:
     return bool(storage.get_trial(private.trial_id(trial)).system_attrs.get(points.ALONE_ATTR))
-
-
-def _key(key_of: grid_queue.GroupOf, params: dict) -> Hashable | None:
-    try:
-        return key_of(params)
-    except Exception:  # params the trainer cannot key (a bad value): it trains, and fails, alone
-        return None
 
 
 def hand_back(study: optuna.Study, storage, trials: Sequence[optuna.Trial]) -> int:

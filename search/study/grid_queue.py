@@ -21,12 +21,10 @@ Exactly once, by construction (issue 18):
 
 Trials that failed on their own merits (the loss diverged, the trial timed out) are not retried.
 
-Groups (`claim_group`): grid points equal but for the axes one training can share (the
-trainer's `group_key`: learning_rate, batch_size, head_width, epochs, ...) are claimed
-together, so that one worker trains their heads together (a pass per batch size). Points
-equal but for `epochs` are one head (the trainer's `track_key`), so the cap counts heads, not
-trials. Each member is still claimed by its own atomic WAITING -> RUNNING transition, so
-exactly-once holds per trial, not per group.
+Batches (`claim_batch`): grid points the trainer may train in one call (equal
+`trainer.batch_key`, while `trainer.batch_cost` fits: search.study.batches) are claimed
+together, so that one worker hands them to the trainer at once. Each member is still claimed by
+its own atomic WAITING -> RUNNING transition, so exactly-once holds per trial, not per batch.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search import settings
 from search.contracts import (
     FAILED_TRIAL_ATTR,
     PASS_MATES_ATTR,
@@ -55,15 +52,9 @@ from search.storage import claims, points
 from search.storage import optuna_private as private
 from search.storage.sessions import MAX_RETRY
 
-# At most this many heads trained together by one worker. A group's pass costs about k times
-# one head's arithmetic but one Python dispatch and one read of each batch: by k = 8 the
-# per-batch overhead is already amortised to an eighth, while a larger k makes one worker hold
-# (and, if it dies, hand back) more trials, and leaves other workers idle on a small grid. The
-# quickstart's 24 points are 12 heads of one group key (each head for 10 and 30 epochs), so
-# claims of 8 and 4 heads: one worker trains each claim in one pass per batch size (the passes
-# side by side), two workers take one each.
-MAX_GROUP = settings.KNOBS["FER_SEARCH_MAX_GROUP"].default  # read at use: settings.max_group()
-GroupOf = Callable[[dict[str, Any]], Hashable | None]
+# A batch's key (None: the point trains alone), and whether points of one key fit one batch.
+BatchOf = Callable[[dict[str, Any]], Hashable | None]
+Fits = Callable[[Sequence[dict[str, Any]]], bool]
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
@@ -75,7 +66,7 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return combos
 
 
-def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = None,
+def fill_queue(study: optuna.Study, spec: StudySpec, batch_of: BatchOf | None = None,
                first: Sequence[dict[str, Any]] = ()) -> int:
     """Queues the grid points that no trial holds, and re-queues those whose trial was
     interrupted (FAIL, not permanently); returns how many. Call it under `storage.study_lock`.
@@ -84,9 +75,9 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     inferred from a trial's params: a claimed trial's params appear one suggest at a time.
 
     Args:
-        group_of: a grid point's group key; given, the points are queued group by group (in
+        batch_of: a grid point's batch key; given, the points are queued batch by batch (in
             the seed's order of their first members), so that a claim's window
-            (search.storage.claims) holds a whole group.
+            (search.storage.claims) holds a whole batch.
         first: grid points to queue ahead of all others, in this order (a warm start's best:
             search.study.warm_start); claims take the queue in trial order. A point held
             already keeps its place.
@@ -101,7 +92,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     held = points.rows(storage, study_id)
     queued = 0
     ahead = {points.point_key(params) for params in first}
-    for params in [*first, *(p for p in _grouped(combos, group_of)
+    for params in [*first, *(p for p in _batched(combos, batch_of)
                              if points.point_key(p) not in ahead)]:
         key = points.point_key(params)
         holder = by_id.get(held.get(key, -1))
@@ -117,15 +108,15 @@ def fill_queue(study: optuna.Study, spec: StudySpec, group_of: GroupOf | None = 
     return queued
 
 
-def _grouped(combos: list[dict[str, Any]], group_of: GroupOf | None) -> list[dict[str, Any]]:
-    """`combos` with each group's points together, groups in the order of their first point."""
-    if group_of is None:
+def _batched(combos: list[dict[str, Any]], batch_of: BatchOf | None) -> list[dict[str, Any]]:
+    """`combos` with each batch's points together, batches in the order of their first point."""
+    if batch_of is None:
         return combos
-    groups: dict[Hashable, list[dict[str, Any]]] = {}
+    batches: dict[Hashable, list[dict[str, Any]]] = {}
     for index, params in enumerate(combos):
-        key = _group_key(group_of, params)
-        groups.setdefault(("alone", index) if key is None else key, []).append(params)
-    return [params for members in groups.values() for params in members]
+        key = _batch_key(batch_of, params)
+        batches.setdefault(("alone", index) if key is None else key, []).append(params)
+    return [params for members in batches.values() for params in members]
 
 
 def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) -> list:
@@ -266,42 +257,39 @@ def params_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def claim_next(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
     """Claims a WAITING trial for this process, or None when the queue is empty."""
-    trials = claim_group(study, storage, lambda params: None, limit=1)
+    trials = claim_batch(study, storage, lambda params: None)
     return trials[0] if trials else None
 
 
-def claim_group(
+def claim_batch(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
-    group_of: GroupOf,
-    limit: int = MAX_GROUP,
+    batch_of: BatchOf,
+    fits: Fits | None = None,
     *,
-    head_of: GroupOf | None = None,
     max_trials: int | None = None,
     window: int = claims.WINDOW,
 ) -> list[optuna.Trial]:
-    """Claims the trials of one group for this process (at most `limit` heads); [] when the
-    queue is empty.
+    """Claims the trials of one batch for this process; [] when the queue is empty.
 
     One transaction (search.storage.claims): the first WAITING trials of the queue that no
     other claim is looking at (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises
-    claims), at most `window`; the first of them decides the group, and its members among them
-    are set RUNNING together. Its cost does not grow with the queue, and workers
-    claiming at once take different windows instead of waiting for one another. A group whose
-    members lie beyond the window is trained in more than one claim (the queue is filled group
-    by group, `fill_queue`, so that this is rare); results do not depend on who trains which
-    member. When every WAITING trial is in other claims' windows, it waits a moment and looks
-    again.
+    claims), at most `window`; the first of them decides the batch's key, and the trials of that
+    key among them are set RUNNING together, each while the batch still `fits`. Its cost does
+    not grow with the queue, and workers claiming at once take different windows instead of
+    waiting for one another. A batch whose members lie beyond the window is trained in more
+    than one claim (the queue is filled batch by batch, `fill_queue`, so that this is rare);
+    results do not depend on who trains which member. When every WAITING trial is in other
+    claims' windows, it waits a moment and looks again.
 
     Args:
-        group_of: a grid point's group key; None: the point trains alone.
-        limit: at most this many heads (>= 1).
-        head_of: a grid point's head (points with equal heads train as one head, e.g. equal but
-            for `epochs`); None, or a None head: every point is a head of its own.
+        batch_of: a grid point's batch key; None: the point trains alone.
+        fits: whether points of one key (the chosen ones and a candidate) fit one batch; a
+            candidate that does not is skipped (a later one may still fit). None: no cap.
         max_trials: at most this many trials (what is left of `--n-trials`); None: no cap.
         window: at most this many WAITING trials looked at (and locked for the claim's
-            moment): about what one claim can take (`group_runner.claim`: `limit` heads times
-            the trials per head). A larger window locks rows that other claims then skip.
+            moment): about what one claim can take (search.study.batches.Batching.window). A
+            larger window locks rows that other claims then skip.
     """
     study_id = study_id_of(study, storage)
     max_trials = max(1, max_trials) if max_trials is not None else None
@@ -310,26 +298,24 @@ def claim_group(
 
     def key_of(candidate: claims.Waiting) -> Hashable | None:
         # A copy of a trial that died with its worker in a shared pass trains alone.
-        return None if candidate.alone else _group_key(group_of, candidate.params)
+        return None if candidate.alone else _batch_key(batch_of, candidate.params)
 
     def choose(waiting: Sequence[claims.Waiting]) -> list[int]:
         seen.update((candidate.trial_id, candidate) for candidate in waiting)
         first = key_of(waiting[0])
         if first is None:
             return [waiting[0].trial_id]
-        chosen: list[int] = []
-        heads: set[Hashable] = set()
+        chosen: list[claims.Waiting] = []
         for candidate in waiting:
             if max_trials is not None and len(chosen) >= max_trials:
                 break
             if key_of(candidate) != first:
                 continue
-            head = _head_key(head_of, candidate)
-            if head not in heads and len(heads) >= max(1, limit):
-                continue  # a new head over the cap; a member of a claimed head still fits
-            chosen.append(candidate.trial_id)
-            heads.add(head)
-        return chosen
+            if chosen and fits is not None and not fits(
+                    [c.params for c in chosen] + [candidate.params]):
+                continue  # over the cap; a later candidate may still fit (e.g. a shared head)
+            chosen.append(candidate)
+        return [candidate.trial_id for candidate in chosen]
 
     pause = 0.01
     while True:
@@ -345,18 +331,13 @@ def claim_group(
         pause = min(pause * 2, 0.2)
 
 
-def _group_key(group_of: GroupOf, params: dict[str, Any] | None) -> Hashable | None:
+def _batch_key(batch_of: BatchOf, params: dict[str, Any] | None) -> Hashable | None:
     if params is None:  # not a grid point (a random study's copy): alone
         return None
     try:
-        return group_of(params)
+        return batch_of(params)
     except Exception:  # a point the trainer cannot key (a bad value): it trains, and fails, alone
         return None
-
-
-def _head_key(head_of: GroupOf | None, waiting: claims.Waiting) -> Hashable:
-    head = _group_key(head_of, waiting.params) if head_of is not None else None
-    return ("trial", waiting.number) if head is None else head
 
 
 def count_failed_for_good(study: optuna.Study) -> int:

@@ -29,7 +29,7 @@ from search.storage import optuna_private as private
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import ask_batch, grid_queue, group_runner, signals, warm_start
+from search.study import ask_batch, batches, grid_queue, signals, warm_start
 from search.study.data_provider import DataProvider, first_image_size, log_data
 from search.study.trial_runner import Heartbeat, TrialOutcome, TrialRunner
 from search.tracking.report import refresh_after_run
@@ -140,7 +140,7 @@ def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None,
     grid_queue.recover_lost(study, storage, on_lost)
     seeded = warm_start.seed(study, spec, source)
     if spec.sampler == "grid":
-        grid_queue.fill_queue(study, spec, group_runner.group_of(spec),
+        grid_queue.fill_queue(study, spec, batches.Batching(spec).key,
                               first=seeded.first if seeded else ())
     warm_start.finish(study, seeded)
     if seeded is not None and on_warm_start is not None:
@@ -270,6 +270,7 @@ class StudyLoop:
         self.study = study
         self.storage = storage
         self.runner = runner
+        self.batching = batches.Batching(spec)  # which trials go to the trainer together
         self.tracker = tracker
         self.lost = lost
         self.n_trials = n_trials
@@ -338,19 +339,22 @@ class StudyLoop:
         _close_lost_runs(self.tracker, self.lost)
 
     def _next_trials(self) -> list[optuna.Trial]:
-        """Claims the next trials (a grid group, or a batch of asks); [] when none is left."""
+        """Claims the next trials (a grid's batch, or a batch of asks); [] when none is left."""
         left = None if self.n_trials is None else self.n_trials - len(self.outcomes)
-        return _next_trials(self.spec, self.study, self.storage, left)
+        if self.spec.sampler == "grid":
+            return batches.claim(self.study, self.storage, self.batching, left)
+        return ask_batch.ask(self.study, self.storage, self.spec, left)
 
     def _run_batch(self, trials: list[optuna.Trial]) -> None:
-        """Runs and records claimed trials: a grid's claim is one group; a random or TPE batch is
-        split by group key (search.study.ask_batch), its groups run in turn, all trials beating;
-        a stop between groups (signal, deadline) or an error hands the unstarted ones back."""
+        """Runs and records claimed trials: a grid's claim is one batch for the trainer; asked
+        trials are split into such batches (search.study.ask_batch.split), run in turn, all
+        trials beating; a stop between batches (signal, deadline) or an error hands the
+        unstarted ones back."""
         if self.spec.sampler == "grid":
-            for outcome in self._run_trials(trials):
+            for outcome in self.runner.run_many(trials):
                 self._record(outcome)
             return
-        groups = ask_batch.split(self.spec, trials, self.storage)
+        groups = ask_batch.split(self.spec, trials, self.storage, self.batching)
         started = 0
         try:
             with Heartbeat(self.storage, [private.trial_id(trial) for trial in trials]):
@@ -358,15 +362,11 @@ class StudyLoop:
                     if started and (self._stop_reason or time.monotonic() >= self.deadline):
                         return  # a signal or the deadline: start no further group
                     started += 1
-                    for outcome in self._run_trials(group):
+                    for outcome in self.runner.run_many(group):
                         self._record(outcome)
         finally:
             ask_batch.hand_back(self.study, self.storage,
                                 [trial for group in groups[started:] for trial in group])
-
-    def _run_trials(self, trials: list[optuna.Trial]) -> list[TrialOutcome]:
-        """Runs them (a group trains together: search.study.group_runner); one outcome each."""
-        return group_runner.run_group(self.runner, trials)
 
     def _others_still_running(self) -> bool:
         # Another worker's trials may yet fail, go stale or be handed back (random and TPE
@@ -385,13 +385,6 @@ class StudyLoop:
                 f"{self._failures_in_a_row} trials failed in a row (max_consecutive_failures="
                 f"{self.spec.max_consecutive_failures}); the last one: {outcome.reason}"
             )
-
-
-def _next_trials(spec: StudySpec, study: optuna.Study, storage,
-                 limit: int | None) -> list[optuna.Trial]:
-    if spec.sampler == "grid":
-        return group_runner.claim(study, storage, spec, limit)
-    return ask_batch.ask(study, storage, spec, limit)
 
 
 def _prepare_locked(spec: StudySpec, storage, storage_url: str, lost: _LostRuns,

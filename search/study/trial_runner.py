@@ -6,9 +6,13 @@ weights file that cannot be used) is fatal: it fails the trial and stops the stu
 other trial would fail the same way.
 
 A claimed trial becomes a `TrialSession`: its MLflow run, its per-epoch reports (pruning), its
-deadline (search.study.deadline) and how it ended. `TrialRunner.run` trains one session with
-`trainer.train`; `search.study.group_runner` trains several of one group with `trainer.train_group`.
-Either way each session is concluded on its own (its own tell, its own run's status).
+deadline (search.study.deadline) and how it ended. `TrialRunner.run_many` hands the sessions'
+configs to the trainer: one to `trainer.train`, several (a batch: search.study.batches) to
+`trainer.train_many`, which trains them together where it can. Either way each session is
+concluded on its own (its own tell, its own run's status), a batch's members as soon as the
+trainer says their training ended, while the others train on; one heartbeat thread beats them
+all, and each writes its pass-mates (`PASS_MATES_ATTR`) before training, so that a worker's
+death makes each of them a suspect (grid_queue.recover_lost).
 
 Resume: a trial that carries on a failed one (re-queued by heartbeat: Optuna's system attr
 `retry_history`; re-queued by the grid queue after an interruption: user attr `failed_trial`)
@@ -24,7 +28,7 @@ import contextlib
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -51,8 +55,6 @@ from search.study.deadline import Deadline, TrialTimedOut, Watchdog
 from search.tracking.runs import Tracker, trial_tags
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
-# What a training pass gives back: one TrainResult or exception per session, in order.
-Train = Callable[[Sequence["TrialSession"]], list]
 
 
 @dataclass
@@ -100,10 +102,11 @@ class TrialRunner:
         Raises:
             trainer.TrainerError (fatal kinds), KeyboardInterrupt: after recording the trial.
         """
-        return self.run_together([trial], self._train_alone)[0]
+        return self.run_many([trial])[0]
 
-    def run_together(self, trials: Sequence[optuna.Trial], train: Train) -> list[TrialOutcome]:
-        """Runs claimed `trials` in one training pass `train(sessions)` and concludes each.
+    def run_many(self, trials: Sequence[optuna.Trial]) -> list[TrialOutcome]:
+        """Runs claimed `trials` (one batch: search.study.batches) in one call to the trainer
+        and concludes each; one outcome each, in order.
 
         Raises:
             trainer.TrainerError (fatal kinds), KeyboardInterrupt: after recording every trial.
@@ -125,7 +128,7 @@ class TrialRunner:
                     outcomes[trial.number] = self._taken_over(trial)
             try:
                 with self.watchdog.watching(sessions):
-                    results = train(sessions) if sessions else []
+                    results = self._train(sessions) if sessions else []
             except (KeyboardInterrupt, SystemExit) as stop:  # the whole pass stops
                 for session in sessions:
                     session.conclude(stop)
@@ -139,14 +142,32 @@ class TrialRunner:
             raise fatal
         return [outcomes[trial.number] for trial in trials]
 
-    def _train_alone(self, sessions: Sequence[TrialSession]) -> list:
-        (session,) = sessions
-        try:
-            data = self.data.get(session.config.image_size)
-            return [trainer.train(session.config, data, on_epoch_end=session.on_epoch_end,
-                                  share_epochs_to=self.most_epochs)]
-        except Exception as error:  # concluded by the session, like a group member's
-            return [error]
+    def _train(self, sessions: Sequence[TrialSession]) -> list:
+        """The trainer's entry (TrainResult or exception) for each session, in order. A batch's
+        configs share one key, so one image size and one dataset."""
+        if len(sessions) == 1:
+            (session,) = sessions
+            try:
+                data = self.data.get(session.config.image_size)
+                return [trainer.train(session.config, data, on_epoch_end=session.on_epoch_end,
+                                      share_epochs_to=self.most_epochs)]
+            except Exception as error:  # concluded by the session, like a batch member's
+                return [error]
+
+        def on_epoch(index: int, epoch: int, metrics: dict[str, float]) -> None:
+            sessions[index].on_epoch_end(epoch, metrics)  # raising stops `index` only
+
+        def on_done(index: int, entry) -> None:
+            # Recorded (MLflow, tell) while the batch's other configs still train, rather than
+            # all after the longest. `run_many` concludes every session again after the
+            # training: that returns this outcome, or meets this error again and raises it.
+            with contextlib.suppress(Exception):
+                sessions[index].conclude(entry)
+
+        data = self.data.get(sessions[0].config.image_size)
+        return trainer.train_many([session.config for session in sessions], data,
+                                  on_epoch=on_epoch, on_done=on_done,
+                                  share_epochs_to=self.most_epochs)
 
     def resumed_run(self, trial: optuna.Trial) -> str | None:
         """The MLflow run of the failed trial that `trial` carries on, if it is a retry."""
@@ -325,10 +346,10 @@ class TrialSession:
 
 
 def most_epochs(spec: StudySpec) -> int | None:
-    """In a grid, the largest `epochs` on the axis: a group's first training runs that far once,
-    and the group's other trials (differing only in `epochs`) are answered from its record
-    (trainer.heads.epoch_record). Random and TPE trials rarely share a group, so training ahead for
-    them would only waste epochs."""
+    """In a grid, the largest `epochs` on the axis: the trainer trains a config that far once
+    and answers the grid's other trials of that config (differing only in `epochs`) from its
+    record (the trainer's `share_epochs_to`). Random and TPE trials rarely differ only in
+    `epochs`, so training ahead for them would only waste epochs."""
     if spec.sampler != "grid":
         return None
     return max(spec.grid.get("epochs", [0])) or None
@@ -337,7 +358,7 @@ def most_epochs(spec: StudySpec) -> int | None:
 class Heartbeat:
     """Records the heartbeat of the trials this worker runs, every interval while they run
     (Optuna's `optimize` does this for its own trials; claimed trials need it too, or a live
-    worker would look dead). One thread beats all of a group's trials.
+    worker would look dead). One thread beats all of a batch's trials.
 
     A beat is never retried (a missed one is harmless: the next comes an interval later), and
     the trial's end waits at most JOIN_S for a beat in flight: a trial ending during a database

@@ -39,9 +39,9 @@ class _PoisonedTrainer:
         return getattr(trainer, name)
 
     @staticmethod
-    def train_group(configs, data, *args, **kwargs):
+    def train_many(configs, data, *args, **kwargs):
         _die_on_poison(configs)
-        return trainer.train_group(configs, data, *args, **kwargs)
+        return trainer.train_many(configs, data, *args, **kwargs)
 
     @staticmethod
     def train(config, data, *args, **kwargs):
@@ -51,9 +51,9 @@ class _PoisonedTrainer:
 
 def install() -> None:
     """Puts the poisoned trainer where the study's runners call it."""
-    from search.study import group_runner, trial_runner
+    from search.study import trial_runner
 
-    group_runner.trainer = trial_runner.trainer = _PoisonedTrainer()
+    trial_runner.trainer = _PoisonedTrainer()
 
 
 if __name__ == "__main__":

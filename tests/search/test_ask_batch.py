@@ -43,7 +43,7 @@ def project(tmp_path, monkeypatch):
 def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
          *, n_trials: int) -> tuple[list, list[list]]:
     """A study in its own project folder (own caches: no epoch record of the other run can
-    answer a trial); its trials and the groups `train_group` (`real`) trained."""
+    answer a trial); its trials and the batches `train_many` (`real`) trained."""
     folder.mkdir()
     monkeypatch.chdir(folder)
     passes: list[list] = []
@@ -52,7 +52,7 @@ def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
         passes.append(list(configs))
         return real(configs, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_group", spy)
+    monkeypatch.setattr(trainer, "train_many", spy)
     spec_path = write_spec(folder, sampler=sampler, n_trials=n_trials, seed=7, space=SPACE,
                            train=TRAIN)
     with settings.override(FER_SEARCH_ASK_BATCH=batch):
@@ -63,7 +63,7 @@ def _run(folder, monkeypatch, batch: int | None, real, sampler: str = "random",
 
 
 def test_batched_asks_draw_and_score_what_one_at_a_time_asks_do(project, monkeypatch):
-    real = trainer.train_group
+    real = trainer.train_many
     # 32 trials, as many as the issue's random study (benchmarks/random_batched.py) asks.
     alone, alone_passes = _run(project / "one", monkeypatch, 1, real, n_trials=32)
     batched, passes = _run(project / "batched", monkeypatch, 8, real, n_trials=32)
@@ -86,7 +86,7 @@ def test_tpe_batches_its_random_startup_and_then_draws_what_one_at_a_time_draws(
     together, then one at a time. The same configurations and values as one-at-a-time asks,
     the model-drawn trials after the start-up included: TPE's first model sees the same
     finished trials either way."""
-    real = trainer.train_group
+    real = trainer.train_many
     alone, alone_passes = _run(project / "one", monkeypatch, 1, real, "tpe", n_trials=13)
     batched, passes = _run(project / "batched", monkeypatch, None, real, "tpe", n_trials=13)
     assert alone_passes == []
@@ -151,7 +151,7 @@ def test_a_batch_stops_at_the_budget_and_at_the_call_s_limit(tmp_path):
 # ------------------------------------------------------------------- groups of a batch
 
 
-def test_a_batch_splits_by_group_key_up_to_the_head_cap(tmp_path):
+def test_a_batch_splits_by_batch_key_up_to_the_cost_cap(tmp_path):
     spec = _spec(tmp_path, n_trials=12)
     with open_storage(f"sqlite:///{tmp_path}/optuna.db") as storage:
         study = optuna.create_study(study_name=spec.name, storage=storage,
@@ -213,7 +213,7 @@ def test_a_worker_stopped_mid_batch_hands_the_rest_back_and_the_next_run_complet
     with their params: n_trials complete, each configuration once."""
     import signal
 
-    real_train, real_group = trainer.train, trainer.train_group
+    real_train, real_many = trainer.train, trainer.train_many
     calls = []
 
     def signalled(real):
@@ -225,7 +225,7 @@ def test_a_worker_stopped_mid_batch_hands_the_rest_back_and_the_next_run_complet
         return train
 
     monkeypatch.setattr(trainer, "train", signalled(real_train))
-    monkeypatch.setattr(trainer, "train_group", signalled(real_group))
+    monkeypatch.setattr(trainer, "train_many", signalled(real_many))
     spec_path = write_spec(project, sampler="random", n_trials=6, seed=3, train=TRAIN,
                            space={**SPACE, "epochs": [1]})
     where = urls(project)

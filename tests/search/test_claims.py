@@ -28,12 +28,12 @@ def url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_cluster").url()
 
 
-def _queued(url: str, folder, name: str, group_of=None):
+def _queued(url: str, folder, name: str, batch_of=None):
     spec = load_spec(write_spec(folder, name=name, space=SPACE))
     storage = open_storage(url, resilient=True)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
     with study_lock(url, name):
-        grid_queue.fill_queue(study, spec, group_of)
+        grid_queue.fill_queue(study, spec, batch_of)
     return spec, storage, study
 
 
@@ -64,7 +64,7 @@ def test_a_claim_reads_a_bounded_window_whatever_the_queue(url, tmp_path):
 
     event.listen(storage.engine, "before_cursor_execute", seen)
     try:
-        group = grid_queue.claim_group(study, storage, _by_batch, limit=8, window=5)
+        group = grid_queue.claim_batch(study, storage, _by_batch, window=5)
         assert selects and all(" LIMIT " in s for s in selects), selects
         if url.startswith("postgresql"):
             assert all("FOR UPDATE SKIP LOCKED" in s for s in selects), selects
@@ -99,8 +99,8 @@ def test_a_claim_skips_the_rows_another_claim_holds_instead_of_waiting(pg_cluste
         thread_a.start()
         assert holding.wait(60), "A's claim never locked its rows"
         taken_b: list = []
-        thread_b = threading.Thread(target=lambda: taken_b.extend(grid_queue.claim_group(
-            study_b, storage_b, lambda params: None, limit=1, window=3)), daemon=True)
+        thread_b = threading.Thread(target=lambda: taken_b.extend(grid_queue.claim_batch(
+            study_b, storage_b, lambda params: None, window=3)), daemon=True)
         thread_b.start()
         thread_b.join(60)
         assert not thread_b.is_alive(), "B waited for A's rows"

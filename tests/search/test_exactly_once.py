@@ -116,7 +116,7 @@ def assert_exactly_once(study: optuna.Study, spec, total: int) -> None:
 
 def _stale_trial(study, storage) -> optuna.Trial:
     """A trial claimed by a worker that then died: it stops beating and goes stale."""
-    (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+    (trial,) = grid_queue.claim_batch(study, storage, lambda params: None)
     storage.record_heartbeat(trial._trial_id)
     time.sleep(2.2)  # past the 1 s grace
     return trial
@@ -176,7 +176,7 @@ def test_a_half_suggested_point_is_not_queued_again(workers, tmp_path):
     spec = _spec(tmp_path)
     storage, study = workers.open()
     workers.start(spec)
-    (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+    (trial,) = grid_queue.claim_batch(study, storage, lambda params: None)
     name = next(iter(spec.grid))
     trial.suggest_categorical(name, spec.grid[name])  # 1 of its 4 params committed: pause
     workers.start(spec)  # another worker starts now
@@ -272,7 +272,7 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
     storage, study = workers.open()
     workers.start(spec)
     lost = _on_commit_after(storage.engine, "UPDATE TRIALS SET STATE", committed=True)
-    claimed = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+    claimed = grid_queue.claim_batch(study, storage, lambda params: None)
     assert lost, "the hook never fired"
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     assert [t.number for t in claimed] == running  # no RUNNING trial without its worker

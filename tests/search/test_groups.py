@@ -1,7 +1,7 @@
 """Grid groups: claimed together (exactly once, across racing processes), trained in one pass,
 each trial still with its own reports, pruning, MLflow run, tell and heartbeat.
 
-The group training itself is the trainer's (`trainer.train_group`, tests/trainer); here a
+The group training itself is the trainer's (`trainer.train_many`, tests/trainer); here a
 stand-in with the same contract trains each member with the real `trainer.train`, so what is
 tested is the search side: who claims what, and how each member is recorded.
 """
@@ -9,6 +9,7 @@ tested is the search side: who claims what, and how each member is recorded.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -16,18 +17,29 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 import trainer
+from search import settings
 from search.spec.loader import load_spec
+from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
 from search.study import loop as study_module
+from search.study.batches import Batching, claim
 from search.study.loop import run_study
 from search.study.trial_runner import _Heartbeat
 from tests.search.studyhelp import race, urls, write_spec
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _by_batch(params: dict) -> int:
-    """A group key for the queue tests: points group by batch size (module level: picklable)."""
+    """A batch key for the queue tests: points go together by batch size (module level:
+    picklable)."""
     return params["batch_size"]
+
+
+def _up_to(n: int):
+    """A `fits` for the queue tests: at most `n` trials a batch."""
+    return lambda batch: len(batch) <= n
 
 
 def _queue(url: str, name: str, sizes=(16, 32, 64, 128), rates=12):
@@ -50,11 +62,11 @@ def _params(study: optuna.Study, number: int) -> dict:
 def test_a_group_is_claimed_together_up_to_its_cap(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
     study, storage = _queue(url, "cap", sizes=(16, 32), rates=5)  # two groups of 5
-    first = grid_queue.claim_group(study, storage, _by_batch, limit=3)
+    first = grid_queue.claim_batch(study, storage, _by_batch, _up_to(3))
     assert len(first) == 3
     assert len({_params(study, t.number)["batch_size"] for t in first}) == 1
     taken = [first]
-    while group := grid_queue.claim_group(study, storage, _by_batch, limit=3):
+    while group := grid_queue.claim_batch(study, storage, _by_batch, _up_to(3)):
         taken.append(group)
     sizes = sorted(len(group) for group in taken)
     assert sizes == [2, 2, 3, 3]  # each group of 5 as 3 + 2: never mixed, never over the cap
@@ -65,30 +77,62 @@ def test_a_group_is_claimed_together_up_to_its_cap(tmp_path):
     assert grid_queue.count(study, TrialState.RUNNING) == 10
 
 
-def test_the_cap_counts_heads_and_points_equal_but_for_epochs_are_one_head(tmp_path):
+def test_a_claim_takes_trials_while_they_fit_and_skips_one_over_the_cap(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
     study = optuna.create_study(study_name="heads", storage=storage)
     for rate in (1e-4, 2e-4, 3e-4):
         for epochs in (10, 30):
             study.enqueue_trial({"learning_rate": rate, "batch_size": 32, "epochs": epochs})
 
-    def head(params):
-        return params["learning_rate"]
+    def two_rates(batch):  # as the trainer's cost: points equal but for epochs are one head
+        return len({params["learning_rate"] for params in batch}) <= 2
 
-    first = grid_queue.claim_group(study, storage, _by_batch, limit=2, head_of=head)
+    first = grid_queue.claim_batch(study, storage, _by_batch, two_rates)
     points = [_params(study, t.number) for t in first]
-    assert len(first) == 4 and len({p["learning_rate"] for p in points}) == 2  # 2 heads, 4 trials
+    # A third rate over the cap is skipped; the later points of the first two still fit.
+    assert len(first) == 4 and len({p["learning_rate"] for p in points}) == 2
     assert sorted(p["epochs"] for p in points) == [10, 10, 30, 30]
-    rest = grid_queue.claim_group(study, storage, _by_batch, limit=2, head_of=head, max_trials=1)
-    assert len(rest) == 1  # --n-trials' remainder caps trials whatever the heads
-    assert len(grid_queue.claim_group(study, storage, _by_batch, head_of=head)) == 1
-    assert grid_queue.claim_group(study, storage, _by_batch, head_of=head) == []
+    rest = grid_queue.claim_batch(study, storage, _by_batch, two_rates, max_trials=1)
+    assert len(rest) == 1  # --n-trials' remainder caps trials whatever fits
+    assert len(grid_queue.claim_batch(study, storage, _by_batch, two_rates)) == 1
+    assert grid_queue.claim_batch(study, storage, _by_batch, two_rates) == []
+
+
+def test_batches_are_what_the_trainer_says_shares_and_fits(tmp_path):
+    """Search's view of the trainer's protocol, on the quickstart's grid: its 24 points share
+    one `batch_key`, points equal but for `epochs` cost one head (`batch_cost`), so
+    FER_SEARCH_MAX_GROUP=8 claims 8 heads (up to 16 trials) at once, looking at 16 rows."""
+    spec = load_spec(ROOT / "studies" / "quickstart.yaml")
+    batching = Batching(spec)
+    points = grid_queue.grid_points(spec)
+    assert len({batching.key(p) for p in points}) == 1 and None not in {
+        batching.key(p) for p in points}
+    one_head = [{**points[0], "epochs": epochs} for epochs in (10, 30)]
+    other = {**points[0], "head_width": 64 if points[0]["head_width"] == 256 else 256}
+    with settings.override(FER_SEARCH_MAX_GROUP=1):
+        assert batching.fits(one_head) and not batching.fits([*one_head, other])
+    assert batching.window() == 16
+    assert batching.key({**points[0], "learning_rate": -1.0}) is None  # trains, fails, alone
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name=spec.name, storage=storage)
+    with study_lock(storage.url, spec.name):
+        grid_queue.fill_queue(study, spec, batching.key)
+    claimed = []
+    while batch := claim(study, storage, batching):
+        claimed.append(batch)
+    heads = [Counter(tuple(sorted((k, v) for k, v in _params(study, t.number).items()
+                               if k != "epochs")) for t in batch) for batch in claimed]
+    assert sum(len(batch) for batch in claimed) == 24
+    # The first claim is 8 heads (of its 16 rows, some heads' 2 epoch counts both), none more.
+    assert len(heads[0]) == 8 and all(len(h) <= 8 for h in heads)
+    assert 8 < len(claimed[0]) <= 16
 
 
 def test_points_the_trainer_cannot_group_are_claimed_alone(tmp_path):
     study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "alone", sizes=(32,), rates=3)
     groups = []
-    while group := grid_queue.claim_group(study, storage, lambda params: None):
+    while group := grid_queue.claim_batch(study, storage, lambda params: None):
         groups.append(group)
     assert [len(g) for g in groups] == [1, 1, 1]
 
@@ -98,19 +142,19 @@ def test_a_worker_that_loses_a_group_s_first_trial_takes_another_group(tmp_path,
     second, still holding the old reading, must not split that group: it takes the next one."""
     study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "race", sizes=(16, 32), rates=4)
     stale = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    winner = grid_queue.claim_group(study, storage, _by_batch, limit=1)  # only the first trial
+    winner = grid_queue.claim_batch(study, storage, _by_batch, _up_to(1))  # the first only
     assert [t.number for t in winner] == [stale[0].number]
     real_get_trials = study.get_trials
     readings = iter([stale])
     monkeypatch.setattr(study, "get_trials",
                         lambda **kw: next(readings, None) or real_get_trials(**kw))
-    second = grid_queue.claim_group(study, storage, _by_batch, limit=8)
+    second = grid_queue.claim_batch(study, storage, _by_batch, _up_to(8))
     taken_size = _params(study, winner[0].number)["batch_size"]
     assert {_params(study, t.number)["batch_size"] for t in second} == {32 if taken_size == 16
                                                                          else 16}
     assert len(second) == 4
     # The rest of the first group is still there for whoever comes next.
-    rest = grid_queue.claim_group(study, storage, _by_batch, limit=8)
+    rest = grid_queue.claim_batch(study, storage, _by_batch, _up_to(8))
     assert len(rest) == 3 and {_params(study, t.number)["batch_size"] for t in rest} == {
         taken_size}
 
@@ -119,7 +163,7 @@ def _claim_groups(url: str, name: str, results) -> None:
     storage = open_storage(url)
     study = optuna.load_study(study_name=name, storage=storage)
     groups = []
-    while group := grid_queue.claim_group(study, storage, _by_batch, limit=5):
+    while group := grid_queue.claim_batch(study, storage, _by_batch, _up_to(5)):
         groups.append([(t.number, _params(study, t.number)["batch_size"]) for t in group])
     results.put(groups)
 
@@ -139,7 +183,7 @@ def test_one_heartbeat_beats_every_claimed_trial(tmp_path):
     from optuna.storages._rdb.models import TrialHeartbeatModel
 
     study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "beats", sizes=(32,), rates=3)
-    group = grid_queue.claim_group(study, storage, _by_batch)
+    group = grid_queue.claim_batch(study, storage, _by_batch)
     ids = [t._trial_id for t in group]
     with storage.scoped_session() as session:  # a claim beats once, at once
         for trial_id in ids:
@@ -170,32 +214,32 @@ def project(tmp_path, monkeypatch):
 
 
 def _fake_group_training(monkeypatch) -> list[list]:
-    """`trainer.group_key` and `trainer.train_group` stand-ins with the engine's contract: one
+    """`trainer.batch_key` and `trainer.train_many` stand-ins with the trainer's contract: one
     key per batch size; each member trained alone by the real `train`, an exception raised by
     its callback stopping that member only."""
     calls: list[list] = []
 
-    def group_key(config):
+    def batch_key(config):
         return ("batch", config.batch_size)
 
-    def train_group(configs, data, on_epoch_end=None, *, share_epochs_to=None, resume=True,
-                    on_result=None):
+    def train_many(configs, data, *, on_epoch=None, on_done=None, share_epochs_to=None,
+                   resume=True):
         calls.append(list(configs))
         results = []
         for index, config in enumerate(configs):
             def member(epoch, metrics, index=index):
-                on_epoch_end(index, epoch, metrics)
+                on_epoch(index, epoch, metrics)
             try:
                 results.append(trainer.train(config, data, member,
                                              share_epochs_to=share_epochs_to))
             except Exception as error:
                 results.append(error)
-            if on_result is not None:  # final as soon as its training ends
-                on_result(index, results[-1])
+            if on_done is not None:  # final as soon as its training ends
+                on_done(index, results[-1])
         return results
 
-    monkeypatch.setattr(trainer, "group_key", group_key, raising=False)
-    monkeypatch.setattr(trainer, "train_group", train_group, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", batch_key)
+    monkeypatch.setattr(trainer, "train_many", train_many)
     return calls
 
 
@@ -240,16 +284,16 @@ def test_an_interrupted_group_is_recorded_and_requeued_member_by_member(project,
     re-queued naming its trial, and the next run completes them, each naming the run it
     carries on."""
     calls = _fake_group_training(monkeypatch)
-    fake = trainer.train_group
+    fake = trainer.train_many
 
-    def interrupted(configs, data, on_epoch_end=None, **options):
+    def interrupted(configs, data, *, on_epoch=None, **options):
         def stop_after_first_report(index, epoch, metrics):
-            on_epoch_end(index, epoch, metrics)
+            on_epoch(index, epoch, metrics)
             raise KeyboardInterrupt
 
-        return fake(configs, data, stop_after_first_report, **options)
+        return fake(configs, data, on_epoch=stop_after_first_report, **options)
 
-    monkeypatch.setattr(trainer, "train_group", interrupted)
+    monkeypatch.setattr(trainer, "train_many", interrupted)
     spec_path = write_spec(project, name="ctrl-c")
     where = urls(project)
     with pytest.raises(KeyboardInterrupt):
@@ -263,7 +307,7 @@ def test_an_interrupted_group_is_recorded_and_requeued_member_by_member(project,
     assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in failed} == {
         "KILLED"}
 
-    monkeypatch.setattr(trainer, "train_group", fake)
+    monkeypatch.setattr(trainer, "train_many", fake)
     run_study(load_spec(spec_path), **where)
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

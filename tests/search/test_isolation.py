@@ -257,7 +257,7 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
             study = optuna.create_study(study_name="orphan", storage=storage)
             with study_lock(where["storage_url"], "orphan"):
                 grid_queue.fill_queue(study, spec)
-            (trial,) = grid_queue.claim_group(study, storage, lambda params: None, limit=1)
+            (trial,) = grid_queue.claim_batch(study, storage, lambda params: None)
             run_id = tracker.start_trial_run(experiment, "", "orphan", trial.number,
                                              params={}, tags={})
             time.sleep(2.5)  # the worker is gone: no beat for longer than the 1 s grace

@@ -41,7 +41,7 @@ class _Died(BaseException):
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # One trial at a time through `trainer.train`, with or without the trainer's groups.
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     from trainer.runtime import load_tensorflow
 
     load_tensorflow()
@@ -88,7 +88,7 @@ def test_a_requeued_trial_names_the_run_it_resumes(project, monkeypatch):
 
     monkeypatch.undo()
     monkeypatch.chdir(project)
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     real_train = trainer.train
 
     def resuming_train(config, data, on_epoch_end=None, **options):
@@ -163,7 +163,7 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint(project, monkeypatch):
         run_study(load_spec(spec_path), **where)
     monkeypatch.undo()
     monkeypatch.chdir(project)
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     run_study(load_spec(spec_path), **where)
 
     trials = _study_trials("ctrl-c", where["storage_url"])

@@ -102,8 +102,8 @@ def test_an_interrupted_trial_is_recorded_and_retried(project, monkeypatch):
         return real_train(config, data, on_epoch_end, **options)
 
     monkeypatch.setattr(trainer, "train", interrupted_second_time)
-    # Trials one at a time through `train` (a grid group would go through `train_group`).
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    # Trials one at a time through `train` (a grid batch would go through `train_many`).
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     with pytest.raises(KeyboardInterrupt):
         run_study(load_spec(spec_path), **where)
     trials = _trials(spec_path, where["storage_url"])
@@ -211,7 +211,7 @@ def test_sigterm_mid_trial_finishes_that_trial_and_starts_no_other(project, monk
 
     monkeypatch.setattr(trainer, "train", signalled_during_the_first)
     # Trials one at a time through `train` (a grid group would finish together).
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "stopped by SIGTERM"
     assert [o.state for o in summary.outcomes] == [TrialState.COMPLETE]
@@ -273,7 +273,7 @@ def test_without_a_pruner_epoch_values_are_written_together(project, monkeypatch
     """No pruner reads the per-epoch values while a trial trains: they are written every
     FER_SEARCH_REPORT_S and at the trial's end, and the study holds every epoch either way."""
     monkeypatch.setenv("FER_SEARCH_REPORT_S", report_s)
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)  # one by one
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)  # one by one
     calls = _count_intermediate_writes(monkeypatch)
     spec_path = write_spec(project, space=REPORT_SPACE)
     where = urls(project)
@@ -291,7 +291,7 @@ def test_with_a_pruner_every_epoch_value_is_written_as_it_ends(project, monkeypa
     monkeypatch.setenv("FER_SEARCH_REPORT_S", "3600")
     monkeypatch.setattr(study_module, "make_pruner",
                         lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5))
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     calls = _count_intermediate_writes(monkeypatch)
     spec_path = write_spec(project, space=REPORT_SPACE)
     run_study(load_spec(spec_path), **urls(project))

@@ -27,7 +27,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Every trial alone, through `trainer.train` (which these tests wrap), with or without the
     # trainer's group training.
-    monkeypatch.setattr(trainer, "group_key", lambda config: None, raising=False)
+    monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     return tmp_path
 
 

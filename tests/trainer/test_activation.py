@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import (
-    CLASS_NAMES,
-    ConfigError,
-    TrainConfig,
-    group_key,
-    track_key,
-    train,
-    train_group,
-)
+from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.evaluate import check_export, export_tolerance, split_features
 from trainer.heads import engine, keras_pool
 from trainer.heads.engine import head_proba
 from trainer.heads.epoch_record import EpochRecord
-from trainer.heads.grouping import FREE_IN_GROUP
+from trainer.heads.group_train import train_group
+from trainer.heads.grouping import FREE_IN_GROUP, track_key
 from trainer.heads.result import build_trained
 from trainer.heads.spec import HeadSpec
 from trainer.network.export import load_model, save_model
@@ -50,7 +43,7 @@ def test_relu_is_the_default_and_the_head_spec_carries_it_as_a_static_setting_fr
     assert relu.build_key() != gelu.build_key()
     assert gelu.static().activation == "gelu"  # a program is built for its value
     assert "activation" in FREE_IN_GROUP
-    assert group_key(BASE) == group_key(GELU)
+    assert batch_key(BASE) == batch_key(GELU)
     assert track_key(BASE) != track_key(GELU)
 
 

@@ -14,9 +14,9 @@ from trainer.runtime import defer_tensorflow
 
 defer_tensorflow(1)
 config = trainer.TrainConfig(weights="none")
-trainer.group_key(config), trainer.load_dataset, trainer.crop_face
+trainer.batch_key(config), trainer.load_dataset, trainer.crop_face
 print("before:", "tensorflow" in sys.modules)
-trainer.train_group
+trainer.train_many
 import tensorflow as tf
 print("after:", "tensorflow" in sys.modules)
 print("threads:", tf.config.threading.get_intra_op_parallelism_threads(),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from tests.trainer.arrays import array_dataset
 from tests.trainer.test_group_train import assert_same
-from trainer import TrainConfig, group_key, track_key, train, train_group
+from trainer import TrainConfig, batch_key, train
 from trainer.heads import engine as head_engine
+from trainer.heads.group_train import train_group
+from trainer.heads.grouping import track_key
 from trainer.heads.spec import HeadSpec
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
@@ -22,7 +24,7 @@ MEMBERS = [
 
 
 def test_configs_differing_in_dropout_are_one_group_of_separate_heads():
-    assert len({group_key(c) for c in MEMBERS}) == 1
+    assert len({batch_key(c) for c in MEMBERS}) == 1
     assert len({track_key(c) for c in MEMBERS}) == len(MEMBERS)
 
 

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import (
-    TrainConfig,
-    TrainingDiverged,
-    group_key,
-    track_key,
-    train,
-    train_group,
-)
+from trainer import TrainConfig, TrainingDiverged, batch_key, train
 from trainer.heads import engine as head_engine
 from trainer.heads.epoch_record import EpochRecord
+from trainer.heads.group_train import train_group
+from trainer.heads.grouping import track_key
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3)
@@ -120,13 +115,13 @@ def test_configs_equal_but_for_epochs_share_one_head_and_the_record_answers_shor
 
 
 def test_group_keys():
-    assert group_key(BASE) == group_key(BASE.replace(learning_rate=0.1, head_width=8, epochs=9))
-    assert group_key(BASE) == group_key(BASE.replace(batch_size=8))  # another pass, at once
-    assert group_key(BASE) != group_key(BASE.replace(seed=1))  # other batches
-    assert group_key(BASE) != group_key(BASE.replace(seed=3))
-    assert group_key(BASE.replace(trainable_blocks=1)) is None
-    assert group_key(BASE.replace(augment=True)) is None
-    assert group_key(BASE.replace(early_stopping_patience=2)) is None
+    assert batch_key(BASE) == batch_key(BASE.replace(learning_rate=0.1, head_width=8, epochs=9))
+    assert batch_key(BASE) == batch_key(BASE.replace(batch_size=8))  # another pass, at once
+    assert batch_key(BASE) != batch_key(BASE.replace(seed=1))  # other batches
+    assert batch_key(BASE) != batch_key(BASE.replace(seed=3))
+    assert batch_key(BASE.replace(trainable_blocks=1)) is None
+    assert batch_key(BASE.replace(augment=True)) is None
+    assert batch_key(BASE.replace(early_stopping_patience=2)) is None
 
 
 def test_track_keys_join_configs_equal_but_for_epochs():
@@ -184,7 +179,7 @@ def test_heads_of_different_batch_sizes_train_at_once_each_equal_to_alone(tmp_pa
 
     configs = [BASE, BASE.replace(batch_size=8, head_width=16), BASE.replace(batch_size=32),
                BASE.replace(batch_size=8, learning_rate=1e-2, epochs=2)]
-    assert len({group_key(c) for c in configs}) == 1
+    assert len({batch_key(c) for c in configs}) == 1
     seen = []
     caller = threading.get_ident()
 

@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import (
-    CLASS_NAMES,
-    ConfigError,
-    TrainConfig,
-    group_key,
-    track_key,
-    train,
-    train_group,
-)
+from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.heads import engine, group_train, keras_pool
 from trainer.heads.checkpoint import config_checkpoint_path
 from trainer.heads.epoch_record import EpochRecord
-from trainer.heads.grouping import FREE_IN_GROUP
+from trainer.heads.group_train import train_group
+from trainer.heads.grouping import FREE_IN_GROUP, track_key
 from trainer.heads.spec import HeadSpec
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
@@ -40,7 +33,7 @@ def test_the_head_spec_carries_it_as_a_static_setting_free_in_a_group():
     assert (plain.label_smoothing, smooth.label_smoothing) == (0.0, 0.2)
     assert plain.program_key() != smooth.program_key()
     assert "label_smoothing" in FREE_IN_GROUP
-    assert group_key(BASE) == group_key(SMOOTH)
+    assert batch_key(BASE) == batch_key(SMOOTH)
 
 
 def test_heads_differing_only_in_it_share_no_cache_entry(tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import HeadFailed, TrainConfig, train_group
+from trainer import HeadFailed, TrainConfig
 from trainer.heads import engine as head_engine
+from trainer.heads.group_train import train_group
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import ConfigError, TrainConfig, group_key, train
+from trainer import ConfigError, TrainConfig, batch_key, train
 from trainer.network.features import feature_path, features_for, forget_loaded
 from trainer.network.model import build_network, cut_name, precision_scope, weights_fingerprint
 
@@ -34,7 +34,7 @@ def test_an_unknown_precision_is_refused_naming_the_field(bad):
 def test_the_default_is_float32_and_precision_is_not_free_in_a_group():
     assert TrainConfig().precision == "float32"
     assert TrainConfig.from_dict({"precision": "mixed_float16"}).precision == "mixed_float16"
-    assert group_key(BASE) != group_key(BASE.replace(precision="mixed_bfloat16"))
+    assert batch_key(BASE) != batch_key(BASE.replace(precision="mixed_bfloat16"))
 
 
 def test_the_feature_cache_keys_differ_and_float32_keeps_its_old_key(tmp_path):

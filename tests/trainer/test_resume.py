@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, settings, train, train_group
+from trainer import TrainConfig, settings, train
 from trainer.heads.checkpoint import checkpoint_dir
+from trainer.heads.group_train import train_group
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=4, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3, class_weight="balanced")
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 _CHILD = """
 import os, signal, sys
 from tests.trainer.arrays import array_dataset
-from trainer import TrainConfig, train, train_group
+from trainer import TrainConfig, train
+from trainer.heads.group_train import train_group
 configs = [TrainConfig.from_dict(c) for c in {configs!r}]
 kill_at = {kill_at}
 

@@ -22,7 +22,7 @@ import trainer
 from trainer.runtime import defer_tensorflow, parallel_batches
 
 defer_tensorflow({threads}, ops_in_parallel=True)
-trainer.train_group
+trainer.train_many
 import tensorflow as tf
 print(tf.config.threading.get_intra_op_parallelism_threads(),
       tf.config.threading.get_inter_op_parallelism_threads(), parallel_batches())

@@ -1,26 +1,26 @@
-"""`train_group(configs, data)`: k frozen-base heads trained together on cached features.
+"""`train_group(configs, data)`: k frozen-base heads trained together on cached features; the
+machinery behind `trainer.train_many` (trainer.train), which callers use.
 
-Configs of one group (equal `group_key`: same data, seed, class weights, ...; they may differ
-in `grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadSpec` marks
-free, such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see
-the faces in the same order each epoch. Those of one batch size see the same batches, so one
-pass over the batches trains all of them (trainer.heads.engine); the passes of different batch
-sizes run at once, each on its own thread, while their epochs are stored and reported on the
-caller's (`_side_by_side`). Configs equal but for `epochs` share one track: it trains once, to the
-largest count asked, and each config hears of its own epochs only. Every finished epoch goes
-to the track's epoch record (trainer.heads.epoch_record: its arrays only at the configs' own
-epoch counts, unless `share_epochs_to` says other configs will ask) and, with `resume`, every
-CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a killed training resumes
-after its last checkpointed epoch, replaying the finished ones to the caller first. A head
-that raises fails alone: a pass whose program raises is re-run head by head for that epoch
-(`_Pass.next_epoch`), so one configuration's out-of-memory or bad arithmetic costs only itself.
+Configs of one group (equal `batch_key`: same data, seed, class weights, ...; they may differ in
+`grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadSpec` marks free,
+such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see the
+faces in the same order each epoch. Those of one batch size see the same batches, so one pass
+over the batches trains all of them (trainer.heads.passes, trainer.heads.engine); the passes of
+different batch sizes run at once, each on its own thread, while their epochs are stored and
+reported on the caller's (`passes.side_by_side`). Configs equal but for `epochs` share one
+track: it trains once, to the largest count asked, and each config hears of its own epochs only.
+Every finished epoch goes to the track's epoch record (trainer.heads.epoch_record: its arrays
+only at the configs' own epoch counts, unless `share_epochs_to` says other configs will ask)
+and, with `resume`, every CHECKPOINT_EVERY_S to its checkpoint (trainer.heads.checkpoint), so a
+killed training resumes after its last checkpointed epoch, replaying the finished ones to the
+caller first. A head that raises fails alone: a pass whose program raises is re-run head by head
+for that epoch (`passes.Pass.next_epoch`), so one configuration's out-of-memory or bad
+arithmetic costs only itself.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,7 +31,7 @@ import numpy as np
 from trainer import settings
 from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset
-from trainer.errors import HeadFailed, TrainingDiverged
+from trainer.errors import TrainingDiverged
 from trainer.heads import engine as engine
 from trainer.heads.checkpoint import (
     Checkpoint,
@@ -41,8 +41,9 @@ from trainer.heads.checkpoint import (
     save_checkpoint,
 )
 from trainer.heads.epoch_record import EpochRecord
-from trainer.heads.grouping import group_key
+from trainer.heads.grouping import batch_key
 from trainer.heads.inputs import check_inputs, class_weight_for, head_features
+from trainer.heads.passes import EpochDone, Pass, side_by_side
 from trainer.heads.result import TrainResult, val_metrics
 from trainer.heads.spec import HeadSpec
 from trainer.metrics import epoch_metrics, evaluation_from_probs
@@ -98,17 +99,17 @@ def train_group(
 
     Returns one entry per config, in order: its TrainResult, or the exception that stopped it
     (raised by `on_epoch_end(index, epoch, metrics)`, TrainingDiverged, or HeadFailed: its head
-    raised when trained alone, `_Pass.next_epoch`). KeyboardInterrupt and SystemExit propagate;
-    checkpointed epochs stay checkpointed.
+    raised when trained alone, `passes.Pass.next_epoch`). KeyboardInterrupt and SystemExit
+    propagate; checkpointed epochs stay checkpointed.
 
     `on_result(index, entry)` hears each config's entry as soon as it is final (when its head's
     training ends), on the caller's thread, while other heads may still train: the caller can
     record a finished config meanwhile. An exception it raises propagates.
     """
     start = time.perf_counter()
-    keys = {group_key(c) for c in configs}
+    keys = {batch_key(c) for c in configs}
     if not configs or None in keys or len(keys) != 1:
-        raise ValueError("train_group needs configs of one group (equal, non-None group_key)")
+        raise ValueError("train_group needs configs of one group (equal, non-None batch_key)")
     for config in configs:
         check_inputs(config, data)
     first = configs[0]
@@ -254,19 +255,19 @@ class _GroupRun:
         return True
 
     def train(self, tracks: list[_Track]) -> None:
-        """Epoch by epoch, the tracks of each batch size in one pass over the batches (`_Pass`);
-        passes of different batch sizes run at once (`_side_by_side`)."""
+        """Epoch by epoch, the tracks of each batch size in one pass over the batches (`Pass`);
+        passes of different batch sizes run at once (`side_by_side`)."""
         by_size: dict[int, list[_Track]] = {}
         for track in tracks:
             by_size.setdefault(track.config.batch_size, []).append(track)
-        passes = [_Pass(self, size, members) for size, members in sorted(by_size.items())]
+        passes = [Pass(self, size, members) for size, members in sorted(by_size.items())]
         if len(passes) == 1:
             while (epoch := passes[0].next_epoch()) is not None:
                 self._finish(epoch)
         elif passes:
-            _side_by_side(passes, self._finish)
+            side_by_side(passes, self._finish)
 
-    def _finish(self, done: _Epoch) -> None:
+    def _finish(self, done: EpochDone) -> None:
         """Stores, checkpoints and reports one pass's finished epoch (on the caller's thread)."""
         for track, error in done.failed:  # its members fail; the checkpoint goes with it
             for member in track.members:
@@ -371,155 +372,3 @@ class _GroupRun:
             epochs_trained=trained,
             resumed_from_epoch=track.start,
         )
-
-
-@dataclass
-class _Epoch:
-    """One epoch of a pass's tracks, computed: per track its loss and hits sums, validation
-    probabilities and state after the epoch; and the tracks whose head raised this epoch, each
-    with its `HeadFailed`."""
-
-    epoch: int
-    tracks: list[_Track]
-    loss: np.ndarray
-    hits: np.ndarray
-    probs: np.ndarray
-    states: list[engine.HeadState]
-    weight_sum: float
-    batch_size: int
-    failed: list[tuple[_Track, BaseException]] = field(default_factory=list)
-
-
-class _Pass:
-    """The tracks of one batch size: they see the same batches, so one pass over them per epoch
-    trains every track due for that epoch (each head with its own ops: trainer.heads.engine)."""
-
-    def __init__(self, run: _GroupRun, batch_size: int, tracks: list[_Track]) -> None:
-        self.run = run
-        self.batch_size = batch_size
-        self.tracks = tracks
-        self.seed = tracks[0].config.seed
-        self.steps = math.ceil(run.n / batch_size)
-        # Looked up here, on the caller's thread: the memos are not for threads.
-        self.weight, self.weight_sum = run.weights_for(tracks[0].config)
-        self.epoch = min(t.epoch for t in tracks)  # the last epoch computed
-        self.last = max(t.target for t in tracks)
-        self.one_at_a_time = False  # set when the pass failed together but no head alone
-
-    def next_epoch(self) -> _Epoch | None:
-        """Trains the next epoch any track is due for; None when none is left. Reads the tracks
-        only: `_GroupRun._finish` updates them before the next call.
-
-        A pass whose program raises (one head out of memory at its width, an error in one
-        head's arithmetic) is run again head by head for that epoch, from the states before it:
-        a head that raises alone fails alone (`_Epoch.failed`, a `HeadFailed`), and the others'
-        epoch counts as theirs (a head's numbers do not depend on its group-mates). Once the
-        culprit is found the rest train together again; when every head passed alone (the
-        program failed only together, e.g. out of memory for all of them at once), the pass
-        trains them one at a time from then on."""
-        while self.epoch < self.last:
-            self.epoch += 1
-            active = [t for t in self.tracks if not t.done and t.epoch == self.epoch - 1]
-            if not active:
-                continue
-            # One order of heads for every group with the same static settings (widths, ...):
-            # they share one compiled program instead of tracing another (~1 s) for a
-            # reordering. A head's numbers do not depend on its place in the program.
-            active.sort(key=lambda t: t.spec.program_key())
-            if self.one_at_a_time:
-                return self._head_by_head(active)
-            try:
-                return self._train(active)
-            except Exception as error:  # noqa: BLE001  (found and failed per head below)
-                if len(active) == 1:
-                    return self._failed([self._head_failed(active[0], error)])
-            epoch = self._head_by_head(active)
-            self.one_at_a_time = not epoch.failed
-            return epoch
-        return None
-
-    def _train(self, active: list[_Track]) -> _Epoch:
-        run = self.run
-        specs = [t.spec for t in active]
-        with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs) as prog:
-            prog.load([t.state for t in active])
-            order = engine.epoch_order(self.seed, self.epoch, run.n)
-            loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, order,
-                                          self.batch_size, (self.epoch - 1) * self.steps)
-            probs = engine.predict(prog, run.xv)
-            states = prog.dump()
-        return _Epoch(self.epoch, active, loss, hits, probs, states, self.weight_sum,
-                      self.batch_size)
-
-    def _head_by_head(self, active: list[_Track]) -> _Epoch:
-        """This epoch, each track in a program of its own: the ones that raise are failed."""
-        done: list[_Epoch] = []
-        failed: list[tuple[_Track, BaseException]] = []
-        for track in active:
-            try:
-                done.append(self._train([track]))
-            except Exception as error:  # noqa: BLE001  (this head's own failure)
-                failed.append(self._head_failed(track, error))
-        if not done:
-            return self._failed(failed)
-        return _Epoch(self.epoch, [e.tracks[0] for e in done],
-                      np.concatenate([e.loss for e in done]),
-                      np.concatenate([e.hits for e in done]),
-                      np.concatenate([e.probs for e in done]),
-                      [e.states[0] for e in done], self.weight_sum, self.batch_size, failed)
-
-    def _failed(self, failed: list[tuple[_Track, BaseException]]) -> _Epoch:
-        """An epoch in which every head due raised: no track trained, each listed fails."""
-        empty = np.zeros((0,), "float32")
-        return _Epoch(self.epoch, [], empty, empty, empty, [], self.weight_sum,
-                      self.batch_size, failed)
-
-    def _head_failed(self, track: _Track, error: BaseException) -> tuple[_Track, HeadFailed]:
-        return track, HeadFailed(error, batch_size=self.batch_size, epoch=self.epoch,
-                                 head_width=track.config.head_width)
-
-
-def _side_by_side(passes: list[_Pass], finish: Callable[[_Epoch], None]) -> None:
-    """Runs the passes at once, each on its own thread: TensorFlow releases the GIL while it
-    computes, so passes of small ops keep every core busy (one pass's ops mostly wait on each
-    other). Each finished epoch is handed to `finish` on this thread, one at a time, and its
-    pass waits for that before its next epoch: the callbacks (pruning, the epoch record, the
-    caller's logging) run where they would alone and decide what the pass trains next. A head's
-    numbers are its own ops', whichever pass runs beside it."""
-    results: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    turns = [threading.Semaphore(0) for _ in passes]
-
-    def work(i: int) -> None:
-        try:
-            while not stop.is_set():
-                done = passes[i].next_epoch()
-                results.put((i, done))
-                if done is None:
-                    return
-                turns[i].acquire()
-        except BaseException as error:  # handed to the caller's thread, raised there
-            results.put((i, error))
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True,
-                                name=f"heads-batch-{p.batch_size}")
-               for i, p in enumerate(passes)]
-    for thread in threads:
-        thread.start()
-    try:
-        live = len(passes)
-        while live:
-            i, done = results.get()
-            if done is None:
-                live -= 1
-            elif isinstance(done, BaseException):
-                raise done
-            else:
-                finish(done)
-                turns[i].release()
-    finally:  # an error or a stop: the other passes end after their epoch in flight
-        stop.set()
-        for turn in turns:
-            turn.release()
-        for thread in threads:
-            thread.join()

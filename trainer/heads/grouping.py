@@ -1,16 +1,19 @@
 """Which trainings can share work, decided from their configs alone (no TensorFlow here, so a
-grid queue can group trials before anything is trained).
+search can choose what to hand to one `trainer.train_many` before anything is trained).
 
+- `batch_key` (public): configs with equal keys may go to one `train_many` call, which trains
+  them together; None: this config trains alone. Such configs see the same faces in the same
+  order each epoch, so the trainer trains them in one pass over the batches per batch size, the
+  passes of different batch sizes at once (trainer.heads.group_train, trainer.heads.passes).
+- `batch_cost` (public): what such a call costs, in heads trained at once. Configs equal but
+  for `epochs` are one head (`track_key`: one track, trained once to the largest count).
 - `shareable`: epochs can be recorded and answered again (trainer.heads.epoch_record), and the head
   trains on the compiled engine (trainer.heads.engine).
-- `group_key`: configs with equal keys see the same faces in the same order each epoch, so
-  `trainer.train_group` trains them together: one pass over the batches per batch size, the
-  passes of different batch sizes at once.
-- `track_key`: configs of a group with equal keys differ only in `epochs`: they are one head
-  (one track), trained once to the largest count, so they cost one head of a group's pass.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
 
 from trainer.config import TrainConfig
 from trainer.heads.spec import HeadSpec
@@ -32,10 +35,18 @@ def shareable(config: TrainConfig) -> bool:
     )
 
 
-def group_key(config: TrainConfig) -> tuple | None:
-    """Configs with equal keys train together in `train_group`; None: this one trains alone
-    (fine-tuning, augmentation or early stopping decide their own batches or length)."""
+def batch_key(config: TrainConfig) -> Hashable | None:
+    """Configs with equal keys may be handed to one `trainer.train_many` call, which trains
+    them together; None: this one trains alone (fine-tuning, augmentation or early stopping
+    decide their own batches or length)."""
     return _key_without(config, FREE_IN_GROUP)
+
+
+def batch_cost(configs: Sequence[TrainConfig]) -> int:
+    """What training `configs` in one `train_many` call holds at once, in heads: configs equal
+    but for `epochs` are one head (trained once, to the largest count); a config that trains
+    alone is one. A caller caps a call by it (search: FER_SEARCH_MAX_GROUP)."""
+    return len({track_key(c) or ("alone", i) for i, c in enumerate(configs)})
 
 
 def track_key(config: TrainConfig) -> tuple | None:
