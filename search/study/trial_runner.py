@@ -6,13 +6,10 @@ weights file that cannot be used) is fatal: it fails the trial and stops the stu
 other trial would fail the same way.
 
 A claimed trial becomes a `TrialSession`: its MLflow run, its per-epoch reports (pruning), its
-deadline (search.study.deadline) and how it ended. `TrialRunner.run_many` hands the sessions'
-configs to the trainer: one to `trainer.train`, several (a batch: search.study.batches) to
-`trainer.train_many`, which trains them together where it can. Either way each session is
-concluded on its own (its own tell, its own run's status), a batch's members as soon as the
-trainer says their training ended, while the others train on; one heartbeat thread beats them
-all, and each writes its pass-mates (`PASS_MATES_ATTR`) before training, so that a worker's
-death makes each of them a suspect (grid_queue.recover_lost).
+deadline (search.study.deadline) and how it ended. `TrialRunner.run_many` hands the configs
+to `trainer.train` (one) or `trainer.train_many` (a batch: search.study.batches), beating them
+all from one thread, the pass-mates written first (suspects if the worker dies). Each session
+is concluded on its own (its tell, its run's status), as soon as the trainer says it is done.
 
 Resume: a trial that carries on a failed one (re-queued by heartbeat: Optuna's system attr
 `retry_history`; re-queued by the grid queue after an interruption: user attr `failed_trial`)
@@ -143,8 +140,7 @@ class TrialRunner:
         return [outcomes[trial.number] for trial in trials]
 
     def _train(self, sessions: Sequence[TrialSession]) -> list:
-        """The trainer's entry (TrainResult or exception) for each session, in order. A batch's
-        configs share one key, so one image size and one dataset."""
+        """The trainer's entry (TrainResult or exception) per session (one key: one dataset)."""
         if len(sessions) == 1:
             (session,) = sessions
             try:
@@ -158,9 +154,8 @@ class TrialRunner:
             sessions[index].on_epoch_end(epoch, metrics)  # raising stops `index` only
 
         def on_done(index: int, entry) -> None:
-            # Recorded (MLflow, tell) while the batch's other configs still train, rather than
-            # all after the longest. `run_many` concludes every session again after the
-            # training: that returns this outcome, or meets this error again and raises it.
+            # Recorded (MLflow, tell) while the others still train; `run_many` concludes it
+            # again after the training: that returns this outcome, or raises this error again.
             with contextlib.suppress(Exception):
                 sessions[index].conclude(entry)
 
