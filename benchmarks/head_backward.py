@@ -347,7 +347,9 @@ def study(args, work: Path) -> dict:
     runs = {kind: [] for kind in KINDS}
     for r in range(args.study_rounds):
         for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
-            runs[kind].append(_run_study(kind, work / f"study-{kind}", data_root))
+            # A folder per run: a deleted and re-made mlflow.db would be read through this
+            # process's MLflow client's cached connection to the old file.
+            runs[kind].append(_run_study(kind, work / f"study-{kind}-{r}", data_root))
             print(f"study, {kind}: {runs[kind][-1]['wall_s']:.1f} s", flush=True)
     hand, tape = runs["hand"][0]["values"], runs["tape"][0]["values"]
     same = sum(hand[k] == tape.get(k) for k in hand)
