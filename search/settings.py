@@ -45,7 +45,8 @@ KNOBS = Knobs("search/settings.py", [
          "The least time past a trial's `trial_timeout` before the watchdog ends a worker whose "
          "trial is stuck inside an epoch (exit 75); at least twice its longest epoch.", USER),
     Knob("FER_SEARCH_MAX_GROUP", 8, "a whole number (>= 1)", number(int, 1),
-         "At most this many heads trained together in one pass by one worker (grid studies).",
+         "At most this many heads (trainer.batch_cost: configurations equal but for epochs count "
+         "once) handed to one trainer.train_many call by one worker (grid studies).",
          USER),
     # Unset: 8 for random (like FER_SEARCH_MAX_GROUP: a batch of a study shaped like
     # studies/expw-random.yaml is one group, its four batch sizes four passes side by side; the
