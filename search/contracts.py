@@ -26,6 +26,34 @@ def failed_for_good(trial) -> bool:
         trial.user_attrs.get(TRIAL_FAILURE_ATTR) == PERMANENT_FAILURE
 
 
+# A trial a warm start added from an earlier study carries this user attr (its source,
+# `study#number`): it was not run here, so the study's best, its budget and promotion skip it.
+WARM_START_FROM_ATTR = "warm_start_from"
+WARM_START_QUEUED_ATTR = "warm_start_queued"  # a random/TPE trial queued first: its source
+
+
+def is_added(trial) -> bool:
+    """A trial a warm start added from an earlier study (not run in this one)."""
+    return WARM_START_FROM_ATTR in trial.user_attrs
+
+
+def own_best(study):
+    """The study's best COMPLETE trial among its own (never one a warm start added: its run,
+    weights and test score are the earlier study's); None when it has none."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+    if not is_added(best):
+        return best
+    own = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+           and not is_added(t)]
+    if not own:
+        return None
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(own, key=lambda t: t.value)
+
+
 # A retried trial names the trial it carries on: Optuna's heartbeat retry sets the system attr
 # `failed_trial` (and `retry_history`); the grid queue sets the user attr of the same name when
 # it re-queues an interrupted point.

@@ -7,7 +7,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from search.contracts import METRIC_ATTR, TRIAL_REASON_ATTR, failed_for_good
+from search.contracts import (
+    METRIC_ATTR,
+    TRIAL_REASON_ATTR,
+    WARM_START_FROM_ATTR,
+    WARM_START_QUEUED_ATTR,
+    failed_for_good,
+    is_added,
+)
 
 # search.study.warm_start is imported where first used (a trial's table, the leaderboard):
 # `studies` imports this module too, and warm_start brings the spec reader with it (pydantic,
@@ -64,8 +71,6 @@ def _best_value(study) -> float | None:
 
 def leaderboard_table(study, metric: str, top: int = 10) -> Table:
     """The best complete trials, best first."""
-    from search.study.warm_start import is_added
-
     everyone = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     trials = [t for t in everyone if not is_added(t)]  # a warm start's are not this study's
     reverse = study.direction.name == "MAXIMIZE"
@@ -128,12 +133,12 @@ def trials_table(study) -> Table:
 
 
 def _why(trial) -> str:
-    from search.study.warm_start import FROM_ATTR, QUEUED_ATTR
-
-    if FROM_ATTR in trial.user_attrs:
-        return f"warm start: added from {trial.user_attrs[FROM_ATTR]} (not run here)"
-    if QUEUED_ATTR in trial.user_attrs and trial.state.name in ("WAITING", "RUNNING", "COMPLETE"):
-        return f"warm start: {trial.user_attrs[QUEUED_ATTR]}'s configuration, queued first"
+    if WARM_START_FROM_ATTR in trial.user_attrs:
+        return f"warm start: added from {trial.user_attrs[WARM_START_FROM_ATTR]} (not run here)"
+    if WARM_START_QUEUED_ATTR in trial.user_attrs and \
+            trial.state.name in ("WAITING", "RUNNING", "COMPLETE"):
+        return (f"warm start: {trial.user_attrs[WARM_START_QUEUED_ATTR]}'s configuration, "
+                "queued first")
     reason = trial.user_attrs.get(TRIAL_REASON_ATTR, "")
     if trial.state.name == "FAIL" and not reason:
         return "(no reason recorded)"

@@ -39,6 +39,7 @@ from search.contracts import (
     SPEC_ATTR,
     SPEC_PATH_ATTR,
     TRIAL_RUN_ID_ATTR,
+    own_best,
 )
 from search.errors import InputError
 from search.registry import aliases, registration
@@ -48,7 +49,6 @@ from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
 from search.storage.sessions import storage_session
 from search.study.data_provider import DataProvider
-from search.study.warm_start import own_best
 from search.tracking.runs import Tracker, dataset_key
 from search.urls import mask_url
 

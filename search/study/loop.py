@@ -22,6 +22,7 @@ from search.contracts import (
     SAMPLER_ATTR,
     SPEC_ATTR,
     SPEC_PATH_ATTR,
+    own_best,
 )
 from search.errors import FailureBudgetSpent, StudyError
 from search.spec.loader import StudySpec
@@ -229,7 +230,7 @@ def run_study(
         raise
     finally:
         try:
-            summary.best = warm_start.own_best(study)
+            summary.best = own_best(study)
             tracker.close_study_run(
                 parent_run_id,
                 status,

@@ -17,8 +17,8 @@ Once, at the study's set-up, under the study lock (`search.study.loop.prepare_qu
   carry this study's distributions, so the sampler sees them (its start-up trials are spent by
   them: its first draw is TPE's). Each copy holds the user attr `FROM_ATTR` (``study#number``).
   They are not this study's own trials: `n_trials` counts the study's own (`own_budget`), the
-  leaderboard ranks own trials only, `status` marks them, and `own_best` (the run's best,
-  `promote`) never picks one.
+  leaderboard ranks own trials only, `status` marks them, and `search.contracts.own_best` (the
+  run's best, the report's, `promote`'s) never picks one.
 - One line says what was done (`Seeded.line`): ``warm start from grid-coarse: 5 queued first,
   18 of 24 trials given to TPE, 6 do not fit the space (learning_rate outside [0.0001, 0.01]:
   6)``.
@@ -40,7 +40,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.contracts import METRIC_ATTR, SPEC_ATTR, SPEC_PATH_ATTR
+from search.contracts import (
+    METRIC_ATTR,
+    SPEC_ATTR,
+    SPEC_PATH_ATTR,
+    WARM_START_FROM_ATTR,
+    WARM_START_QUEUED_ATTR,
+)
 from search.errors import InputError, SearchError
 from search.spec.loader import StudySpec, spec_from_text
 from search.spec.params import distribution, value_in
@@ -51,8 +57,8 @@ from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 
 DONE_ATTR = "fer_search:warm_start"  # study user attr: what the warm start did (a dict), once
-FROM_ATTR = "warm_start_from"  # trial user attr of a trial added from the earlier study
-QUEUED_ATTR = "warm_start_queued"  # trial user attr of a random/TPE trial queued first
+FROM_ATTR = WARM_START_FROM_ATTR  # trial user attr of a trial added from the earlier study
+QUEUED_ATTR = WARM_START_QUEUED_ATTR  # trial user attr of a random/TPE trial queued first
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -215,28 +221,6 @@ def own_budget(spec: StudySpec, study: optuna.Study) -> StudySpec:
     if not added or spec.n_trials is None:
         return spec
     return dataclasses.replace(spec, n_trials=spec.n_trials + added)
-
-
-def is_added(trial: FrozenTrial) -> bool:
-    """A trial the warm start added from an earlier study (not run in this one)."""
-    return FROM_ATTR in trial.user_attrs
-
-
-def own_best(study: optuna.Study) -> FrozenTrial | None:
-    """The study's best COMPLETE trial among its own (never one the warm start added: its run,
-    weights and test score are the earlier study's); None when it has none."""
-    try:
-        best = study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
-    if not is_added(best):
-        return best
-    own = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-           if not is_added(t)]
-    if not own:
-        return None
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(own, key=lambda t: t.value)
 
 
 def _ref(source: _Source, trial: FrozenTrial) -> str:

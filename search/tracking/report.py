@@ -51,6 +51,7 @@ from search.contracts import (
     TRIAL_REASON_ATTR,
     TRIAL_RUN_ID_ATTR,
     failed_for_good,
+    own_best,
 )
 from search.errors import InputError
 from search.storage import optuna_private as private
@@ -441,10 +442,8 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
+    """The study's best own trial (never one a warm start added from an earlier study)."""
+    return own_best(study)
 
 
 def _load(name: str, storage) -> optuna.Study:

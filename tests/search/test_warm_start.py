@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from search.cli.progress import leaderboard_table, trials_table
-from search.contracts import SPEC_ATTR
+from search.contracts import SPEC_ATTR, is_added
 from search.errors import InputError
 from search.spec.loader import load_spec
 from search.spec.params import suggest_all
@@ -92,8 +92,8 @@ def test_a_tpe_study_runs_the_earlier_best_first_and_counts_only_its_own_trials(
     assert summary.warm_start == ("warm start from coarse: 2 queued first, "
                                   "4 of 4 trials given to TPE")
     study = optuna.load_study(study_name="fine-tpe", storage=where["storage_url"])
-    added = [t for t in study.trials if warm_start.is_added(t)]
-    own = [t for t in study.trials if not warm_start.is_added(t)]
+    added = [t for t in study.trials if is_added(t)]
+    own = [t for t in study.trials if not is_added(t)]
     assert sorted(t.user_attrs[warm_start.FROM_ATTR] for t in added) == sorted(
         f"coarse#{t.number}" for t in best_first)
     assert all(t.state == TrialState.COMPLETE for t in added)
@@ -105,7 +105,7 @@ def test_a_tpe_study_runs_the_earlier_best_first_and_counts_only_its_own_trials(
     assert [t.user_attrs[warm_start.QUEUED_ATTR] for t in first_two] == [
         f"coarse#{t.number}" for t in best_first[:2]]
     assert all(_answered(where["tracking_uri"], t) for t in first_two)
-    assert summary.best is not None and not warm_start.is_added(summary.best)
+    assert summary.best is not None and not is_added(summary.best)
 
     # `status` (its table) marks the added trials; the leaderboard ranks own trials only.
     assert _shown(trials_table(study)).count("warm start: added from coarse#") == 4
@@ -140,7 +140,7 @@ def test_a_resumed_study_does_not_warm_start_again(in_coarse):
         close_storage(storage)
     study = optuna.load_study(study_name="fine-again", storage=where["storage_url"])
     assert len([t for t in study.trials if warm_start.QUEUED_ATTR in t.user_attrs]) == 3
-    assert not any(warm_start.is_added(t) for t in study.trials)  # random learns nothing
+    assert not any(is_added(t) for t in study.trials)  # random learns nothing
 
 
 def test_a_study_that_does_not_exist_is_one_line_and_exit_2(in_coarse, capsys):
@@ -250,7 +250,7 @@ def test_an_sqlite_grid_seeds_a_postgresql_tpe_study(in_coarse, pg_cluster):
     assert summary.warm_start == ("warm start from coarse: 2 queued first, "
                                   "4 of 4 trials given to TPE")
     study = optuna.load_study(study_name="fine-on-pg", storage=pg_url)
-    own = sorted((t for t in study.trials if not warm_start.is_added(t)), key=lambda t: t.number)
+    own = sorted((t for t in study.trials if not is_added(t)), key=lambda t: t.number)
     assert [_config(t) for t in own] == [_config(t) for t in best_first[:2]]
     assert all(_answered(where["tracking_uri"], t) for t in own)
-    assert sum(warm_start.is_added(t) for t in study.trials) == 4
+    assert sum(is_added(t) for t in study.trials) == 4
