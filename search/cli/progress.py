@@ -16,10 +16,6 @@ from search.contracts import (
     is_added,
 )
 
-# search.study.warm_start is imported where first used (a trial's table, the leaderboard):
-# `studies` imports this module too, and warm_start brings the spec reader with it (pydantic,
-# ~0.6 s of `studies`' ~2 s here).
-
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
                 "WAITING": "dim"}
 
