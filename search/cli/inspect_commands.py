@@ -7,9 +7,9 @@ import optuna
 
 from search.cli.common import out
 from search.cli.progress import studies_table, trials_table
-from search.cli.stores import load_study_named, storage_for
+from search.cli.stores import storage_for
 from search.contracts import EXIT_OK
-from search.storage.sessions import resolve_storage
+from search.storage.sessions import load_study_named, resolve_storage
 
 
 def cmd_status(args) -> int:

@@ -4,10 +4,7 @@ before a one-shot command touches them. Imports Optuna: the model commands
 
 from __future__ import annotations
 
-import optuna
-
 from search.cli.common import in_use
-from search.errors import InputError
 from search.storage.sessions import storage_session
 from search.tracking.store_check import require_tracking_store
 
@@ -17,14 +14,6 @@ def storage_for(url: str, read_only: bool = False):
     `read_only`: it must exist, nothing is created)."""
     in_use(url)
     return storage_session(url, read_only=read_only)
-
-
-def load_study_named(name: str, storage) -> optuna.Study:
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
-    if name not in names:
-        raise InputError(f"no study named {name!r} in the storage; studies there: "
-                         f"{', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def require_stores(storage_url: str | None, tracking_uri: str) -> None:

@@ -47,7 +47,7 @@ from search.registry.refs import RegistryError, check_model_name, registry_track
 from search.registry.registration import Source
 from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
-from search.storage.sessions import storage_session
+from search.storage.sessions import load_study_named, storage_session
 from search.study.data_provider import DataProvider
 from search.tracking.runs import Tracker, dataset_key
 from search.urls import mask_url
@@ -270,12 +270,7 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
 
     A snapshot in memory: the storage (which must exist; it is only read) is closed here."""
     with storage_session(storage_url, read_only=True) as storage:
-        names = optuna.get_all_study_names(storage)
-        if study_name not in names:
-            raise InputError(
-                f"no study named {study_name!r} in {mask_url(storage_url)}; studies there: "
-                f"{', '.join(sorted(names)) or 'none'}"
-            )
+        load_study_named(study_name, storage, mask_url(storage_url))
         snapshot = optuna.storages.InMemoryStorage()
         optuna.copy_study(from_study_name=study_name, from_storage=storage,
                           to_storage=snapshot)

@@ -292,3 +292,13 @@ def _open_error(url: str, error: BaseException) -> SearchError:
 
 # Driver messages saying the store named by the URL is not there or not a database.
 _MISSING_TEXT = ("does not exist", "file is not a database", "unable to open database file")
+
+
+def load_study_named(name: str, storage, where: str = "the storage") -> optuna.Study:
+    """The study `name` in `storage`, or an `InputError` naming `where` (a masked URL, or "the
+    storage") and the studies it does hold."""
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise InputError(f"no study named {name!r} in {where}; studies there: "
+                         f"{', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -51,7 +51,7 @@ from search.errors import InputError, SearchError
 from search.spec.loader import StudySpec, spec_from_text
 from search.spec.params import distribution, value_in
 from search.storage import points
-from search.storage.sessions import storage_session
+from search.storage.sessions import load_study_named, storage_session
 from search.urls import mask_url
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
@@ -140,12 +140,10 @@ def read_source(spec: StudySpec, storage, storage_url: str) -> _Source | None:
 
 
 def _read(storage, name: str, url: str) -> _Source:
-    names = optuna.get_all_study_names(storage)
-    if name not in names:
-        raise InputError(
-            f"warm_start.study: no study named {name!r} in {mask_url(url)} to start from; "
-            f"studies there: {', '.join(sorted(names)) or 'none'}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    try:
+        study = load_study_named(name, storage, mask_url(url))
+    except InputError as error:
+        raise InputError(f"warm_start.study: {error}") from None
     text = study.user_attrs.get(SPEC_ATTR)
     earlier = None
     if text:

@@ -53,9 +53,8 @@ from search.contracts import (
     failed_for_good,
     own_best,
 )
-from search.errors import InputError
 from search.storage import optuna_private as private
-from search.storage.sessions import open_storage
+from search.storage.sessions import load_study_named, open_storage
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
 
 # Imported where first used: optuna_dashboard (~2.5 s, and optional: no note without it),
@@ -112,7 +111,7 @@ def refresh_study(study_name: str, storage_url: str, tracking_uri: str,
     """
     storage = open_storage(storage_url)
     try:
-        study = _load(study_name, storage)
+        study = load_study_named(study_name, storage)
         tracker = Tracker(tracking_uri)
         return refresh(study, tracker, out_dir=out_dir)
     finally:
@@ -444,14 +443,6 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 def _best(study: optuna.Study) -> FrozenTrial | None:
     """The study's best own trial (never one a warm start added from an earlier study)."""
     return own_best(study)
-
-
-def _load(name: str, storage) -> optuna.Study:
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
-    if name not in names:
-        raise InputError(f"no study named {name!r} in the storage; studies there: "
-                         f"{', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _failures(trials: list[FrozenTrial], most: int = 20) -> list[str]:
