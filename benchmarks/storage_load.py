@@ -91,11 +91,10 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
     from search.storage.engines import close_storage
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage, resolve_storage
-    from search.study.dry_worker import DryLoop, NullData, NullTracker
-    from search.study.loop import _LostRuns, prepare_queue, ready_study
-    from search.study.trial_runner import TrialRunner
+    from search.study.dry_worker import DryRunner, NullData, NullTracker
+    from search.study.loop import StudyLoop, _LostRuns, prepare_queue, ready_study
 
-    class TimedLoop(DryLoop):
+    class TimedLoop(StudyLoop):
         def _next_trials(self):
             start = time.time()
             began = time.perf_counter()
@@ -105,10 +104,11 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
                 stats["claims"].append([start, start + took, took])
             return trials
 
-        def _sleep(self, sessions):
+    class TimedRunner(DryRunner):
+        def _train(self, sessions):
             for session in sessions:
                 session.on_epoch_end = _timed(session.on_epoch_end, stats["reports"])
-            return super()._sleep(sessions)
+            return super()._train(sessions)
 
     began = time.perf_counter()
     spec = load_spec(spec_path)
@@ -133,9 +133,9 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
                 study = prepare_queue(spec, storage, url, lost)
         stats["startup"].append(time.perf_counter() - began)
         tracker = NullTracker()
-        runner = TrialRunner(spec, study, storage, NullData(), tracker, "dry", "dry")
+        runner = TimedRunner(spec, study, storage, NullData(), tracker, "dry", "dry")
+        runner.epoch_s = epoch_s
         loop = TimedLoop(spec, study, storage, runner, tracker, lost)
-        loop.epoch_s = epoch_s
         loop.run()
     finally:
         close_storage(storage)

@@ -12,7 +12,6 @@ from search.cli.common import err, in_use, out, start_tensorflow
 from search.contracts import EXIT_OK
 from search.errors import InputError
 from search.registry.aliases import alias_history, history_table
-from search.registry.predict import predict_images
 from search.registry.refs import (
     KERAS_FILE,
     check_model_name,
@@ -21,9 +20,13 @@ from search.registry.refs import (
     registered_model,
     registry_tracker,
 )
-from search.registry.serve import Limits, serve
 from search.tracking.runs import resolve_tracking_uri
 from search.tracking.store_check import require_tracking_store
+
+# `predict` and `serve` load a model through search.registry.loading, which imports MLflow
+# (~2.3 s here): they import it once their input is checked, so a bad reference, box or store
+# fails at once, before MLflow and TensorFlow (tests/search/test_faults.py). `fetch` and
+# `history` reach MLflow through refs, which imports it where first used.
 
 
 def cmd_fetch(args) -> int:
@@ -54,6 +57,10 @@ def cmd_history(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    parse_model_ref(args.model)
+    tracking_uri = _tracking_store(args)
+    from search.registry.serve import Limits, serve
+
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1_000_000), max_batch=args.max_batch,
                     max_concurrency=args.max_concurrency)
 
@@ -65,7 +72,6 @@ def cmd_serve(args) -> int:
                   f"with {code}", markup=False)
         sys.stdout.flush()
 
-    tracking_uri = _tracking_store(args)
     start_tensorflow(None)
     serve(args.model, tracking_uri=tracking_uri, host=args.host, port=args.port, limits=limits,
           trust_stored_code=args.trust_stored_code, on_ready=ready)
@@ -76,6 +82,8 @@ def cmd_predict(args) -> int:
     parse_model_ref(args.model)  # bad input fails in a blink, before TensorFlow loads
     box = _parse_box(args.box)
     tracking_uri = _tracking_store(args)
+    from search.registry.predict import predict_images
+
     start_tensorflow(None)
     predictions = predict_images(
         args.model, args.images, box=box, warn=lambda text: err.print(

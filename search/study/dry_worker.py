@@ -77,16 +77,13 @@ class DryResult:
         self.epochs_trained = self.epochs_trained or self.epochs_run
 
 
-class DryLoop(StudyLoop):
-    """The study loop with each claimed group's training replaced by `epoch_s` of sleep per
+class DryRunner(TrialRunner):
+    """The trial runner with each claimed batch's training replaced by `epoch_s` of sleep per
     epoch (each session's real `on_epoch_end`: report, pruning, deadline)."""
 
     epoch_s = 0.1
 
-    def _run_trials(self, trials):
-        return self.runner.run_together(trials, self._sleep)
-
-    def _sleep(self, sessions: Sequence[TrialSession]) -> list:
+    def _train(self, sessions: Sequence[TrialSession]) -> list:
         print(f"dry worker {os.getpid()} trains {[s.number for s in sessions]}", flush=True)
         metric = self.spec.metric
         epochs = max(int(s.params.get("epochs", 1)) for s in sessions)
@@ -117,9 +114,9 @@ def run(spec_path: str, *, epoch_s: float = 0.1, n_trials: int | None = None) ->
             with study_lock(url, spec.name):
                 study = prepare_queue(spec, storage, url, lost)
         tracker = NullTracker()
-        runner = TrialRunner(spec, study, storage, NullData(), tracker, "dry", "dry")
-        loop = DryLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials)
-        loop.epoch_s = epoch_s
+        runner = DryRunner(spec, study, storage, NullData(), tracker, "dry", "dry")
+        runner.epoch_s = epoch_s
+        loop = StudyLoop(spec, study, storage, runner, tracker, lost, n_trials=n_trials)
         reason = loop.run()
         return f"{reason}: {len(loop.outcomes)} trials"
     finally:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import train
 from trainer.data.dataset import Dataset, Split
+from trainer.heads.group_train import train_group
 
 
 def array_dataset(cache_dir: Path, *, size: int = 32, n_train: int = 84, n_val: int = 28,
@@ -30,3 +32,17 @@ def array_dataset(cache_dir: Path, *, size: int = 32, n_train: int = 84, n_val: 
         image_size=size,
         cache_dir=cache_dir,
     )
+
+
+def group_equals_alone(configs: list, folder: Path) -> list:
+    """Trains `configs` as one group and each alone (each on its own fresh copy of the data),
+    asserts that every head's history and weights are the same both ways, bit for bit, and
+    returns the group's results (a head computes only from its own state, whatever shares the
+    pass: trainer/heads/engine.py)."""
+    together = train_group(configs, array_dataset(folder / "group"))
+    for i, config in enumerate(configs):
+        alone = train(config, array_dataset(folder / f"alone{i}"))
+        assert together[i].history == alone.history, config
+        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+    return together

@@ -9,13 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from tests.trainer.arrays import array_dataset
+from tests.trainer.arrays import array_dataset, group_equals_alone
 from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.evaluate import check_export, export_tolerance, split_features
 from trainer.heads import engine, keras_pool
 from trainer.heads.engine import head_proba
 from trainer.heads.epoch_record import EpochRecord
-from trainer.heads.group_train import train_group
 from trainer.heads.grouping import FREE_IN_GROUP, track_key
 from trainer.heads.result import build_trained
 from trainer.heads.spec import HeadSpec
@@ -84,12 +83,7 @@ def test_heads_differing_only_in_it_share_no_compiled_program_or_keras_head():
 
 def test_gelu_changes_the_trained_head_and_a_group_equals_each_head_alone(tmp_path):
     configs = [BASE, GELU, GELU.replace(head_width=16, dropout=0.3)]
-    together = train_group(configs, array_dataset(tmp_path / "group"))
-    for i, config in enumerate(configs):
-        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
-        assert together[i].history == alone.history
-        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
-            np.testing.assert_array_equal(a, b)
+    together = group_equals_alone(configs, tmp_path)
     relu, gelu = together[0], together[1]
     assert _differ(relu, gelu)
     assert relu.history[-1]["loss"] != gelu.history[-1]["loss"]

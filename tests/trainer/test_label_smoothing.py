@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.trainer.arrays import array_dataset
+from tests.trainer.arrays import array_dataset, group_equals_alone
 from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.heads import engine, group_train, keras_pool
 from trainer.heads.checkpoint import config_checkpoint_path
 from trainer.heads.epoch_record import EpochRecord
-from trainer.heads.group_train import train_group
 from trainer.heads.grouping import FREE_IN_GROUP, track_key
 from trainer.heads.spec import HeadSpec
 
@@ -66,12 +65,7 @@ def test_records_written_before_it_existed_stay_valid(tmp_path):
 
 def test_the_engine_smooths_the_targets_and_a_group_equals_each_head_alone(tmp_path):
     configs = [BASE, SMOOTH, BASE.replace(label_smoothing=0.1, head_width=16)]
-    together = train_group(configs, array_dataset(tmp_path / "group"))
-    for i, config in enumerate(configs):
-        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
-        assert together[i].history == alone.history
-        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
-            np.testing.assert_array_equal(a, b)
+    together = group_equals_alone(configs, tmp_path)
     plain, smooth = together[0], together[1]
     assert _differ(plain, smooth)
     # Smoothed targets keep the loss from approaching 0: the entropy of the targets bounds it.

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.trainer.arrays import array_dataset
+from tests.trainer.arrays import array_dataset, group_equals_alone
 from trainer import ConfigError, TrainConfig, batch_key, train
-from trainer.heads.group_train import train_group
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=1e-2, dropout=0.0)
@@ -27,12 +26,7 @@ def test_decay_shrinks_the_heads_weights_on_the_engine(tmp_path):
 def test_heads_differing_in_decay_train_together_and_equal_each_alone(tmp_path):
     configs = [BASE, BASE.replace(weight_decay=0.1, head_width=16)]
     assert batch_key(configs[0]) == batch_key(configs[1])
-    together = train_group(configs, array_dataset(tmp_path / "group"))
-    for i, config in enumerate(configs):
-        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
-        assert together[i].history == alone.history
-        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
-            np.testing.assert_array_equal(a, b)
+    group_equals_alone(configs, tmp_path)
 
 
 def test_decay_reaches_the_keras_path(tmp_path):
