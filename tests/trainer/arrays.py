@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from trainer import train
 from trainer.data.dataset import Dataset, Split
@@ -46,3 +47,16 @@ def group_equals_alone(configs: list, folder: Path) -> list:
         for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
             np.testing.assert_array_equal(a, b)
     return together
+
+
+def engine_equals_keras_fit(config, folder: Path) -> None:
+    """Trains `config` on the head engine and through Keras `fit` (the early-stopping path, fed
+    the same batches) and asserts the same per-epoch scores up to float round-off."""
+
+
+    engine_result = train(config, array_dataset(folder / "engine"), resume=False)
+    keras_fit = train(config.replace(early_stopping_patience=100),
+                      array_dataset(folder / "keras"), resume=False)
+    for got, want in zip(engine_result.history, keras_fit.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.trainer.arrays import array_dataset, group_equals_alone
+from tests.trainer.arrays import array_dataset, engine_equals_keras_fit, group_equals_alone
 from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.evaluate import check_export, export_tolerance, split_features
 from trainer.heads import engine, keras_pool
@@ -94,12 +94,7 @@ def test_the_engine_computes_what_keras_fit_computes_with_gelu(tmp_path):
     """Both paths are one forward pass and one loss: without dropout, the engine (its gradients
     a tape's) and Keras `fit` (the early-stopping path, fed the same batches) give the same
     per-epoch scores up to float round-off."""
-    engine_result = train(GELU, array_dataset(tmp_path / "engine"), resume=False)
-    keras_fit = train(GELU.replace(early_stopping_patience=100),
-                      array_dataset(tmp_path / "keras"), resume=False)
-    for got, want in zip(engine_result.history, keras_fit.history, strict=True):
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
-            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+    engine_equals_keras_fit(GELU, tmp_path)
 
 
 def test_a_gelu_head_exports_loads_in_safe_mode_and_passes_the_sample_check(tmp_path):

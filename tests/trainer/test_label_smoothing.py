@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.trainer.arrays import array_dataset, group_equals_alone
+from tests.trainer.arrays import array_dataset, engine_equals_keras_fit, group_equals_alone
 from trainer import CLASS_NAMES, ConfigError, TrainConfig, batch_key, train
 from trainer.heads import engine, group_train, keras_pool
 from trainer.heads.checkpoint import config_checkpoint_path
@@ -76,12 +76,7 @@ def test_the_engine_smooths_the_targets_and_a_group_equals_each_head_alone(tmp_p
 def test_the_engine_computes_what_keras_fit_computes_with_smoothing(tmp_path):
     """Both paths are one loss: without dropout, the engine and Keras `fit` (the early-stopping
     path, fed the same batches) give the same per-epoch scores up to float round-off."""
-    engine_result = train(SMOOTH, array_dataset(tmp_path / "engine"), resume=False)
-    keras_fit = train(SMOOTH.replace(early_stopping_patience=100),
-                      array_dataset(tmp_path / "keras"), resume=False)
-    for got, want in zip(engine_result.history, keras_fit.history, strict=True):
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"):
-            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+    engine_equals_keras_fit(SMOOTH, tmp_path)
 
 
 def test_keras_fit_with_early_stopping_trains_with_it(tmp_path):
