@@ -156,11 +156,11 @@ def _keras_fit(config, x, y, xv):
     import keras
 
     from trainer.heads.keras_pool import compile_head
-    from trainer.heads.spec import HeadSpec
+    from trainer.heads.head_config import HeadConfig
     from trainer.network.model import build_head
 
     head = build_head(config, x.shape[1:])
-    compile_head(head, HeadSpec.from_config(config))
+    compile_head(head, HeadConfig.from_config(config))
 
     class Val(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -49,7 +49,7 @@ from trainer.config import DataConfig
 from trainer.evaluate import check_export, split_features, export_tolerance
 from trainer.heads.engine import head_proba
 from trainer.heads.result import build_trained
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.network.features import cached_features
 values, root, cache = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 out = {}
@@ -69,7 +69,7 @@ for precision in ("float32", "mixed_bfloat16"):
 config, weights, data = probs["float32"]
 bf16 = cached_features(data, "test", config.replace(precision="mixed_bfloat16"))
 f32 = cached_features(data, "test", config)
-spec = HeadSpec.from_config(config)
+spec = HeadConfig.from_config(config)
 out["bf16_vs_float32_features"] = float(np.abs(head_proba(spec, weights, bf16)
                                                - head_proba(spec, weights, f32)).max())
 print("GAPS " + json.dumps(out))

@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.data.dataset import Dataset, Split
 from trainer.heads.engine import head_proba
 from trainer.heads.grouping import shareable
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.metrics import Evaluation, evaluation_from_probs
 from trainer.network.features import cached_features, features_for
 from trainer.network.model import Network, build_network, class_names_of, predict_proba
@@ -89,7 +89,7 @@ def evaluate_head(
     if not scores_on_features(config):
         raise ValueError("evaluate_head is for heads trained on cached features "
                          "(trainer.heads.grouping.shareable)")
-    probs = head_proba(HeadSpec.from_config(config), top_weights,
+    probs = head_proba(HeadConfig.from_config(config), top_weights,
                        split_features(config, data, split, network))
     return evaluation_from_probs(data.split(split).labels, probs, data.class_names)
 
@@ -156,6 +156,6 @@ def check_export(
         return ExportCheck(split, 0, 0.0, export_tolerance(config))
     faces = np.asarray(data.split(split).images[index])
     exported = predict_proba(model, faces, batch_size=len(index))
-    cached = head_proba(HeadSpec.from_config(config), top_weights, np.asarray(features[index]))
+    cached = head_proba(HeadConfig.from_config(config), top_weights, np.asarray(features[index]))
     gap = float(np.max(np.abs(exported.astype("float64") - cached.astype("float64"))))
     return ExportCheck(split, len(index), gap, export_tolerance(config))

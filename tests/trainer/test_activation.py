@@ -17,7 +17,7 @@ from trainer.heads.engine import head_proba
 from trainer.heads.epoch_record import EpochRecord
 from trainer.heads.grouping import FREE_IN_GROUP, track_key
 from trainer.heads.result import build_trained
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.network.export import load_model, save_model
 from trainer.network.model import build_head, head_activation
 
@@ -34,9 +34,9 @@ def _differ(a, b) -> bool:
         not np.array_equal(x, y) for x, y in zip(a.top_weights, b.top_weights, strict=True))
 
 
-def test_relu_is_the_default_and_the_head_spec_carries_it_as_a_static_setting_free_in_a_group():
+def test_relu_is_the_default_and_the_head_config_carries_it_as_a_static_setting_free_in_a_group():
     assert TrainConfig().activation == "relu"
-    relu, gelu = HeadSpec.from_config(BASE), HeadSpec.from_config(GELU)
+    relu, gelu = HeadConfig.from_config(BASE), HeadConfig.from_config(GELU)
     assert (relu.activation, gelu.activation) == ("relu", "gelu")
     assert relu.program_key() != gelu.program_key()
     assert relu.build_key() != gelu.build_key()
@@ -65,7 +65,7 @@ def test_one_function_says_what_the_hidden_layer_computes_on_both_paths():
     probs = {}
     for config in (BASE, GELU):
         head = build_head(config, (8,), CLASS_NAMES)
-        probs[config.activation] = head_proba(HeadSpec.from_config(config), head.get_weights(),
+        probs[config.activation] = head_proba(HeadConfig.from_config(config), head.get_weights(),
                                               features)
         np.testing.assert_allclose(probs[config.activation], head.predict(features, verbose=0),
                                    rtol=0, atol=1e-6)
@@ -74,7 +74,7 @@ def test_one_function_says_what_the_hidden_layer_computes_on_both_paths():
 
 def test_heads_differing_only_in_it_share_no_compiled_program_or_keras_head():
     engine.clear_programs()
-    specs = [HeadSpec.from_config(c) for c in (BASE, GELU)]
+    specs = [HeadConfig.from_config(c) for c in (BASE, GELU)]
     assert engine.program(512, 7, [specs[0]]) is not engine.program(512, 7, [specs[1]])
     keras_pool.clear_pool()
     assert keras_pool.pooled_head(BASE, (512,), CLASS_NAMES) is not keras_pool.pooled_head(

@@ -9,7 +9,7 @@ from trainer import TrainConfig, batch_key, train
 from trainer.heads import engine as head_engine
 from trainer.heads.group_train import train_group
 from trainer.heads.grouping import track_key
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=3e-3, dropout=0.3)
@@ -50,6 +50,6 @@ def test_a_program_compiled_for_some_rates_serves_others(tmp_path):
 
 
 def test_dropout_on_or_off_keys_the_program_and_its_value_keys_the_keras_head():
-    off, low, high = (HeadSpec.from_config(BASE.replace(dropout=d)) for d in (0.0, 0.2, 0.4))
+    off, low, high = (HeadConfig.from_config(BASE.replace(dropout=d)) for d in (0.0, 0.2, 0.4))
     assert low.program_key() == high.program_key() != off.program_key()
     assert low.build_key() != high.build_key()  # Keras' Dropout layer bakes its rate in

@@ -22,7 +22,7 @@ from trainer.evaluate import (
 )
 from trainer.heads.engine import head_proba
 from trainer.heads.result import build_trained
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.network.features import cached_features, forget_loaded
 from trainer.network.model import build_network, predict_proba
 
@@ -59,7 +59,7 @@ def test_cached_scores_equal_the_full_models_and_the_trainings(trained, monkeypa
         assert cached.loss == pytest.approx(full.loss, abs=1e-6)
         assert cached.confusion == full.confusion
         np.testing.assert_allclose(
-            head_proba(HeadSpec.from_config(CONFIG), result.top_weights,
+            head_proba(HeadConfig.from_config(CONFIG), result.top_weights,
                        split_features(CONFIG, data, split)),
             predict_proba(network.full, data.split(split).images), rtol=0, atol=1e-6)
 

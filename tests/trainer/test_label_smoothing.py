@@ -13,7 +13,7 @@ from trainer.heads import engine, group_train, keras_pool
 from trainer.heads.checkpoint import config_checkpoint_path
 from trainer.heads.epoch_record import EpochRecord
 from trainer.heads.grouping import FREE_IN_GROUP, track_key
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 
 BASE = TrainConfig(weights="none", image_size=32, epochs=3, batch_size=16, head_width=32,
                    learning_rate=1e-2, dropout=0.0)
@@ -27,8 +27,8 @@ def _differ(a, b) -> bool:
         not np.array_equal(x, y) for x, y in zip(a.top_weights, b.top_weights, strict=True))
 
 
-def test_the_head_spec_carries_it_as_a_static_setting_free_in_a_group():
-    plain, smooth = HeadSpec.from_config(BASE), HeadSpec.from_config(SMOOTH)
+def test_the_head_config_carries_it_as_a_static_setting_free_in_a_group():
+    plain, smooth = HeadConfig.from_config(BASE), HeadConfig.from_config(SMOOTH)
     assert (plain.label_smoothing, smooth.label_smoothing) == (0.0, 0.2)
     assert plain.program_key() != smooth.program_key()
     assert "label_smoothing" in FREE_IN_GROUP
@@ -39,7 +39,7 @@ def test_heads_differing_only_in_it_share_no_cache_entry(tmp_path):
     data = array_dataset(tmp_path / "data")
     # The engine's compiled programs.
     engine.clear_programs()
-    specs = [HeadSpec.from_config(c) for c in (BASE, SMOOTH)]
+    specs = [HeadConfig.from_config(c) for c in (BASE, SMOOTH)]
     assert engine.program(512, 7, [specs[0]]) is not engine.program(512, 7, [specs[1]])
     assert len(engine._programs) == 2
     # The pool of compiled Keras heads.

@@ -11,8 +11,8 @@ and depend only on its own state, the batch, its seed and the global step, so th
 computes the same numbers whatever else shares the program (tests check group == alone exactly).
 
 Programs are kept per feature size, classes and the heads' static settings
-(`HeadSpec.program_key`) and reused: a new `tf.function` per training would leave a trace behind
-every time. A head's runtime settings (`HeadSpec.runtime_fields`: learning rate, seed, dropout
+(`HeadConfig.program_key`) and reused: a new `tf.function` per training would leave a trace behind
+every time. A head's runtime settings (`HeadConfig.runtime_fields`: learning rate, seed, dropout
 rate) are fed to the program as per-head tensors; for a switched one (dropout) the program only
 knows whether it is on, so heads of any dropout rates share a program and a pass.
 
@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import settings
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.network.model import head_activation
 
 _BETA_1 = 0.9
@@ -65,12 +65,12 @@ class HeadState:
 
 
 class _Compiled:
-    """The two compiled functions for k heads of fixed static settings (`HeadSpec.program_key`).
+    """The two compiled functions for k heads of fixed static settings (`HeadConfig.program_key`).
     The heads' variables are an argument, not captured: every variable set of this key (one
     per pass running at once, `checked_out`) uses one trace, and tracing a k-head epoch costs
     about a second of the GIL. The runtime settings arrive per call."""
 
-    def __init__(self, features: int, classes: int, heads: tuple[HeadSpec, ...], jit: str) -> None:
+    def __init__(self, features: int, classes: int, heads: tuple[HeadConfig, ...], jit: str) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
@@ -98,7 +98,7 @@ class _Compiled:
                 tf.TensorSpec([], tf.int64),  # global step before this epoch
                 # the heads' runtime settings, one [k] tensor each (learning rates, seeds,
                 # dropout rates)
-                {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadSpec.runtime_fields()},
+                {f.name: tf.TensorSpec([k], _dtype(f)) for f in HeadConfig.runtime_fields()},
             )
             self.predict.get_concrete_function(
                 variables, tf.TensorSpec([None, self.features], tf.float32))
@@ -194,7 +194,7 @@ class _Compiled:
 
     def _gradients(self, variables, h: int, xb, onehot, share, t, head):
         """Head `h`'s gradients [w1, b1, w2, b2] of Keras' loss on the batch (per-face
-        categorical cross-entropy of `HeadSpec.targets`, weighted, summed over the batch and
+        categorical cross-entropy of `HeadConfig.targets`, weighted, summed over the batch and
         divided by its size), by a tape over `_forward`; also its logits and per-face losses.
 
         They are the gradients once written out by hand here (softmax minus targets, two
@@ -262,7 +262,7 @@ class _Program:
         return states
 
 
-def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
+def program(features: int, classes: int, heads: list[HeadConfig]) -> _Program:
     """The compiled program for these heads' static settings, reused when one exists (its
     first instance: for one caller at a time; passes that run at once use `checked_out`)."""
     with _lock:
@@ -270,7 +270,7 @@ def program(features: int, classes: int, heads: list[HeadSpec]) -> _Program:
 
 
 @contextmanager
-def checked_out(features: int, classes: int, heads: list[HeadSpec]) -> Iterator[_Program]:
+def checked_out(features: int, classes: int, heads: list[HeadConfig]) -> Iterator[_Program]:
     """A program for these heads that no other thread holds until the block ends: passes of
     one group with different batch sizes run at once (trainer.heads.group_train), and two of
     them may need programs of one key. Instances are kept and reused like `program`'s."""
@@ -288,7 +288,7 @@ def checked_out(features: int, classes: int, heads: list[HeadSpec]) -> Iterator[
             _busy.discard(id(found))
 
 
-def _instances(features: int, classes: int, heads: list[HeadSpec]) -> list[_Program]:
+def _instances(features: int, classes: int, heads: list[HeadConfig]) -> list[_Program]:
     # XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch)
     # were 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
     jit = settings.head_jit()
@@ -334,7 +334,7 @@ class Tensors:
 
 
 def run_epoch(
-    prog: _Program, heads: list[HeadSpec], x: tf.Tensor, y: tf.Tensor, weight: tf.Tensor,
+    prog: _Program, heads: list[HeadConfig], x: tf.Tensor, y: tf.Tensor, weight: tf.Tensor,
     order: np.ndarray, batch_size: int, step0: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch for the loaded heads; returns per-head summed (weighted) loss and hits."""
@@ -344,7 +344,7 @@ def run_epoch(
         x, y, weight, tf.constant(order), tf.constant(batch_size, tf.int32),
         tf.constant(step0, tf.int64),
         {f.name: tf.constant([getattr(h, f.name) for h in heads], _dtype(f))
-         for f in HeadSpec.runtime_fields()},
+         for f in HeadConfig.runtime_fields()},
     )
     return loss.numpy(), hits.numpy()
 
@@ -354,7 +354,7 @@ def predict(prog: _Program, x: tf.Tensor) -> np.ndarray:
     return prog.predict(x).numpy()
 
 
-def head_proba(spec: HeadSpec, weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+def head_proba(spec: HeadConfig, weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     """One trained head's probabilities on features `x` (n, features): `predict` on a program
     of that head alone, the forward that scored its validation split after every epoch of its
     training (a head computes the same numbers alone as in a group), so scores computed here

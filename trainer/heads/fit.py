@@ -23,7 +23,7 @@ from trainer.heads.engine import epoch_order
 from trainer.heads.inputs import class_weight_for, fresh_session
 from trainer.heads.keras_pool import compile_head, pooled_head
 from trainer.heads.result import TrainResult, val_metrics
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.network.features import cached_features, features_for
 from trainer.network.model import build_network
@@ -47,7 +47,7 @@ def train_with_fit(config, data, on_epoch_end, target_epochs: int, checkpointer,
     y_train, y_val = np.asarray(data.train.labels), np.asarray(data.val.labels)
     if not plan.compiled:
         # Fine-tuned float16 conv layers need loss scaling; a frozen base's head is float32.
-        compile_head(plan.fit_model, HeadSpec.from_config(config),
+        compile_head(plan.fit_model, HeadConfig.from_config(config),
                      loss_scale=config.precision == "mixed_float16" and config.trainable_blocks > 0)
     reporter = _EpochReporter(plan, y_val, config, on_epoch_end, checkpointer)
     reporter.set_model(plan.fit_model)

@@ -2,7 +2,7 @@
 machinery behind `trainer.train_many` (trainer.train), which callers use.
 
 Configs of one group (equal `batch_key`: same data, seed, class weights, ...; they may differ in
-`grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadSpec` marks free,
+`grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadConfig` marks free,
 such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see the
 faces in the same order each epoch. Those of one batch size see the same batches, so one pass
 over the batches trains all of them (trainer.heads.passes, trainer.heads.engine); the passes of
@@ -45,7 +45,7 @@ from trainer.heads.grouping import batch_key
 from trainer.heads.inputs import check_inputs, class_weight_for, head_features
 from trainer.heads.passes import EpochDone, Pass, side_by_side
 from trainer.heads.result import TrainResult, val_metrics
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.network.model import build_head
 from trainer.runtime import seed_everything
@@ -72,7 +72,7 @@ class _Track:
     record: EpochRecord
     members: list[_Member]
     target: int
-    spec: HeadSpec
+    spec: HeadConfig
     state: engine.HeadState | None = None
     epoch: int = 0
     start: int = 0
@@ -123,7 +123,7 @@ def train_group(
         track = tracks.get(record.key)
         if track is None:
             track = tracks[record.key] = _Track(record, [], target,
-                                                HeadSpec.from_config(member.config))
+                                                HeadConfig.from_config(member.config))
         track.members.append(member)
         track.target = max(track.target, target)
     run = _GroupRun(data, x_train, x_val, on_epoch_end, resume, start, feature_seconds,
@@ -142,9 +142,9 @@ _inits: dict[tuple, list[np.ndarray]] = {}
 
 def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> list[np.ndarray]:
     """`build_head`'s seeded initial weights (building a Keras head costs ~0.1 s; a study asks
-    for the same few heads again and again). Keyed on the whole `HeadSpec`: a head's every
+    for the same few heads again and again). Keyed on the whole `HeadConfig`: a head's every
     setting, so no setting can be left out of the key."""
-    key = (HeadSpec.from_config(config), tuple(shape), tuple(class_names))
+    key = (HeadConfig.from_config(config), tuple(shape), tuple(class_names))
     if key not in _inits:
         if len(_inits) > 64:
             _inits.clear()

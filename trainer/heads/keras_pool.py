@@ -2,7 +2,7 @@
 
 Every `model.fit` of a new Keras model traces a new TensorFlow function, and TensorFlow keeps
 each trace: about 4 MB a training, so a worker running hundreds of cached-feature trials grew
-by gigabytes. Heads of one feature size, classes and built-in settings (`HeadSpec.build_key`:
+by gigabytes. Heads of one feature size, classes and built-in settings (`HeadConfig.build_key`:
 width, dropout, ...) are therefore built and compiled once; before each training the pooled head
 is put back exactly in the state a freshly built one would have, runtime settings included: its
 seeded initial weights, its dropout seed, a zeroed optimizer with the trial's learning rate. The
@@ -17,7 +17,7 @@ from collections import OrderedDict
 import keras
 
 from trainer.config import TrainConfig
-from trainer.heads.spec import HeadSpec
+from trainer.heads.head_config import HeadConfig
 from trainer.network.model import build_head
 
 _POOL_SIZE = 16
@@ -28,7 +28,7 @@ def pooled_head(
     config: TrainConfig, feature_shape: tuple[int, ...], class_names: tuple[str, ...]
 ) -> keras.Model:
     """A compiled head for `config`, in the state of a freshly built and compiled one."""
-    spec = HeadSpec.from_config(config)
+    spec = HeadConfig.from_config(config)
     key = (tuple(feature_shape), spec.build_key(), tuple(class_names))
     fresh = build_head(config, feature_shape, class_names)  # building traces nothing
     head = _pool.get(key)
@@ -63,14 +63,14 @@ class SingleDeviceAdam(keras.optimizers.Adam):
 
 @keras.saving.register_keras_serializable(package="fer_search")
 class HeadTargetsCrossentropy(keras.losses.Loss):
-    """Cross-entropy of sparse labels against a head's targets (`HeadSpec.targets`: smoothed
+    """Cross-entropy of sparse labels against a head's targets (`HeadConfig.targets`: smoothed
     labels, ...) on probabilities, as Keras' categorical cross-entropy computes it. Keras'
     SparseCategoricalCrossentropy takes no label smoothing; this takes sparse labels anyway."""
 
     def __init__(self, spec: dict, name: str = "head_targets_crossentropy", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         self.spec = dict(spec)
-        self._head = HeadSpec(**self.spec)
+        self._head = HeadConfig(**self.spec)
 
     def call(self, y_true, y_pred):
         labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))  # (batch,) labels
@@ -81,7 +81,7 @@ class HeadTargetsCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "spec": self.spec}
 
 
-def compile_head(model: keras.Model, spec: HeadSpec, *, loss_scale: bool = False) -> None:
+def compile_head(model: keras.Model, spec: HeadConfig, *, loss_scale: bool = False) -> None:
     """Compiles for the head `spec`: Adam at its learning rate (AdamW-style decay when its
     `weight_decay` > 0), the cross-entropy of its targets. `loss_scale` wraps the optimizer in
     Keras' dynamic loss scaling, which float16 layers being trained need (their small gradients

@@ -135,7 +135,7 @@ def precision_scope(precision: str) -> Iterator[None]:
 
 
 def head_activation(head):
-    """The activation of the hidden layer of `head` (a `TrainConfig` or a `HeadSpec`: what both
+    """The activation of the hidden layer of `head` (a `TrainConfig` or a `HeadConfig`: what both
     have of a head's settings), a function of a tensor: the one definition of what the hidden
     layer computes, used by the Keras head (`head_layers`) and by the head engine's forward pass
     (trainer.heads.engine, whose gradients a tape takes through it), so the two paths cannot

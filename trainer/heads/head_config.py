@@ -1,4 +1,4 @@
-"""`HeadSpec`: what one trained head is, the single definition every head cache is keyed on.
+"""`HeadConfig`: what one trained head is, the single definition every head cache is keyed on.
 
 A head's settings are fields here, named like the `TrainConfig` fields they come from. Each field
 says, in its metadata, how it acts:
@@ -42,7 +42,7 @@ def _setting(*, static: bool, free: bool, switch: bool = False, shape: bool = Fa
 
 
 @dataclass(frozen=True)
-class HeadSpec:
+class HeadConfig:
     """One head: its hidden width, dropout rate, weight decay, label smoothing, hidden
     activation, learning rate and seed.
 
@@ -63,7 +63,7 @@ class HeadSpec:
     seed: int = _setting(static=False, free=False)
 
     @classmethod
-    def from_config(cls, config: TrainConfig) -> HeadSpec:
+    def from_config(cls, config: TrainConfig) -> HeadConfig:
         """The head `config` trains (each field read from the config field of its name)."""
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
@@ -97,7 +97,7 @@ class HeadSpec:
         return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
                      if f.metadata["static"] or f.metadata["switch"])
 
-    def static(self) -> HeadSpec:
+    def static(self) -> HeadConfig:
         """This head with its runtime settings and shapes blanked (None): all a compiled
         program is built from (with `switches`), so it cannot keep the learning rate, seed,
         dropout rate or width of the head it was first built for."""
