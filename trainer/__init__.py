@@ -65,6 +65,12 @@ _EXPORTS = {
     "save_model": "trainer.network.export",
     "class_names_of": "trainer.network.model",
     "predict_proba": "trainer.network.model",
+    # TensorFlow-free module: `model_costs` starts TensorFlow itself, so that a spec naming a
+    # cost (COST_NAMES) is checked without it.
+    "COST_NAMES": "trainer.costs",
+    "ModelCosts": "trainer.costs",
+    "model_costs": "trainer.costs",
+    "shape_key": "trainer.costs",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -105,6 +111,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above load on first use
     from trainer.config import DataConfig, TrainConfig  # noqa: F401
+    from trainer.costs import COST_NAMES, ModelCosts, model_costs, shape_key  # noqa: F401
     from trainer.data.dataset import DataReport, Dataset, Split  # noqa: F401
     from trainer.data.faces import UnreadableImage, crop_face, read_image  # noqa: F401
     from trainer.data.loading import class_weights, inspect_dataset, load_dataset  # noqa: F401
