@@ -43,9 +43,10 @@ from tests.search.studyhelp import (  # noqa: F401 (fixture)
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
-# A trial that can be caught mid-training: tens of ms an epoch on the head engine, so several
-# seconds a trial on 2 busy cores, far more than a poll and a signal take.
-SLOW = 400
+# A trial caught mid-training: the worker pauses it after its epoch 2 (PAUSED_WORKER, below)
+# until the test releases it (or kills the worker), so a short trial is caught as surely as a
+# long one on any machine, and what follows trains only this many epochs.
+CAUGHT_EPOCHS = 20
 
 
 def _sqlite(folder: Path) -> tuple[str, str]:
@@ -359,16 +360,19 @@ def test_run_with_two_workers_on_sqlite(tmp_path, stores):
 def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path, stores):
     # Three trials, one head a group (a group would finish together: "its trial" would be all
     # three).
-    space = {"learning_rate": [3.0e-3], "batch_size": [16, 32, 64], "epochs": [SLOW],
-             "head_width": [16]}
+    space = {"learning_rate": [3.0e-3], "batch_size": [16, 32, 64],
+             "epochs": [CAUGHT_EPOCHS], "head_width": [16]}
     spec = write_spec(tmp_path, name="stop", space=space)
     storage_url, tracking_uri = _sqlite(tmp_path)
-    worker = spawn_worker(tmp_path, spec, env_for(storage_url, tracking_uri,
-                                                  FER_SEARCH_MAX_GROUP="1"), "worker")
+    release = tmp_path / "signal-sent"
+    worker = _spawn_paused_worker(tmp_path, spec, env_for(storage_url, tracking_uri,
+                                                          FER_SEARCH_MAX_GROUP="1"),
+                                  "worker", release)
     try:
         caught = wait_for(lambda: _mid_trial(stores, storage_url, "stop"), 180,
                           "a trial mid-training", watch=(worker,))
         worker.process.send_signal(stop)
+        release.touch()  # the signal is in: the trial goes on from its epoch 2
         assert worker.wait(180) == 0, worker.output()[-3000:]
     finally:
         worker.kill()
@@ -386,34 +390,14 @@ def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path, store
 
 
 @pytest.mark.postgres
-def test_workers_share_a_grid_on_postgres(pg_cluster, mlflow_server, tmp_path, stores):
-    space = {**GRID, "learning_rate": [3.0e-3, 1.0e-2, 3.0e-2]}
-    spec = write_spec(tmp_path, name="pg-grid", space=space)
-    env = env_for(pg_cluster.url(), mlflow_server.uri)
-    workers = [spawn_worker(tmp_path, spec, env, f"worker-{i}") for i in (1, 2)]
-    try:
-        for worker in workers:
-            assert worker.wait(300) == 0, worker.output()[-3000:]
-    finally:
-        for worker in workers:
-            worker.kill()
-    trials = stores.trials(pg_cluster.url(), "pg-grid")
-    assert len(trials) == 6
-    assert_every_point_complete_once(trials, space)
-    runs, studies = _trial_runs(mlflow_server.uri, "pg-grid")
-    assert_runs_match_trials(trials, runs, studies)
-    ran = sum(int(w.output().rsplit("study complete: ", 1)[1].split()[0]) for w in workers)
-    assert ran == 6
-
-
-@pytest.mark.postgres
 def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_server,
                                                              tmp_path, stores):
-    space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [SLOW],
+    space = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [CAUGHT_EPOCHS],
              "head_width": [16, 32]}
     spec = write_spec(tmp_path, name="pg-kill", space=space)
     env = env_for(pg_cluster.url(), mlflow_server.uri)
-    doomed = spawn_worker(tmp_path, spec, env, "doomed")
+    # Paused after its epoch 2 and never released: killed mid-trial, its heartbeat beating.
+    doomed = _spawn_paused_worker(tmp_path, spec, env, "doomed", tmp_path / "never")
     try:
         victim = wait_for(lambda: _mid_trial(stores, pg_cluster.url(), "pg-kill"), 180,
                           "the first worker's trial mid-training", watch=(doomed,))
@@ -551,6 +535,7 @@ def test_workers_ride_out_a_database_restart(pg_cluster, mlflow_server, tmp_path
 # (the main thread's session and the heartbeat thread's, 2) and a study lock's own connection
 # (1, while it is held).
 PER_PROCESS = 3
+CALLS = 25  # polls and status calls in the test's own process
 
 
 def _connections(cluster) -> Counter:
@@ -571,7 +556,7 @@ def _connections(cluster) -> Counter:
 
 
 @pytest.mark.postgres
-def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_path, stores,
+def test_workers_share_a_grid_with_bounded_connections_given_back(pg_cluster, mlflow_server, tmp_path, stores,
                                                 monkeypatch, capsys):
     from search.cli.main import main
 
@@ -597,17 +582,27 @@ def test_connections_are_bounded_and_given_back(pg_cluster, mlflow_server, tmp_p
     assert peak["fer-test-worker-1"] >= 1 and peak["fer-test-worker-2"] >= 1, peak
     assert max(peak["fer-test-worker-1"], peak["fer-test-worker-2"]) <= PER_PROCESS, peak
 
-    for _ in range(200):  # polls through the test's one storage
+    # Polls and one-shot commands in this process: a connection kept by each would be 25 over
+    # the bound, well past PER_PROCESS (so 25 of each show a leak as 200 did, at an eighth of
+    # the time: each status call loads the study).
+    for _ in range(CALLS):  # polls through the test's one storage
         found = stores.trials(url, "pg-conns")
         assert len(found) == 4, (_described(found),
                                  [w.output()[-1500:] for w in workers])
-    for _ in range(200):  # one-shot commands in this process: each opens and closes a storage
+    for _ in range(CALLS):  # one-shot commands: each opens and closes a storage
         assert main(["status", "pg-conns", "--storage", url]) == 0
     capsys.readouterr()
     after = _connections(pg_cluster)["fer-test-self"]
-    print(f"peak connections per worker: {dict(peak)}; this process after 200 polls and "
-          f"200 status calls: {after}")  # shown with pytest -s
+    print(f"peak connections per worker: {dict(peak)}; this process after {CALLS} polls and "
+          f"{CALLS} status calls: {after}")  # shown with pytest -s
     assert after <= PER_PROCESS
+    # The two workers shared the grid: every point once, each with its MLflow run, and the
+    # workers' own counts add up to the grid.
+    assert_every_point_complete_once(found, GRID)
+    runs, studies = _trial_runs(mlflow_server.uri, "pg-conns")
+    assert_runs_match_trials(found, runs, studies)
+    ran = sum(int(w.output().rsplit("study complete: ", 1)[1].split()[0]) for w in workers)
+    assert ran == len(found)
     stores.close()
 
     # The server notices a closed client within moments: polled, not slept on.
