@@ -64,6 +64,17 @@ RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried i
 # The trials a trial shared its claim (and so its training pass) with, written before training:
 # if their worker dies, each was a suspect, and its copy trains alone (grid_queue.recover_lost).
 PASS_MATES_ATTR = "pass_mates"
+# A trial of a spec with `repeats: N` (search.study.repeats) trained N seeds of its configuration;
+# its value is their mean, and these user attrs hold the rest (written before the tell): the
+# seeds and each one's value (lists, in seed order), their sample std (ddof 1), min and max,
+# and the representative seed (the one whose value is closest to the mean: its weights are the
+# trial's, and what `promote` registers). Read by the leaderboard, the report and promotion.
+REPEAT_SEEDS_ATTR = "repeat_seeds"
+REPEAT_VALUES_ATTR = "repeat_values"
+REPEAT_STD_ATTR = "repeat_std"
+REPEAT_MIN_ATTR = "repeat_min"
+REPEAT_MAX_ATTR = "repeat_max"
+REPEAT_REPRESENTATIVE_ATTR = "repeat_representative"
 
 # ------------------------------------------------------------------ Optuna study user attributes
 

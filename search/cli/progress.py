@@ -15,6 +15,7 @@ from search.contracts import (
     failed_for_good,
     is_added,
 )
+from search.tracking.spread import LEGEND, marks, value_text
 
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
                 "WAITING": "dim"}
@@ -77,12 +78,20 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
     table.add_column("trial", justify="right")
     for name in names:
         table.add_column(name, justify="right")
+    # With repeats (search.tracking.spread): mean ± std, and a mark for configurations within
+    # the noise of the best.
+    marked = marks(trials, trials[0]) if trials else {}
     table.add_column(metric, justify="right", style="bold")
+    if marked:
+        table.add_column("vs best")
     table.add_column("seconds", justify="right")
     for rank, trial in enumerate(trials, 1):
         table.add_row(str(rank), str(trial.number), *[_fmt(trial.params.get(n)) for n in names],
-                      f"{trial.value:.4f}", _duration(trial))
+                      value_text(trial), *([marked.get(trial.number, "")] if marked else []),
+                      _duration(trial))
     table.caption = failures_line(study)
+    if marked:
+        table.caption = (f"{table.caption}\n" if table.caption else "") + LEGEND
     added = sum(1 for t in everyone if is_added(t))
     if added:
         table.caption = (f"{table.caption}\n" if table.caption else "") + (
@@ -120,7 +129,7 @@ def trials_table(study) -> Table:
             str(trial.number),
             f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
             *[_fmt(params.get(n)) for n in names],
-            "" if trial.value is None else f"{trial.value:.4f}",
+            value_text(trial),
             _duration(trial),
             _why(trial),
         )

@@ -42,7 +42,7 @@ from search.contracts import (
     own_best,
 )
 from search.errors import InputError
-from search.registry import aliases, registration
+from search.registry import aliases, registration, repeat_promotion
 from search.registry.refs import RegistryError, check_model_name, registry_tracker
 from search.registry.registration import Source
 from search.spec.loader import StudySpec, spec_from_text
@@ -223,6 +223,9 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
     `urls`: the storage URL (its lock guards a shared cache folder) and the tracking URI."""
     storage_url, tracking_uri = urls
     config = spec.train_config(trial.params)
+    repeat = repeat_promotion.chosen(trial)  # repeats: the representative seed is registered
+    if repeat is not None:
+        config = config.replace(seed=repeat.seed)
     weights = _trial_weights(tracker, run_id, trial.number, tracking_uri)
     provider = data or DataProvider(spec, Path(cache_dir) if cache_dir else None,
                                     storage_url=storage_url)
@@ -233,7 +236,8 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
     # over the test faces once per data and base, into the cache); the exported model is then
     # checked against that path on a sample of test faces. Anything else: the full model.
     val = trainer.evaluate_trained(network, config, weights, dataset, "val")
-    check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study))
+    check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study),
+                     expected=repeat.value if repeat is not None else None)
     test = trainer.evaluate_trained(network, config, weights, dataset, "test")
     if trainer.scores_on_features(config):
         check_exported(trial, trainer.check_export(model, config, weights, dataset, "test"))
@@ -250,6 +254,9 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
         "metric": metric,
         "direction": study.direction.name.lower(),
     }
+    seeds = None if repeat is None else repeat_promotion.score_seeds(
+        tracker, run_id, repeat, config, weights, network, dataset, metric, tracking_uri)
+    tags.update(seeds.tags if seeds else {})
     study_run = study.user_attrs.get(PARENT_RUN_ATTR)
     if study_run:
         tags["study_run_id"] = study_run
@@ -261,7 +268,7 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
         "test_metrics": test_metrics,
         "description": registration.version_description(
             source, params=trial.params, val=val, test=test, fingerprint=dataset.fingerprint,
-            metric=metric),
+            metric=metric) + (seeds.text if seeds else ""),
     })
 
 
@@ -323,6 +330,7 @@ def check_reproduced(
     val: trainer.Evaluation,
     fingerprint: str,
     study_fingerprint: str | None = None,
+    expected: float | None = None,
 ) -> None:
     """Raises `RegistryError` unless the rebuilt model scores the trial's value on val.
 
@@ -330,17 +338,19 @@ def check_reproduced(
     `val` is the rebuilt weights' score: on the same cached features for a head trained on
     them (the exported model is checked against that path by `check_exported`), else through
     the whole network on raw pixels. Equal scores show that the weights are the ones trained
-    and that the dataset has not changed since.
+    and that the dataset has not changed since. `expected`: the value to check in place of the
+    trial's (a repeats trial's registered seed's, search.registry.repeat_promotion).
     """
     got = {"val_accuracy": val.accuracy, "val_macro_f1": val.macro_f1}.get(metric)
-    if got is None or trial.value is None:
+    recorded = trial.value if expected is None else expected  # a repeats trial: one seed's
+    if got is None or recorded is None:
         raise RegistryError(f"cannot check the rebuilt model: unknown study metric {metric!r}")
-    if abs(got - trial.value) <= SANITY_TOLERANCE:
+    if abs(got - recorded) <= SANITY_TOLERANCE:
         return
     then = f"; at study time {study_fingerprint}" if study_fingerprint else ""
     raise RegistryError(
         f"the rebuilt model of trial {trial.number} scores {metric} {got:.6f} on the validation "
-        f"split, but the trial recorded {trial.value:.6f}: the cached-feature path and the "
+        f"split, but the trial recorded {recorded:.6f}: the cached-feature path and the "
         f"exported model disagree, or the dataset changed since the study ran (data fingerprint "
         f"now {fingerprint}{then}); nothing was registered"
     )

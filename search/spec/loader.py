@@ -39,6 +39,9 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
     tracking_uri: sqlite:///mlruns/mlflow.db    # optional
     registry: {model_name: expw-vgg16}          # optional, default expw-vgg16
     warm_start: {study: quickstart, top: 5}     # optional: see search.spec.warm_section
+    repeats: 1                        # seeds per configuration, default 1: a trial whose
+                                      # config seed is s trains seeds s, s+1, ..., s+N-1 and
+                                      # its value is their mean (search.study.repeats)
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class StudySpec:
         path: the spec file, as given.
         text: the file's raw text, logged as an artifact (see `redacted_text`).
         warm_start: the earlier study this one starts from (search.study.warm_start), or None.
+        repeats: seeds trained per configuration (search.study.repeats); 1: the trial's own.
     """
 
     name: str
@@ -126,6 +130,7 @@ class StudySpec:
     text: str = field(repr=False)
     max_failed_trials: int | None = None
     warm_start: WarmStart | None = None
+    repeats: int = 1
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -262,6 +267,7 @@ class _Study(Strict):
     )
     registry: _Registry | None = None
     warm_start: WarmStartSection | None = None
+    repeats: int = Field(1, ge=1, description="an integer >= 1 (seeds per configuration)")
 
     @field_validator("space", mode="before")
     @classmethod
@@ -285,6 +291,11 @@ class _Study(Strict):
         if self.warm_start is not None and self.warm_start.study == name:
             raise Fault(("warm_start", "study"), f"an earlier study, not {name!r} itself",
                         self.warm_start.study)
+        if self.repeats > 1 and "seed" in self.space:
+            # Repeats train seeds s..s+N-1 of the trial's seed s: searched seeds would overlap.
+            raise Fault(("repeats",), "1 while seed is searched in space (repeats train seeds "
+                        "s, s+1, ... of each trial's seed s; fix seed under train instead)",
+                        self.repeats)
         return StudySpec(
             name=name,
             sampler=self.sampler,
@@ -307,6 +318,7 @@ class _Study(Strict):
             path=path,
             text=text,
             warm_start=self.warm_start.warm_start() if self.warm_start is not None else None,
+            repeats=self.repeats,
         )
 
     def budget(self, space: tuple[Param, ...]) -> int | None:

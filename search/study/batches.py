@@ -25,6 +25,7 @@ import trainer
 from search import settings
 from search.spec.loader import StudySpec
 from search.study import grid_queue
+from search.study.repeats import seed_configs
 
 
 class Batching:
@@ -55,10 +56,17 @@ class Batching:
         """Whether trials of these params (of one key) may train in one call: their cost, as the
         trainer counts it, within FER_SEARCH_MAX_GROUP."""
         try:
-            cost = trainer.batch_cost([self._config(params) for params in batch])
+            cost = trainer.batch_cost(self._configs(batch))
         except Exception:
             return len(batch) <= 1
         return cost <= max(1, settings.max_group())
+
+    def _configs(self, batch: Sequence[dict[str, Any]]) -> list:
+        """What these trials hand the trainer: each trial's config, or its seeds' with
+        `repeats: N` (a trial costs its N heads, and its seeds never split over two calls: a
+        claim or a split takes a trial whole)."""
+        return [config for params in batch
+                for config in seed_configs(self._config(params), self.spec.repeats)]
 
     def window(self) -> int:
         """How many WAITING trials a grid claim looks at (and locks for its moment): about what
@@ -77,7 +85,7 @@ class Batching:
 
     def _cost(self, batch: Sequence[dict[str, Any]]) -> int:
         try:
-            return trainer.batch_cost([self._config(params) for params in batch])
+            return trainer.batch_cost(self._configs(batch))
         except Exception:
             return len(batch)
 

@@ -47,6 +47,7 @@ from search.contracts import (
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
 from search.storage import optuna_private as private
+from search.study import repeats
 from search.study.data_provider import DataProvider
 from search.study.deadline import Deadline, TrialTimedOut, Watchdog
 from search.tracking.runs import Tracker, trial_tags
@@ -140,8 +141,9 @@ class TrialRunner:
         return [outcomes[trial.number] for trial in trials]
 
     def _train(self, sessions: Sequence[TrialSession]) -> list:
-        """The trainer's entry (TrainResult or exception) per session (one key: one dataset)."""
-        if len(sessions) == 1:
+        """The trainer's entry (TrainResult, `repeats.Repeated` or exception) per session (one
+        key: one dataset); several sessions, or a session's seeds, in one `train_many`."""
+        if len(sessions) == 1 and sessions[0].gather.repeats == 1:
             (session,) = sessions
             try:
                 data = self.data.get(session.config.image_size)
@@ -150,19 +152,8 @@ class TrialRunner:
             except Exception as error:  # concluded by the session, like a batch member's
                 return [error]
 
-        def on_epoch(index: int, epoch: int, metrics: dict[str, float]) -> None:
-            sessions[index].on_epoch_end(epoch, metrics)  # raising stops `index` only
-
-        def on_done(index: int, entry) -> None:
-            # Recorded (MLflow, tell) while the others still train; `run_many` concludes it
-            # again after the training: that returns this outcome, or raises this error again.
-            with contextlib.suppress(Exception):
-                sessions[index].conclude(entry)
-
         data = self.data.get(sessions[0].config.image_size)
-        return trainer.train_many([session.config for session in sessions], data,
-                                  on_epoch=on_epoch, on_done=on_done,
-                                  share_epochs_to=self.most_epochs)
+        return repeats.train_together(sessions, data, self.most_epochs)
 
     def resumed_run(self, trial: optuna.Trial) -> str | None:
         """The MLflow run of the failed trial that `trial` carries on, if it is a retry."""
@@ -200,6 +191,9 @@ class TrialSession:
         spec, tracker = runner.spec, runner.tracker
         self.params = suggest_all(trial, spec.space)
         self.config = spec.train_config(self.params)
+        # The configs it trains: its own, or one per seed with `repeats: N` (search.study.repeats)
+        self.gather = repeats.Gather(
+            repeats.seed_configs(self.config, getattr(spec, "repeats", 1)), spec.metric)
         self.resumes = runner.resumed_run(trial)
         tags = {"searched": ",".join(spec.param_names)}
         if self.resumes:
@@ -278,28 +272,32 @@ class TrialSession:
             self._outcome = self._finish(TrialState.FAIL, self.deadline.reason)
 
     def _failed(self, error: BaseException) -> TrialOutcome:
+        error, seed = repeats.cause(error)  # one seed's failure: its own error, the seed named
         if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
             raise error  # another worker owns the trial now
         if isinstance(error, optuna.TrialPruned):
-            return self._finish(TrialState.PRUNED, str(error))
+            return self._finish(TrialState.PRUNED, seed + str(error))
         if isinstance(error, TrialTimedOut | trainer.TrainingDiverged | trainer.HeadFailed):
             # Its own merits (a head that raised was trained alone to tell): running it again
             # would end the same way.
             self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
-            return self._finish(TrialState.FAIL, str(error))
+            return self._finish(TrialState.FAIL, seed + str(error))
         if isinstance(error, FATAL):
-            return self._finish(TrialState.FAIL, str(error))
+            return self._finish(TrialState.FAIL, seed + str(error))
         if isinstance(error, KeyboardInterrupt | SystemExit):
             return self._finish(TrialState.FAIL, "interrupted", mlflow_status="KILLED")
         # Any other error of this trial's training (a driver error): this trial only, for good.
         self.trial.set_user_attr(TRIAL_FAILURE_ATTR, PERMANENT_FAILURE)
         self.runner.tracker.client.set_tag(
             self.run_id, "traceback", "".join(traceback.format_exception(error))[-4000:])
-        return self._finish(TrialState.FAIL, f"{type(error).__name__}: {error}")
+        return self._finish(TrialState.FAIL, f"{seed}{type(error).__name__}: {error}")
 
     def _complete(self, result) -> TrialOutcome:
         runner, trial, run_id = self.runner, self.trial, self.run_id
         self._report()  # the epochs' values before the tell, which ends the trial
+        if isinstance(result, repeats.Repeated):  # the seeds' spread, then their mean's record
+            repeats.record(trial, runner.tracker, run_id, runner.spec.metric, result)
+            result = result.combined
         value = result.metrics[runner.spec.metric]
         per_class = result.val_evaluation.per_class
         summary = {

@@ -56,6 +56,7 @@ from search.contracts import (
 from search.storage import optuna_private as private
 from search.storage.sessions import load_study_named, open_storage
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
+from search.tracking.spread import report_lines, value_text
 
 # Imported where first used: optuna_dashboard (~2.5 s, and optional: no note without it),
 # matplotlib and optuna.visualization (~1.8 s): `run` and `worker` import this module (through
@@ -211,7 +212,7 @@ def describe(
             path = f"{experiment_runs_path(experiment_id)}/{best_run_id}?{ML_VIEW}"
             link = f"[trial-{best.number}](#{path})"
         lines += [
-            f"### Best: trial {best.number}, {metric} = {best.value:.4f}",
+            f"### Best: trial {best.number}, {metric} = {value_text(best)}",
             "",
             f"Run: {link}",
             "",
@@ -220,6 +221,8 @@ def describe(
             *(f"| {name} | {_value_text(value)} |" for name, value in best.params.items()),
             "",
         ]
+        # With repeats: the best configurations' mean ± std, those within the noise marked.
+        lines += report_lines(trials, study.direction.name == "MAXIMIZE", metric)
     if versions:
         lines += ["### Registered", ""]
         for v in versions:

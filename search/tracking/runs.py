@@ -31,6 +31,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlruns/artifacts")
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 WEIGHTS_ARTIFACT = "trained/top_weights.npz"
+
+
+def seed_weights_artifact(seed: int) -> str:
+    """Where a repeats trial keeps one seed's weights (search.study.repeats); its
+    `WEIGHTS_ARTIFACT` holds its representative seed's."""
+    return f"trained/seed-{seed}/top_weights.npz"
+
+
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
 # A trial's bookkeeping: tags, not metrics, so the UI's charts show only learning curves.
 BOOKKEEPING = ("best_epoch", "epochs_run", "epochs_trained", "feature_seconds", "duration_s")
@@ -239,18 +247,20 @@ class Tracker:
             path.write_bytes(png)
             self.client.log_artifact(run_id, str(path), prefix)
 
-    def log_top_weights(self, run_id: str, weights: list[np.ndarray]) -> None:
+    def log_top_weights(self, run_id: str, weights: list[np.ndarray],
+                        artifact: str = WEIGHTS_ARTIFACT) -> None:
         """The trained part's weights (a head is small): what `promote` rebuilds the model from."""
         buffer = io.BytesIO()
         np.savez(buffer, *weights)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
+            path = Path(tmp) / Path(artifact).name
             path.write_bytes(buffer.getvalue())
-            self.client.log_artifact(run_id, str(path), str(Path(WEIGHTS_ARTIFACT).parent))
+            self.client.log_artifact(run_id, str(path), str(Path(artifact).parent))
 
-    def load_top_weights(self, run_id: str) -> list[np.ndarray]:
+    def load_top_weights(self, run_id: str,
+                         artifact: str = WEIGHTS_ARTIFACT) -> list[np.ndarray]:
         with tempfile.TemporaryDirectory() as tmp:
-            local = self.client.download_artifacts(run_id, WEIGHTS_ARTIFACT, tmp)
+            local = self.client.download_artifacts(run_id, artifact, tmp)
             with np.load(local) as archive:
                 return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
