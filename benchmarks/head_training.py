@@ -155,8 +155,8 @@ def _keras_fit(config, x, y, xv):
     """What a hand-written cached-feature trial does: build, compile, fit, score val."""
     import keras
 
-    from trainer.heads.keras_pool import compile_head
     from trainer.heads.head_config import HeadConfig
+    from trainer.heads.keras_pool import compile_head
     from trainer.network.model import build_head
 
     head = build_head(config, x.shape[1:])

@@ -556,8 +556,8 @@ def _connections(cluster) -> Counter:
 
 
 @pytest.mark.postgres
-def test_workers_share_a_grid_with_bounded_connections_given_back(pg_cluster, mlflow_server, tmp_path, stores,
-                                                monkeypatch, capsys):
+def test_workers_share_a_grid_with_bounded_connections_given_back(
+        pg_cluster, mlflow_server, tmp_path, stores, monkeypatch, capsys):
     from search.cli.main import main
 
     url = pg_cluster.url()

@@ -16,8 +16,8 @@ from trainer.heads import engine, keras_pool
 from trainer.heads.engine import head_proba
 from trainer.heads.epoch_record import EpochRecord
 from trainer.heads.grouping import FREE_IN_GROUP, track_key
-from trainer.heads.result import build_trained
 from trainer.heads.head_config import HeadConfig
+from trainer.heads.result import build_trained
 from trainer.network.export import load_model, save_model
 from trainer.network.model import build_head, head_activation
 

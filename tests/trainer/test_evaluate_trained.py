@@ -21,8 +21,8 @@ from trainer.evaluate import (
     split_features,
 )
 from trainer.heads.engine import head_proba
-from trainer.heads.result import build_trained
 from trainer.heads.head_config import HeadConfig
+from trainer.heads.result import build_trained
 from trainer.network.features import cached_features, forget_loaded
 from trainer.network.model import build_network, predict_proba
 

@@ -70,7 +70,8 @@ class _Compiled:
     per pass running at once, `checked_out`) uses one trace, and tracing a k-head epoch costs
     about a second of the GIL. The runtime settings arrive per call."""
 
-    def __init__(self, features: int, classes: int, heads: tuple[HeadConfig, ...], jit: str) -> None:
+    def __init__(self, features: int, classes: int, heads: tuple[HeadConfig, ...],
+                 jit: str) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head

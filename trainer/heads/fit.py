@@ -20,10 +20,10 @@ from trainer.config import VGG16_BLOCKS, TrainConfig
 from trainer.data.dataset import Dataset
 from trainer.errors import TrainingDiverged
 from trainer.heads.engine import epoch_order
+from trainer.heads.head_config import HeadConfig
 from trainer.heads.inputs import class_weight_for, fresh_session
 from trainer.heads.keras_pool import compile_head, pooled_head
 from trainer.heads.result import TrainResult, val_metrics
-from trainer.heads.head_config import HeadConfig
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.network.features import cached_features, features_for
 from trainer.network.model import build_network

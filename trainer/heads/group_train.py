@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
+from cachetools import LRUCache
 
 from trainer import settings
 from trainer.config import TrainConfig
@@ -42,10 +43,10 @@ from trainer.heads.checkpoint import (
 )
 from trainer.heads.epoch_record import EpochRecord
 from trainer.heads.grouping import batch_key
+from trainer.heads.head_config import HeadConfig
 from trainer.heads.inputs import check_inputs, class_weight_for, head_features
 from trainer.heads.passes import EpochDone, Pass, side_by_side
 from trainer.heads.result import TrainResult, val_metrics
-from trainer.heads.head_config import HeadConfig
 from trainer.metrics import epoch_metrics, evaluation_from_probs
 from trainer.network.model import build_head
 from trainer.runtime import seed_everything
@@ -137,7 +138,7 @@ def train_group(
     return [m.outcome for m in members]
 
 
-_inits: dict[tuple, list[np.ndarray]] = {}
+_inits: LRUCache = LRUCache(maxsize=64)
 
 
 def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> list[np.ndarray]:
@@ -146,8 +147,6 @@ def _initial_weights(config: TrainConfig, shape: tuple, class_names: tuple) -> l
     setting, so no setting can be left out of the key."""
     key = (HeadConfig.from_config(config), tuple(shape), tuple(class_names))
     if key not in _inits:
-        if len(_inits) > 64:
-            _inits.clear()
         _inits[key] = build_head(config, shape, class_names).get_weights()
     return [np.array(w) for w in _inits[key]]
 

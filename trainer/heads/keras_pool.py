@@ -12,16 +12,16 @@ traces are reused, and a training on a pooled head equals one on a fresh head (a
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 
 import keras
+from cachetools import LRUCache
 
 from trainer.config import TrainConfig
 from trainer.heads.head_config import HeadConfig
 from trainer.network.model import build_head
 
 _POOL_SIZE = 16
-_pool: OrderedDict[tuple, keras.Model] = OrderedDict()
+_pool: LRUCache = LRUCache(maxsize=_POOL_SIZE)  # least recently used out first
 
 
 def pooled_head(
@@ -36,10 +36,7 @@ def pooled_head(
         head = fresh
         compile_head(head, spec)
         _pool[key] = head
-        while len(_pool) > _POOL_SIZE:
-            _pool.popitem(last=False)
         return head
-    _pool.move_to_end(key)
     head.set_weights(fresh.get_weights())
     for pooled, new in zip(head.layers, fresh.layers, strict=True):
         generator = getattr(pooled, "seed_generator", None)
