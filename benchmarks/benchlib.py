@@ -225,6 +225,17 @@ def export_source(commit: str, dest: Path) -> Path:
     return dest
 
 
+def prepare(work: Path, faces: int) -> tuple[Path, dict[str, Any], Path]:
+    """A benchmark's start: its work folder (made), the run's provenance (taken before anything
+    runs) and a synthetic ExpW of `faces` faces in it (generated once)."""
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
+    data_root = work / "data" / f"synthetic-{faces}-0"
+    generate_faces(data_root, faces)
+    return work, prov, data_root
+
+
 def generate_faces(root: Path, faces: int) -> None:
     """A synthetic ExpW of `faces` faces at `root` (seed 0), by this checkout's trainer; kept
     when it is there already."""

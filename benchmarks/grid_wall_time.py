@@ -61,11 +61,7 @@ SPACE = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    prov = benchlib.provenance()
-    data_root = work / "data" / f"synthetic-{args.faces}-0"
-    benchlib.generate_faces(data_root, args.faces)
+    work, prov, data_root = benchlib.prepare(args.work, args.faces)
     old_src = benchlib.export_source(args.old, work / f"src-{args.old}")
     contenders = {f"old ({args.old})": old_src, "this commit": benchlib.REPO}
     results: dict[str, dict] = {}

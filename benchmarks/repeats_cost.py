@@ -48,11 +48,7 @@ UNSET = ("FER_SEARCH_ASK_BATCH", "FER_SEARCH_MAX_GROUP")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    prov = benchlib.provenance()
-    data_root = work / "data" / f"synthetic-{args.faces}-0"
-    benchlib.generate_faces(data_root, args.faces)
+    work, prov, data_root = benchlib.prepare(args.work, args.faces)
     warm = work / "warm-up"
     shutil.rmtree(warm, ignore_errors=True)
     warm_up = _run(warm, data_root, args, "warm-up", repeats=1, seed=7, n_trials=1)

@@ -51,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{args.name}.md").write_text(
             render(json.loads(saved.read_text())).rstrip() + "\n")
         return 0
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    prov = benchlib.provenance()
-    data_root = work / "data" / f"synthetic-{args.faces}-0"
-    benchlib.generate_faces(data_root, args.faces)
+    work, prov, data_root = benchlib.prepare(args.work, args.faces)
     warm = work / "warm-up"
     warm_up = rb.warm_up_run(work, data_root, args)
 
