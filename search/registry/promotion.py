@@ -255,7 +255,7 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
         "direction": study.direction.name.lower(),
     }
     seeds = None if repeat is None else repeat_promotion.score_seeds(
-        tracker, run_id, repeat, config, weights, network, dataset, metric, tracking_uri)
+        tracker, run_id, repeat, config, test, network, dataset, metric, tracking_uri)
     tags.update(seeds.tags if seeds else {})
     study_run = study.user_attrs.get(PARENT_RUN_ATTR)
     if study_run:

@@ -52,21 +52,22 @@ def chosen(trial) -> Chosen | None:
     return Chosen(spread, spread.representative)
 
 
-def score_seeds(tracker: Tracker, run_id: str, choice: Chosen, config, weights: list,
+def score_seeds(tracker: Tracker, run_id: str, choice: Chosen, config, test: trainer.Evaluation,
                 network, dataset, metric: str, tracking_uri: str) -> Scored:
-    """Scores each seed's weights on the test split (the representative's are `weights`, in
-    `network`), logs the mean, std, min, max and each seed's score to the trial's run as
-    `test_<name>_mean`, ... `test_<name>_seed<s>`, and returns the tags and text for the
+    """Scores the other seeds' weights on the test split (`test`: the representative's score,
+    `network` its network), logs the mean, std, min, max and each seed's score to the trial's
+    run as `test_<name>_mean`, ... `test_<name>_seed<s>`, and returns the tags and text for the
     version."""
-    scores: dict[int, trainer.Evaluation] = {}
+    scores: dict[int, trainer.Evaluation] = {choice.seed: test}
     for seed in choice.spread.seeds:
+        if seed == choice.seed:
+            continue
         seed_config = config.replace(seed=seed)
-        seed_weights = weights if seed == choice.seed else _seed_weights(
-            tracker, run_id, seed, tracking_uri)
+        seed_weights = _seed_weights(tracker, run_id, seed, tracking_uri)
         # A head on cached features is scored on them (the network only extracts any features
         # not cached yet); a fine-tuned network is the seed's own, rebuilt.
         built = network
-        if seed != choice.seed and not trainer.scores_on_features(config):
+        if not trainer.scores_on_features(config):
             built = trainer.build_trained(seed_config, seed_weights, dataset.class_names)
         scores[seed] = trainer.evaluate_trained(built, seed_config, seed_weights, dataset, "test")
     metrics: dict[str, float] = {}

@@ -89,6 +89,7 @@ class Gather:
         self._rows: dict[int, dict[int, dict[str, float]]] = {}  # epoch -> seed index -> row
         self._entries: list = [None] * len(self.configs)
         self._stop: BaseException | None = None
+        self._joined: object | None = None  # the trial's entry, once every seed's is final
 
     @property
     def repeats(self) -> int:
@@ -126,11 +127,16 @@ class Gather:
 
     def joined(self, entries: Sequence | None = None) -> object:
         """The trial's one entry: a `Repeated`, or the exception that ended it (its own stop,
-        else the first failed seed's). One seed: its entry unchanged."""
+        else the first failed seed's). One seed: its entry unchanged. Made once (`on_done`
+        hears it first; the runner asks again after the call)."""
         for j, entry in enumerate(entries or ()):
             if self._entries[j] is None:
                 self._entries[j] = entry
-        entries = self._entries
+        if self._joined is None:
+            self._joined = self._join(self._entries)
+        return self._joined
+
+    def _join(self, entries: list) -> object:
         if self.repeats == 1:
             return entries[0]
         if self._stop is not None:  # pruned or past its deadline: the trial's own end
@@ -142,7 +148,6 @@ class Gather:
             if isinstance(entry, BaseException):
                 return SeedFailed(seed, self.repeats, entry)
         return combine(list(entries), self.seeds, self.metric)
-
 
 
 def mean_row(rows: Sequence[dict[str, float]]) -> dict[str, float]:
