@@ -65,8 +65,8 @@ _EXPORTS = {
     "save_model": "trainer.network.export",
     "class_names_of": "trainer.network.model",
     "predict_proba": "trainer.network.model",
-    # TensorFlow-free module: `model_costs` starts TensorFlow itself, so that a spec naming a
-    # cost (COST_NAMES) is checked without it.
+    # TensorFlow-free: `model_costs` measures in a process of its own, and a spec naming a cost
+    # (COST_NAMES) is checked without TensorFlow.
     "COST_NAMES": "trainer.costs",
     "ModelCosts": "trainer.costs",
     "model_costs": "trainer.costs",

@@ -2,12 +2,13 @@
 that trade accuracy against speed (issue 32: objectives and constraints).
 
 Costs depend on the network's shape, not on its weights, nor on how it was trained: they are
-measured once per `shape_key` and machine (`trainer.network.latency` says how), and kept as a
-small JSON file under `<cache_dir>/costs/`, written atomically under the cache entry's lock, as the
-features are, so two workers never measure one shape at once and the second reads the first's.
+measured once per `shape_key`, machine (CPU model, TensorFlow version) and protocol, in a fresh
+process on one thread (`trainer.network.latency` says how and why), and kept as a small JSON file
+under `<cache_dir>/costs/`, written atomically under the cache entry's lock, as the features are,
+so two workers never measure one shape at once and the second reads the first's.
 
-`COST_NAMES`, `ModelCosts` and `shape_key` need no TensorFlow (a spec naming a cost can be
-checked without it); `model_costs` starts it.
+Nothing here starts TensorFlow in the caller's process: `COST_NAMES` and `shape_key` serve a
+spec's checks, and `model_costs` measures in a process of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from trainer.config import TrainConfig
 from trainer.files.atomic import atomic_write_bytes
 from trainer.files.cache_lock import CacheLock, entry_lock, record_build, refresh
+from trainer.network import latency  # TensorFlow-free: its measuring process starts TensorFlow
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,13 @@ class ModelCosts:
     """What one model shape costs on the machine that measured it.
 
     Attributes:
-        latency_ms_b1: median ms per face, batch of 1, the exported full model (raw RGB in).
-        latency_ms_b32: median ms per face, batch of 32 (the batch's time / 32).
+        latency_ms_b1: median ms per face, batch of 1, the exported full model (raw RGB in):
+            one thread's CPU time, so the latency on one free core of this CPU (`protocol`).
+        latency_ms_b32: median ms per face, batch of 32 (the batch's time / 32), likewise.
         params: parameter count of the full model (VGG16's base + the head).
         size_mb: size of the exported `.keras` file in MB (1e6 bytes).
-        protocol: one line: how the latencies were measured (warm-up, repeats, statistic),
-            the machine (CPU model, cores), TensorFlow's version and threads.
+        protocol: one line: how the latencies were measured (warm-up, repeats, statistic,
+            threads), the machine (CPU model), TensorFlow's version, the load at the time.
     """
 
     latency_ms_b1: float
@@ -75,20 +78,18 @@ def shape_key(config: TrainConfig) -> str:
 
 def model_costs(config: TrainConfig, cache_dir: str | Path, *,
                 cache_lock: CacheLock | None = None) -> ModelCosts:
-    """`config`'s model costs on this machine, measured once per shape, machine and protocol and
-    then read from `<cache_dir>/costs/`.
+    """`config`'s model costs on this machine, measured once per shape, machine and protocol (in
+    a fresh process, ~10-20 s) and then read from `<cache_dir>/costs/`.
 
     Args:
         config: the configuration; only its `SHAPE_FIELDS` matter.
         cache_dir: the cache folder (the one crops and features use).
         cache_lock: the lock that machines sharing `cache_dir` all see (as for the feature cache,
             `trainer.files.cache_lock`); None: a file lock beside the entry.
+
+    Raises:
+        TrainerError: the measuring process failed (one line: why).
     """
-    from trainer.runtime import load_tensorflow
-
-    load_tensorflow()  # with the threads planned for training: latency depends on them
-    from trainer.network import latency
-
     key = "\n".join([shape_key(config), latency.machine(), f"protocol {latency.PROTOCOL}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     folder = Path(cache_dir) / "costs"

@@ -8,17 +8,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.test_cache_lock import Race
-from trainer import COST_NAMES, ModelCosts, TrainConfig, model_costs, shape_key
+from trainer import COST_NAMES, ModelCosts, TrainConfig, TrainerError, model_costs, shape_key
 from trainer.costs import NOT_SHAPE_FIELDS, SHAPE_FIELDS
 from trainer.network import latency
 from trainer.network.export import save_model
 from trainer.network.model import build_network
 
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = TrainConfig(weights="none", image_size=32, head_width=16)
 # VGG16 without its top: 13 conv layers, 14,714,688 weights; then Dense(16) on 512 pooled
 # features and the 7-way softmax.
@@ -45,12 +48,28 @@ def measure(monkeypatch) -> CountingMeasure:
     return fake
 
 
-def test_the_four_costs_are_measured_positive_and_match_the_model(tmp_path, monkeypatch):
-    # The protocol's shape, with fewer calls: this checks the numbers' meaning, not their spread.
-    monkeypatch.setattr(latency, "PROTOCOL", latency.Protocol(batches=((1, 1, 3), (32, 1, 2))))
-    costs = model_costs(CONFIG, tmp_path)
+SHORT = ((1, 1, 3), (32, 1, 2))  # the protocol's kind, fewer calls
+MEASURE_ALONE = """
+import json, sys
+from trainer import TrainConfig, model_costs
+from trainer.network import latency
+latency.PROTOCOL = latency.Protocol(batches=%r)
+costs = model_costs(TrainConfig(**json.loads(sys.argv[1])), sys.argv[2])
+print(json.dumps({"costs": costs.__dict__, "tensorflow": "tensorflow" in sys.modules}))
+"""
 
-    assert isinstance(costs, ModelCosts)
+
+def test_the_four_costs_are_measured_positive_and_match_the_model(tmp_path, monkeypatch):
+    # In a process of its own, to see that the caller never starts TensorFlow: the measuring
+    # process does. Fewer calls than the protocol's: this checks the numbers' meaning, not
+    # their spread (benchmarks/latency_spread.py).
+    shape = {name: getattr(CONFIG, name) for name in SHAPE_FIELDS} | {"weights": "none"}
+    out = subprocess.run([sys.executable, "-c", MEASURE_ALONE % (SHORT,), json.dumps(shape),
+                          str(tmp_path)], capture_output=True, text=True, check=True, cwd=REPO)
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["tensorflow"] is False
+    costs = ModelCosts(**answer["costs"])
+
     for name in ("latency_ms_b1", "latency_ms_b32"):
         value = getattr(costs, name)
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, value)
@@ -59,12 +78,15 @@ def test_the_four_costs_are_measured_positive_and_match_the_model(tmp_path, monk
     saved = save_model(model, tmp_path / "same.keras")
     assert costs.size_mb == pytest.approx(saved.stat().st_size / 1e6, rel=1e-3)
     assert costs.size_mb == pytest.approx(costs.params * 4 / 1e6, rel=0.02)  # float32 weights
-    for part in ("predict_on_batch", "batch 1: 1 warm-up + median of 3",
-                 "batch 32: 1 warm-up + median of 2", "TensorFlow", latency.cpu_model()):
+    for part in ("CPU time of predict_on_batch", "batch 1: 1 warm-up + median of 3",
+                 "batch 32: 1 warm-up + median of 2", "intra-op 1, inter-op 1", "TensorFlow 2",
+                 latency.cpu_model()):
         assert part in costs.protocol, (part, costs.protocol)
     assert "\n" not in costs.protocol
     assert COST_NAMES == ("latency_ms_b1", "latency_ms_b32", "params", "size_mb")
-    assert all(isinstance(getattr(costs, name), int | float) for name in COST_NAMES)
+    monkeypatch.setattr(latency, "PROTOCOL", latency.Protocol(batches=SHORT))
+    monkeypatch.setattr(latency, "measure", None)  # read, never measured again
+    assert model_costs(CONFIG, tmp_path) == costs  # what the other process measured
 
 
 def test_the_second_call_reads_the_cache_without_measuring(tmp_path, measure):
@@ -145,18 +167,26 @@ def test_two_workers_asking_at_once_measure_once(tmp_path, measure, monkeypatch)
     assert race.requested[0].startswith("costs-")
 
 
-def test_the_cache_key_names_the_machine_and_threads():
+def test_the_cache_key_names_the_cpu_and_tensorflow():
     line = latency.machine()
-    assert latency.cpu_model() in line and "TensorFlow" in line and "intra-op" in line
+    assert latency.cpu_model() in line and "TensorFlow" in line
+
+
+def test_a_failed_measurement_is_one_line_naming_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(latency, "child_command", lambda request: [
+        sys.executable, "-c", "import sys; sys.stderr.write('noise\\nout of memory\\n'); "
+        "sys.exit(3)"])
+    with pytest.raises(TrainerError) as info:
+        model_costs(CONFIG, tmp_path)
+    assert str(info.value) == ("measuring the model costs of image_size 32 failed (exit 3): "
+                               "out of memory")
+    assert not list((tmp_path / "costs").glob("*.json"))
 
 
 def test_shape_key_and_cost_names_need_no_tensorflow():
-    import subprocess
-    import sys
-
     probe = ("import sys, trainer\n"
              "trainer.shape_key(trainer.TrainConfig()), trainer.COST_NAMES, trainer.ModelCosts\n"
              "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[2])
+                         check=True, cwd=REPO)
     assert out.stdout.strip() == "False", out.stderr
