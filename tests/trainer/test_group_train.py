@@ -117,8 +117,9 @@ def test_configs_equal_but_for_epochs_share_one_head_and_the_record_answers_shor
 def test_group_keys():
     assert batch_key(BASE) == batch_key(BASE.replace(learning_rate=0.1, head_width=8, epochs=9))
     assert batch_key(BASE) == batch_key(BASE.replace(batch_size=8))  # another pass, at once
-    assert batch_key(BASE) != batch_key(BASE.replace(seed=1))  # other batches
-    assert batch_key(BASE) != batch_key(BASE.replace(seed=3))
+    # Another seed: other batches, gathered per head in the same pass (a study's repeats)
+    assert batch_key(BASE) == batch_key(BASE.replace(seed=1))
+    assert batch_key(BASE) != batch_key(BASE.replace(class_weight="balanced"))
     assert batch_key(BASE.replace(trainable_blocks=1)) is None
     assert batch_key(BASE.replace(augment=True)) is None
     assert batch_key(BASE.replace(early_stopping_patience=2)) is None
@@ -141,7 +142,34 @@ def test_groups_of_the_same_widths_in_another_order_share_one_compiled_program(t
     for i, j in ((0, 2), (1, 0), (2, 1)):
         assert_same(second[i], first[j])
     with pytest.raises(ValueError, match="one group"):
-        train_group([BASE, BASE.replace(seed=1)], None)
+        train_group([BASE, BASE.replace(class_weight="balanced")], None)
+
+
+def test_heads_of_several_seeds_train_in_one_pass_each_equal_to_alone(tmp_path):
+    """A study's repeats: one configuration with seeds 0, 1, 2 (and a pass-mate of another
+    learning rate on seed 0) in one pass, each head on its own seed's batches, each the same
+    as alone bit for bit; one program serves them, another the single-seed groups."""
+    head_engine.clear_programs()
+    calls = []
+    real = head_engine.run_epoch
+
+    def spy(prog, specs, *args):
+        calls.append(sorted({s.seed for s in specs}))
+        return real(prog, specs, *args)
+
+    configs = [BASE, BASE.replace(seed=1), BASE.replace(seed=2),
+               BASE.replace(learning_rate=1e-2)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(head_engine, "run_epoch", spy)
+        together = train_group(configs, array_dataset(tmp_path / "group"))
+    assert calls == [[0, 1, 2]] * BASE.epochs  # one pass an epoch, all three seeds in it
+    for i, config in enumerate(configs):
+        alone = train(config, array_dataset(tmp_path / f"alone{i}"))
+        assert together[i].history == alone.history, config
+        for a, b in zip(together[i].top_weights, alone.top_weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Different seeds saw different batches: their first epochs differ.
+    assert together[0].history[0] != together[1].history[0]
 
 
 def test_heads_of_any_widths_share_one_compiled_program(tmp_path):

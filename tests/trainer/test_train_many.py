@@ -26,12 +26,12 @@ def test_batch_cost_counts_heads_and_configs_that_train_alone():
 
 
 def test_mixed_configs_each_equal_alone_and_each_heard_once_in_order_of_its_end(tmp_path):
-    """Two of one key (one pass), one of another seed (its own pass), one that cannot share
-    (early stopping: Keras fit): every entry is what `train` gives alone, every epoch reaches
-    `on_epoch` under the config's index, and `on_done` hears each config once, with its entry,
-    before the call returns."""
-    configs = [BASE, BASE.replace(seed=1), BASE.replace(learning_rate=1e-2, head_width=16,
-                                                        epochs=2),
+    """Two of one key (one pass), one of other class weights (its own pass), one that cannot
+    share (early stopping: Keras fit): every entry is what `train` gives alone, every epoch
+    reaches `on_epoch` under the config's index, and `on_done` hears each config once, with its
+    entry, before the call returns."""
+    configs = [BASE, BASE.replace(class_weight="balanced"),
+               BASE.replace(learning_rate=1e-2, head_width=16, epochs=2),
                BASE.replace(early_stopping_patience=1, epochs=2)]
     assert batch_key(configs[0]) == batch_key(configs[2]) != batch_key(configs[1])
     assert batch_key(configs[3]) is None

@@ -4,7 +4,8 @@ Keras `fit` dispatches one Python step per batch and walks the data once per tri
 features a head's arithmetic is so small that this overhead is most of the time (about 6 GFLOP/s
 where the machine multiplies at 100+). Here one `tf.function` runs every step of an epoch in an
 in-graph loop and updates k heads per batch, each its own width, learning rate (its own Adam),
-dropout rate and dropout stream, so each batch is gathered once for k trials.
+dropout rate and dropout stream, so each batch is gathered once for k trials (once per seed:
+heads of other seeds see their own batches, below).
 
 Equality with a head trained alone: every head's ops are its own (no fused matmul across heads)
 and depend only on its own state, the batch, its seed and the global step, so the same head
@@ -18,9 +19,15 @@ knows whether it is on, so heads of any dropout rates share a program and a pass
 
 Dropout: each head draws its own mask, `stateless_uniform(shape, [seed, step]) >= rate`, a
 function of the head's own seed, step, width and rate only, so a head computes the same mask in
-a group as alone. Heads of one group share a seed (it decides the batches), so two heads of one
-width draw the same uniforms and keep units at their own rates: common random numbers, as they
-see common batches.
+a group as alone. Two heads of one seed and width draw the same uniforms and keep units at their
+own rates: common random numbers, as they see common batches.
+
+Seeds: a head's seed also decides its faces' order each epoch (`epoch_order`), so heads of
+several seeds (a study's repeats) see different batches. A program for one order (every head one
+seed) gathers each batch once, as always; a program for several (`several_orders`, a switch like
+dropout's: compiled in, so single-seed groups pay nothing) gathers each head's batch from its
+seed's order, one gather for all k heads per step, and each head steps on its own. The numbers
+are the same either way: a head's batch holds the same faces.
 """
 
 from __future__ import annotations
@@ -71,9 +78,10 @@ class _Compiled:
     about a second of the GIL. The runtime settings arrive per call."""
 
     def __init__(self, features: int, classes: int, heads: tuple[HeadConfig, ...],
-                 jit: str) -> None:
+                 jit: str, several_orders: bool) -> None:
         # Static, like the shapes: a head without decay (or dropout) pays nothing for it.
         self.heads = [h.static() for h in heads]
+        self.several_orders = several_orders  # heads of several seeds: a batch per head
         self.switches = [h.switches() for h in heads]  # switched settings: on or off, per head
         self.features, self.classes = features, classes
         self.epoch = tf.function(self._epoch, jit_compile=jit == "epoch")
@@ -94,7 +102,8 @@ class _Compiled:
                 tf.TensorSpec([None, self.features], tf.float32),  # x (all training features)
                 tf.TensorSpec([None], tf.int32),  # y
                 tf.TensorSpec([None], tf.float32),  # per-face loss weight (class_weight)
-                tf.TensorSpec([None], tf.int32),  # this epoch's order of the faces
+                tf.TensorSpec([None, None], tf.int32),  # this epoch's orders, one per seed
+                tf.TensorSpec([k], tf.int32),  # each head's order (its seed's row)
                 tf.TensorSpec([], tf.int32),  # batch size
                 tf.TensorSpec([], tf.int64),  # global step before this epoch
                 # the heads' runtime settings, one [k] tensor each (learning rates, seeds,
@@ -136,11 +145,11 @@ class _Compiled:
                  "keep_scale": tf.math.reciprocal(tf.cast(1.0 - drop, tf.float32))}
                 for rate, seed, drop in zip(rates, seeds, drops, strict=True)]
 
-    def _epoch(self, variables, x, y, weight, order, batch, step0, runtime):
-        # `order` is padded to whole batches (static shapes, for XLA); padded rows carry
+    def _epoch(self, variables, x, y, weight, orders, head_order, batch, step0, runtime):
+        # `orders` are padded to whole batches (static shapes, for XLA); padded rows carry
         # weight 0 and do not count in the batch size, so the last batch is the short one
         # Keras would take.
-        n = tf.shape(order)[0]
+        n = tf.shape(orders)[1]
         steps = n // batch
         real = tf.cast(tf.shape(x)[0], tf.int32)
         k = len(self.heads)
@@ -148,12 +157,15 @@ class _Compiled:
         hit_sum = tf.zeros([k])
         heads = self._per_head(runtime)
         for i in tf.range(steps):
-            index = tf.reshape(order[i * batch : (i + 1) * batch], [-1])
+            if self.several_orders:  # [k, batch]: each head's faces, from its seed's order
+                index = tf.gather(orders[:, i * batch : (i + 1) * batch], head_order)
+            else:
+                index = tf.reshape(orders[0, i * batch : (i + 1) * batch], [-1])
             valid = tf.cast(index < real, tf.float32)
             index = tf.minimum(index, real - 1)
             xb, yb = tf.gather(x, index), tf.gather(y, index)
             wb = tf.gather(weight, index) * valid
-            size = tf.reduce_sum(valid)
+            size = tf.reduce_sum(valid, axis=-1)
             losses, hits = self.step(variables, xb, yb, wb, size,
                                      step0 + tf.cast(i, tf.int64) + 1, heads)
             loss_sum += losses
@@ -168,11 +180,21 @@ class _Compiled:
         the forward pass or the loss needs no derivative written for it."""
         tf_t = tf.cast(t, tf.float32)
         beta1_power, beta2_power = tf.pow(_BETA_1, tf_t), tf.pow(_BETA_2, tf_t)
-        onehot = tf.one_hot(yb, self.classes)
-        share = wb / size  # each face's share of the loss, for every head
+        k = len(self.heads)
+        if self.several_orders:  # one batch per head: [k, batch, ...] split along k
+            batches = list(zip(tf.unstack(xb, k), tf.unstack(yb, k), tf.unstack(wb, k),
+                               tf.unstack(size, k), strict=True))
+        else:
+            batches = [(xb, yb, wb, size)] * k
+        shared = {}  # one batch's one-hot labels and loss shares, computed once for its heads
         losses, hits = [], []
         for h, head in enumerate(self.heads):
             weights, m, v = variables[h]
+            xb, yb, wb, size = batches[h]
+            if id(yb) not in shared:
+                # each face's share of the loss
+                shared[id(yb)] = (tf.one_hot(yb, self.classes), wb / size)
+            onehot, share = shared[id(yb)]
             grads, logits, per_face = self._gradients(variables, h, xb, onehot, share, t,
                                                       heads[h])
             decay = head.weight_decay
@@ -263,20 +285,22 @@ class _Program:
         return states
 
 
-def program(features: int, classes: int, heads: list[HeadConfig]) -> _Program:
+def program(features: int, classes: int, heads: list[HeadConfig],
+            several_orders: bool = False) -> _Program:
     """The compiled program for these heads' static settings, reused when one exists (its
     first instance: for one caller at a time; passes that run at once use `checked_out`)."""
     with _lock:
-        return _instances(features, classes, heads)[0]
+        return _instances(features, classes, heads, several_orders)[0]
 
 
 @contextmanager
-def checked_out(features: int, classes: int, heads: list[HeadConfig]) -> Iterator[_Program]:
+def checked_out(features: int, classes: int, heads: list[HeadConfig],
+                several_orders: bool = False) -> Iterator[_Program]:
     """A program for these heads that no other thread holds until the block ends: passes of
     one group with different batch sizes run at once (trainer.heads.group_train), and two of
     them may need programs of one key. Instances are kept and reused like `program`'s."""
     with _lock:
-        instances = _instances(features, classes, heads)
+        instances = _instances(features, classes, heads, several_orders)
         found = next((p for p in instances if id(p) not in _busy), None)
         if found is None:  # variables only: the key's trace serves them
             found = _Program(instances[0].compiled)
@@ -289,14 +313,16 @@ def checked_out(features: int, classes: int, heads: list[HeadConfig]) -> Iterato
             _busy.discard(id(found))
 
 
-def _instances(features: int, classes: int, heads: list[HeadConfig]) -> list[_Program]:
+def _instances(features: int, classes: int, heads: list[HeadConfig],
+               several_orders: bool) -> list[_Program]:
     # XLA: FER_SEARCH_HEAD_JIT=step (each batch's step compiled) or =epoch (the whole epoch)
     # were 3-100x slower on CPU here; worth measuring on GPUs. Default 0: plain TensorFlow graph.
     jit = settings.head_jit()
-    key = (features, classes, tuple(h.program_key() for h in heads), jit)
+    key = (features, classes, tuple(h.program_key() for h in heads), jit, several_orders)
     found = _programs.get(key)
     if found is None:
-        found = _programs[key] = [_Program(_Compiled(features, classes, tuple(heads), jit))]
+        found = _programs[key] = [_Program(_Compiled(features, classes, tuple(heads), jit,
+                                                     several_orders))]
         # The oldest keys go, unless a thread holds one of their instances.
         for old in list(_programs)[: max(0, len(_programs) - _PROGRAMS)]:
             if not any(id(p) in _busy for p in _programs[old]):
@@ -336,14 +362,19 @@ class Tensors:
 
 def run_epoch(
     prog: _Program, heads: list[HeadConfig], x: tf.Tensor, y: tf.Tensor, weight: tf.Tensor,
-    order: np.ndarray, batch_size: int, step0: int,
+    orders: dict[int, np.ndarray], batch_size: int, step0: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch for the loaded heads; returns per-head summed (weighted) loss and hits."""
-    pad = -len(order) % batch_size
-    order = np.concatenate([order, np.full(pad, len(order), "int32")])
+    """One epoch for the loaded heads, each on the faces' order of its seed (`orders`: seed ->
+    `epoch_order`; one seed unless the program has `several_orders`); returns per-head summed
+    (weighted) loss and hits."""
+    seeds = list(orders)
+    n = len(orders[seeds[0]])
+    pad = -n % batch_size
+    rows = np.stack([np.concatenate([orders[s], np.full(pad, n, "int32")]) for s in seeds])
     loss, hits = prog.epoch(
-        x, y, weight, tf.constant(order), tf.constant(batch_size, tf.int32),
-        tf.constant(step0, tf.int64),
+        x, y, weight, tf.constant(rows), tf.constant([seeds.index(h.seed) for h in heads],
+                                                     tf.int32),
+        tf.constant(batch_size, tf.int32), tf.constant(step0, tf.int64),
         {f.name: tf.constant([getattr(h, f.name) for h in heads], _dtype(f))
          for f in HeadConfig.runtime_fields()},
     )

@@ -1,11 +1,11 @@
 """`train_group(configs, data)`: k frozen-base heads trained together on cached features; the
 machinery behind `trainer.train_many` (trainer.train), which callers use.
 
-Configs of one group (equal `batch_key`: same data, seed, class weights, ...; they may differ in
+Configs of one group (equal `batch_key`: same data, class weights, ...; they may differ in
 `grouping.FREE_IN_GROUP`: `epochs`, `batch_size` and the head settings `HeadConfig` marks free,
-such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`) see the
-faces in the same order each epoch. Those of one batch size see the same batches, so one pass
-over the batches trains all of them (trainer.heads.passes, trainer.heads.engine); the passes of
+such as `learning_rate`, `head_width`, `dropout`, `weight_decay`, `label_smoothing`, `seed`)
+see the faces in their seed's order each epoch. Those of one batch size train in one pass over
+the batches, each head on its seed's (trainer.heads.passes, trainer.heads.engine); the passes of
 different batch sizes run at once, each on its own thread, while their epochs are stored and
 reported on the caller's (`passes.side_by_side`). Configs equal but for `epochs` share one
 track: it trains once, to the largest count asked, and each config hears of its own epochs only.

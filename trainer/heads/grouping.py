@@ -20,8 +20,9 @@ from trainer.heads.head_config import HeadConfig
 
 # What may differ inside a group: the head settings marked free in `HeadConfig` (each head of a
 # group's program has its own: learning rate and Adam, width, dropout rate and mask, weight
-# decay, ...); `epochs` only says how far a head's track is followed; `batch_size` says which
-# pass a head is in (the faces' order per epoch is the seed's, whatever the batch size).
+# decay, seed and its faces' order, ...); `epochs` only says how far a head's track is
+# followed; `batch_size` says which pass a head is in (the faces' order per epoch is the
+# seed's, whatever the batch size).
 FREE_IN_GROUP = ("epochs", "batch_size", *HeadConfig.free_in_group())
 
 

@@ -60,7 +60,10 @@ class HeadConfig:
     label_smoothing: float = _setting(static=True, free=True)
     activation: str = _setting(static=True, free=True)  # trainer.network.model.head_activation
     learning_rate: float = _setting(static=False, free=True)
-    seed: int = _setting(static=False, free=False)
+    # Its initial weights, its dropout stream and its faces' order per epoch (a program feeds
+    # each head its own seed's batches: trainer.heads.engine), so a study's repeats of one
+    # configuration, seeds s..s+N-1, train in one pass.
+    seed: int = _setting(static=False, free=True)
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> HeadConfig:

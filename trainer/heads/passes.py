@@ -1,8 +1,9 @@
 """One pass: the heads of one batch size, trained together epoch by epoch, and passes of
 different batch sizes run side by side (trainer.heads.group_train makes them).
 
-Heads that see the same batches (one seed, one batch size) train in one compiled program per
-epoch (trainer.heads.engine): each batch gathered once, k heads updated. A pass whose program
+Heads of one batch size train in one compiled program per epoch (trainer.heads.engine): each
+batch gathered once per seed (a head's seed decides its faces' order), k heads
+updated. A pass whose program
 raises is re-run head by head for that epoch, so the head that raises fails alone (`HeadFailed`)
 and the others' epoch counts as theirs (`Pass.next_epoch`). Passes of different batch sizes run
 at once, each on its own thread, and hand each finished epoch to the caller's thread
@@ -45,14 +46,13 @@ class EpochDone:
 
 
 class Pass:
-    """The tracks of one batch size: they see the same batches, so one pass over them per epoch
-    trains every track due for that epoch (each head with its own ops: trainer.heads.engine)."""
+    """The tracks of one batch size: one pass over them per epoch trains every track due for
+    that epoch, each on its seed's batches (each head with its own ops: trainer.heads.engine)."""
 
     def __init__(self, run, batch_size: int, tracks: list) -> None:
         self.run = run
         self.batch_size = batch_size
         self.tracks = tracks
-        self.seed = tracks[0].config.seed
         self.steps = math.ceil(run.n / batch_size)
         # Looked up here, on the caller's thread: the memos are not for threads.
         self.weight, self.weight_sum = run.weights_for(tracks[0].config)
@@ -96,10 +96,12 @@ class Pass:
     def _train(self, active: list) -> EpochDone:
         run = self.run
         specs = [t.spec for t in active]
-        with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs) as prog:
+        # Each seed's order of the faces this epoch (dicts keep the heads' first-seen order).
+        orders = {s.seed: engine.epoch_order(s.seed, self.epoch, run.n) for s in specs}
+        with engine.checked_out(run.x_shape[0], len(run.data.class_names), specs,
+                                several_orders=len(orders) > 1) as prog:
             prog.load([t.state for t in active])
-            order = engine.epoch_order(self.seed, self.epoch, run.n)
-            loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, order,
+            loss, hits = engine.run_epoch(prog, specs, run.x, run.y, self.weight, orders,
                                           self.batch_size, (self.epoch - 1) * self.steps)
             probs = engine.predict(prog, run.xv)
             states = prog.dump()
