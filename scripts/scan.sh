@@ -21,9 +21,15 @@ pins=constraints-scan.txt
 if [[ ! -x $venv/bin/checkov || ! -x $venv/bin/bandit ]] || ! cmp -s "$pins" "$venv/.pins"; then
     echo "scan: installing the scanners into $venv (pinned by $pins)"
     rm -rf "$venv"
-    if ! "$python" -m venv "$venv" \
-        || ! "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins" \
-        || ! "$venv/bin/pip" check > /dev/null; then
+    # uv (scripts/setup.sh puts it in .venv) where it is, pip otherwise: the same pins.
+    install() {
+        if [[ -x .venv/bin/uv ]] && .venv/bin/uv pip install --quiet --python "$venv/bin/python" \
+                --no-deps -r "$pins"; then
+            return 0
+        fi
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$pins"
+    }
+    if ! "$python" -m venv "$venv" || ! install || ! "$venv/bin/pip" check > /dev/null; then
         echo "scan: could not install the scanners (see above)" >&2
         exit 2
     fi
