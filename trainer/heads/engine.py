@@ -191,8 +191,7 @@ class _Compiled:
         for h, head in enumerate(self.heads):
             weights, m, v = variables[h]
             xb, yb, wb, size = batches[h]
-            if id(yb) not in shared:
-                # each face's share of the loss
+            if id(yb) not in shared:  # (labels, each face's share of the loss)
                 shared[id(yb)] = (tf.one_hot(yb, self.classes), wb / size)
             onehot, share = shared[id(yb)]
             grads, logits, per_face = self._gradients(variables, h, xb, onehot, share, t,
@@ -205,9 +204,7 @@ class _Compiled:
                 tf.raw_ops.ResourceApplyAdam(
                     var=var.handle, m=mv.handle, v=vv.handle, beta1_power=beta1_power,
                     beta2_power=beta2_power, lr=heads[h]["learning_rate"], beta1=_BETA_1,
-                    beta2=_BETA_2,
-                    epsilon=_EPSILON, grad=grad,
-                )
+                    beta2=_BETA_2, epsilon=_EPSILON, grad=grad)
             # The batch's summed weighted loss (Keras' loss times the batch size).
             losses.append(tf.reduce_sum(per_face * wb))
             correct = tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yb),
