@@ -37,21 +37,29 @@ def is_added(trial) -> bool:
     return WARM_START_FROM_ATTR in trial.user_attrs
 
 
+def feasible(trial) -> bool:
+    """Whether a trial meets every constraint it was given (Optuna's constraint values: each
+    <= 0 when met, search.study.objectives); a trial of a study without constraints does."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
 def own_best(study):
     """The study's best COMPLETE trial among its own (never one a warm start added: its run,
-    weights and test score are the earlier study's); None when it has none."""
-    try:
-        best = study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
-    if not is_added(best):
-        return best
+    weights and test score are the earlier study's) that meets every constraint, by its first
+    objective (several objectives: the first, ties to the earliest); None when it has none."""
+    if len(study.directions) == 1:
+        try:
+            best = study.best_trial  # Optuna's best among the feasible ones
+        except ValueError:  # no complete (feasible) trial yet
+            return None
+        if not is_added(best):
+            return best
     own = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
-           and not is_added(t)]
+           and not is_added(t) and feasible(t)]
     if not own:
         return None
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(own, key=lambda t: t.value)
+    pick = max if study.directions[0].name == "MAXIMIZE" else min
+    return pick(own, key=lambda t: t.values[0])
 
 
 # A retried trial names the trial it carries on: Optuna's heartbeat retry sets the system attr
@@ -64,6 +72,9 @@ RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried i
 # The trials a trial shared its claim (and so its training pass) with, written before training:
 # if their worker dies, each was a suspect, and its copy trains alone (grid_queue.recover_lost).
 PASS_MATES_ATTR = "pass_mates"
+# A trial of a study whose spec names a cost (search.study.objectives): its model's costs,
+# `trainer.COST_NAMES` and the measuring protocol, measured before it trained.
+COSTS_ATTR = "costs"
 # A trial of a spec with `repeats: N` (search.study.repeats) trained N seeds of its configuration;
 # its value is their mean, and these user attrs hold the rest (written before the tell): the
 # seeds and each one's value (lists, in seed order), their sample std (ddof 1), min and max,
@@ -89,6 +100,7 @@ MODEL_NAME_ATTR = "model_name"
 
 KIND_TAG = "fer_search.kind"  # "study" (parent run) or "trial" (nested run)
 FAIL_REASON_TAG = "fail_reason"  # why a run ended FAILED or KILLED
+FEASIBLE_TAG = "feasible"  # a constrained study's trial run: "true" when it meets every bound
 
 # ------------------------------------------------------------------------------ exit codes
 
@@ -110,6 +122,10 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MODEL_NAME_EXPECTED = "a name of letters, digits, '_', '.' and '-', starting with a letter or digit"
 DEFAULT_MODEL_NAME = "expw-vgg16"
 CHAMPION_ALIAS = "champion"
+# `fer-search promote --rule`: which trial is registered (search.registry.choice says how);
+# the parser lists them without importing the registry.
+PROMOTION_RULES = ("best-feasible", "best")
+DEFAULT_PROMOTION_RULE = PROMOTION_RULES[0]
 
 # ------------------------------------------------------------------------------- serving
 

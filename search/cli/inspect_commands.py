@@ -6,6 +6,7 @@ from __future__ import annotations
 import optuna
 
 from search.cli.common import out
+from search.cli.objective_tables import front_table
 from search.cli.progress import studies_table, trials_table
 from search.cli.stores import storage_for
 from search.contracts import EXIT_OK
@@ -14,7 +15,10 @@ from search.storage.sessions import load_study_named, resolve_storage
 
 def cmd_status(args) -> int:
     with storage_for(resolve_storage(args.storage, None), read_only=True) as storage:
-        out.print(trials_table(load_study_named(args.study, storage)))
+        study = load_study_named(args.study, storage)
+        out.print(trials_table(study))
+        if len(study.directions) > 1:  # several objectives: the trade-off, best first
+            out.print(front_table(study))
     return EXIT_OK
 
 

@@ -22,11 +22,13 @@ from search.contracts import (
     DEFAULT_MAX_BODY_MB,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MODEL_NAME,
+    DEFAULT_PROMOTION_RULE,
     EXIT_BAD_INPUT,
     EXIT_FAILED_TRIALS,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    PROMOTION_RULES,
 )
 from search.errors import FailureBudgetSpent, InputError, SearchError, SpecError
 
@@ -132,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--model-name", help="registered model name (default: the spec's)")
     promote.add_argument("--trial", type=int, metavar="N",
                          help="promote complete trial N instead of the best one")
+    promote.add_argument(
+        "--rule", choices=PROMOTION_RULES, default=DEFAULT_PROMOTION_RULE,
+        help="which trial is the best: best-feasible (default), the best by the study's first "
+        "objective (or its metric) among the trials that meet every constraint of its spec; "
+        "best, the best by it, constraints ignored. The version's description says which rule "
+        "chose it and what it traded")
 
     fetch = _command(commands, "fetch", "search.cli.model_commands:cmd_fetch",
                      "download a registered model")

@@ -7,8 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from search.cli.objective_tables import front_table, outcome_text, value_columns
 from search.contracts import (
-    METRIC_ATTR,
     TRIAL_REASON_ATTR,
     WARM_START_FROM_ATTR,
     WARM_START_QUEUED_ATTR,
@@ -52,7 +52,7 @@ class TrialProgress:
         if self._task is None:
             self.start(0)
         best = _best_value(study)
-        last = f"{outcome.value:.4f}" if outcome.value is not None else outcome.state.name
+        last = outcome_text(outcome.value) if outcome.value is not None else outcome.state.name
         text = f"last #{outcome.number}: {last}"
         if best is not None:
             text += f"   best {self._metric} {best:.4f}"
@@ -62,12 +62,14 @@ class TrialProgress:
 def _best_value(study) -> float | None:
     try:
         return study.best_value
-    except ValueError:
+    except (ValueError, RuntimeError):  # none yet; several objectives (no one best)
         return None
 
 
 def leaderboard_table(study, metric: str, top: int = 10) -> Table:
-    """The best complete trials, best first."""
+    """The best complete trials, best first (several objectives: the Pareto front)."""
+    if len(study.directions) > 1:
+        return front_table(study, top)
     everyone = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     trials = [t for t in everyone if not is_added(t)]  # a warm start's are not this study's
     reverse = study.direction.name == "MAXIMIZE"
@@ -119,7 +121,9 @@ def trials_table(study) -> Table:
     table.add_column("state")
     for name in names:
         table.add_column(name, justify="right")
-    table.add_column(study.user_attrs.get(METRIC_ATTR, "value"), justify="right")
+    columns = value_columns(study, trials)  # the metric, or each objective; costs, feasibility
+    for header, _ in columns:
+        table.add_column(header, justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("why (failed or pruned)", overflow="fold")
     for trial in trials:
@@ -129,7 +133,7 @@ def trials_table(study) -> Table:
             str(trial.number),
             f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
             *[_fmt(params.get(n)) for n in names],
-            value_text(trial),
+            *[cell(trial) for _, cell in columns],
             _duration(trial),
             _why(trial),
         )
@@ -158,7 +162,7 @@ def studies_table(summaries) -> Table:
         best = s.best_trial.value if s.best_trial is not None else None
         table.add_row(
             s.study_name,
-            s.direction.name.lower(),
+            ", ".join(d.name.lower() for d in s.directions),
             str(s.n_trials),
             "" if best is None else f"{best:.4f}",
             s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "",

@@ -18,6 +18,7 @@ from search.storage.sessions import check_reachable, resolve_storage
 from search.study import signals
 from search.study.data_provider import DataProvider
 from search.study.loop import run_study
+from search.study.objectives import goals
 from search.study.warm_start import DONE_ATTR
 from search.study.workers import GPU_ENV, WorkerPlan, parse_gpus, prepare_study, run_workers
 from search.tracking.report import refresh_study
@@ -120,9 +121,11 @@ def _run(args, leaderboard: bool):
         with storage_for(storage_url) as storage:
             study = optuna.load_study(study_name=spec.name, storage=storage)
             out.print(leaderboard_table(study, spec.metric))
-        if summary.best is not None:
-            out.print(f"best: trial {summary.best.number}, {spec.metric} = "
-                      f"{summary.best.value:.4f}, params {summary.best.params}")
+        if summary.best is not None:  # several objectives: the best by the first, feasible
+            values = ", ".join(f"{o.name} = {v:.4g}" for o, v in
+                               zip(goals(spec), summary.best.values, strict=True))
+            out.print(f"best: trial {summary.best.number}, {values}, params "
+                      f"{summary.best.params}")
         out.print(f"inspect the runs: fer-search ui --study {spec.name}   (prints the URL of "
                   "the runs; the study run holds the report and plots)")
     return summary, spec, (storage_url, tracking_uri), data
@@ -164,15 +167,15 @@ def cmd_promote(args) -> int:
     require_stores(*urls)  # in seconds, before TensorFlow loads
     start_tensorflow(None)
     print_promotion(promote_study(args.study, urls, force=args.force, model_name=args.model_name,
-                                  trial_number=args.trial))
+                                  trial_number=args.trial, rule=args.rule))
     return EXIT_OK
 
 
 def promote_study(study_name: str, urls: tuple[str, str], force: bool, model_name: str | None,
-                  data=None, trial_number: int | None = None):
+                  data=None, trial_number: int | None = None, rule: str | None = None):
     storage_url, tracking_uri = urls
     result = promote(study_name, storage_url=storage_url, tracking_uri=tracking_uri, force=force,
-                     model_name=model_name, data=data, trial_number=trial_number)
+                     model_name=model_name, data=data, trial_number=trial_number, rule=rule)
     _refresh_report(study_name, urls)  # the study run names the version registered
     return result
 
@@ -191,4 +194,6 @@ def print_promotion(result) -> None:
     out.print(f"{how} {result.model_name} version {result.version} "
               f"(trial {result.trial_number}; {metrics}): [bold]{result.alias}[/] "
               f"({result.reason})")
+    if result.chosen:
+        out.print(f"chosen: {result.chosen}", markup=False, soft_wrap=True)
     out.print(f"load it: mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')")

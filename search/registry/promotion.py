@@ -39,16 +39,17 @@ from search.contracts import (
     SPEC_ATTR,
     SPEC_PATH_ATTR,
     TRIAL_RUN_ID_ATTR,
-    own_best,
 )
 from search.errors import InputError
 from search.registry import aliases, registration, repeat_promotion
+from search.registry.choice import choose
 from search.registry.refs import RegistryError, check_model_name, registry_tracker
 from search.registry.registration import Source
 from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
 from search.storage.sessions import load_study_named, storage_session
 from search.study.data_provider import DataProvider
+from search.tracking.pareto import value_of
 from search.tracking.runs import Tracker, dataset_key
 from search.urls import mask_url
 
@@ -91,6 +92,7 @@ class PromotionResult:
     reason: str = ""
     val_metrics: dict[str, float] = field(default_factory=dict)
     reused: bool = False
+    chosen: str = ""  # which rule chose the trial, and what it traded (registry.choice)
 
     @property
     def model_uri(self) -> str:
@@ -123,6 +125,7 @@ def promote(
     data: DataProvider | None = None,
     cache_dir: Path | str | None = None,
     trial_number: int | None = None,
+    rule: str | None = None,
 ) -> PromotionResult:
     """Registers the best trial of a study as a model version and sets its alias.
 
@@ -138,13 +141,14 @@ def promote(
         data: a provider that already holds the dataset (e.g. the one a study just ran on).
         cache_dir: where crops and features are cached, if not the spec's ``data.cache_dir``.
         trial_number: promote this complete trial instead of the best one.
+        rule: which trial is the best (search.registry.choice; default best-feasible).
 
     Returns:
         What was registered and where the aliases went.
 
     Raises:
-        InputError: unknown study or trial, no complete trial, study not made by fer-search,
-            bad name.
+        InputError: unknown study, trial or rule, no complete trial (none that meets every
+            constraint, by the default rule), study not made by fer-search, bad name.
         RegistryError: the trial's run or weights are gone, the rebuilt model does not
             reproduce the trial's validation score, or the exported model disagrees with the
             cached-feature path it was scored on.
@@ -152,8 +156,9 @@ def promote(
     if model_name is not None:
         check_model_name(model_name)  # before anything slow
     study = load_study(study_name, storage_url)
-    trial = (best_trial(study, storage_url) if trial_number is None
-             else complete_trial(study, trial_number))
+    choice = choose(study, storage_url, rule,  # by the rule, or --trial (search.registry.choice)
+                    None if trial_number is None else complete_trial(study, trial_number))
+    trial = choice.trial
     spec = study_spec(study)
     name = check_model_name(model_name or study.user_attrs.get(MODEL_NAME_ATTR) or spec.model_name)
     metric = study.user_attrs.get(METRIC_ATTR, spec.metric)
@@ -173,7 +178,7 @@ def promote(
             built = built or _build(tracker, study, trial, spec, metric, run_id, data,
                                     cache_dir, (storage_url, tracking_uri))
             created = registration.log_and_register(tracker, run_id, built.model, name=name,
-                                                    **built.registration)
+                                                    **choice.registration(built.registration))
             version = client.get_model_version(name, str(created.version))  # with its tags
         number = int(version.version)
         score_name = champion_score_name(metric)
@@ -182,7 +187,7 @@ def promote(
             raise RegistryError(f"{name} version {number} has no {score_name} tag")
         decision = aliases.choose_alias(
             client, name, number, score_name, score,
-            maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE, force=force,
+            maximize=spec.direction == "maximize", force=force,  # its metric's, of several
         )
         aliases.move_alias(client, name, decision.alias, number, study=study.study_name,
                            trial=trial.number, score_name=score_name, score=score,
@@ -204,6 +209,7 @@ def promote(
         reason=decision.reason,
         val_metrics=_tag_metrics(tags, "val"),
         reused=reused,
+        chosen=choice.note,
     )
 
 
@@ -237,7 +243,8 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
     # checked against that path on a sample of test faces. Anything else: the full model.
     val = trainer.evaluate_trained(network, config, weights, dataset, "val")
     check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study),
-                     expected=repeat.value if repeat is not None else None)
+                     expected=repeat.value if repeat is not None
+                     else value_of(study, trial, metric))  # several objectives: its metric's
     test = trainer.evaluate_trained(network, config, weights, dataset, "test")
     if trainer.scores_on_features(config):
         check_exported(trial, trainer.check_export(model, config, weights, dataset, "test"))
@@ -252,7 +259,7 @@ def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: Stud
         **test_metrics,
         "data_fingerprint": dataset.fingerprint,
         "metric": metric,
-        "direction": study.direction.name.lower(),
+        "direction": spec.direction,  # the metric's (one of several objectives)
     }
     seeds = None if repeat is None else repeat_promotion.score_seeds(
         tracker, run_id, repeat, config, test, network, dataset, metric, tracking_uri)
@@ -282,18 +289,6 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
         optuna.copy_study(from_study_name=study_name, from_storage=storage,
                           to_storage=snapshot)
     return optuna.load_study(study_name=study_name, storage=snapshot)
-
-
-def best_trial(study: optuna.Study, storage_url: str) -> FrozenTrial:
-    """The study's best complete trial of its own (never one a warm start added from an earlier
-    study: search.study.warm_start), or an `InputError` saying there is none yet."""
-    best = own_best(study)
-    if best is not None:
-        return best
-    raise InputError(
-        f"study {study.study_name!r} in {mask_url(storage_url)} has no complete trial to "
-        f"promote yet"
-    )
 
 
 def complete_trial(study: optuna.Study, number: int) -> FrozenTrial:

@@ -20,7 +20,7 @@ where ``studies/``, ``data/`` and ``mlruns/`` live. Only the ``data`` paths get 
 Format (see ``studies/quickstart.yaml`` for a commented example)::
 
     name: quickstart                  # optional, default: the file's stem
-    sampler: grid                     # grid | random | tpe (required)
+    sampler: grid                     # grid | random | tpe | nsga2 (required)
     seed: 0                           # sampler seed, default 0
     metric: val_accuracy              # val_accuracy | val_macro_f1, default val_accuracy
     direction: maximize               # maximize | minimize, default maximize
@@ -39,6 +39,9 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
     tracking_uri: sqlite:///mlruns/mlflow.db    # optional
     registry: {model_name: expw-vgg16}          # optional, default expw-vgg16
     warm_start: {study: quickstart, top: 5}     # optional: see search.spec.warm_section
+    objectives: [{name: val_accuracy}, {name: latency_ms_b1}]  # optional, in place of
+                                      # metric/direction; see search.spec.objectives_section
+    constraints: {latency_ms_b1: {max: 20}}     # optional: see search.spec.objectives_section
     repeats: 1                        # seeds per configuration, default 1: a trial whose
                                       # config seed is s trains seeds s, s+1, ..., s+N-1 and
                                       # its value is their mean (search.study.repeats)
@@ -56,6 +59,17 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from search.contracts import DEFAULT_MODEL_NAME, MODEL_NAME_EXPECTED, MODEL_NAME_PATTERN
 from search.errors import _MISSING, SpecError
 from search.spec.data_section import SYNTHETIC_DIR, ExpwData, SyntheticData, read_data
+from search.spec.objectives_section import (
+    CONSTRAINTS_EXPECTED,
+    DIRECTIONS,
+    METRICS,
+    OBJECTIVES_EXPECTED,
+    Constraint,
+    Constraints,
+    Objective,
+    Objectives,
+    joined,
+)
 from search.spec.params import Categorical, Param, grid_of, grid_size
 from search.spec.reader import Fault, NodeReader, Strict, one_of, parse, read_text
 from search.spec.redacted import redacted
@@ -70,9 +84,7 @@ __all__ = [
     "load_spec", "spec_from_text",
 ]
 
-SAMPLERS = ("grid", "random", "tpe")
-METRICS = ("val_accuracy", "val_macro_f1")
-DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
 
 _SEED_LIMIT = 2**32  # numpy's RandomState, under Optuna's samplers, takes seeds below 2**32.
@@ -107,6 +119,9 @@ class StudySpec:
         text: the file's raw text, logged as an artifact (see `redacted_text`).
         warm_start: the earlier study this one starts from (search.study.warm_start), or None.
         repeats: seeds trained per configuration (search.study.repeats); 1: the trial's own.
+        objectives: two or more metrics and costs optimised together, or () when `metric`
+            alone is (search.spec.objectives_section); `metric` is then their first metric.
+        constraints: bounds on metrics or costs a trial must meet to be feasible.
     """
 
     name: str
@@ -131,6 +146,14 @@ class StudySpec:
     max_failed_trials: int | None = None
     warm_start: WarmStart | None = None
     repeats: int = 1
+    objectives: tuple[Objective, ...] = ()  # two or more, or () for `metric` alone
+    constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        """Several objectives (search.spec.objectives_section): Optuna takes no per-epoch
+        values (`Trial.report`) of such a study."""
+        return len(self.objectives) > 1
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -268,6 +291,8 @@ class _Study(Strict):
     registry: _Registry | None = None
     warm_start: WarmStartSection | None = None
     repeats: int = Field(1, ge=1, description="an integer >= 1 (seeds per configuration)")
+    objectives: Objectives | None = Field(None, description=OBJECTIVES_EXPECTED)
+    constraints: Constraints | None = Field(None, description=CONSTRAINTS_EXPECTED)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -287,6 +312,7 @@ class _Study(Strict):
         train = dict(self.train or {})
         space = params(self.space, train)
         data, cache_dir = self.data
+        goals = joined(self)  # objectives, constraints, with metric, direction and pruner
         name = self.name if self.name is not None else _stem_name(path)
         if self.warm_start is not None and self.warm_start.study == name:
             raise Fault(("warm_start", "study"), f"an earlier study, not {name!r} itself",
@@ -300,8 +326,8 @@ class _Study(Strict):
             name=name,
             sampler=self.sampler,
             seed=self.seed,
-            metric=self.metric,
-            direction=self.direction,
+            metric=goals.metric,
+            direction=goals.direction,
             n_trials=self.budget(space),
             timeout=self.timeout,
             trial_timeout=self.trial_timeout,
@@ -319,6 +345,8 @@ class _Study(Strict):
             text=text,
             warm_start=self.warm_start.warm_start() if self.warm_start is not None else None,
             repeats=self.repeats,
+            objectives=goals.objectives,
+            constraints=goals.constraints,
         )
 
     def budget(self, space: tuple[Param, ...]) -> int | None:

@@ -51,7 +51,10 @@ HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial wa
 # constant liar learned from fewer finished trials and found lower best values, 3 seeds of 3
 # (benchmarks/results/tpe_batched-by-8.md). TPE's start-up trials are random draws, asked as a
 # random study's are (`TPE_STARTUP_TRIALS`).
-DEFAULT_BATCH = {"random": 8, "tpe": 1}
+DEFAULT_BATCH = {"random": 8, "tpe": 1,
+                 # NSGA-II breeds a generation from the last one's elite: the trials of one
+                 # generation do not depend on each other, so they may be asked together.
+                 "nsga2": 8}
 
 # TPE draws a trial at random while fewer trials than this have finished (Optuna's
 # `n_startup_trials`; `make_sampler` passes it). One at a time, those are the first ones asked:

@@ -61,6 +61,16 @@ class DataProvider:
                 self._warn(f"{line} (fer-search data check {config.root} lists them)")
         return self._loaded[image_size]
 
+    @property
+    def cache_dir(self) -> Path:
+        """The cache folder in use (crops, features, model costs)."""
+        return self._spec.data_config(cache_dir=self._cache_dir).cache_dir
+
+    @property
+    def cache_lock(self):
+        """The storage's lock for a cache folder machines share (None: file locks)."""
+        return self._cache_lock
+
     def first(self) -> trainer.Dataset:
         """The dataset at the first image size the study tries: loading it validates the data
         (bad data stops here, before a study or run exists)."""

@@ -30,7 +30,7 @@ from search.storage import optuna_private as private
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import ask_batch, batches, grid_queue, signals, warm_start
+from search.study import ask_batch, batches, grid_queue, objectives, signals, warm_start
 from search.study.data_provider import DataProvider, first_image_size, log_data
 from search.study.trial_runner import Heartbeat, TrialOutcome, TrialRunner
 from search.tracking.report import refresh_after_run
@@ -67,6 +67,8 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         # (others', or this batch's: search.study.ask_batch) count as bad, so a batch spreads.
         return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True,
                                           n_startup_trials=ask_batch.TPE_STARTUP_TRIALS)
+    if spec.sampler == "nsga2":  # generations of 50 (Optuna's default), the first one random
+        return optuna.samplers.NSGAIISampler(seed=spec.seed)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
@@ -102,21 +104,17 @@ class _LostRuns:
 
 def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
     """Creates the study or loads it, and checks it is the same kind of study as the spec."""
-    direction = spec.direction
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
-        direction=direction,
+        directions=objectives.directions(spec),  # one per objective (search.study.objectives)
         load_if_exists=True,
     )
-    if study.direction.name.lower() != direction:
-        raise StudyError(
-            f"study {spec.name!r} in {mask_url(storage_url)} optimises "
-            f"{study.direction.name.lower()}, but the spec says direction: {direction}"
-        )
+    objectives.check_directions(study, spec, storage_url)
     if SPEC_ATTR not in study.user_attrs:
+        objectives.record(study, spec)
         study.set_user_attr(SPEC_ATTR, spec.redacted_text)
         study.set_user_attr(SPEC_PATH_ATTR, str(spec.path))
         study.set_user_attr(METRIC_ATTR, spec.metric)
@@ -158,7 +156,7 @@ def ready_study(spec: StudySpec, storage) -> optuna.Study | None:
                                   sampler=make_sampler(spec), pruner=make_pruner(spec))
     except KeyError:  # no such study yet
         return None
-    if study.direction.name.lower() != spec.direction or SPEC_ATTR not in study.user_attrs:
+    if not objectives.same_directions(study, spec) or SPEC_ATTR not in study.user_attrs:
         return None  # the locked path says what is wrong, or finishes the set-up
     if grid_queue.has_lost(study, storage) or warm_start.pending(spec, storage):
         return None
@@ -234,7 +232,7 @@ def run_study(
             tracker.close_study_run(
                 parent_run_id,
                 status,
-                {f"best_{spec.metric}": summary.best.value} if summary.best else {},
+                objectives.best_metrics(spec, summary.best),
             )
             if status == "FINISHED":  # the study run's description and plots (tracking.report)
                 refresh_after_run(study, tracker)
@@ -406,6 +404,7 @@ def _prepare_locked(spec: StudySpec, storage, storage_url: str, lost: _LostRuns,
                 "storage": mask_url(storage_url),
                 "searched": ",".join(spec.param_names),
                 "grid_size": _grid_size(spec),
+                **objectives.run_params(spec),
             },
             spec_text=spec.redacted_text,
         )

@@ -50,6 +50,7 @@ from search.storage import optuna_private as private
 from search.study import repeats
 from search.study.data_provider import DataProvider
 from search.study.deadline import Deadline, TrialTimedOut, Watchdog
+from search.study.objectives import TrialGoals
 from search.tracking.runs import Tracker, trial_tags
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
@@ -204,6 +205,7 @@ class TrialSession:
         )
         runner._run_ids[trial.number] = self.run_id
         trial.set_user_attr(TRIAL_RUN_ID_ATTR, self.run_id)
+        self.goals = TrialGoals(runner, trial, self.config, self.run_id)  # costs, before training
         if self.resumes:
             trial.set_user_attr(RESUMED_FROM_RUN, self.resumes)
             try:  # a pointer forward from the dead run, for whoever opens it in the UI
@@ -234,7 +236,7 @@ class TrialSession:
         them; else together, every FER_SEARCH_REPORT_S and at the trial's end, in one
         transaction where the storage can (a worker killed meanwhile loses only values its
         trial's retry reports again)."""
-        if not self._unreported:
+        if not self._unreported or self.runner.spec.multi_objective:  # Optuna takes none
             return
         values, self._unreported = self._unreported, {}
         self._reported_at = time.monotonic()
@@ -253,7 +255,7 @@ class TrialSession:
         with self._lock:
             if self._outcome is None:
                 try:
-                    if isinstance(result, BaseException):
+                    if isinstance(result := self.goals.checked(result), BaseException):
                         self._outcome = self._failed(result)
                     else:
                         self._outcome = self._complete(result)
@@ -298,7 +300,7 @@ class TrialSession:
         if isinstance(result, repeats.Repeated):  # the seeds' spread, then their mean's record
             repeats.record(trial, runner.tracker, run_id, runner.spec.metric, result)
             result = result.combined
-        value = result.metrics[runner.spec.metric]
+        value = self.goals.value(result.metrics)  # constraints set; a value per objective
         per_class = result.val_evaluation.per_class
         summary = {
             **{f"val_f1_{name}": row["f1"] for name, row in per_class.items()},

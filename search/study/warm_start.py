@@ -46,12 +46,14 @@ from search.contracts import (
     SPEC_PATH_ATTR,
     WARM_START_FROM_ATTR,
     WARM_START_QUEUED_ATTR,
+    feasible,
 )
 from search.errors import InputError, SearchError
 from search.spec.loader import StudySpec, spec_from_text
 from search.spec.params import distribution, value_in
 from search.storage import points
 from search.storage.sessions import load_study_named, storage_session
+from search.study import objectives
 from search.urls import mask_url
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
@@ -151,7 +153,8 @@ def _read(storage, name: str, url: str) -> _Source:
             earlier = spec_from_text(text, study.user_attrs.get(SPEC_PATH_ATTR, f"{name}.yaml"))
         except SearchError:  # a spec an older version wrote: compare by the trials' params
             earlier = None
-    return _Source(name, study.direction.name.lower(), study.user_attrs.get(METRIC_ATTR),
+    directions = ",".join(direction.name.lower() for direction in study.directions)
+    return _Source(name, directions, study.user_attrs.get(METRIC_ATTR),
                    earlier, study.get_trials(deepcopy=False, states=_FINISHED))
 
 
@@ -170,10 +173,11 @@ def seed(study: optuna.Study, spec: StudySpec, source: _Source | None) -> Seeded
             seeded.misfits[why] += 1
         else:
             fitting.append((trial, params))
-    best_first = sorted(
+    first_up = source.direction.startswith("maximize")  # its first objective's direction
+    best_first = sorted(  # those meeting the earlier study's constraints first
         (pair for pair in fitting if pair[0].state == TrialState.COMPLETE),
-        key=lambda pair: (-pair[0].value if source.direction == "maximize" else pair[0].value,
-                          pair[0].number))
+        key=lambda pair: (not feasible(pair[0]),
+                          -pair[0].values[0] if first_up else pair[0].values[0], pair[0].number))
     first: dict[str, tuple[FrozenTrial, dict[str, Any]]] = {}
     for trial, params in best_first:
         if len(first) >= spec.warm_start.top:
@@ -254,12 +258,15 @@ def _incomparable(spec: StudySpec, source: _Source) -> str:
     """Why the earlier values would mislead this study's sampler ('' when they would not)."""
     if source.metric is not None and source.metric != spec.metric:
         return f"they score {source.metric}, this study {spec.metric}"
-    if source.direction != spec.direction:
-        return f"they {source.direction}, this study {spec.direction}s"
+    mine = ",".join(objectives.directions(spec))
+    if source.direction != mine:
+        return f"they {source.direction}, this study {mine}" + ("" if "," in mine else "s")
     if source.spec is None:
         return "the earlier study keeps no spec: its data is unknown"
     if source.spec.data != spec.data:
         return "trained on other data"
+    if (source.spec.objectives, source.spec.constraints) != (spec.objectives, spec.constraints):
+        return "they have other objectives or constraints"
     return ""
 
 
@@ -272,7 +279,8 @@ def _copy(spec: StudySpec, source: _Source, trial: FrozenTrial,
     values = {step: v for step, v in trial.intermediate_values.items() if math.isfinite(v)}
     return optuna.trial.create_trial(
         state=trial.state,
-        value=trial.value if trial.state == TrialState.COMPLETE else None,
+        values=list(trial.values) if trial.state == TrialState.COMPLETE else None,
+        constraints=dict(trial.constraints) or None,  # the same bounds (`_incomparable`)
         params=params,
         distributions=distributions,
         user_attrs={FROM_ATTR: _ref(source, trial)},

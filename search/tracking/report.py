@@ -55,8 +55,9 @@ from search.contracts import (
 )
 from search.storage import optuna_private as private
 from search.storage.sessions import load_study_named, open_storage
+from search.tracking import pareto
 from search.tracking.runs import ML_VIEW, NOTE_TAG, Tracker, experiment_runs_path
-from search.tracking.spread import report_lines, value_text
+from search.tracking.spread import report_lines
 
 # Imported where first used: optuna_dashboard (~2.5 s, and optional: no note without it),
 # matplotlib and optuna.visualization (~1.8 s): `run` and `worker` import this module (through
@@ -154,6 +155,7 @@ def refresh(study: optuna.Study, tracker: Tracker, out_dir: Path | None = None) 
         plots_dir = folder / PLOTS_DIR
         plots_dir.mkdir(parents=True, exist_ok=True)
         report.skipped = draw_plots(study, metric, importances, plots_dir)
+        report.skipped.update(pareto.draw_front(study, plots_dir))  # several objectives
         report.plots = sorted(p.name for p in plots_dir.iterdir())
         report.description = describe(
             study, trials, metric, best, best_run_id,
@@ -187,10 +189,10 @@ def describe(
     """The study run's description, in Markdown."""
     counts = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
     sampler = study.user_attrs.get(SAMPLER_ATTR, "?")
-    direction = study.direction.name.lower()
+    goal = pareto.goal_text(study, metric)  # its direction and metric, or each objective's
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"**Study `{study.study_name}`**: {sampler} search, {direction} `{metric}` "
+        f"**Study `{study.study_name}`**: {sampler} search, {goal} "
         f"(report of {when}).",
         "",
         "Trials: " + ", ".join(
@@ -205,14 +207,14 @@ def describe(
     ]
     lines += _failures(trials)
     if best is None:
-        lines += ["No trial has completed yet.", ""]
+        lines += [pareto.no_best_text(study), ""]
     else:
         link = best_run_id
         if experiment_id is not None and best_run_id:
             path = f"{experiment_runs_path(experiment_id)}/{best_run_id}?{ML_VIEW}"
             link = f"[trial-{best.number}](#{path})"
         lines += [
-            f"### Best: trial {best.number}, {metric} = {value_text(best)}",
+            f"### Best: trial {best.number}, {pareto.values_text(study, best, metric)}",
             "",
             f"Run: {link}",
             "",
@@ -222,7 +224,9 @@ def describe(
             "",
         ]
         # With repeats: the best configurations' mean ± std, those within the noise marked.
-        lines += report_lines(trials, study.direction.name == "MAXIMIZE", metric)
+        if not pareto.is_multi(study):  # several objectives: the Pareto front instead
+            lines += report_lines(trials, study.direction.name == "MAXIMIZE", metric)
+    lines += pareto.constraint_lines(study) + pareto.front_lines(study)
     if versions:
         lines += ["### Registered", ""]
         for v in versions:
@@ -310,6 +314,7 @@ def draw_plots(study: optuna.Study, metric: str, importances: dict[str, float],
         if stem in skipped:
             continue
         kwargs = _plot_kwargs(stem, metric, importances)
+        kwargs.update(pareto.target_kwargs(study, stem))  # several objectives: the metric's
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ExperimentalWarning, "too few trials" notes
@@ -436,8 +441,8 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found = importance_module().get_param_importances(study, params=varying,
-                                                              evaluator=_evaluator())
+            found = importance_module().get_param_importances(
+                study, params=varying, evaluator=_evaluator(), **pareto.target_kwargs(study))
     except Exception:  # e.g. a categorical param seen with one value in complete trials
         return {}
     return dict(sorted(found.items(), key=lambda kv: -kv[1]))

@@ -42,7 +42,7 @@ print(",".join(sorted({m.split(".")[0] if not m.startswith("search.cli.") else m
         ("search.cli.main", "run s.yaml", "search.cli.common,search.cli.main"),
         ("search.cli.main", "predict a.png", "search.cli.common,search.cli.main"),
         ("search.cli.inspect_commands", "", "optuna,search.cli.common,search.cli.inspect_commands,"
-         "search.cli.progress,search.cli.stores"),
+         "search.cli.objective_tables,search.cli.progress,search.cli.stores"),
         ("search.cli.data_commands", "", "search.cli.common,search.cli.data_commands"),
     ],
 )
