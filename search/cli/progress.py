@@ -13,6 +13,7 @@ from search.contracts import (
     WARM_START_FROM_ATTR,
     WARM_START_QUEUED_ATTR,
     failed_for_good,
+    feasible,
     is_added,
 )
 from search.tracking.spread import LEGEND, marks, value_text
@@ -72,8 +73,9 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
         return front_table(study, top)
     everyone = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     trials = [t for t in everyone if not is_added(t)]  # a warm start's are not this study's
-    reverse = study.direction.name == "MAXIMIZE"
-    trials = sorted(trials, key=lambda t: t.value, reverse=reverse)[:top]
+    up = study.direction.name == "MAXIMIZE"  # those meeting every constraint first
+    trials = sorted(trials, key=lambda t: (not feasible(t), -t.value if up else t.value))[:top]
+    bounds = value_columns(study, trials)[1:]  # a constrained study's costs and feasibility
     names = _param_names(trials)
     table = Table(title=f"leaderboard: {study.study_name} (top {len(trials)} by {metric})")
     table.add_column("rank", justify="right")
@@ -86,11 +88,13 @@ def leaderboard_table(study, metric: str, top: int = 10) -> Table:
     table.add_column(metric, justify="right", style="bold")
     if marked:
         table.add_column("vs best")
+    for header, _ in bounds:
+        table.add_column(header, justify="right")
     table.add_column("seconds", justify="right")
     for rank, trial in enumerate(trials, 1):
         table.add_row(str(rank), str(trial.number), *[_fmt(trial.params.get(n)) for n in names],
                       value_text(trial), *([marked.get(trial.number, "")] if marked else []),
-                      _duration(trial))
+                      *[cell(trial) for _, cell in bounds], _duration(trial))
     table.caption = failures_line(study)
     if marked:
         table.caption = (f"{table.caption}\n" if table.caption else "") + LEGEND

@@ -275,6 +275,9 @@ def test_a_constrained_promotion_registers_a_less_accurate_compliant_model(in_gr
     result = promote("bounded", **where)
     chosen = bounded.get_trials()[result.trial_number]
     assert not pareto.broken(chosen) and chosen.value < top
+    board = _text(leaderboard_table(bounded, "val_accuracy"))  # compliant trials ranked first
+    first = re.search(r"^│\s+1 │\s+(\d+) │.*│\s+(yes|no: .*?) │\s+[\d.]+ │$", board, re.MULTILINE)
+    assert first and int(first[1]) == chosen.number and first[2] == "yes", board
     assert chosen.value == max(t.value for t in bounded.get_trials(states=(TrialState.COMPLETE,))
                                if not pareto.broken(t))
     version = MlflowClient(where["tracking_uri"]).get_model_version("expw-bounded",
