@@ -27,7 +27,7 @@ from search.contracts import COSTS_ATTR, FEASIBLE_TAG
 from search.errors import InputError, SpecError
 from search.registry.choice import choose
 from search.spec.loader import load_spec
-from search.study.loop import run_study
+from search.study.loop import make_sampler, run_study
 from search.tracking import pareto
 from search.tracking.report import refresh
 from search.tracking.runs import Tracker
@@ -302,6 +302,18 @@ def test_a_warm_start_from_a_two_objective_study_queues_its_best_compliant_first
     ran = sorted(again.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     assert [t.params for t in ran] == [t.params for t in earlier[:2]]
     assert [t.values for t in ran] == [t.values for t in earlier[:2]]  # from the epoch record
+
+
+def test_nsga2_asks_a_two_objective_study_its_trials(in_grid):
+    folder, where, *_ = in_grid
+    path = _write(folder, "evolved", space=GRID, train=TRAIN, data=DATA, objectives=TWO,
+                  sampler="nsga2", n_trials=3)
+    spec = load_spec(path)
+    assert isinstance(make_sampler(spec), optuna.samplers.NSGAIISampler)
+    summary = run_study(spec, **where)
+    assert summary.count(TrialState.COMPLETE) == 3, summary.stopped_because
+    study = optuna.load_study(study_name="evolved", storage=where["storage_url"])
+    assert all(len(t.values) == 2 for t in study.trials)
 
 
 def _key(params: dict) -> tuple:
