@@ -92,7 +92,8 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage, resolve_storage
     from search.study.dry_worker import DryRunner, NullData, NullTracker
-    from search.study.loop import StudyLoop, _LostRuns, prepare_queue, ready_study
+    from search.study.loop import StudyLoop
+    from search.study.setup import LostRuns, prepare_queue, ready_study
 
     class TimedLoop(StudyLoop):
         def _next_trials(self):
@@ -113,7 +114,7 @@ def _worker(spec_path: str, epoch_s: float, stats: dict[str, list]) -> None:
     began = time.perf_counter()
     spec = load_spec(spec_path)
     url = resolve_storage(None, spec.storage)
-    lost = _LostRuns()
+    lost = LostRuns()
     storage = open_storage(url, on_stale=lost, resilient=True)
     tell = storage.set_trial_state_values
 
@@ -241,7 +242,7 @@ def run_config(mode: str, workers: int, args, cluster, bouncer, folder: Path) ->
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage
     from search.study import grid_queue
-    from search.study.loop import prepare_queue
+    from search.study.setup import prepare_queue
 
     name = f"load-{mode}-{workers}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ _EXPORTS = {
     "run_study": "search.study.loop",
     "RunSummary": "search.study.loop",
     "StudyLoop": "search.study.loop",
-    "TrialOutcome": "search.study.trial_runner",
+    "TrialOutcome": "search.trial.runner",
     "promote": "search.registry.promotion",
     "PromotionResult": "search.registry.promotion",
     "fetch": "search.registry.refs",

@@ -39,7 +39,7 @@ def is_added(trial) -> bool:
 
 def feasible(trial) -> bool:
     """Whether a trial meets every constraint it was given (Optuna's constraint values: each
-    <= 0 when met, search.study.objectives); a trial of a study without constraints does."""
+    <= 0 when met, search.trial.objectives); a trial of a study without constraints does."""
     return all(value <= 0 for value in trial.constraints.values())
 
 
@@ -72,10 +72,10 @@ RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried i
 # The trials a trial shared its claim (and so its training pass) with, written before training:
 # if their worker dies, each was a suspect, and its copy trains alone (grid_queue.recover_lost).
 PASS_MATES_ATTR = "pass_mates"
-# A trial of a study whose spec names a cost (search.study.objectives): its model's costs,
+# A trial of a study whose spec names a cost (search.trial.objectives): its model's costs,
 # `trainer.COST_NAMES` and the measuring protocol, measured before it trained.
 COSTS_ATTR = "costs"
-# A trial of a spec with `repeats: N` (search.study.repeats) trained N seeds of its configuration;
+# A trial of a spec with `repeats: N` (search.trial.repeats) trained N seeds of its configuration;
 # its value is their mean, and these user attrs hold the rest (written before the tell): the
 # seeds and each one's value (lists, in seed order), their sample std (ddof 1), min and max,
 # and the representative seed (the one whose value is closest to the mean: its weights are the
@@ -109,7 +109,7 @@ EXIT_FAILURE = 1  # a runtime failure (a study failing, a database gone)
 EXIT_BAD_INPUT = 2  # input the user can fix; one line on stderr names it
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # A trial stuck inside an epoch past trial_timeout: recorded, then the worker exits for its
-# supervisor to restart it (sysexits' EX_TEMPFAIL). search.study.deadline.
+# supervisor to restart it (sysexits' EX_TEMPFAIL). search.trial.deadline.
 EXIT_TRIAL_STUCK = 75
 # The study's failure budget (`max_failed_trials`) is spent: the worker stopped before its next
 # claim, holding nothing. Final: a supervisor that restarts it would see the same.

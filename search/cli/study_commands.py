@@ -16,14 +16,14 @@ from search.spec.loader import load_spec
 from search.spec.warm_section import with_warm_start
 from search.storage.sessions import check_reachable, resolve_storage
 from search.study import signals
-from search.study.data_provider import DataProvider
 from search.study.loop import run_study
-from search.study.objectives import goals
 from search.study.warm_start import DONE_ATTR
 from search.study.workers import GPU_ENV, WorkerPlan, parse_gpus, prepare_study, run_workers
 from search.tracking.report import refresh_study
 from search.tracking.runs import resolve_tracking_uri
 from search.tracking.store_check import check_tracking_server
+from search.trial.data_provider import DataProvider
+from search.trial.objectives import goals
 from search.urls import mask_url
 from trainer.runtime import defer_tensorflow
 

@@ -48,9 +48,9 @@ from search.registry.registration import Source
 from search.spec.loader import StudySpec, spec_from_text
 from search.storage.locks import named_lock
 from search.storage.sessions import load_study_named, storage_session
-from search.study.data_provider import DataProvider
 from search.tracking.pareto import value_of
 from search.tracking.runs import Tracker, dataset_key
+from search.trial.data_provider import DataProvider
 from search.urls import mask_url
 
 # The rebuilt model must score what the trial recorded: the same weights on the same faces.

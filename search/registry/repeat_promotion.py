@@ -1,7 +1,7 @@
 """Promoting a repeats trial (``repeats: N``): which seed's weights are registered, and the test
 scores of them all.
 
-A repeats trial is one configuration trained with N seeds (search.study.repeats); its value is
+A repeats trial is one configuration trained with N seeds (search.trial.repeats); its value is
 their mean. Promotion registers one model, so it takes one seed's weights: the representative
 seed, whose validation value is closest to the mean (search.tracking.spread), rather than the
 luckiest seed, whose lead over the mean is mostly noise a user would not get again. The

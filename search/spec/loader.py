@@ -44,7 +44,7 @@ Format (see ``studies/quickstart.yaml`` for a commented example)::
     constraints: {latency_ms_b1: {max: 20}}     # optional: see search.spec.objectives_section
     repeats: 1                        # seeds per configuration, default 1: a trial whose
                                       # config seed is s trains seeds s, s+1, ..., s+N-1 and
-                                      # its value is their mean (search.study.repeats)
+                                      # its value is their mean (search.trial.repeats)
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class StudySpec:
         path: the spec file, as given.
         text: the file's raw text, logged as an artifact (see `redacted_text`).
         warm_start: the earlier study this one starts from (search.study.warm_start), or None.
-        repeats: seeds trained per configuration (search.study.repeats); 1: the trial's own.
+        repeats: seeds trained per configuration (search.trial.repeats); 1: the trial's own.
         objectives: two or more metrics and costs optimised together, or () when `metric`
             alone is (search.spec.objectives_section); `metric` is then their first metric.
         constraints: bounds on metrics or costs a trial must meet to be feasible.

@@ -23,7 +23,7 @@ The rules that join these keys with the others (`joined`):
   study, and a pruned trial's costs would decide nothing;
 - each constraint has ``max``, ``min`` or both (``min <= max``).
 
-What a study does with them: `search.study.objectives` (costs measured, constraints set with
+What a study does with them: `search.trial.objectives` (costs measured, constraints set with
 Optuna's `Trial.set_constraint`, several values told); `search.tracking.pareto` (the front);
 `search.registry.choice` (which trial `promote` registers).
 """

@@ -87,7 +87,7 @@ def close_storage(storage) -> None:
     """Disposes `storage`'s engine: its pooled connections are closed now, not at exit.
 
     Optuna starts no heartbeat thread of its own here (only `Study.optimize` does, and this
-    project beats through search.study.trial_runner, which stops its thread), so the engine is all.
+    project beats through search.trial.runner, which stops its thread), so the engine is all.
     """
     engine = getattr(storage, "engine", None)  # None: not an RDB storage (in memory)
     with contextlib.suppress(Exception):  # the session of this thread; others are returned

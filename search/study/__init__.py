@@ -1,4 +1,4 @@
-"""Running a study: the claim loop (`loop`), the grid queue and its groups, one trial's life
-(`trial_runner`), deadlines, signals, local worker processes, and the dataset a process loads
-once.
+"""Running a study: the claim loop (`loop`) and the study's set-up (`setup`), the grid queue and
+which trials train together, batched asks, warm starts, signals and local worker processes. One
+trial's life is `search.trial`'s.
 """

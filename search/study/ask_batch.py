@@ -24,7 +24,7 @@ FER_SEARCH_ASK_BATCH trials at once and splits them into batches the trainer may
   hands its unstarted trials back at once, failed and re-queued by the same transaction
   (`hand_back`).
 - Pruning acts per trial: a batch's members report every epoch on their own
-  (trial_runner.TrialRunner.run_many).
+  (search.trial.runner.TrialRunner.run_many).
 """
 
 from __future__ import annotations

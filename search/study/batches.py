@@ -25,7 +25,7 @@ import trainer
 from search import settings
 from search.spec.loader import StudySpec
 from search.study import grid_queue
-from search.study.repeats import seed_configs
+from search.trial.repeats import seed_configs
 
 
 class Batching:

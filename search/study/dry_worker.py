@@ -25,8 +25,9 @@ from search.spec.loader import load_spec
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage, resolve_storage
-from search.study.loop import StudyLoop, _LostRuns, prepare_queue, ready_study
-from search.study.trial_runner import TrialRunner, TrialSession
+from search.study.loop import StudyLoop
+from search.study.setup import LostRuns, prepare_queue, ready_study
+from search.trial.runner import TrialRunner, TrialSession
 
 DRY_VALUE = 0.5  # every trial's metric
 
@@ -106,7 +107,7 @@ def run(spec_path: str, *, epoch_s: float = 0.1, n_trials: int | None = None) ->
     why it stopped."""
     spec = load_spec(spec_path)
     url = resolve_storage(None, spec.storage)
-    lost = _LostRuns()
+    lost = LostRuns()
     storage = open_storage(url, on_stale=lost, resilient=True)
     try:
         study = ready_study(spec, storage)  # a running study: no lock to queue on

@@ -2,7 +2,7 @@
 --warm-start NAME``), so that a random or TPE study around a coarse grid's best does not start
 blind (optuna #1930, #2264, #3573, #5710; Katib #1067).
 
-Once, at the study's set-up, under the study lock (`search.study.loop.prepare_queue`):
+Once, at the study's set-up, under the study lock (`search.study.setup.prepare_queue`):
 
 - The earlier study's COMPLETE trials, best first by its own direction, whose configuration fits
   this study's space: each searched param a value the space can draw (`params.value_in`), and
@@ -53,7 +53,7 @@ from search.spec.loader import StudySpec, spec_from_text
 from search.spec.params import distribution, value_in
 from search.storage import points
 from search.storage.sessions import load_study_named, storage_session
-from search.study import objectives
+from search.trial import objectives
 from search.urls import mask_url
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError

@@ -16,7 +16,7 @@ exactly once). This module only starts them and looks after them:
 - each worker's output is prefixed with its number;
 - SIGINT and SIGTERM are forwarded (search.study.signals documents what each does);
 - a worker that ends with EXIT_TRIAL_STUCK (75: its watchdog gave up on a trial stuck inside an
-  epoch, see search.study.deadline) is started again, as compose's `restart: on-failure` does, at
+  epoch, see search.trial.deadline) is started again, as compose's `restart: on-failure` does, at
   most MAX_RESTARTS times per worker; it is given its share of `--n-trials` again (the trials it
   finished before are not subtracted), so such a run can end with more trials than asked;
 - the exit code sums theirs up: 0 when all succeeded, 2 when one reported bad input, else 1;
@@ -48,8 +48,8 @@ from search.contracts import (
 from search.errors import InputError
 from search.spec.loader import StudySpec
 from search.study import signals
-from search.study.data_provider import DataProvider
 from search.study.loop import run_study
+from search.trial.data_provider import DataProvider
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 MAX_RESTARTS = 5  # per worker: a worker stuck again and again has a problem a restart won't fix

@@ -2,7 +2,7 @@
 
 The front is computed here, from the trials alone: a study's own COMPLETE trials (never those a
 warm start added) that meet every constraint (`search.contracts.feasible`: Optuna's constraint
-values, set by search.study.objectives), of which no other such trial is at least as good in
+values, set by search.trial.objectives), of which no other such trial is at least as good in
 every objective and better in one. Optuna's `Study.best_trials` would count the added trials
 too. Beside the front, the trials that would be on it were it not for the constraints show what
 the constraints cost (feasible: no, and which bound each breaks).
@@ -194,7 +194,7 @@ def target_kwargs(study: optuna.Study, stem: str = "") -> dict:
 
 
 def costs_of(trial: FrozenTrial) -> dict[str, float]:
-    """The model costs a trial recorded (search.study.objectives), without the protocol."""
+    """The model costs a trial recorded (search.trial.objectives), without the protocol."""
     found = trial.user_attrs.get(COSTS_ATTR) or {}
     return {k: float(v) for k, v in found.items() if k != "protocol"}
 

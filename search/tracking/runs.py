@@ -34,7 +34,7 @@ WEIGHTS_ARTIFACT = "trained/top_weights.npz"
 
 
 def seed_weights_artifact(seed: int) -> str:
-    """Where a repeats trial keeps one seed's weights (search.study.repeats); its
+    """Where a repeats trial keeps one seed's weights (search.trial.repeats); its
     `WEIGHTS_ARTIFACT` holds its representative seed's."""
     return f"trained/seed-{seed}/top_weights.npz"
 

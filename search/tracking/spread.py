@@ -1,6 +1,6 @@
 """A configuration's repeats, as numbers a person can weigh: mean, spread, and "within the noise".
 
-A spec with ``repeats: N`` trains each configuration with N seeds (search.study.repeats); the
+A spec with ``repeats: N`` trains each configuration with N seeds (search.trial.repeats); the
 trial's value is their mean and its user attrs keep each seed's value (search.contracts'
 ``REPEAT_*`` names). This module computes those numbers (`spread_of`, `representative`) and
 reads them back (`recorded`) for the leaderboard (`fer-search run`, `fer-search status`), the

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from search.cli.main import entry
-from search.study.trial_runner import TrialSession
+from search.trial.runner import TrialSession
 from tests.infra import settings
 from trainer.files import cache_lock, disk_space
 

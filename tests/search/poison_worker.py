@@ -50,10 +50,11 @@ class _PoisonedTrainer:
 
 
 def install() -> None:
-    """Puts the poisoned trainer where the study's runners call it."""
-    from search.study import trial_runner
+    """Puts the poisoned trainer where the study's runners call it: the runner (one trial
+    alone) and the repeats module (a batch's trials, and a trial's seeds, in one call)."""
+    from search.trial import repeats, runner
 
-    trial_runner.trainer = _PoisonedTrainer()
+    runner.trainer = repeats.trainer = _PoisonedTrainer()
 
 
 if __name__ == "__main__":

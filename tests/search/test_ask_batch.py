@@ -15,7 +15,8 @@ from search import settings
 from search.spec.loader import load_spec
 from search.storage.sessions import open_storage
 from search.study import ask_batch, grid_queue
-from search.study.loop import make_sampler, run_study
+from search.study.loop import run_study
+from search.study.setup import make_sampler
 from tests.search.studyhelp import race, urls, write_spec
 
 # A tiny space: two class weightings make two groups; everything else is free inside a group

@@ -342,7 +342,7 @@ def test_dockerfile_builds_the_project_with_its_pins():
 
 def test_a_worker_that_exits_for_a_stuck_trial_is_restarted(compose):
     """The watchdog ends a worker whose trial is stuck inside an epoch with exit 75
-    (search.study.deadline); compose must start a fresh one, and leave a finished one (exit 0)
+    (search.trial.deadline); compose must start a fresh one, and leave a finished one (exit 0)
     down."""
     from search.contracts import EXIT_TRIAL_STUCK
 

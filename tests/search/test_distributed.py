@@ -233,7 +233,7 @@ def test_a_trial_end_does_not_wait_for_a_stuck_beat():
     """During an outage a beat may hang on a dead connection: the trial ends without it."""
     import threading
 
-    from search.study.trial_runner import _Heartbeat
+    from search.trial.runner import _Heartbeat
 
     released, entered = threading.Event(), threading.Event()
 
@@ -435,7 +435,7 @@ PAUSED_WORKER = """
 import os, sys, time
 from pathlib import Path
 
-from search.study.trial_runner import TrialSession
+from search.trial.runner import TrialSession
 
 release = Path(os.environ["FER_TEST_RELEASE"])
 pause_trial = int(os.environ.get("FER_TEST_PAUSE_TRIAL", "1"))

@@ -301,7 +301,7 @@ def test_a_bad_model_reference_is_rejected_before_tensorflow_loads(tmp_path: Pat
 def test_ctrl_c_during_start_up_does_not_claim_a_trial_was_recorded(
     project: Project, capsys, monkeypatch
 ) -> None:
-    from search.study.data_provider import DataProvider
+    from search.trial.data_provider import DataProvider
 
     def interrupted(self):
         raise KeyboardInterrupt
@@ -383,7 +383,7 @@ def test_fetch_onto_a_full_disk_names_the_cause_and_leaves_no_folder(
 
 def test_run_warns_once_with_the_counts_of_skipped_faces(tmp_path: Path) -> None:
     from search.spec.loader import load_spec
-    from search.study.data_provider import DataProvider
+    from search.trial.data_provider import DataProvider
 
     root = tmp_path / "expw"
     write_expw(root)

@@ -25,7 +25,7 @@ from search.study import grid_queue
 from search.study import loop as study_module
 from search.study.batches import Batching, claim
 from search.study.loop import run_study
-from search.study.trial_runner import _Heartbeat
+from search.trial.runner import _Heartbeat
 from tests.search.studyhelp import race, urls, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]

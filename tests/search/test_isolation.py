@@ -32,7 +32,7 @@ from search.contracts import (
 from search.spec.loader import load_spec
 from search.spec.params import suggest_all
 from search.storage.sessions import MAX_RETRY
-from search.study.loop import make_sampler
+from search.study.setup import make_sampler
 from tests.infra.workers import Worker
 from tests.infra.workers import worker_env as env_for
 from tests.search.poison_worker import POISON_ENV
@@ -242,7 +242,8 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
     from search.storage.locks import study_lock
     from search.storage.sessions import open_storage
     from search.study import grid_queue
-    from search.study.loop import StudyLoop, _LostRuns
+    from search.study.loop import StudyLoop
+    from search.study.setup import LostRuns
     from search.tracking.runs import Tracker
 
     spec = load_spec(write_spec(tmp_path, name="orphan", space=GRID))
@@ -250,7 +251,7 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
     (tmp_path / "mlruns").mkdir()
     tracker = Tracker(where["tracking_uri"])
     experiment = tracker.experiment_id("orphan")
-    lost = _LostRuns()
+    lost = LostRuns()
     with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
         storage = open_storage(where["storage_url"], on_stale=lost, resilient=True)
         try:

@@ -27,7 +27,8 @@ from search.contracts import COSTS_ATTR, FEASIBLE_TAG
 from search.errors import InputError, SpecError
 from search.registry.choice import choose
 from search.spec.loader import load_spec
-from search.study.loop import make_sampler, run_study
+from search.study.loop import run_study
+from search.study.setup import make_sampler
 from search.tracking import pareto
 from search.tracking.report import refresh
 from search.tracking.runs import Tracker

@@ -26,7 +26,7 @@ from search.registry.predict import load_images, predict_images
 from search.registry.promotion import check_reproduced, promote
 from search.registry.refs import CHALLENGER, RegistryError, fetch, parse_model_ref
 from search.spec.loader import load_spec
-from search.study.data_provider import DataProvider
+from search.trial.data_provider import DataProvider
 from tests.model_calls import count_faces
 from tests.search.fixtures import tiny_study  # noqa: F401  (a module-scoped fixture)
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from search import settings
 from search.spec.loader import load_spec
 from search.storage.locks import cache_lock, holds_locks
-from search.study.data_provider import DataProvider
+from search.trial.data_provider import DataProvider
 from tests.infra import hooks
 from tests.infra.workers import spawn_worker
 from tests.infra.workers import worker_env as env_for

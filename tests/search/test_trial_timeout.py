@@ -15,8 +15,8 @@ import trainer
 from search import settings
 from search.contracts import PERMANENT_FAILURE
 from search.spec.loader import load_spec
-from search.study import deadline
 from search.study.loop import run_study
+from search.trial import deadline
 from tests.search.studyhelp import urls, write_spec
 
 SPACE = {"learning_rate": [3.0e-3], "batch_size": [32], "epochs": [3], "head_width": [16, 32]}

@@ -21,7 +21,8 @@ from search.spec.params import suggest_all
 from search.storage.engines import close_storage
 from search.storage.sessions import open_storage
 from search.study import warm_start
-from search.study.loop import make_sampler, prepare_queue, run_study
+from search.study.loop import run_study
+from search.study.setup import make_sampler, prepare_queue
 from tests.search.studyhelp import SPEC, urls, write_spec
 
 COARSE = "coarse"  # studyhelp's grid: learning_rate [3e-3, 1e-2] x head_width [16, 32], 2 epochs

@@ -146,7 +146,7 @@ def _stuck_then(tmp_path: Path, stuck_times: int, then: int) -> str:
 
 
 def test_a_worker_ending_with_a_stuck_trial_is_started_again(monkeypatch, tmp_path):
-    """Exit 75 (the watchdog's, search.study.deadline) means "restart me": the run starts the worker
+    """Exit 75 (the watchdog's, search.trial.deadline) means "restart me": the run starts the worker
     again, as compose's `restart: on-failure` does, and its final code is the restarted one's."""
     result, lines = _run_reporting(monkeypatch, _plan(1, None), _stuck_then(tmp_path, 2, 0))
     assert (tmp_path / "starts").read_text() == "xxx"

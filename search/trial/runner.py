@@ -6,7 +6,7 @@ weights file that cannot be used) is fatal: it fails the trial and stops the stu
 other trial would fail the same way.
 
 A claimed trial becomes a `TrialSession`: its MLflow run, its per-epoch reports (pruning), its
-deadline (search.study.deadline) and how it ended. `TrialRunner.run_many` hands the configs
+deadline (search.trial.deadline) and how it ended. `TrialRunner.run_many` hands the configs
 to `trainer.train` (one) or `trainer.train_many` (a batch: search.study.batches), beating them
 all from one thread, the pass-mates written first (suspects if the worker dies). Each session
 is concluded on its own (its tell, its run's status), as soon as the trainer says it is done.
@@ -47,11 +47,11 @@ from search.contracts import (
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
 from search.storage import optuna_private as private
-from search.study import repeats
-from search.study.data_provider import DataProvider
-from search.study.deadline import Deadline, TrialTimedOut, Watchdog
-from search.study.objectives import TrialGoals
 from search.tracking.runs import Tracker, trial_tags
+from search.trial import repeats
+from search.trial.data_provider import DataProvider
+from search.trial.deadline import Deadline, TrialTimedOut, Watchdog
+from search.trial.objectives import TrialGoals
 
 FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
 
@@ -192,7 +192,7 @@ class TrialSession:
         spec, tracker = runner.spec, runner.tracker
         self.params = suggest_all(trial, spec.space)
         self.config = spec.train_config(self.params)
-        # The configs it trains: its own, or one per seed with `repeats: N` (search.study.repeats)
+        # The configs it trains: its own, or one per seed with `repeats: N` (search.trial.repeats)
         self.gather = repeats.Gather(
             repeats.seed_configs(self.config, getattr(spec, "repeats", 1)), spec.metric)
         self.resumes = runner.resumed_run(trial)

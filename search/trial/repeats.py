@@ -45,7 +45,7 @@ def seed_configs(config: TrainConfig, repeats: int) -> list[TrainConfig]:
     return [config.replace(seed=config.seed + j) for j in range(repeats)]
 
 
-# Errors that stop a study rather than a trial (search.study.trial_runner.FATAL): passed on as
+# Errors that stop a study rather than a trial (search.trial.runner.FATAL): passed on as
 # they are, so the runner recognises them.
 FATAL_KINDS = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
 
