@@ -15,6 +15,7 @@ other workers are not left idle).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -34,16 +35,14 @@ class Batching:
 
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
-        self._configs: dict[tuple, Any] = {}
+        self._config_of = functools.lru_cache(maxsize=4096)(self._build_config)
         self._window: int | None = None
 
     def _config(self, params: dict[str, Any]):
-        key = tuple(sorted(params.items()))
-        if key not in self._configs:
-            if len(self._configs) > 4096:
-                self._configs.clear()
-            self._configs[key] = self.spec.train_config(params)
-        return self._configs[key]
+        return self._config_of(tuple(sorted(params.items())))
+
+    def _build_config(self, items: tuple):
+        return self.spec.train_config(dict(items))
 
     def key(self, params: dict[str, Any]) -> Hashable | None:
         """The trainer's batch key of these params' config; None: the trial trains alone."""
@@ -56,12 +55,12 @@ class Batching:
         """Whether trials of these params (of one key) may train in one call: their cost, as the
         trainer counts it, within FER_SEARCH_MAX_GROUP."""
         try:
-            cost = trainer.batch_cost(self._configs(batch))
+            cost = trainer.batch_cost(self._trial_configs(batch))
         except Exception:
             return len(batch) <= 1
         return cost <= max(1, settings.max_group())
 
-    def _configs(self, batch: Sequence[dict[str, Any]]) -> list:
+    def _trial_configs(self, batch: Sequence[dict[str, Any]]) -> list:
         """What these trials hand the trainer: each trial's config, or its seeds' with
         `repeats: N` (a trial costs its N heads, and its seeds never split over two calls: a
         claim or a split takes a trial whole)."""
@@ -85,7 +84,7 @@ class Batching:
 
     def _cost(self, batch: Sequence[dict[str, Any]]) -> int:
         try:
-            return trainer.batch_cost(self._configs(batch))
+            return trainer.batch_cost(self._trial_configs(batch))
         except Exception:
             return len(batch)
 

@@ -43,7 +43,7 @@ from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
 from search.study import loop as loop_module
-from search.study import setup as setup_module
+from search.study import setup as study_setup
 from tests.search.studyhelp import write_spec
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -190,17 +190,17 @@ def test_a_half_suggested_point_is_not_queued_again(workers, tmp_path):
 def test_a_lost_point_is_requeued_once_when_a_worker_starts_meanwhile(
         workers, tmp_path, quick_heartbeat, monkeypatch):
     spec = _spec(tmp_path)
-    lost = setup_module.LostRuns()
+    lost = study_setup.LostRuns()
     storage, study = workers.open(on_stale=lost)
     workers.start(spec)
     _stale_trial(study, storage)
-    original = setup_module.LostRuns.__call__
+    original = study_setup.LostRuns.__call__
 
     def paused(self, study, trial, *reason):  # the dead trial is FAIL: pause, another starts
         _paused_call(lambda: workers.start(spec))
         original(self, study, trial, *reason)
 
-    monkeypatch.setattr(setup_module.LostRuns, "__call__", paused)
+    monkeypatch.setattr(study_setup.LostRuns, "__call__", paused)
     recovering = loop_module.StudyLoop(spec, study, storage, None, None, lost)
     recovering._recover_lost_trials()
     _join_parties_now()
@@ -218,7 +218,7 @@ def _join_parties_now() -> None:
 def test_a_retried_fail_does_not_requeue_another_workers_recovery(
         workers, tmp_path, quick_heartbeat, monkeypatch):
     spec = _spec(tmp_path)
-    lost_a, lost_b = setup_module.LostRuns(), setup_module.LostRuns()
+    lost_a, lost_b = study_setup.LostRuns(), study_setup.LostRuns()
     storage_a, study_a = workers.open(on_stale=lost_a)
     storage_b, study_b = workers.open(on_stale=lost_b)
     workers.start(spec)
@@ -286,7 +286,7 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
 def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, quick_heartbeat):
     """Random and TPE trials are asked, not queued: a dead worker's one is failed and its
     copy, with its params, queued by the same transaction, for `ask` to take."""
-    lost = setup_module.LostRuns()
+    lost = study_setup.LostRuns()
     storage, study = workers.open(on_stale=lost)
     dead = study.ask()
     dead.suggest_float("x", 0.0, 1.0)

@@ -22,7 +22,7 @@ from search.spec.loader import load_spec
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
-from search.study import loop as study_module
+from search.study import setup as study_setup
 from search.study.batches import Batching, claim
 from search.study.loop import run_study
 from search.trial.runner import _Heartbeat
@@ -246,7 +246,7 @@ def _fake_group_training(monkeypatch) -> list[list]:
 def test_a_group_trains_in_one_pass_and_each_trial_is_recorded_on_its_own(project,
                                                                           monkeypatch):
     calls = _fake_group_training(monkeypatch)
-    monkeypatch.setattr(study_module, "make_pruner", lambda spec: _PruneOne())
+    monkeypatch.setattr(study_setup, "make_pruner", lambda spec: _PruneOne())
     spec_path = write_spec(project, name="group", space={
         "learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32, 64], "epochs": [2],
         "head_width": [16, 32]})

@@ -21,7 +21,7 @@ from search.cli.main import main
 from search.cli.progress import leaderboard_table, trials_table
 from search.registry.promotion import promote
 from search.spec.loader import load_spec
-from search.study import loop as study_module
+from search.study import setup as study_setup
 from search.study.loop import run_study
 from search.tracking.runs import Tracker, seed_weights_artifact
 from search.tracking.spread import LEGEND, Spread, marks, report_lines, within_noise
@@ -241,7 +241,7 @@ def test_a_repeats_trial_reports_the_seeds_mean_and_is_pruned_as_one(project, mo
     spec_path = write_spec(project, name="prune", repeats=3,
                            space={**SPACE, "epochs": [3]})
     where = urls(project)
-    monkeypatch.setattr(study_module, "make_pruner", lambda spec: _PruneTrialOne())
+    monkeypatch.setattr(study_setup, "make_pruner", lambda spec: _PruneTrialOne())
     run_study(load_spec(spec_path), **where)
     trials = {t.number: t for t in _trials("prune", where)}
     assert trials[1].state == TrialState.PRUNED and list(trials[1].intermediate_values) == [1]
@@ -307,3 +307,21 @@ def test_an_interrupted_repeats_trial_resumes_each_seed(project, monkeypatch):
     assert_resumed_like_uninterrupted(resumed, reference, where["tracking_uri"],
                                       reference_where["tracking_uri"],
                                       interrupted_trial.user_attrs["mlflow_run_id"])
+
+
+def test_a_batch_counts_each_trials_seeds_and_never_splits_a_trial(tmp_path, monkeypatch):
+    """`Batching.fits`, the claim's rule: trials of one key fit while their heads, seeds
+    counted, stay within FER_SEARCH_MAX_GROUP (4 here): two one-seed trials fit, two trials of
+    three seeds (6 heads) do not, and one trial of three does."""
+    from search import settings
+    from search.study.batches import Batching
+
+    one = load_spec(write_spec(tmp_path, name="one", space=SPACE))
+    three = load_spec(write_spec(tmp_path, name="three", repeats=3, space=SPACE))
+    a = {"learning_rate": 3.0e-3, "batch_size": 32, "epochs": 2, "head_width": 16}
+    b = {**a, "learning_rate": 1.0e-2}
+    with settings.override(FER_SEARCH_MAX_GROUP=4):
+        assert Batching(one).key(a) == Batching(one).key(b) is not None
+        assert Batching(one).fits([a, b])
+        assert not Batching(three).fits([a, b])
+        assert Batching(three).fits([a])

@@ -13,6 +13,7 @@ import trainer
 from search.errors import StudyError
 from search.spec.loader import load_spec
 from search.study import loop as study_module
+from search.study import setup as study_setup
 from search.study.loop import run_study
 from tests.search.studyhelp import urls, write_spec
 
@@ -131,7 +132,7 @@ def test_pruned_trial_stops_early_and_its_run_is_killed(project, monkeypatch):
     spec_path = write_spec(project, space={
         "learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [4], "head_width": [16]})
     where = urls(project)
-    monkeypatch.setattr(study_module, "make_pruner", lambda spec: _PruneTrialOne())
+    monkeypatch.setattr(study_setup, "make_pruner", lambda spec: _PruneTrialOne())
     run_study(load_spec(spec_path), **where)
     trials = {t.number: t for t in _trials(spec_path, where["storage_url"])}
     assert trials[1].state == TrialState.PRUNED
@@ -289,7 +290,7 @@ def test_without_a_pruner_epoch_values_are_written_together(project, monkeypatch
 
 def test_with_a_pruner_every_epoch_value_is_written_as_it_ends(project, monkeypatch):
     monkeypatch.setenv("FER_SEARCH_REPORT_S", "3600")
-    monkeypatch.setattr(study_module, "make_pruner",
+    monkeypatch.setattr(study_setup, "make_pruner",
                         lambda spec: optuna.pruners.MedianPruner(n_startup_trials=5))
     monkeypatch.setattr(trainer, "batch_key", lambda config: None)
     calls = _count_intermediate_writes(monkeypatch)
