@@ -3,7 +3,7 @@
 A trial whose config has seed s trains seeds s, s+1, ..., s+N-1 (`seed_configs`), all handed
 to the trainer in the trial's one call (`trainer.train_many`, with its pass-mates' seeds: a
 batch keeps each trial's seeds together, search.study.batches), so they train in the same
-passes as far as the trainer lets configs of those seeds share one (`trainer.batch_key`).
+pass: `seed` is free in a group (each head on its own seed's batches: trainer.heads.engine).
 
 The trainer calls back per config; a trial's `Gather` joins its seeds' callbacks:
 

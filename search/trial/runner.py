@@ -53,7 +53,7 @@ from search.trial.data_provider import DataProvider
 from search.trial.deadline import Deadline, TrialTimedOut, Watchdog
 from search.trial.objectives import TrialGoals
 
-FATAL = (trainer.DataError, trainer.WeightsError, trainer.ConfigError)
+FATAL = repeats.FATAL_KINDS  # bad input: fails the trial and stops the study
 
 
 @dataclass
