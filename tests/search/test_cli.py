@@ -6,10 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
 from search.cli.main import main
+from tests.infra.pgcluster import free_port
+from tests.infra.waiting import wait_for
 from tests.search.studyhelp import urls, write_spec
 
 
@@ -146,38 +150,33 @@ def test_run_status_and_studies_on_a_tiny_grid(tmp_path):
 
 
 def test_ui_serves_the_project_store(tmp_path):
-    import socket
-    import time
-    import urllib.request
-
     from search.tracking.runs import Tracker
 
     tracking = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     Tracker(tracking).experiment_id("shown")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "ui", "--port", str(port), "--tracking-uri", tracking],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,  # the UI's server processes are stopped with it below
-    )
+    log = tmp_path / "ui.log"  # its stderr, shown if it dies before it answers
+    with open(log, "wb") as errors:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "ui", "--port", str(port), "--tracking-uri",
+             tracking],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=errors, text=True,
+            start_new_session=True,  # the UI's server processes are stopped with it below
+        )
     try:
         assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
             data=b'{"max_results": 10}', headers={"Content-Type": "application/json"},
         )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                body = urllib.request.urlopen(request, timeout=5).read().decode()
-                break
-            except OSError:
-                if time.monotonic() > deadline or ui.poll() is not None:
-                    raise
-                time.sleep(1)
+
+        def answer() -> str:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.read().decode()
+
+        body = wait_for(answer, 90, "the UI's experiments/search", interval=1,
+                        watch=[SimpleNamespace(process=ui, log=log)])
         assert '"name": "shown"' in body or '"name":"shown"' in body
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
