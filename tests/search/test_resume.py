@@ -184,15 +184,8 @@ def test_a_sigkilled_workers_trial_resumes_on_another_worker(tmp_path):
     spec_path = write_spec(tmp_path, name="killed", space=SPACE)
     where = urls(tmp_path)
     env = env_for(where["storage_url"], where["tracking_uri"], FER_SEARCH_GRACE_S="2")
-    doomed = spawn_worker(tmp_path, spec_path, {**env, KILL_AT_EPOCH_ENV: "2"}, "doomed")
-    try:
-        assert doomed.wait(300) == -signal.SIGKILL, doomed.output()[-3000:]
-    finally:
-        doomed.kill()
-    (dead,) = _study_trials("killed", where["storage_url"])
-    assert dead.state == TrialState.RUNNING and list(dead.intermediate_values) == [1, 2]
-
-    rescuer = spawn_worker(tmp_path, spec_path, env, "rescuer")
+    # The reference shares nothing with the killed study (its own folder, stores and caches):
+    # it starts at once, on the core the doomed worker leaves idle, not after the kill.
     reference_folder = tmp_path / "reference"
     reference_folder.mkdir()
     reference_spec = write_spec(reference_folder, name="killed", space=SPACE)
@@ -200,12 +193,20 @@ def test_a_sigkilled_workers_trial_resumes_on_another_worker(tmp_path):
     reference = spawn_worker(reference_folder, reference_spec,
                              env_for(reference_where["storage_url"],
                                      reference_where["tracking_uri"]), "reference")
+    doomed = spawn_worker(tmp_path, spec_path, {**env, KILL_AT_EPOCH_ENV: "2"}, "doomed")
+    rescuer = None
     try:
+        assert doomed.wait(300) == -signal.SIGKILL, doomed.output()[-3000:]
+        (dead,) = _study_trials("killed", where["storage_url"])
+        assert dead.state == TrialState.RUNNING and list(dead.intermediate_values) == [1, 2]
+
+        rescuer = spawn_worker(tmp_path, spec_path, env, "rescuer")
         assert rescuer.wait(300) == 0, rescuer.output()[-3000:]
         assert reference.wait(300) == 0, reference.output()[-3000:]
     finally:
-        rescuer.kill()
-        reference.kill()
+        for worker in (doomed, rescuer, reference):
+            if worker is not None:
+                worker.kill()
 
     trials = {t.number: t for t in _study_trials("killed", where["storage_url"])}
     assert trials[dead.number].state == TrialState.FAIL
