@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +33,8 @@ import trainer
 from search.cli.main import main
 from search.registry import serve as serve_module
 from search.registry.serve import Limits, ScoringApp
+from tests.infra.pgcluster import free_port
+from tests.infra.waiting import wait_for
 from tests.search.test_registry_security import (  # noqa: F401  (module-scoped fixtures)
     IMAGE_SIZE,
     _listing,
@@ -50,34 +51,26 @@ FLAT_DECLARED = 5 * MB
 FLAT_CHUNKED = 25 * MB
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
-    """A `fer-search serve` process on the registered model."""
+    """A `fer-search serve` process on the registered model, its output in two log files (a
+    pipe nobody reads while it serves could fill and stall it)."""
 
     def __init__(self, registered, *extra: str) -> None:  # noqa: F811
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "serve", registered.ref, "--port",
-             str(self.port), "--tracking-uri", registered.tracking_uri, *extra],
-            cwd=registered.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 300
-        while True:  # the server loads TensorFlow and the model first
-            assert self.process.poll() is None, self.process.communicate()[1][-3000:]
-            try:
-                if self.get("/ping")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /ping in 300 s"
-            time.sleep(0.5)
+        name = f"serve-{self.port}"
+        self.out, self.log = (registered.folder / f"{name}.out", registered.folder / f"{name}.log")
+        with open(self.out, "wb") as stdout, open(self.log, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "search.cli", "serve", registered.ref, "--port",
+                 str(self.port), "--tracking-uri", registered.tracking_uri, *extra],
+                cwd=registered.folder, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+            )
+        # The server loads TensorFlow and the model first; dying meanwhile ends the wait at
+        # once, with its stderr.
+        wait_for(lambda: self.get("/ping")[0] == 200, 300, "the server's /ping", interval=0.5,
+                 watch=[self])
 
     def get(self, path: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(self.base + path, timeout=5) as response:
@@ -98,8 +91,10 @@ class Server:
         return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
 
     def stop(self) -> tuple[str, str]:
+        """SIGINT, then its stdout and stderr."""
         self.process.send_signal(signal.SIGINT)
-        return self.process.communicate(timeout=60)
+        self.process.wait(timeout=60)
+        return (self.out.read_text(errors="replace"), self.log.read_text(errors="replace"))
 
 
 @pytest.fixture(scope="module")
