@@ -25,6 +25,7 @@ import optuna
 import trainer
 from search import settings
 from search.spec.loader import StudySpec
+from search.spec.params import distribution
 from search.study import grid_queue
 from search.trial.repeats import seed_configs
 
@@ -68,7 +69,7 @@ class Batching:
                 for config in seed_configs(self._config(params), self.spec.repeats)]
 
     def window(self) -> int:
-        """How many WAITING trials a grid claim looks at (and locks for its moment): about what
+        """How many queued points a grid claim looks at (and locks for its moment): about what
         one claim can take, the cap times the most grid points one unit of cost holds (the
         quickstart's 24 points cost 12: 2 a unit, 16 rows). A larger window locks rows that
         other workers' claims then skip."""
@@ -82,6 +83,11 @@ class Batching:
             self._window = per_unit
         return max(1, settings.max_group()) * self._window
 
+    def distributions(self) -> dict[str, Any]:
+        """The space's Optuna distribution of each parameter (a claimed point's trial carries
+        them)."""
+        return {param.name: distribution(param) for param in self.spec.space}
+
     def _cost(self, batch: Sequence[dict[str, Any]]) -> int:
         try:
             return trainer.batch_cost(self._trial_configs(batch))
@@ -91,11 +97,12 @@ class Batching:
 
 def claim(study: optuna.Study, storage, batching: Batching,
           limit: int | None = None) -> list[optuna.Trial]:
-    """A grid's next batch of WAITING trials, claimed for this process ([] when the queue is
+    """A grid's next batch of queued points, claimed for this process ([] when the queue is
     empty): trials of one key, while they fit (grid_queue.claim_batch).
 
     Args:
         limit: at most this many trials (what is left of `--n-trials`).
     """
     return grid_queue.claim_batch(study, storage, batching.key, batching.fits,
+                                  distributions=batching.distributions(),
                                   max_trials=limit, window=batching.window())
