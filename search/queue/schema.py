@@ -1,5 +1,6 @@
 """The queue schema's own migration: creates the queue's tables and moves a store of the old
-layout (issue 31) into them, once, under a lock every process sharing the store sees.
+layout (issue 31) into them, once. `search.storage.sessions.open_storage` runs it under the
+lock it creates Optuna's tables under, which every process sharing the store sees.
 
 Versions (`models.SchemaVersion`, row "queue"):
 
@@ -10,7 +11,7 @@ Versions (`models.SchemaVersion`, row "queue"):
   `fer_search_grid_points`, in the state of its trial (a WAITING trial stays the point's trial
   and is started, not created, when claimed), then drops the old table.
 
-`ensure` costs one read when the store is current, so every worker calls it at its start.
+`version` costs one read: a worker opening a current store takes no lock.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ from search.queue.models import (
     QueueItem,
     SchemaVersion,
 )
-from search.storage.locks import named_lock
 
 VERSION = 1
-LOCK = "fer-search-queue-schema"
 OLD_POINT_TABLE = "fer_search_grid_points"  # version 0's (study, point) -> trial
 OLD_POINT_ATTR = "fer_search:grid_point"  # version 0's system attr: the trial's grid point
 OLD_ALONE_ATTR = "fer_search:alone"
@@ -50,22 +49,20 @@ def version(engine) -> int:
     return 0 if found is None else int(found)
 
 
-def ensure(storage) -> None:
-    """Brings the store at `storage` (Optuna's RDBStorage) to `VERSION`: creates the queue's
-    tables, migrating an older layout. A no-op (one read) when current."""
+def upgrade(storage) -> None:
+    """Brings the store at `storage` (Optuna's RDBStorage, its tables made) to `VERSION`:
+    creates the queue's tables, migrating an older layout; a no-op when current. The caller
+    serialises it across processes (open_storage's tables lock)."""
     if version(storage.engine) == VERSION:
         return
-    with named_lock(storage.url, LOCK, retry_s=0):
-        if version(storage.engine) == VERSION:  # another process did it meanwhile
-            return
-        rows = _old_rows(storage)
-        with storage.engine.begin() as connection:
-            Base.metadata.create_all(connection, checkfirst=True)
-        with items.transaction(storage.engine) as session:
-            session.add_all(rows)
-            if inspect(storage.engine).has_table(OLD_POINT_TABLE):
-                session.execute(text(f"DROP TABLE {OLD_POINT_TABLE}"))
-            session.merge(SchemaVersion(name="queue", version=VERSION))
+    rows = _old_rows(storage)
+    with storage.engine.begin() as connection:
+        Base.metadata.create_all(connection, checkfirst=True)
+    with items.transaction(storage.engine) as session:
+        session.add_all(rows)
+        if inspect(storage.engine).has_table(OLD_POINT_TABLE):
+            session.execute(text(f"DROP TABLE {OLD_POINT_TABLE}"))
+        session.merge(SchemaVersion(name="queue", version=VERSION))
 
 
 def _old_rows(storage) -> list[QueueItem]:

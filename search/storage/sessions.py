@@ -47,6 +47,7 @@ from sqlalchemy.exc import ArgumentError
 
 from search import settings
 from search.errors import InputError, SearchError
+from search.queue import schema
 from search.storage import counts
 from search.storage.engines import (
     SQLITE_MAGIC,
@@ -144,6 +145,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             with named_lock(url, TABLES_LOCK, retry_s=0):
                 storage = create()
                 counts.ensure_index(storage.engine)  # the counts' read of Optuna's trials
+                schema.upgrade(storage)  # the queue's own tables (search.queue)
         _check_schema(storage)
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
@@ -266,7 +268,8 @@ def _ready(url: str, engine_kwargs: dict[str, Any]) -> bool:
                                                   "alembic_version"))
                 and any(index["name"] == counts.TRIALS_INDEX
                         for index in found.get_indexes("trials"))
-                and all(_has_rows(engine, t) for t in ("version_info", "alembic_version")))
+                and all(_has_rows(engine, t) for t in ("version_info", "alembic_version"))
+                and schema.version(engine) == schema.VERSION)
     except Exception as exc:
         raise _open_error(url, exc) from None
     finally:

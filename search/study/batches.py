@@ -25,7 +25,6 @@ import optuna
 import trainer
 from search import settings
 from search.spec.loader import StudySpec
-from search.spec.params import distribution
 from search.study import grid_queue
 from search.trial.repeats import seed_configs
 
@@ -83,11 +82,6 @@ class Batching:
             self._window = per_unit
         return max(1, settings.max_group()) * self._window
 
-    def distributions(self) -> dict[str, Any]:
-        """The space's Optuna distribution of each parameter (a claimed point's trial carries
-        them)."""
-        return {param.name: distribution(param) for param in self.spec.space}
-
     def _cost(self, batch: Sequence[dict[str, Any]]) -> int:
         try:
             return trainer.batch_cost(self._trial_configs(batch))
@@ -104,5 +98,4 @@ def claim(study: optuna.Study, storage, batching: Batching,
         limit: at most this many trials (what is left of `--n-trials`).
     """
     return grid_queue.claim_batch(study, storage, batching.key, batching.fits,
-                                  distributions=batching.distributions(),
                                   max_trials=limit, window=batching.window())

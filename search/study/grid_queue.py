@@ -42,11 +42,10 @@ import random
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search.contracts import (
@@ -121,10 +120,16 @@ def fill_queue(study: optuna.Study, spec: StudySpec, batch_of: BatchOf | None = 
             queued += 1
     combos = grid_points(spec)
     ahead = {point_key(params) for params in first}
-    entries = [(point_key(params), _template(params), False)
-               for params in [*first, *(p for p in _batched(combos, batch_of)
-                                        if point_key(p) not in ahead)]]
-    return queued + retried(storage, items.enqueue, engine, study_id, entries)
+    return queued + enqueue(study, [*first, *(p for p in _batched(combos, batch_of)
+                                              if point_key(p) not in ahead)])
+
+
+def enqueue(study: optuna.Study, points: Sequence[dict[str, Any]]) -> int:
+    """Queues these grid points, in this order, after the queue's last; a point queued already
+    (in whatever state) keeps its row. Returns how many were queued."""
+    storage = private.storage_of(study)
+    entries = [(point_key(params), _template(params), False) for params in points]
+    return retried(storage, items.enqueue, storage.engine, study_id_of(study, storage), entries)
 
 
 def _batched(combos: list[dict[str, Any]], batch_of: BatchOf | None) -> list[dict[str, Any]]:
@@ -227,10 +232,9 @@ def params_of(trial: FrozenTrial) -> dict[str, Any]:
     return queued_params(trial) or trial.params
 
 
-def claim_next(study: optuna.Study, storage: optuna.storages.BaseStorage,
-               distributions: Mapping[str, BaseDistribution]) -> optuna.Trial | None:
+def claim_next(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
     """Claims one queued point for this process, or None when the queue is empty."""
-    trials = claim_batch(study, storage, lambda params: None, distributions=distributions)
+    trials = claim_batch(study, storage, lambda params: None)
     return trials[0] if trials else None
 
 
@@ -240,7 +244,6 @@ def claim_batch(
     batch_of: BatchOf,
     fits: Fits | None = None,
     *,
-    distributions: Mapping[str, BaseDistribution],
     max_trials: int | None = None,
     window: int = items.WINDOW,
 ) -> list[optuna.Trial]:
@@ -251,16 +254,14 @@ def claim_batch(
     looking at (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises claims), at most
     `window`; the first of them decides the batch's key, and the rows of that key among them
     are claimed together, each while the batch still `fits`. Then each point's trial is
-    created (Optuna's public `create_new_trial`: RUNNING, the point's params with the space's
-    `distributions`, beating from its creation) and linked to its row. When every queued row
-    is in other claims' windows, it waits a moment and looks again.
+    created (Optuna's public `create_new_trial`: RUNNING, beating from its creation, the point
+    in Optuna's `fixed_params`, which its `suggest` calls return) and linked to its row. When
+    every queued row is in other claims' windows, it waits a moment and looks again.
 
     Args:
         batch_of: a grid point's batch key; None: the point trains alone.
         fits: whether points of one key (the chosen ones and a candidate) fit one batch; a
             candidate that does not is skipped (a later one may still fit). None: no cap.
-        distributions: the search space's distribution of each parameter (a trial's params
-            must carry them: its `suggest` calls then read them back).
         max_trials: at most this many trials (what is left of `--n-trials`); None: no cap.
         window: at most this many queued rows looked at (and locked for the claim's moment).
     """
@@ -291,7 +292,7 @@ def claim_batch(
     while True:
         claimed = _claim(storage, study_id, choose, max(1, window))
         if claimed:
-            started = [_start(storage, study_id, row, distributions) for row in claimed]
+            started = [_start(storage, study_id, row) for row in claimed]
             started = [trial for trial in started if trial is not None]
             # Into Optuna's cache around the storage (its `suggest` looks the trial up there).
             private.remember_running(study, started)
@@ -321,8 +322,7 @@ def _claim(storage, study_id: int, choose: items.Choose, window: int) -> list[it
     return retried(storage, claim)
 
 
-def _start(storage, study_id: int, row: items.Claimed,
-           distributions: Mapping[str, BaseDistribution]) -> tuple[int, int] | None:
+def _start(storage, study_id: int, row: items.Claimed) -> tuple[int, int] | None:
     """Creates (or, for a row migrated with its WAITING trial, starts) the claimed row's trial
     and links it; (trial id, number), or None when the claim was recovered meanwhile."""
     point = row.template["point"]
@@ -331,11 +331,12 @@ def _start(storage, study_id: int, row: items.Claimed,
         if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
             return None  # not WAITING any more: not this claim's to run
     else:
-        system = {**row.template["system"], POINT_ATTR: canonical(point)}
+        # Optuna's own form of a queued trial's point (`fixed_params`, which `suggest` returns),
+        # and its identity.
+        system = {**row.template["system"], "fixed_params": point,
+                  POINT_ATTR: canonical(point)}
         template = optuna.trial.create_trial(
-            state=TrialState.RUNNING, params=point,
-            distributions={name: distributions[name] for name in point},
-            system_attrs=system, user_attrs=row.template["user"])
+            state=TrialState.RUNNING, system_attrs=system, user_attrs=row.template["user"])
         trial_id = storage.create_new_trial(study_id, template)
     if not retried(storage, items.link, storage.engine, row.item_id, row.token, trial_id):
         storage.set_trial_user_attr(trial_id, TRIAL_REASON_ATTR, CLAIM_LOST)

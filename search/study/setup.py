@@ -20,7 +20,7 @@ from search.contracts import (
     SPEC_ATTR,
     SPEC_PATH_ATTR,
 )
-from search.queue import items, schema
+from search.queue import items
 from search.spec.loader import StudySpec
 from search.storage.locks import study_lock
 from search.study import ask_batch, batches, grid_queue, recovery, warm_start
@@ -106,7 +106,6 @@ def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None,
     Args:
         on_warm_start: called with the warm start's line, when this call did it.
     """
-    schema.ensure(storage)
     source = warm_start.read_source(spec, storage, storage_url)
     study = open_study(spec, storage, storage_url)
     recovery.recover_lost(study, storage, on_lost)
@@ -124,7 +123,6 @@ def ready_study(spec: StudySpec, storage) -> optuna.Study | None:
     """The study, when a worker can start on it without the study lock (so that many workers
     joining a running study do not queue on it): it exists and is the spec's, no dead worker's
     trial waits to be failed, a grid's queue is full. Else None: lock, `prepare_queue`."""
-    schema.ensure(storage)  # the queue's tables: one read when current
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage,
                                   sampler=make_sampler(spec), pruner=make_pruner(spec))
