@@ -3,13 +3,15 @@
 One worker (one storage, PostgreSQL directly, a throwaway cluster) claims trials one at a time
 (FER_SEARCH_MAX_GROUP=1) from a fresh study whose queue holds N grid points, N = 10 and 10,000:
 
-- claim (this commit): `grid_queue.claim_batch`, one transaction over at most 32 WAITING rows
-  read through an index, `FOR UPDATE SKIP LOCKED` (search.storage.claims);
+- claim (this commit): `grid_queue.claim_batch`, one transaction over at most 32 queued rows of
+  the queue's own table read through an index, `FOR UPDATE SKIP LOCKED` (search.queue.items),
+  then the point's trial created through Optuna's public `create_new_trial` and linked;
 - claim (before: `claim_group` of d41d3da~1, from the git history, run against this commit's
   storage): reads every WAITING trial through Optuna's cache, then claims the first by Optuna's
   WAITING -> RUNNING state change.
 
-The queue is written in one transaction per study (the same rows `fill_queue` writes, faster);
+The queue is written in one transaction per study (this commit: the queue's rows, as
+`fill_queue` writes them; before: WAITING trials with Optuna's `fixed_params`);
 `--claims` claims are timed for each. Reported: median and p99 ms per claim, and the ratio
 10,000 / 10 for each claim, side by side.
 
@@ -24,18 +26,15 @@ import subprocess
 import sys
 import time
 import types
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optuna  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
 
 from benchmarks import benchlib  # noqa: E402
 from search.storage import optuna_private as private  # noqa: E402
-from search.storage import points  # noqa: E402
 from search.storage.sessions import open_storage  # noqa: E402
 from search.study import grid_queue  # noqa: E402
 from tests.infra import pgcluster  # noqa: E402
@@ -54,15 +53,20 @@ def old_grid_queue() -> types.ModuleType:
     return module
 
 
-def queue(storage, study_id: int, length: int) -> None:
-    """`length` queued grid points (trial, point attrs and point row), in one transaction."""
+def queue(study, storage, length: int, which: str) -> None:
+    """`length` queued grid points, in one transaction: this commit's queue rows ("after"), or
+    the WAITING trials the code before issue 18 claimed ("before")."""
+    points = [{"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
+              for index in range(length)]
+    if which == "after":
+        grid_queue.enqueue(study, points)
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
     with private.session(storage) as session:
-        for index in range(length):
-            params = {"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
-            template = grid_queue._queued_trial(params)
-            trial = points._new_trial(storage, session, study_id, template, uuid.uuid4().hex)
-            session.execute(insert(points.GRID_POINTS).values(
-                study_id=study_id, point_key=points.point_key(params), trial_id=trial.trial_id))
+        private.lock_study(session, study_id)
+        for params in points:
+            private.new_trial(storage, session, study_id, optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING, system_attrs={"fixed_params": params}))
 
 
 def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
@@ -78,7 +82,7 @@ def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
     storage = open_storage(url, resilient=True)
     try:
         study = optuna.create_study(study_name=name, storage=storage)
-        queue(storage, storage.get_study_id_from_name(study.study_name), length)
+        queue(study, storage, length, which)
         times = []
         for _ in range(min(claims, length)):
             began = time.perf_counter()
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 One worker, one storage, PostgreSQL directly (a throwaway cluster on this machine); a fresh study
 per row whose queue holds the given number of grid points; {args.claims} claims of one trial
 each timed (at most as many as are waiting). "after": this commit's `grid_queue.claim_batch`
-(one transaction over at most 32 WAITING rows through an index, FOR UPDATE SKIP LOCKED);
+(one transaction over at most 32 queued rows of the queue's own table through an index, FOR
+UPDATE SKIP LOCKED, then the trial created through Optuna's public API and linked to its row);
 "before": `claim_group` of {OLD_COMMIT} (reads every WAITING trial, then claims the first),
 run against this commit's storage.
 

@@ -239,7 +239,8 @@ def test_a_loop_asked_to_stop_before_it_starts_runs_nothing(project, monkeypatch
     monkeypatch.setattr(study_module, "StudyLoop", StopAtOnce)
     summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "asked" and summary.outcomes == [] and len(seen) == 1
-    assert all(t.state == TrialState.WAITING for t in _trials(spec_path, where["storage_url"]))
+    assert _trials(spec_path, where["storage_url"]) == []  # nothing claimed: no trial made
+    assert queue_counts(where["storage_url"], "tiny") == {"queued": 4}
 
 
 def _count_intermediate_writes(monkeypatch) -> dict[str, list]:
