@@ -15,6 +15,10 @@ os.environ.setdefault("FER_SEARCH_CHECKPOINT_S", "0")
 # and find a killed trial's epochs (the default, without a pruner, writes them every 5 s and at
 # the trial's end: tests/search/test_study.py tests that).
 os.environ.setdefault("FER_SEARCH_REPORT_S", "0")
+# Every MLflow server a test starts (tests/infra's, `fer-search ui`, the deployments' launcher)
+# without MLflow 3's job runner: it adds 8 Python processes (a runner and 7 huey consumers, each
+# importing MLflow) that no test uses; on 2 cores they took the browser tests from 96 s to 150 s.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)

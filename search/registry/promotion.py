@@ -19,42 +19,26 @@ test_*), so a later promotion compares against the champion without recomputing 
 Racing promotions: the read-compare-set of the aliases and the "is this trial registered yet"
 check run under a named lock (`champion_lock`), so two `fer-search promote` on one model name
 end with the better version as champion and no trial registered twice. See ARCHITECTURE.md.
+
+Here: the order of the steps and the lock. The study read (`study_snapshot`), the trial chosen
+(`choice`), the model rebuilt, checked and scored (`rebuild`), registered (`registration`), its
+alias moved (`aliases`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-
-import trainer
-from search.contracts import (
-    CHAMPION_ALIAS,
-    METRIC_ATTR,
-    MODEL_NAME_ATTR,
-    PARENT_RUN_ATTR,
-    SPEC_ATTR,
-    SPEC_PATH_ATTR,
-    TRIAL_RUN_ID_ATTR,
-)
-from search.errors import InputError
-from search.registry import aliases, registration, repeat_promotion
+from search.contracts import CHAMPION_ALIAS, METRIC_ATTR, MODEL_NAME_ATTR
+from search.registry import aliases, registration
 from search.registry.choice import choose
+from search.registry.rebuild import build
 from search.registry.refs import RegistryError, check_model_name, registry_tracker
-from search.registry.registration import Source
-from search.spec.loader import StudySpec, spec_from_text
+from search.registry.study_snapshot import complete_trial, load_study, study_spec, trial_run_id
 from search.storage.locks import named_lock
-from search.storage.sessions import load_study_named, storage_session
-from search.tracking.pareto import value_of
-from search.tracking.runs import Tracker, dataset_key
 from search.trial.data_provider import DataProvider
-from search.urls import mask_url
 
-# The rebuilt model must score what the trial recorded: the same weights on the same faces.
-SANITY_TOLERANCE = 1e-6
 # Stores `search.storage.sessions.named_lock` can lock in (a file lock, an advisory lock).
 _LOCKABLE_SCHEMES = ("sqlite:", "postgresql")
 
@@ -162,20 +146,20 @@ def promote(
     spec = study_spec(study)
     name = check_model_name(model_name or study.user_attrs.get(MODEL_NAME_ATTR) or spec.model_name)
     metric = study.user_attrs.get(METRIC_ATTR, spec.metric)
-    run_id = _trial_run_id(trial)
+    run_id = trial_run_id(trial)
     tracker = registry_tracker(tracking_uri)
     client = tracker.client
 
     # The slow part (rebuild and score) outside the lock, skipped if the trial is registered.
     built = None
     if registration.version_of_run(client, name, run_id) is None:
-        built = _build(tracker, study, trial, spec, metric, run_id, data, cache_dir,
+        built = build(tracker, study, trial, spec, metric, run_id, data, cache_dir,
                        (storage_url, tracking_uri))
     with champion_lock(tracking_uri, storage_url, name):
         version = registration.version_of_run(client, name, run_id)
         reused = version is not None
         if version is None:  # a version seen above and deleted since costs a rebuild
-            built = built or _build(tracker, study, trial, spec, metric, run_id, data,
+            built = built or build(tracker, study, trial, spec, metric, run_id, data,
                                     cache_dir, (storage_url, tracking_uri))
             created = registration.log_and_register(tracker, run_id, built.model, name=name,
                                                     **choice.registration(built.registration))
@@ -213,193 +197,9 @@ def promote(
     )
 
 
-@dataclass
-class _Built:
-    model: object
-    registration: dict
-
-
-def _build(tracker: Tracker, study: optuna.Study, trial: FrozenTrial, spec: StudySpec,
-           metric: str, run_id: str, data: DataProvider | None, cache_dir,
-           urls: tuple[str, str]) -> _Built:
-    """Rebuilds the trial's full model, checks it against the trial, scores it on test (on
-    cached features when it trained on them, then checks the exported model against them on a
-    sample of faces) and logs the test scores to the trial's run; returns it with what
-    registering it needs.
-    `urls`: the storage URL (its lock guards a shared cache folder) and the tracking URI."""
-    storage_url, tracking_uri = urls
-    config = spec.train_config(trial.params)
-    repeat = repeat_promotion.chosen(trial)  # repeats: the representative seed is registered
-    if repeat is not None:
-        config = config.replace(seed=repeat.seed)
-    weights = _trial_weights(tracker, run_id, trial.number, tracking_uri)
-    provider = data or DataProvider(spec, Path(cache_dir) if cache_dir else None,
-                                    storage_url=storage_url)
-    dataset = provider.get(config.image_size)
-    network = trainer.build_trained(config, weights, dataset.class_names)
-    model = network.full
-    # A head trained on cached features is scored on them (VGG16 runs over no val face, and
-    # over the test faces once per data and base, into the cache); the exported model is then
-    # checked against that path on a sample of test faces. Anything else: the full model.
-    val = trainer.evaluate_trained(network, config, weights, dataset, "val")
-    check_reproduced(trial, metric, val, dataset.fingerprint, _study_fingerprint(tracker, study),
-                     expected=repeat.value if repeat is not None
-                     else value_of(study, trial, metric))  # several objectives: its metric's
-    test = trainer.evaluate_trained(network, config, weights, dataset, "test")
-    if trainer.scores_on_features(config):
-        check_exported(trial, trainer.check_export(model, config, weights, dataset, "test"))
-    val_metrics, test_metrics = _metrics(val, "val"), _metrics(test, "test")
-    # The test metrics are logged with the model (`log_and_register`), linked to it and the data.
-    tracker.log_evaluation(run_id, test, "test")
-    tags = {
-        "study": study.study_name,
-        "trial_number": trial.number,
-        **config.to_dict(),
-        **val_metrics,
-        **test_metrics,
-        "data_fingerprint": dataset.fingerprint,
-        "metric": metric,
-        "direction": spec.direction,  # the metric's (one of several objectives)
-    }
-    seeds = None if repeat is None else repeat_promotion.score_seeds(
-        tracker, run_id, repeat, config, test, network, dataset, metric, tracking_uri)
-    tags.update(seeds.tags if seeds else {})
-    study_run = study.user_attrs.get(PARENT_RUN_ATTR)
-    if study_run:
-        tags["study_run_id"] = study_run
-    source = Source(study=study.study_name, trial_number=trial.number, run_id=run_id,
-                    experiment_id=tracker.client.get_run(run_id).info.experiment_id,
-                    study_run_id=study_run, dataset=dataset_key(dataset))
-    return _Built(model, {
-        "source": source, "image_size": config.image_size, "tags": tags,
-        "test_metrics": test_metrics,
-        "description": registration.version_description(
-            source, params=trial.params, val=val, test=test, fingerprint=dataset.fingerprint,
-            metric=metric) + (seeds.text if seeds else ""),
-    })
-
-
-def load_study(study_name: str, storage_url: str) -> optuna.Study:
-    """The study, or an `InputError` naming the storage and the studies it does hold.
-
-    A snapshot in memory: the storage (which must exist; it is only read) is closed here."""
-    with storage_session(storage_url, read_only=True) as storage:
-        load_study_named(study_name, storage, mask_url(storage_url))
-        snapshot = optuna.storages.InMemoryStorage()
-        optuna.copy_study(from_study_name=study_name, from_storage=storage,
-                          to_storage=snapshot)
-    return optuna.load_study(study_name=study_name, storage=snapshot)
-
-
-def complete_trial(study: optuna.Study, number: int) -> FrozenTrial:
-    """Trial `number` of the study if it is complete, else an `InputError` listing those that
-    are."""
-    complete = {t.number: t for t in study.get_trials(deepcopy=False,
-                                                      states=(TrialState.COMPLETE,))}
-    if number not in complete:
-        have = ", ".join(map(str, sorted(complete))) or "none"
-        raise InputError(f"--trial: study {study.study_name!r} has no complete trial {number}; "
-                         f"complete trials: {have}")
-    return complete[number]
-
-
-def study_spec(study: optuna.Study) -> StudySpec:
-    """The spec the study was created from, as kept in its user attributes."""
-    text = study.user_attrs.get(SPEC_ATTR)
-    if not text:
-        raise InputError(
-            f"study {study.study_name!r} was not created by fer-search (it keeps no "
-            f"{SPEC_ATTR!r} attribute), so its trials cannot be rebuilt"
-        )
-    return spec_from_text(text, study.user_attrs.get(SPEC_PATH_ATTR, f"{study.study_name}.yaml"))
-
-
 def champion_score_name(metric: str) -> str:
     """The test metric matching a study's validation metric: val_accuracy -> test_accuracy."""
     return "test_" + metric.removeprefix("val_")
-
-
-def check_reproduced(
-    trial: FrozenTrial,
-    metric: str,
-    val: trainer.Evaluation,
-    fingerprint: str,
-    study_fingerprint: str | None = None,
-    expected: float | None = None,
-) -> None:
-    """Raises `RegistryError` unless the rebuilt model scores the trial's value on val.
-
-    The trial's value is what training measured (on cached features when the base is frozen);
-    `val` is the rebuilt weights' score: on the same cached features for a head trained on
-    them (the exported model is checked against that path by `check_exported`), else through
-    the whole network on raw pixels. Equal scores show that the weights are the ones trained
-    and that the dataset has not changed since. `expected`: the value to check in place of the
-    trial's (a repeats trial's registered seed's, search.registry.repeat_promotion).
-    """
-    got = {"val_accuracy": val.accuracy, "val_macro_f1": val.macro_f1}.get(metric)
-    recorded = trial.value if expected is None else expected  # a repeats trial: one seed's
-    if got is None or recorded is None:
-        raise RegistryError(f"cannot check the rebuilt model: unknown study metric {metric!r}")
-    if abs(got - recorded) <= SANITY_TOLERANCE:
-        return
-    then = f"; at study time {study_fingerprint}" if study_fingerprint else ""
-    raise RegistryError(
-        f"the rebuilt model of trial {trial.number} scores {metric} {got:.6f} on the validation "
-        f"split, but the trial recorded {recorded:.6f}: the cached-feature path and the "
-        f"exported model disagree, or the dataset changed since the study ran (data fingerprint "
-        f"now {fingerprint}{then}); nothing was registered"
-    )
-
-
-def check_exported(trial: FrozenTrial, check: trainer.ExportCheck) -> None:
-    """Raises `RegistryError` unless the exported model gave the cached path's probabilities on
-    the sampled faces (`trainer.check_export`): else the scores computed on cached features are
-    not the scores of the model that would be registered."""
-    if check.ok:
-        return
-    raise RegistryError(
-        f"the exported model of trial {trial.number} disagrees with the cached-feature path on "
-        f"{check.faces} {check.split} faces: probabilities differ by up to {check.max_gap:.3g} "
-        f"(allowed {check.tolerance:g}); the feature cache may be stale or corrupt (remove its "
-        f"features/ folder and promote again); nothing was registered"
-    )
-
-
-def _trial_run_id(trial: FrozenTrial) -> str:
-    run_id = trial.user_attrs.get(TRIAL_RUN_ID_ATTR)
-    if not run_id:
-        raise RegistryError(
-            f"trial {trial.number} has no MLflow run (no 'mlflow_run_id' attribute)"
-        )
-    return run_id
-
-
-def _trial_weights(tracker: Tracker, run_id: str, number: int, tracking_uri: str) -> list:
-    try:
-        return tracker.load_top_weights(run_id)
-    except Exception as exc:  # run deleted, artifacts moved, another tracking URI
-        raise RegistryError(
-            f"cannot read the trained weights of trial {number} (MLflow run {run_id}) from "
-            f"{mask_url(tracking_uri)}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        ) from None
-
-
-def _study_fingerprint(tracker: Tracker, study: optuna.Study) -> str | None:
-    """The data fingerprint the study's parent run recorded, for error messages only."""
-    parent = study.user_attrs.get(PARENT_RUN_ATTR)
-    if not parent:
-        return None
-    with contextlib.suppress(Exception):  # a deleted parent run only costs the hint
-        return tracker.client.get_run(parent).data.params.get("data_fingerprint")
-    return None
-
-
-def _metrics(evaluation: trainer.Evaluation, prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}_accuracy": float(evaluation.accuracy),
-        f"{prefix}_macro_f1": float(evaluation.macro_f1),
-        f"{prefix}_loss": float(evaluation.loss),
-    }
 
 
 def _tag_metrics(tags: dict[str, str], prefix: str) -> dict[str, float]:

@@ -12,8 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 from search.tracking.runs import ML_VIEW
 from tests.infra.pgcluster import free_port
+from tests.infra.waiting import http_ok, wait_for
 from tests.search.studyhelp import urls, write_spec
 
 pytestmark = pytest.mark.browser
@@ -72,12 +71,14 @@ def inspected(tmp_path_factory, browser):
                                                       where["storage_url"], "--port",
                                                       str(dashboard_port)])
         try:
-            runs_url = _wait(lambda: _printed_url(ui), 120, "the URL `fer-search ui` prints",
-                             ui)
+            runs_url = wait_for(lambda: _printed_url(ui), 120, "the URL `fer-search ui` prints",
+                                interval=0.5, watch=[ui])
             base = f"http://127.0.0.1:{ui_port}"
-            _wait(lambda: _answers(f"{base}/health"), 240, "the MLflow UI", ui)
+            wait_for(lambda: http_ok(f"{base}/health"), 240, "the MLflow UI", interval=0.5,
+                     watch=[ui])
             dashboard_url = f"http://127.0.0.1:{dashboard_port}/dashboard/"
-            _wait(lambda: _answers(dashboard_url), 120, "optuna-dashboard", dashboard)
+            wait_for(lambda: http_ok(dashboard_url), 120, "optuna-dashboard", interval=0.5,
+                     watch=[dashboard])
             client = MlflowClient(where["tracking_uri"])
             experiment = client.get_experiment_by_name(STUDY)
             version = client.get_model_version_by_alias(MODEL, "champion")
@@ -213,27 +214,6 @@ def _start(folder: Path, env: dict[str, str], name: str, args: list[str]) -> _Se
 def _printed_url(server: _Server) -> str | None:
     found = URL.search(server.output())
     return found.group(0) if found else None
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _wait(condition, timeout: float, what: str, server: _Server):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if server.process.poll() is not None:
-            break
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} after {timeout:.0f} s; the server's output:\n"
-                         f"{server.output()[-3000:]}")
 
 
 def _close_assistant(page) -> None:

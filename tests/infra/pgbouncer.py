@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import psycopg2
 
 from tests.infra.pgcluster import USER, ClusterUnavailable, PgCluster, free_port, run_as
+from tests.infra.waiting import port_open, wait_for
 
 DEFAULT_POOL = 40  # server connections per database (the goal: at most 50 in all)
 MAX_CLIENTS = 4000  # client connections PgBouncer accepts (about 3 per worker)
@@ -138,7 +138,9 @@ pidfile = {root / "pgbouncer.pid"}
     try:
         subprocess.run([*prefix, program, "-d", str(root / "pgbouncer.ini")], check=True,
                        capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-        _wait_listening(bouncer.port, bouncer.log)
+        # `-d`: PgBouncer daemonizes, so there is no child to watch, only its log.
+        wait_for(lambda: port_open(bouncer.port), 20,
+                 f"pgbouncer to listen on port {bouncer.port}", interval=0.1, log=bouncer.log)
     except BaseException:
         bouncer.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -164,13 +166,3 @@ def server_connections(cluster: PgCluster, database: str = "optuna") -> int:
             return int(cursor.fetchone()[0])
     finally:
         connection.close()
-
-
-def _wait_listening(port: int, log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-    raise RuntimeError(f"pgbouncer did not listen on port {port} in {timeout:.0f} s:\n{tail}")

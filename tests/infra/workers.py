@@ -1,5 +1,5 @@
 """`fer-search worker` processes for tests: their environment, starting them with output to a log
-file, and waiting for what they do.
+file, and waiting for what they do (`wait_for`, from tests/infra/waiting.py, watching them).
 
 A worker whose environment names a test hook (`tests.infra.hooks.HOOK_VARIABLES`: kill itself at
 an epoch, log its cache builds, unlocked cache files, a small disk) runs as
@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.infra.hooks import HOOK_VARIABLES
+from tests.infra.waiting import wait_for  # noqa: F401  (the workers' tests import it here)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,41 +76,3 @@ def spawn_worker(folder: Path, spec_path: Path, env: dict[str, str], name: str,
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=sink,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return Worker(process, log)
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2,
-             watch: tuple[Worker, ...] = ()):
-    """Polls `condition()` until it returns something truthy; returns it.
-
-    A poll that raises is retried (the store may not exist yet); on timeout the failure names
-    the last error and the last value seen, not just "not ready". A watched worker that exits
-    meanwhile fails the wait at once, with its output.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    last_value = None
-    while True:
-        try:
-            value = condition()
-        except Exception as error:  # noqa: BLE001  (kept for the failure message)
-            last_error, value = error, None
-        else:
-            last_error, last_value = None, value
-        if value:
-            return value
-        for worker in watch:
-            if worker.process.poll() is not None:
-                raise AssertionError(
-                    f"waiting for {what}: {worker.log.stem} exited with "
-                    f"{worker.process.returncode}; last seen: {_seen(last_error, last_value)}; "
-                    f"its output:\n{worker.output()[-3000:]}")
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last "
-                                 f"seen: {_seen(last_error, last_value)}")
-        time.sleep(interval)
-
-
-def _seen(error: BaseException | None, value) -> str:
-    if error is not None:
-        return f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
-    return repr(value)[:500]

@@ -23,7 +23,8 @@ from search.contracts import CHAMPION_ALIAS
 from search.errors import InputError
 from search.registry.aliases import alias_history
 from search.registry.predict import load_images, predict_images
-from search.registry.promotion import check_reproduced, promote
+from search.registry.promotion import champion_lock, promote
+from search.registry.rebuild import check_reproduced
 from search.registry.refs import CHALLENGER, RegistryError, fetch, parse_model_ref
 from search.spec.loader import load_spec
 from search.trial.data_provider import DataProvider
@@ -575,8 +576,6 @@ def test_racing_promotions_end_with_the_better_champion_and_one_version_per_tria
 
 
 def test_the_promotion_lock_lives_in_the_registry_store_else_the_optuna_storage(tmp_path):
-    from search.registry.promotion import champion_lock
-
     optuna_url = f"sqlite:///{tmp_path}/studies/optuna.db"
     with champion_lock(f"sqlite:///{tmp_path}/mlruns/mlflow.db", optuna_url, "m1"):
         assert (tmp_path / "mlruns" / "mlflow.db.registry-m1.lock").exists()
@@ -599,7 +598,6 @@ def test_the_promotion_lock_excludes_a_second_promoter_on_postgres(pg_cluster, t
 
     from sqlalchemy import create_engine, text
 
-    from search.registry.promotion import champion_lock
     from search.storage import locks
 
     url = pg_cluster.url()

@@ -1,6 +1,7 @@
-"""The study a person reads: the study run's description, tags and plots (search.tracking.report),
-the trial runs' bookkeeping tags, description and dataset input, the dashboard note, and the `ui`
-and `report` commands, on one small real study."""
+"""The study a person reads: the study run's description, tags and plots (search.tracking.report,
+report_description, report_plots, report_page, importances), the trial runs' bookkeeping tags,
+description and dataset input, the dashboard note, and the `ui` and `report` commands, on one
+small real study."""
 
 from __future__ import annotations
 
@@ -181,7 +182,7 @@ def test_report_on_postgres_with_a_tracking_server(pg_cluster, mlflow_server, tm
 IMPORTANCES_WITHOUT_SKLEARN = """
 import sys
 import optuna
-from search.tracking.report import importance_module
+from search.tracking.importances import importance_module
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study()
