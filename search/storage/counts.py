@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from sqlalchemy import func, select, text
 
 from search.contracts import PERMANENT_FAILURE, TRIAL_FAILURE_ATTR
+from search.queue import items, schema
 from search.storage import optuna_private as private
 
 TRIALS_INDEX = "fer_search_trials_queue"  # on Optuna's `trials`: (study_id, state, trial_id)
@@ -25,6 +26,22 @@ def ensure_index(engine) -> None:
     with engine.begin() as connection:
         connection.execute(text(f"CREATE INDEX IF NOT EXISTS {TRIALS_INDEX} "
                                 f"ON trials (study_id, state, trial_id)"))
+
+
+def queued_points(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """How many grid points of the study wait in the queue (search.queue), claimed ones not
+    counted; 0 in a store whose queue tables are older (a read-only command does not migrate)."""
+    if schema.version(storage.engine) != schema.VERSION:
+        return 0
+    return items.counts(storage.engine, study_id).get("queued", 0)
+
+
+def queued_in(study: optuna.Study) -> int:
+    """`queued_points` of a study (0 for a storage that is not a database)."""
+    storage = private.storage_of(study)
+    if not hasattr(storage, "engine"):
+        return 0
+    return queued_points(storage, storage.get_study_id_from_name(study.study_name))
 
 
 def count(storage: optuna.storages.RDBStorage, study_id: int, states) -> int:

@@ -381,11 +381,3 @@ def count(study: optuna.Study, *states: TrialState) -> int:
     if hasattr(backend, "count_trials"):
         return backend.count_trials(study_id_of(study, backend), states)
     return len(study.get_trials(deepcopy=False, states=states))
-
-
-def queued(study: optuna.Study) -> int:
-    """How many grid points wait in the queue (claimed ones not counted)."""
-    storage = private.storage_of(study)
-    study_id = study_id_of(study, storage)
-    return retried(storage, items.counts, storage.engine, study_id).get("queued", 0)
-

@@ -19,6 +19,7 @@ from search.contracts import PARENT_RUN_ATTR, SPEC_ATTR, SPEC_PATH_ATTR, own_bes
 from search.errors import FailureBudgetSpent, StudyError
 from search.spec.loader import StudySpec
 from search.storage import optuna_private as private
+from search.storage.counts import queued_in
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
@@ -286,7 +287,7 @@ class StudyLoop:
 
 def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
     if spec.sampler == "grid":
-        left = grid_queue.queued(study)
+        left = queued_in(study)
     elif spec.n_trials is not None:
         left = spec.n_trials - grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED)
     else:

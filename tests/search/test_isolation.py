@@ -264,6 +264,7 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
             time.sleep(2.5)  # the worker is gone: no beat for longer than the 1 s grace
             StudyLoop(spec, study, storage, None, tracker, lost)._recover_lost_trials()
             trials = study.get_trials()
+            row = _queue_row(storage, study, grid_queue.params_of(trial._cached_frozen_trial))
         finally:
             storage.close()
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
@@ -274,7 +275,11 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
     # Its id never reached the trial: it died before training, so no attempt is counted.
     assert reason.startswith("worker lost (no heartbeat) before this trial started training")
     assert reason.endswith("not counted as an attempt")
-    (copy,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
-    assert copy.state == TrialState.WAITING and copy.system_attrs["retry_history"] == []
+    # Its point is queued again (a grid's next attempt is its queue row, not a trial yet),
+    # naming the failed trial, with no death counted against its retries.
+    assert (row.state, row.trial_id) == ("queued", None)
+    template = json.loads(row.template)
+    assert template["system"]["failed_trial"] == failed.number
+    assert template["system"]["retry_history"] == []
     assert run.data.tags["fail_reason"] == reason
     assert reason in run.data.tags["mlflow.note.content"]
