@@ -1,19 +1,21 @@
-"""What one claim costs with 10 and with 10,000 trials waiting, before and after issue 18's claim.
+"""What one claim costs with 10 and with 10,000 grid points waiting: the queue in its own tables
+(issue 31) side by side with the claim it replaced (issue 18's, on Optuna's tables) and the one
+before that.
 
-One worker (one storage, PostgreSQL directly, a throwaway cluster) claims trials one at a time
-(FER_SEARCH_MAX_GROUP=1) from a fresh study whose queue holds N grid points, N = 10 and 10,000:
+One worker (one storage, PostgreSQL directly, a throwaway cluster) claims one point at a time
+from a fresh study whose queue holds N grid points, N = 10 and 10,000:
 
-- claim (this commit): `grid_queue.claim_batch`, one transaction over at most 32 queued rows of
-  the queue's own table read through an index, `FOR UPDATE SKIP LOCKED` (search.queue.items),
+- "queue" (this commit): `grid_queue.claim_batch`, one transaction over at most 32 queued rows
+  of the queue's own table read through an index, `FOR UPDATE SKIP LOCKED` (search.queue.items),
   then the point's trial created through Optuna's public `create_new_trial` and linked;
-- claim (before: `claim_group` of d41d3da~1, from the git history, run against this commit's
-  storage): reads every WAITING trial through Optuna's cache, then claims the first by Optuna's
-  WAITING -> RUNNING state change.
+- "issue 18" and "before issue 18": `--old`'s own `benchmarks/claim_scaling.py` (default
+  8c1f32a, the last commit with issue 18's claim), run in a git worktree of that commit: its
+  "after" (one transaction over at most 32 WAITING trials of Optuna's table, set RUNNING in
+  it) and its "before" (`claim_group` of d41d3da~1: reads every WAITING trial, then claims the
+  first).
 
-The queue is written in one transaction per study (this commit: the queue's rows, as
-`fill_queue` writes them; before: WAITING trials with Optuna's `fixed_params`);
-`--claims` claims are timed for each. Reported: median and p99 ms per claim, and the ratio
-10,000 / 10 for each claim, side by side.
+Each queue is written in one transaction per study; `--claims` claims are timed for each.
+Reported: median and p99 ms per claim, and the ratio 10,000 / 10 for each claim, side by side.
 
     .venv/bin/python benchmarks/claim_scaling.py     # results/claim_scaling.{md,json}
 """
@@ -21,11 +23,11 @@ The queue is written in one transaction per study (this commit: the queue's rows
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -34,59 +36,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import optuna  # noqa: E402
 
 from benchmarks import benchlib  # noqa: E402
-from search.storage import optuna_private as private  # noqa: E402
 from search.storage.sessions import open_storage  # noqa: E402
 from search.study import grid_queue  # noqa: E402
 from tests.infra import pgcluster  # noqa: E402
 
-OLD_COMMIT = "d41d3da~1"  # the last commit before the claim of search.storage.claims
+OLD_COMMIT = "8c1f32a"  # the last commit with issue 18's claim on Optuna's tables
 LENGTHS = (10, 10_000)
+ARMS = {"after": "issue 18 (Optuna's tables)", "before": "before issue 18 (d41d3da~1)"}
 
 
-def old_grid_queue() -> types.ModuleType:
-    """`search/study/grid_queue.py` as of OLD_COMMIT, as a module of its own."""
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:search/study/grid_queue.py"],
-                            capture_output=True, text=True, check=True,
-                            cwd=benchlib.BENCH_DIR.parent).stdout
-    module = types.ModuleType("old_grid_queue")
-    exec(compile(source, "old_grid_queue.py", "exec"), module.__dict__)  # noqa: S102
-    return module
-
-
-def queue(study, storage, length: int, which: str) -> None:
-    """`length` queued grid points, in one transaction: this commit's queue rows ("after"), or
-    the WAITING trials the code before issue 18 claimed ("before")."""
-    points = [{"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
-              for index in range(length)]
-    if which == "after":
-        grid_queue.enqueue(study, points)
-        return
-    study_id = storage.get_study_id_from_name(study.study_name)
-    with private.session(storage) as session:
-        private.lock_study(session, study_id)
-        for params in points:
-            private.new_trial(storage, session, study_id, optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING, system_attrs={"fixed_params": params}))
-
-
-def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
-    if which == "before":
-        old = old_grid_queue()
-
-        def claim(study, storage):
-            return old.claim_group(study, storage, lambda params: None, limit=1)
-    else:
-        def claim(study, storage):
-            return grid_queue.claim_batch(study, storage, lambda params: None)
-    name = f"scaling-{which}-{length}"
+def time_claims(url: str, length: int, claims: int) -> list[float]:
+    """This commit's claims of one point each from a fresh queue of `length` points."""
     storage = open_storage(url, resilient=True)
     try:
-        study = optuna.create_study(study_name=name, storage=storage)
-        queue(study, storage, length, which)
+        study = optuna.create_study(study_name=f"scaling-queue-{length}", storage=storage)
+        grid_queue.enqueue(study, [{"learning_rate": 1.0e-6 * (index + 1), "batch_size": 32}
+                                   for index in range(length)])  # one transaction
         times = []
         for _ in range(min(claims, length)):
             began = time.perf_counter()
-            trials = claim(study, storage)
+            trials = grid_queue.claim_batch(study, storage, lambda params: None)
             times.append(time.perf_counter() - began)
             assert len(trials) == 1
         return times
@@ -94,11 +63,33 @@ def time_claims(url: str, length: int, which: str, claims: int) -> list[float]:
         storage.close()
 
 
+def old_rows(commit: str, lengths: list[int], claims: int) -> list[dict[str, Any]]:
+    """`commit`'s own claim_scaling run in a git worktree of it (its arms "after" and
+    "before"), as this script's rows."""
+    tree = benchlib.WORK_DIR / "claim-scaling" / f"src-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit],
+                       cwd=benchlib.REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "benchmarks/claim_scaling.py", "--claims", str(claims),
+                    "--lengths", *map(str, lengths), "--name", "claim_scaling-old"],
+                   cwd=tree, check=True, env=benchlib.source_env(tree))
+    found = json.loads((tree / "benchmarks" / "results" / "claim_scaling-old.json").read_text())
+    return [{**row, "claim": ARMS[row["claim"]]} for row in found["rows"]]
+
+
+def summary(which: str, length: int, times: list[float]) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {"claim": which, "waiting": length, "claims": len(times),
+            "median_ms": round(statistics.median(times) * 1000, 1),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--claims", type=int, default=20)
     parser.add_argument("--name", default="claim_scaling")
+    parser.add_argument("--old", default=OLD_COMMIT, help="the commit of issue 18's claim")
     args = parser.parse_args(argv)
     if min(args.lengths) < 1 or args.claims < 1:
         parser.error("--lengths and --claims must be >= 1")
@@ -106,17 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     cluster = pgcluster.start_cluster()
     try:
-        for which in ("after", "before"):
-            for length in args.lengths:
-                times = time_claims(cluster.url(), length, which, args.claims)
-                ordered = sorted(times)
-                rows.append({"claim": which, "waiting": length, "claims": len(times),
-                             "median_ms": round(statistics.median(times) * 1000, 1),
-                             "p99_ms": round(ordered[min(len(ordered) - 1,
-                                                         int(0.99 * len(ordered)))] * 1000, 1)})
-                print(rows[-1], flush=True)
+        for length in args.lengths:
+            rows.append(summary("queue (issue 31)", length,
+                                time_claims(cluster.url(), length, args.claims)))
+            print(rows[-1], flush=True)
     finally:
         pgcluster.remove_cluster(cluster)
+    rows += old_rows(args.old, args.lengths, args.claims)
     prov["load_average_at_end"] = benchlib.load_average()
     by = {(r["claim"], r["waiting"]): r for r in rows}
     low, high = min(args.lengths), max(args.lengths)
@@ -126,16 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         [[which, *[by[(which, n)]["median_ms"] for n in args.lengths],
           *[by[(which, n)]["p99_ms"] for n in args.lengths],
           round(by[(which, high)]["median_ms"] / by[(which, low)]["median_ms"], 2)]
-         for which in ("after", "before")])
-    text = f"""# One claim with few and many trials waiting, before and after issue 18's claim
+         for which in ("queue (issue 31)", *ARMS.values())])
+    text = f"""# One claim with few and many points waiting: the queue's tables vs issue 18's
 
 One worker, one storage, PostgreSQL directly (a throwaway cluster on this machine); a fresh study
-per row whose queue holds the given number of grid points; {args.claims} claims of one trial
-each timed (at most as many as are waiting). "after": this commit's `grid_queue.claim_batch`
-(one transaction over at most 32 queued rows of the queue's own table through an index, FOR
-UPDATE SKIP LOCKED, then the trial created through Optuna's public API and linked to its row);
-"before": `claim_group` of {OLD_COMMIT} (reads every WAITING trial, then claims the first),
-run against this commit's storage.
+per row whose queue holds the given number of grid points; {args.claims} claims of one point
+each timed (at most as many as are waiting). "queue (issue 31)": this commit's
+`grid_queue.claim_batch` (one transaction over at most 32 queued rows of the queue's own table
+through an index, FOR UPDATE SKIP LOCKED, then the trial created through Optuna's public API
+and linked to its row). "issue 18": {args.old}'s claim (one transaction over at most 32 WAITING
+trials of Optuna's table, set RUNNING in it), and "before issue 18": d41d3da~1's `claim_group`
+(reads every WAITING trial, then claims the first), both measured by {args.old}'s own script
+in a git worktree of it, right after this commit's rows, on another throwaway cluster.
 
 {table}
 
