@@ -1,8 +1,9 @@
 """Exactly-once writes on Optuna's RDB storage: each is one transaction, and each can tell on a
 retry whether its own first attempt committed.
 
-- `create_trial`: a new trial plus a system attr holding the caller's token, in one
-  transaction; `trial_by_token` finds it again (a retry whose first attempt committed unseen).
+- `create_trial`: a new trial plus a system attr holding the caller's token (and a RUNNING
+  trial's first heartbeat), in one transaction; `trial_by_token` finds it again (a retry whose
+  first attempt committed unseen).
 - `set_state`: a state change (a tell; a migrated WAITING trial's claim) plus the caller's
   token on the trial, in one transaction; a change to RUNNING records the trial's first
   heartbeat in it too.
@@ -40,10 +41,14 @@ def set_intermediate_values(storage: optuna.storages.RDBStorage, trial_id: int,
 
 def create_trial(storage: optuna.storages.RDBStorage, study_id: int,
                  template: FrozenTrial | None, token: str) -> FrozenTrial:
-    """`RDBStorage._create_new_trial` in one attempt, the trial marked with `token`."""
+    """`RDBStorage._create_new_trial` in one attempt, the trial marked with `token`; a RUNNING
+    trial (asked, or a claimed grid point's) beats in the same transaction: a worker dying
+    right after it leaves a trial that goes stale, never one RUNNING forever."""
     with private.session(storage) as session:
         private.lock_study(session, study_id)
         trial = _new_trial(storage, session, study_id, template, token)
+        if trial.state == TrialState.RUNNING and storage.heartbeat_interval:
+            private.beat(session, trial.trial_id)
         return _frozen(trial, template)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa
 from tenacity import (
     RetryCallState,
@@ -177,10 +177,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     return found
             return idempotent.create_trial(self, study_id, template_trial, token)
 
-        trial = self._retrying(create, "create_new_trial")
-        if trial.state == TrialState.RUNNING and self.heartbeat_interval:
-            self.record_heartbeat(private.trial_id(trial))  # as for a claim: beat from the start
-        return trial
+        return self._retrying(create, "create_new_trial")  # a RUNNING one beats from the start
+
+    def create_trial(self, study_id: int, template_trial) -> FrozenTrial:
+        """`create_new_trial`, answering the new trial (its id and number) rather than its id:
+        a claimed grid point's trial (search.study.grid_queue) needs both."""
+        return self.create_trial_once(study_id, template_trial)
 
     def count_trials(self, study_id: int, states) -> int:
         """How many trials of the study are in `states` (search.storage.counts.count)."""

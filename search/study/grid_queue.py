@@ -330,6 +330,7 @@ def _start(storage, study_id: int, row: items.Claimed) -> tuple[int, int] | None
         trial_id = row.trial_id
         if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
             return None  # not WAITING any more: not this claim's to run
+        number = storage.get_trial_number_from_id(trial_id)
     else:
         # Optuna's own form of a queued trial's point (`fixed_params`, which `suggest` returns),
         # and its identity.
@@ -337,12 +338,17 @@ def _start(storage, study_id: int, row: items.Claimed) -> tuple[int, int] | None
                   POINT_ATTR: canonical(point)}
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING, system_attrs=system, user_attrs=row.template["user"])
-        trial_id = storage.create_new_trial(study_id, template)
+        if hasattr(storage, "create_trial"):  # ResilientRDBStorage: the trial, in one call
+            created = storage.create_trial(study_id, template)
+            trial_id, number = private.trial_id(created), created.number
+        else:
+            trial_id = storage.create_new_trial(study_id, template)
+            number = storage.get_trial_number_from_id(trial_id)
     if not retried(storage, items.link, storage.engine, row.item_id, row.token, trial_id):
         storage.set_trial_user_attr(trial_id, TRIAL_REASON_ATTR, CLAIM_LOST)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         return None
-    return trial_id, storage.get_trial_number_from_id(trial_id)
+    return trial_id, number
 
 
 def retried(storage, call: Callable[..., T], *args: Any) -> T:
