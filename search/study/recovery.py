@@ -84,10 +84,9 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
         if row is not None:
             failed = _fail(storage, trial_id, reason, given_up)
             if failed:
-                copy = None if given_up else template
-                retried(storage, items.requeue,
-                    storage.engine, row[0], trial_id, copy, bool(
-                        template["system"].get(ALONE_ATTR)))
+                retried(storage, items.requeue, storage.engine, row[0], trial_id,
+                        None if given_up else template,
+                        bool(template["system"].get(ALONE_ATTR)))
         else:
             failed = add_copy(storage, study_id, frozen, None if given_up else template,
                               functools.partial(_fail, storage, trial_id, reason, given_up))
@@ -95,8 +94,7 @@ def recover_lost(study: optuna.Study, storage, on_lost: Callable | None = None) 
             lost.append(frozen)
             if on_lost is not None:
                 on_lost(study, frozen, reason)
-    for item_id in retried(storage, items.unlinked, storage.engine, study_id,
-                                                             _grace(storage)):
+    for item_id in retried(storage, items.unlinked, storage.engine, study_id, _grace(storage)):
         retried(storage, items.release, storage.engine, item_id)
     return lost
 
