@@ -41,12 +41,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from search import settings
+from search.contracts import TRIAL_REASON_ATTR
 from search.queue import items
 from search.queue.models import QueueItem
 from search.spec.loader import load_spec
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import grid_queue
+from search.study import grid_queue, recovery
 from search.study import loop as loop_module
 from search.study import setup as study_setup
 from tests.search.studyhelp import write_spec
@@ -316,6 +317,46 @@ def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, qui
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == dead.params and trials[1].system_attrs["failed_trial"] == 0
     assert study.ask().number == 1
+
+
+def test_a_claim_whose_worker_died_before_making_its_trial_is_queued_again(
+        workers, tmp_path, quick_heartbeat):
+    """A worker claimed a point's row, then died before creating its trial: no heartbeat will
+    ever say so, so the row itself goes back to the queue once the grace period has passed."""
+    spec = _spec(tmp_path)
+    storage, study = workers.open()
+    workers.start(spec)
+    study_id = grid_queue.study_id_of(study, storage)
+    (row,) = items.claim(storage.engine, study_id, lambda queued: [queued[0].item_id],
+                         "d" * 32)
+    assert not recovery.has_lost(study, storage)  # within the grace period: maybe alive
+    time.sleep(2.2)  # past the 1 s grace
+    assert recovery.has_lost(study, storage)
+    recovery.recover_lost(study, storage)
+    assert items.counts(storage.engine, study_id) == {"queued": 4}
+    assert_exactly_once(study, spec, total=0)
+
+
+def test_a_claim_taken_back_before_its_trial_was_linked_runs_nothing(
+        workers, tmp_path, monkeypatch):
+    """A claim that lost its row (taken back as its worker looked dead) between making the
+    point's trial and linking it: the trial is failed with the reason, not handed out, and the
+    point stays queued once."""
+    spec = _spec(tmp_path)
+    storage, study = workers.open()
+    workers.start(spec)
+    real_link = items.link
+
+    def taken_back_first(engine, item_id, token, trial_id):
+        assert items.release(engine, item_id)  # another worker's recovery, just before
+        return real_link(engine, item_id, token, trial_id)
+
+    monkeypatch.setattr(items, "link", taken_back_first)
+    assert grid_queue.claim_batch(study, storage, lambda params: None) == []
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[TRIAL_REASON_ATTR] == grid_queue.CLAIM_LOST
+    assert_exactly_once(study, spec, total=1)
 
 
 # ------------------------------------------------------------------- stress: real processes
