@@ -1,6 +1,5 @@
 """What one claim costs with 10 and with 10,000 grid points waiting: the queue in its own tables
-(issue 31) side by side with the claim it replaced (issue 18's, on Optuna's tables) and the one
-before that.
+(issue 31) side by side with the claim it replaced (issue 18's, on Optuna's tables).
 
 One worker (one storage, PostgreSQL directly, a throwaway cluster) claims one point at a time
 from a fresh study whose queue holds N grid points, N = 10 and 10,000:
@@ -8,11 +7,11 @@ from a fresh study whose queue holds N grid points, N = 10 and 10,000:
 - "queue" (this commit): `grid_queue.claim_batch`, one transaction over at most 32 queued rows
   of the queue's own table read through an index, `FOR UPDATE SKIP LOCKED` (search.queue.items),
   then the point's trial created through Optuna's public `create_new_trial` and linked;
-- "issue 18" and "before issue 18": `--old`'s own `benchmarks/claim_scaling.py` (default
-  8c1f32a, the last commit with issue 18's claim), run in a git worktree of that commit: its
-  "after" (one transaction over at most 32 WAITING trials of Optuna's table, set RUNNING in
-  it) and its "before" (`claim_group` of d41d3da~1: reads every WAITING trial, then claims the
-  first).
+- "issue 18": `--old`'s (default 8c1f32a, the last commit with issue 18's claim) own
+  `benchmarks/claim_scaling.py` functions, run with that commit's code in a git worktree of it:
+  one transaction over at most 32 WAITING trials of Optuna's table, set RUNNING in it. (The
+  claim before issue 18, which read every WAITING trial, took 140x longer with 10,000 waiting
+  than with 10: f608baf's run, in HISTORY.md; its code no longer runs with today's settings.)
 
 Each queue is written in one transaction per study; `--claims` claims are timed for each.
 Reported: median and p99 ms per claim, and the ratio 10,000 / 10 for each claim, side by side.
@@ -42,7 +41,19 @@ from tests.infra import pgcluster  # noqa: E402
 
 OLD_COMMIT = "8c1f32a"  # the last commit with issue 18's claim on Optuna's tables
 LENGTHS = (10, 10_000)
-ARMS = {"after": "issue 18 (Optuna's tables)", "before": "before issue 18 (d41d3da~1)"}
+OLD_ARM = "issue 18 (Optuna's tables)"
+# Run in `--old`'s worktree, with its code: its own script's queue and claim, on its own cluster.
+OLD_DRIVER = """
+import json, sys
+from benchmarks import claim_scaling as old
+from tests.infra import pgcluster
+lengths, claims = json.loads(sys.argv[1]), int(sys.argv[2])
+cluster = pgcluster.start_cluster()
+try:
+    print(json.dumps([old.time_claims(cluster.url(), n, "after", claims) for n in lengths]))
+finally:
+    pgcluster.remove_cluster(cluster)
+"""
 
 
 def time_claims(url: str, length: int, claims: int) -> list[float]:
@@ -64,17 +75,17 @@ def time_claims(url: str, length: int, claims: int) -> list[float]:
 
 
 def old_rows(commit: str, lengths: list[int], claims: int) -> list[dict[str, Any]]:
-    """`commit`'s own claim_scaling run in a git worktree of it (its arms "after" and
-    "before"), as this script's rows."""
+    """Issue 18's claims, timed by `commit`'s own functions with its code (a git worktree of
+    it), as this script's rows."""
     tree = benchlib.WORK_DIR / "claim-scaling" / f"src-{commit}"
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit],
                        cwd=benchlib.REPO, check=True, capture_output=True)
-    subprocess.run([sys.executable, "benchmarks/claim_scaling.py", "--claims", str(claims),
-                    "--lengths", *map(str, lengths), "--name", "claim_scaling-old"],
-                   cwd=tree, check=True, env=benchlib.source_env(tree))
-    found = json.loads((tree / "benchmarks" / "results" / "claim_scaling-old.json").read_text())
-    return [{**row, "claim": ARMS[row["claim"]]} for row in found["rows"]]
+    out = subprocess.run([sys.executable, "-c", OLD_DRIVER, json.dumps(lengths), str(claims)],
+                         cwd=tree, check=True, env=benchlib.source_env(tree),
+                         capture_output=True, text=True).stdout
+    times = json.loads(out.strip().splitlines()[-1])
+    return [summary(OLD_ARM, length, each) for length, each in zip(lengths, times, strict=True)]
 
 
 def summary(which: str, length: int, times: list[float]) -> dict[str, Any]:
@@ -113,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         [[which, *[by[(which, n)]["median_ms"] for n in args.lengths],
           *[by[(which, n)]["p99_ms"] for n in args.lengths],
           round(by[(which, high)]["median_ms"] / by[(which, low)]["median_ms"], 2)]
-         for which in ("queue (issue 31)", *ARMS.values())])
+         for which in ("queue (issue 31)", OLD_ARM)])
+    ratios = benchlib.table(
+        ["waiting", "median queue / issue 18", "p99 queue / issue 18"],
+        [[f"{n:,}", *[round(by[("queue (issue 31)", n)][k] / by[(OLD_ARM, n)][k], 2)
+                      for k in ("median_ms", "p99_ms")]] for n in args.lengths])
     text = f"""# One claim with few and many points waiting: the queue's tables vs issue 18's
 
 One worker, one storage, PostgreSQL directly (a throwaway cluster on this machine); a fresh study
@@ -122,11 +137,15 @@ each timed (at most as many as are waiting). "queue (issue 31)": this commit's
 `grid_queue.claim_batch` (one transaction over at most 32 queued rows of the queue's own table
 through an index, FOR UPDATE SKIP LOCKED, then the trial created through Optuna's public API
 and linked to its row). "issue 18": {args.old}'s claim (one transaction over at most 32 WAITING
-trials of Optuna's table, set RUNNING in it), and "before issue 18": d41d3da~1's `claim_group`
-(reads every WAITING trial, then claims the first), both measured by {args.old}'s own script
-in a git worktree of it, right after this commit's rows, on another throwaway cluster.
+trials of Optuna's table, set RUNNING in it), timed by {args.old}'s own script functions with
+its code (a git worktree of it), right after this commit's rows, on another throwaway cluster.
+The queue's claim is three round trips (the claim, the trial's creation with its first
+heartbeat, the link) where issue 18's was one: what the queue's own tables and Optuna's public
+API cost per claim, against trainings of seconds to minutes.
 
 {table}
+
+{ratios}
 
 {benchlib.provenance_markdown(prov)}"""
     for path in benchlib.write_results(benchlib.RESULTS_DIR, args.name,
