@@ -70,7 +70,8 @@ RESUMED_FROM_RUN = "resumed_from_run"  # trial user attr and MLflow tag: the run
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # ... and the checkpointed epoch it resumed after
 RESUMED_BY_RUN_TAG = "resumed_by_run"  # on the dead run: the run that carried it on
 # The trials a trial shared its claim (and so its training pass) with, written before training:
-# if their worker dies, each was a suspect, and its copy trains alone (grid_queue.recover_lost).
+# if their worker dies, each was a suspect, and its copy trains alone
+# (search.study.recovery.recover_lost).
 PASS_MATES_ATTR = "pass_mates"
 # A trial of a study whose spec names a cost (search.trial.objectives): its model's costs,
 # `trainer.COST_NAMES` and the measuring protocol, measured before it trained.

@@ -16,6 +16,7 @@ from search.contracts import (
     feasible,
     is_added,
 )
+from search.storage.counts import queued_in
 from search.tracking.spread import LEGEND, marks, value_text
 
 _STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan",
@@ -120,7 +121,9 @@ def trials_table(study) -> Table:
     """Every trial of a study: number, state, params, value, duration."""
     trials = study.get_trials(deepcopy=False)
     names = _param_names(trials)
-    table = Table(title=f"study {study.study_name}: {len(trials)} trials")
+    queued = queued_in(study)  # a grid's points waiting in the queue: not trials yet
+    table = Table(title=f"study {study.study_name}: {len(trials)} trials"
+                  + (f", {queued} grid points queued" if queued else ""))
     table.add_column("trial", justify="right")
     table.add_column("state")
     for name in names:

@@ -4,18 +4,28 @@ doors). No other module of `search` or `benchmarks` may use one
 exists with the shape used here, so an Optuna release that drops or reshapes one fails there,
 by name, and `scripts/test-newest-optuna.sh` runs it against the newest Optuna allowed.
 
-Why they are needed at all: a claim, a queued grid point and a re-queue are each one
-transaction over Optuna's tables (search.storage.claims, search.storage.points), which Optuna's
-public storage API cannot express (each of its calls is a transaction of its own); and a claimed
-trial must enter Optuna's cache around the storage without the cache re-reading every
-unfinished trial of the study. Everything else goes through public routes.
+Why they are needed at all, now that the grid queue, its claims and its re-queues live in the
+queue's own tables (search.queue, issue 31) and reach Optuna through its public API:
+
+- Idempotent retries: a new trial and a state change (a tell) each write a token in their own
+  transaction, which a retry after a lost answer looks up (search.storage.idempotent); Optuna's
+  public calls cannot add a row to their transaction.
+- Counts that cost one indexed query (search.storage.counts), where the public `get_trials`
+  reads every trial, in every worker polling for a study's end.
+- A dead worker's trials: which RUNNING trials went stale (`stale_trial_ids`); the public route
+  fails them itself, without the reason the project writes first.
+- A claimed trial enters Optuna's cache around the storage without the cache re-reading every
+  unfinished trial of the study (`remember_running`), and a trial's id (`trial_id`).
+
+Everything else goes through public routes.
 
 What is relied on (Optuna 5.0 and 5.1):
 
 - `optuna.storages._rdb.storage._create_scoped_session`: a session that commits at the end and
   wraps database errors in `StorageInternalError` (`session`).
 - `optuna.storages._rdb.models`: the ORM classes of Optuna's tables (`TRIALS`, `SYSTEM_ATTRS`,
-  `USER_ATTRS` and the helpers below): their column attributes are Optuna's schema.
+  `USER_ATTRS` and the helpers below): their column attributes are Optuna's schema (the counts
+  and the token look-ups read them).
 - `RDBStorage`'s helpers for writing inside an open session: `_get_prepared_new_trial`,
   `_set_trial_attr_without_commit`, `_set_trial_value_without_commit`,
   `_set_trial_intermediate_value_without_commit`, and `_get_stale_trial_ids`.
@@ -45,7 +55,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-# Optuna's tables, as its ORM classes: claims and points query these columns (trial_id,
+# Optuna's tables, as its ORM classes: counts and idempotent query these columns (trial_id,
 # study_id, number, state, datetime_start, datetime_complete; trial_id, key, value_json).
 TRIALS = models.TrialModel
 SYSTEM_ATTRS = models.TrialSystemAttributeModel
@@ -70,7 +80,7 @@ def session(storage: optuna.storages.RDBStorage,
     Optuna's `StorageInternalError`, its cause kept for search.storage.retry.is_transient).
 
     Private: `_create_scoped_session`. Public route: none; Optuna's public methods are each a
-    transaction of their own, and a claim or a re-queue must be one.
+    transaction of their own, and a write with its token must be one.
     """
     return _create_scoped_session(storage.scoped_session, ignore_integrity_error)
 
@@ -98,7 +108,7 @@ def new_trial(storage: optuna.storages.RDBStorage, session_: Session, study_id: 
     inside the open transaction and returns its row, numbered. Lock the study first.
 
     Private: `RDBStorage._get_prepared_new_trial`. Public route: `create_new_trial`, which
-    commits on its own (a queued point's row and a token must join its transaction).
+    commits on its own (the creation's token must join its transaction).
     """
     return storage._get_prepared_new_trial(study_id, template, session_)
 
@@ -135,18 +145,9 @@ def set_intermediate_value(storage: optuna.storages.RDBStorage, session_: Sessio
     storage._set_trial_intermediate_value_without_commit(session_, trial_id, step, value)
 
 
-def last_heartbeat(session_: Session, trial_id: int) -> datetime | None:
-    """When the trial last beat (the database's clock), or None.
-
-    Private: `models.TrialHeartbeatModel`. Public route: none (`_get_stale_trial_ids` reads
-    every RUNNING trial of the study, in a transaction of its own).
-    """
-    beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session_)
-    return None if beat is None else beat.heartbeat
-
-
 def beat(session_: Session, trial_id: int) -> None:
-    """The trial's heartbeat, now, inside the open transaction (a claim's first beat).
+    """The trial's heartbeat, now, inside the open transaction (a state change to RUNNING: a
+    migrated WAITING trial's claim, whose first beat it is).
 
     Private: `models.TrialHeartbeatModel`. Public route: `record_heartbeat`, a transaction of
     its own (a worker dying between the two would leave a RUNNING trial that never goes stale).
@@ -162,8 +163,8 @@ def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list
     """The study's RUNNING trials whose heartbeat is older than the grace period.
 
     Private: `_get_stale_trial_ids`. Public route: `optuna.storages.fail_stale_trials`, which
-    fails them itself, each in its own transaction; the project fails a stale trial and queues
-    its copy in one (search.storage.points.replace_trial).
+    fails them itself, without the reason (and the permanent mark) the project writes on a
+    trial before failing it (search.study.recovery).
     """
     return storage._get_stale_trial_ids(study_id)
 
@@ -180,7 +181,7 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     """The storage under `study`: for an RDB storage, the `RDBStorage` itself (Optuna wraps it
-    in its cache), where the project's claims and counts are.
+    in its cache), whose engine holds the queue's tables and whose counts the project reads.
 
     Private: `Study._storage`, `_CachedStorage._backend`. Public route: none (a `Study` does not
     expose its storage); callers that hold the storage pass it instead.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa
 from tenacity import (
     RetryCallState,
@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from search import settings
-from search.storage import claims, points
+from search.storage import counts, idempotent
 from search.storage import optuna_private as private
 from search.storage.engines import close_storage, root_message
 from search.urls import mask_text
@@ -117,12 +117,12 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     call of a thread retries (Optuna's methods call each other), so one logical operation
     never multiplies its waits.
 
-    Retried writes are idempotent: a state change, a new trial, a queued grid point and a
-    re-queue each carry a token written in their own transaction, which a retry looks up
-    before writing again (search.storage.points). A claim (WAITING -> RUNNING) records the
-    trial's first heartbeat in its transaction: Optuna fails only RUNNING trials that have a
-    heartbeat, so a worker dying between its claim and its first beat would otherwise leave the
-    trial RUNNING forever, and a grid study waiting for it.
+    Retried writes are idempotent: a state change and a new trial each carry a token written
+    in their own transaction, which a retry looks up before writing again
+    (search.storage.idempotent); the queue's claims carry theirs (search.queue.items). A state
+    change to RUNNING (a migrated WAITING trial's claim) records the trial's first heartbeat in
+    its transaction, and a new RUNNING trial beats at once: Optuna fails only RUNNING trials
+    that have a heartbeat.
     """
 
     _depth = threading.local()
@@ -145,7 +145,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values=None) -> bool:
         """A state change (a claim, a tell) that a retry never repeats: the first attempt
-        writes a token on the trial in its own transaction (search.storage.points), and a
+        writes a token on the trial in its own transaction (search.storage.idempotent), and a
         retry that finds the token knows that attempt committed. A claim records the first
         heartbeat in the same transaction."""
         token = uuid.uuid4().hex
@@ -154,9 +154,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         def change() -> bool:
             nonlocal attempts
             attempts += 1
-            if attempts > 1 and points.state_token(self, trial_id) == token:
+            if attempts > 1 and idempotent.state_token(self, trial_id) == token:
                 return True  # our first attempt committed before its connection died
-            return points.set_state(self, trial_id, state, values, token)
+            return idempotent.set_state(self, trial_id, state, values, token)
 
         return self._retrying(change, "set_trial_state_values")
 
@@ -172,71 +172,37 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                found = points.trial_by_token(self, study_id, token)
+                found = idempotent.trial_by_token(self, study_id, token)
                 if found is not None:
                     return found
-            return points.create_trial(self, study_id, template_trial, token)
+            return idempotent.create_trial(self, study_id, template_trial, token)
 
-        trial = self._retrying(create, "create_new_trial")
-        if trial.state == TrialState.RUNNING and self.heartbeat_interval:
-            self.record_heartbeat(private.trial_id(trial))  # as for a claim: beat from the start
-        return trial
+        return self._retrying(create, "create_new_trial")  # a RUNNING one beats from the start
 
-    def claim_waiting(self, study_id: int, choose: claims.Choose,
-                      window: int = claims.WINDOW) -> list[int]:
-        """Claims the WAITING trials `choose` picks (search.storage.claims.claim_waiting),
-        retried; a retry whose first attempt committed unseen returns that attempt's trials."""
-        token = uuid.uuid4().hex
-        attempts = 0
-
-        def claim() -> list[int]:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                mine = claims.claimed_by(self, study_id, token)
-                if mine:
-                    return mine
-            return claims.claim_waiting(self, study_id, choose, token, window)
-
-        return self._retrying(claim, "claim_waiting")
-
-    def any_waiting(self, study_id: int) -> bool:
-        """Whether the study has a WAITING trial (search.storage.claims.any_waiting), retried."""
-        return self._retrying(lambda: claims.any_waiting(self, study_id), "any_waiting")
+    def create_trial(self, study_id: int, template_trial) -> FrozenTrial:
+        """`create_new_trial`, answering the new trial (its id and number) rather than its id:
+        a claimed grid point's trial (search.study.grid_queue) needs both."""
+        return self.create_trial_once(study_id, template_trial)
 
     def count_trials(self, study_id: int, states) -> int:
-        """How many trials of the study are in `states` (search.storage.claims.count)."""
-        return self._retrying(lambda: claims.count(self, study_id, states), "count_trials")
+        """How many trials of the study are in `states` (search.storage.counts.count)."""
+        return self._retrying(lambda: counts.count(self, study_id, states), "count_trials")
 
     def count_failed_for_good(self, study_id: int) -> int:
-        """Trials failed for good (search.storage.claims.count_failed_for_good), retried."""
-        return self._retrying(lambda: claims.count_failed_for_good(self, study_id),
+        """Trials failed for good (search.storage.counts.count_failed_for_good), retried."""
+        return self._retrying(lambda: counts.count_failed_for_good(self, study_id),
                               "count_failed_for_good")
-
-    def enqueue_point(self, study_id: int, template, key: str):
-        """Queues grid point `key` (search.storage.points.enqueue_point), retried; the new
-        trial, or None when the point is held (by a retry's own first attempt, or another)."""
-        token = uuid.uuid4().hex
-        return self._retrying(lambda: points.enqueue_point(self, study_id, template, key, token),
-                              "enqueue_point")
-
-    def replace_trial(self, study_id: int, old_id: int, template, key: str | None, *,
-                      stale: bool, reason: str | None = None) -> bool:
-        """The one re-queue (search.storage.points.replace_trial), retried: fails a stale
-        trial (`stale`) or takes an interrupted one, and queues `template` in its place. True
-        when this call did it (its first attempt, if a retry finds that one committed)."""
-        token = uuid.uuid4().hex
-        grace = (self.grace_period or 2 * (self.heartbeat_interval or 0)) if stale else None
-        return self._retrying(
-            lambda: points.replace_trial(self, study_id, old_id, template, key, token,
-                                         stale_after_s=grace, reason=reason) != "skipped",
-            "replace_trial")
 
     def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:
         """Several steps' intermediate values of one trial in one transaction, retried (a retry
         writes the same rows again: Optuna's write of a step updates it in place)."""
-        self._retrying(lambda: points.set_intermediate_values(self, trial_id, values),
+        self._retrying(lambda: idempotent.set_intermediate_values(self, trial_id, values),
                        "set_trial_intermediate_values")
+
+    def retrying(self, call: Callable[[], T], name: str) -> T:
+        """`call` (one transaction of the project's own, e.g. the queue's) retried through a
+        database outage as this storage's methods are; the caller makes it idempotent."""
+        return self._retrying(call, name)
 
     def _retrying(self, call: Callable[[], T], name: str) -> T:
         depth = getattr(self._depth, "value", 0)

@@ -3,7 +3,7 @@ long-lived worker's storage differs from a one-shot command's.
 
 SQLite (the default, one machine) and PostgreSQL (many machines) go through Optuna's RDBStorage
 with heartbeats on: a trial whose process dies stops beating, is failed after the grace period and
-re-queued in the same transaction (search.study.grid_queue.recover_lost).
+re-queued in the same transaction (search.study.recovery.recover_lost).
 
 Several workers at once:
 
@@ -47,7 +47,8 @@ from sqlalchemy.exc import ArgumentError
 
 from search import settings
 from search.errors import InputError, SearchError
-from search.storage import claims, points
+from search.queue import schema
+from search.storage import counts
 from search.storage.engines import (
     SQLITE_MAGIC,
     begin_immediate,
@@ -89,7 +90,7 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
     Args:
         on_stale: called with (study, trial) for each trial failed for want of a heartbeat
             by Optuna's `fail_stale_trials`; default: none. The study loop fails and re-queues
-            stale trials itself (search.study.grid_queue.recover_lost: its one re-queue path)
+            stale trials itself (search.study.recovery.recover_lost: its one re-queue path)
             and does not call Optuna's.
         read_only: the store must exist already (a command that only reads: status, studies,
             promote, dashboard); nothing is created, and a missing store is an `InputError`.
@@ -143,8 +144,8 @@ def open_storage(url: str, on_stale=None, *, read_only: bool = False,
             # Workers started together on a fresh database would race on CREATE TABLE.
             with named_lock(url, TABLES_LOCK, retry_s=0):
                 storage = create()
-                points.ensure_table(storage.engine)  # the grid queue's table
-                claims.ensure_index(storage.engine)  # a claim's read of the queue
+                counts.ensure_index(storage.engine)  # the counts' read of Optuna's trials
+                schema.upgrade(storage)  # the queue's own tables (search.queue)
         _check_schema(storage)
     except Exception as exc:  # driver missing, host unreachable, bad credentials ...
         raise _open_error(url, exc) from None
@@ -264,10 +265,11 @@ def _ready(url: str, engine_kwargs: dict[str, Any]) -> bool:
     try:
         found = inspect(engine)
         return (all(found.has_table(t) for t in ("studies", "trials", "version_info",
-                                                  "alembic_version", points.GRID_POINTS.name))
-                and any(index["name"] == claims.TRIALS_INDEX
+                                                  "alembic_version"))
+                and any(index["name"] == counts.TRIALS_INDEX
                         for index in found.get_indexes("trials"))
-                and all(_has_rows(engine, t) for t in ("version_info", "alembic_version")))
+                and all(_has_rows(engine, t) for t in ("version_info", "alembic_version"))
+                and schema.version(engine) == schema.VERSION)
     except Exception as exc:
         raise _open_error(url, exc) from None
     finally:

@@ -15,14 +15,14 @@ FER_SEARCH_ASK_BATCH trials at once and splits them into batches the trainer may
   configurations as one-at-a-time asks, the start-up's trained together.
 - `n_trials` exactly: asks happen under the study lock, which every asking worker takes, and
   ask at most `n_trials` minus the trials finished, running or queued (WAITING copies of lost
-  trials, which Optuna's `ask` takes before making a new trial).
+  trials and a warm start's points, which Optuna's `ask` takes before making a new trial).
 - Exactly once: an asked trial is RUNNING with a heartbeat from its creation (the storage beats
   it in the creating transaction), and the loop beats every trial of the batch until it ends. A
   killed worker's trials, started or not, go stale and are failed and re-queued by
-  `grid_queue.recover_lost`, the one re-queue path; their copies carry the params and are taken
-  by the next ask. A worker that stops mid-batch (a signal, the deadline, too many failures)
-  hands its unstarted trials back at once, failed and re-queued by the same transaction
-  (`hand_back`).
+  `recovery.recover_lost`, the one re-queue path; their copies (WAITING trials in Optuna's own
+  queue) carry the params and are taken by the next ask. A worker that stops mid-batch (a
+  signal, the deadline, too many failures) hands its unstarted trials back at once, failed
+  and copied by the same path (`hand_back`).
 - Pruning acts per trial: a batch's members report every epoch on their own
   (search.trial.runner.TrialRunner.run_many).
 """
@@ -39,9 +39,8 @@ from search.contracts import TRIAL_REASON_ATTR
 from search.spec.loader import StudySpec
 from search.spec.params import suggest_all
 from search.storage import optuna_private as private
-from search.storage import points
 from search.storage.locks import study_lock
-from search.study import grid_queue
+from search.study import grid_queue, recovery
 from search.study.batches import Batching
 
 HANDED_BACK = "handed back unstarted: its worker stopped mid-batch (the trial was re-queued)"
@@ -115,7 +114,7 @@ def split(spec: StudySpec, trials: Sequence[optuna.Trial], storage,
     """The asked trials as batches for the trainer, in the order of each batch's first trial:
     trials of one key while they fit (`Batching`), so that they train as a grid's claims
     would. A trial the trainer cannot batch trains alone, and so does the copy of a trial that
-    died with its worker while sharing a pass (`points.ALONE_ATTR`, read from `storage`)."""
+    died with its worker while sharing a pass (`grid_queue.ALONE_ATTR`, read from `storage`)."""
     batching = batching or Batching(spec)
     batches: list[tuple[Hashable, list[optuna.Trial]]] = []
     for trial in trials:
@@ -133,27 +132,34 @@ def split(spec: StudySpec, trials: Sequence[optuna.Trial], storage,
 
 
 def _alone(storage, trial: optuna.Trial) -> bool:
-    return bool(storage.get_trial(private.trial_id(trial)).system_attrs.get(points.ALONE_ATTR))
+    return bool(storage.get_trial(private.trial_id(trial)).system_attrs.get(grid_queue.ALONE_ATTR))
 
 
 def hand_back(study: optuna.Study, storage, trials: Sequence[optuna.Trial]) -> int:
     """Fails these unstarted trials of this worker's batch and queues a copy of each (params
-    kept), in one transaction per trial: the re-queue path of `grid_queue`. Returns how many.
-    A trial failed meanwhile by another worker's recovery (its copy is queued) is skipped."""
+    kept) in Optuna's queue: the re-queue path of dead workers' trials (search.study.recovery).
+    Returns how many. A trial failed meanwhile by another worker's recovery (its copy is
+    queued) is skipped."""
     if not trials:
         return 0
-    study_id = storage.get_study_id_from_name(study.study_name)
+    study_id = grid_queue.study_id_of(study, storage)
     handed = 0
+
+    def fail(trial: optuna.Trial) -> bool:
+        try:
+            storage.set_trial_user_attr(private.trial_id(trial), TRIAL_REASON_ATTR, HANDED_BACK)
+            study.tell(trial, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return False  # recovered meanwhile (this worker was cut off): its copy exists
+        return True
+
     with study_lock(storage.url, study.study_name):
         for trial in trials:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            try:
-                storage.set_trial_user_attr(trial_id, TRIAL_REASON_ATTR, HANDED_BACK)
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # recovered meanwhile (this worker was cut off): its copy exists
+            old = storage.get_trial(private.trial_id(trial))
+            if old.state.is_finished():
+                continue
             # Not an attempt: it never started (no retry counted against it).
-            copy = grid_queue.requeued(storage.get_trial(trial_id), None, counted=False)
-            if storage.replace_trial(study_id, trial_id, copy, None, stale=False):
+            copy = grid_queue.requeued(old, None, counted=False)
+            if recovery.add_copy(storage, study_id, old, copy, lambda trial=trial: fail(trial)):
                 handed += 1
     return handed

@@ -68,7 +68,7 @@ class Batching:
                 for config in seed_configs(self._config(params), self.spec.repeats)]
 
     def window(self) -> int:
-        """How many WAITING trials a grid claim looks at (and locks for its moment): about what
+        """How many queued points a grid claim looks at (and locks for its moment): about what
         one claim can take, the cap times the most grid points one unit of cost holds (the
         quickstart's 24 points cost 12: 2 a unit, 16 rows). A larger window locks rows that
         other workers' claims then skip."""
@@ -91,7 +91,7 @@ class Batching:
 
 def claim(study: optuna.Study, storage, batching: Batching,
           limit: int | None = None) -> list[optuna.Trial]:
-    """A grid's next batch of WAITING trials, claimed for this process ([] when the queue is
+    """A grid's next batch of queued points, claimed for this process ([] when the queue is
     empty): trials of one key, while they fit (grid_queue.claim_batch).
 
     Args:

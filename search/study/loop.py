@@ -19,10 +19,11 @@ from search.contracts import PARENT_RUN_ATTR, SPEC_ATTR, SPEC_PATH_ATTR, own_bes
 from search.errors import FailureBudgetSpent, StudyError
 from search.spec.loader import StudySpec
 from search.storage import optuna_private as private
+from search.storage.counts import queued_in
 from search.storage.engines import close_storage
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import ask_batch, batches, grid_queue, signals, warm_start
+from search.study import ask_batch, batches, grid_queue, recovery, signals, warm_start
 from search.study.setup import (
     LostRuns,
     close_lost_runs,
@@ -119,7 +120,7 @@ def run_study(
         status = "KILLED"
         if spec.sampler == "grid":  # re-queue the interrupted point for the workers still running
             with study_lock(storage_url, spec.name):
-                grid_queue.fill_queue(study, spec)
+                grid_queue.fill_queue(study, spec)  # settles the claim's rows first
         raise
     finally:
         try:
@@ -226,10 +227,10 @@ class StudyLoop:
 
     def _recover_lost_trials(self) -> None:
         """Fails and re-queues dead workers' trials under the study lock (one transaction
-        each: `grid_queue.recover_lost`), and closes their MLflow runs."""
-        if grid_queue.has_lost(self.study, self.storage):
+        each: `recovery.recover_lost`), and closes their MLflow runs."""
+        if recovery.has_lost(self.study, self.storage):
             with study_lock(self.storage.url, self.study.study_name):
-                grid_queue.recover_lost(self.study, self.storage, self.lost)
+                recovery.recover_lost(self.study, self.storage, self.lost)
         close_lost_runs(self.tracker, self.lost)
 
     def _next_trials(self) -> list[optuna.Trial]:
@@ -245,8 +246,11 @@ class StudyLoop:
         trials beating; a stop between batches (signal, deadline) or an error hands the
         unstarted ones back."""
         if self.spec.sampler == "grid":
-            for outcome in self.runner.run_many(trials):
-                self._record(outcome)
+            try:
+                for outcome in self.runner.run_many(trials):
+                    self._record(outcome)
+            finally:  # the points' queue rows: done, or interrupted (re-queued by a fill)
+                grid_queue.settle(self.study, trials)
             return
         groups = ask_batch.split(self.spec, trials, self.storage, self.batching)
         started = 0
@@ -283,7 +287,7 @@ class StudyLoop:
 
 def _expected_trials(spec: StudySpec, study: optuna.Study, n_trials: int | None) -> int:
     if spec.sampler == "grid":
-        left = grid_queue.count(study, TrialState.WAITING)
+        left = queued_in(study)
     elif spec.n_trials is not None:
         left = spec.n_trials - grid_queue.count(study, TrialState.COMPLETE, TrialState.PRUNED)
     else:

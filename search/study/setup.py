@@ -20,9 +20,10 @@ from search.contracts import (
     SPEC_ATTR,
     SPEC_PATH_ATTR,
 )
+from search.queue import items
 from search.spec.loader import StudySpec
 from search.storage.locks import study_lock
-from search.study import ask_batch, batches, grid_queue, warm_start
+from search.study import ask_batch, batches, grid_queue, recovery, warm_start
 from search.tracking.runs import Tracker
 from search.trial import objectives
 from search.urls import mask_url
@@ -50,7 +51,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 @dataclass(frozen=True)
 class LostTrial:
-    """A dead worker's trial, failed by `grid_queue.recover_lost`, and why."""
+    """A dead worker's trial, failed by `recovery.recover_lost`, and why."""
 
     study_name: str
     number: int
@@ -58,7 +59,7 @@ class LostTrial:
 
 
 class LostRuns:
-    """Called for each dead worker's trial that `grid_queue.recover_lost` failed (and re-queued
+    """Called for each dead worker's trial that `recovery.recover_lost` failed (and re-queued
     in the same transaction): remembers it, for `close_lost_runs` to close its MLflow run,
     which the dead worker could not."""
 
@@ -82,6 +83,9 @@ def open_study(spec: StudySpec, storage, storage_url: str) -> optuna.Study:
     )
     objectives.check_directions(study, spec, storage_url)
     if SPEC_ATTR not in study.user_attrs:
+        # A new study: queue rows under its id are a deleted study's (SQLite reuses ids).
+        grid_queue.retried(storage, items.drop_study,
+            storage.engine, grid_queue.study_id_of(study, storage))
         objectives.record(study, spec)
         study.set_user_attr(SPEC_ATTR, spec.redacted_text)
         study.set_user_attr(SPEC_PATH_ATTR, str(spec.path))
@@ -104,7 +108,7 @@ def prepare_queue(spec: StudySpec, storage, storage_url: str, on_lost=None,
     """
     source = warm_start.read_source(spec, storage, storage_url)
     study = open_study(spec, storage, storage_url)
-    grid_queue.recover_lost(study, storage, on_lost)
+    recovery.recover_lost(study, storage, on_lost)
     seeded = warm_start.seed(study, spec, source)
     if spec.sampler == "grid":
         grid_queue.fill_queue(study, spec, batches.Batching(spec).key,
@@ -126,7 +130,7 @@ def ready_study(spec: StudySpec, storage) -> optuna.Study | None:
         return None
     if not objectives.same_directions(study, spec) or SPEC_ATTR not in study.user_attrs:
         return None  # the locked path says what is wrong, or finishes the set-up
-    if grid_queue.has_lost(study, storage) or warm_start.pending(spec, storage):
+    if recovery.has_lost(study, storage) or warm_start.pending(spec, storage):
         return None
     if spec.sampler == "grid" and not grid_queue.queue_full(study, spec):
         return None

@@ -51,8 +51,8 @@ from search.contracts import (
 from search.errors import InputError, SearchError
 from search.spec.loader import StudySpec, spec_from_text
 from search.spec.params import distribution, value_in
-from search.storage import points
 from search.storage.sessions import load_study_named, storage_session
+from search.study import grid_queue
 from search.trial import objectives
 from search.urls import mask_url
 from trainer.config import TrainConfig
@@ -182,7 +182,7 @@ def seed(study: optuna.Study, spec: StudySpec, source: _Source | None) -> Seeded
     for trial, params in best_first:
         if len(first) >= spec.warm_start.top:
             break
-        first.setdefault(points.point_key(params), (trial, params))
+        first.setdefault(grid_queue.point_key(params), (trial, params))
     mine = study.get_trials(deepcopy=False)
     if spec.sampler == "grid":
         seeded.first = [params for _, params in first.values()]

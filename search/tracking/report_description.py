@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.contracts import SAMPLER_ATTR, TRIAL_REASON_ATTR, failed_for_good
+from search.storage.counts import queued_in
 from search.tracking import pareto
 from search.tracking.report_page import HTML_PAGE
 from search.tracking.report_plots import PLOTS_DIR
@@ -35,6 +36,7 @@ def describe(
 ) -> str:
     """The study run's description, in Markdown."""
     counts = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
+    queued = queued_in(study)  # a grid's points waiting in the queue (search.queue)
     sampler = study.user_attrs.get(SAMPLER_ATTR, "?")
     goal = pareto.goal_text(study, metric)  # its direction and metric, or each objective's
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -49,7 +51,7 @@ def describe(
                 (TrialState.WAITING, "waiting"))
             if counts[state] or state in (TrialState.COMPLETE, TrialState.PRUNED,
                                           TrialState.FAIL)
-        ) + ".",
+        ) + (f", {queued} grid points queued" if queued else "") + ".",
         "",
     ]
     lines += _failures(trials)

@@ -114,7 +114,7 @@ class TrialRunner:
         results: list = []
         # Beat from the claim on: a slow MLflow call must not make a live trial look dead.
         with Heartbeat(self.storage, [self._trial_id(trial) for trial in trials]):
-            if len(trials) > 1:  # suspects, should this worker die: grid_queue.recover_lost
+            if len(trials) > 1:  # suspects, should this worker die: recovery.recover_lost
                 for trial in trials:
                     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                         trial.set_user_attr(PASS_MATES_ATTR,

@@ -1,10 +1,14 @@
 """Runs the four interleaving tests of test_exactly_once.py on the code before issue 18: each
-must fail there (and pass here). Not collected by pytest; a check to run by hand:
+must fail there (and pass at the commit they come from). Not collected by pytest; a check to
+run by hand:
 
     .venv/bin/python tests/search/red_on_old_code.py [--old 7b88516]
 
-It checks the old commit out into a temporary git worktree, ports the tests' imports to the old
-flat module paths (nothing else: the pauses, hooks and assertions are this file's), runs them with
+The tests are taken as of `--tests-from` (8c1f32a): since issue 31 this file's tests read the
+queue's own table, which the old code lacks; 8c1f32a's read Optuna's trials, as the old code
+kept its queue there, and force the same four interleavings. It checks the old commit out into
+a temporary git worktree, ports the tests' imports to the old flat module paths (nothing else:
+the pauses, hooks and assertions are the tests'), runs them with
 this virtual environment on SQLite and on a throwaway PostgreSQL, and prints each test's outcome.
 Exit 0 when every ported test failed on its exactly-once assertion, 1 otherwise.
 """
@@ -20,8 +24,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests" / "search" / "test_exactly_once.py"
+TESTS = "tests/search/test_exactly_once.py"
 OLD = "7b88516"  # the commit issue 18 was filed against
+TESTS_FROM = "8c1f32a"  # the last commit whose tests kept the queue in Optuna's trials, as 7b88516
 # The new module paths and what they were called before the restructure (issue 17).
 PORT = {
     "from search.spec.loader import load_spec": "from search.spec import load_spec",
@@ -38,9 +43,12 @@ PORT = {
 SECTION_AFTER = "# " + "-" * 67 + " around the table"  # where the interleavings end
 
 
-def ported() -> str:
-    """test_exactly_once.py up to its four interleavings, imports moved to the old paths."""
-    text = TESTS.read_text().split(SECTION_AFTER)[0]
+def ported(tests_from: str) -> str:
+    """test_exactly_once.py as of `tests_from`, up to its four interleavings, imports moved to
+    the old paths."""
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{tests_from}:{TESTS}"],
+                          check=True, capture_output=True, text=True).stdout
+    text = text.split(SECTION_AFTER)[0]
     for new, old in PORT.items():
         if new not in text:
             raise SystemExit(f"{TESTS}: expected to find {new!r} to port; the tests changed")
@@ -51,13 +59,15 @@ def ported() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", default=OLD, help="the commit to run the tests on")
+    parser.add_argument("--tests-from", default=TESTS_FROM, help="the commit of the tests")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="red-on-old-") as tmp:
         tree = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
                         args.old], check=True, capture_output=True)
         try:
-            (tree / "tests" / "search" / "test_exactly_once_ported.py").write_text(ported())
+            (tree / "tests" / "search" / "test_exactly_once_ported.py").write_text(
+                ported(args.tests_from))
             run = subprocess.run(
                 [sys.executable, "-m", "pytest", "tests/search/test_exactly_once_ported.py",
                  "-p", "no:cacheprovider", "-q", "-rA", "--tb=line"],

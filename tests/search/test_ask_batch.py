@@ -14,7 +14,7 @@ import trainer
 from search import settings
 from search.spec.loader import load_spec
 from search.storage.sessions import open_storage
-from search.study import ask_batch, grid_queue
+from search.study import ask_batch, grid_queue, recovery
 from search.study.loop import run_study
 from search.study.setup import make_sampler
 from tests.search.studyhelp import race, urls, write_spec
@@ -189,7 +189,10 @@ def test_unstarted_trials_handed_back_are_requeued_and_asked_again_first(tmp_pat
     assert sum(t.state == TrialState.RUNNING for t in trials) == 6
 
 
-def test_a_dead_worker_s_unstarted_batch_is_recovered_by_the_grid_s_requeue_path(tmp_path):
+def test_a_dead_worker_s_unstarted_batch_is_recovered_by_the_one_recovery_path(tmp_path):
+    """Asked trials whose worker died are found by their stopped heartbeat and copied into
+    Optuna's queue by the recovery that grid studies share (search.study.recovery): the next
+    ask takes the copies, with their params, before drawing anything new."""
     spec = _spec(tmp_path, n_trials=3)
     with settings.override(FER_SEARCH_HEARTBEAT_S=1, FER_SEARCH_GRACE_S=1):
         storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", resilient=True)
@@ -199,12 +202,11 @@ def test_a_dead_worker_s_unstarted_batch_is_recovered_by_the_grid_s_requeue_path
         with settings.override(FER_SEARCH_ASK_BATCH=3):
             batch = ask_batch.ask(study, storage, spec, None)  # then the worker dies: no beats
             time.sleep(2.2)  # past the grace
-            lost = grid_queue.recover_lost(study, storage)
+            lost = recovery.recover_lost(study, storage)
             assert sorted(t.number for t in lost) == [0, 1, 2]
             again = ask_batch.ask(study, storage, spec, None)
     assert [t.params for t in again] == [t.params for t in batch]
     assert [t.number for t in again] == [3, 4, 5]
-
 
 
 def test_a_worker_stopped_mid_batch_hands_the_rest_back_and_the_next_run_completes_it(

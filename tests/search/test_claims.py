@@ -1,9 +1,10 @@
-"""Claims that scale (issue 18, search.storage.claims): a claim is one transaction over a few
-WAITING rows; on PostgreSQL the rows another claim holds are skipped, never waited for.
-Exactly-once on every path is tests/search/test_exactly_once.py's."""
+"""Claims that scale (issue 18; the queue's own tables since issue 31, search.queue.items): a
+claim is one transaction over a few queued rows; on PostgreSQL the rows another claim holds are
+skipped, never waited for. Exactly-once on every path is tests/search/test_exactly_once.py's."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import optuna
@@ -11,11 +12,21 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import event
 
+from search.queue import items
+from search.queue.models import QueueItem
 from search.spec.loader import load_spec
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
 from search.study import grid_queue
 from tests.search.studyhelp import write_spec
+
+
+def _rows(storage, study) -> list[QueueItem]:
+    """The study's queue rows, in queue order."""
+    with items.transaction(storage.engine) as session:
+        return list(session.query(QueueItem).filter(
+            QueueItem.study_id == grid_queue.study_id_of(study, storage))
+            .order_by(QueueItem.position))
 
 SPACE = {"learning_rate": [1.0e-3, 2.0e-3, 3.0e-3], "batch_size": [16, 32],
          "epochs": [2], "head_width": [16, 32]}  # 12 points
@@ -44,11 +55,12 @@ def _by_batch(params: dict) -> int:
 def test_the_queue_is_filled_group_by_group_and_a_second_fill_adds_nothing(url, tmp_path):
     spec, storage, study = _queued(url, tmp_path, "grouped", _by_batch)
     try:
-        sizes = [grid_queue.params_of(t)["batch_size"] for t in study.get_trials(deepcopy=False)]
+        sizes = [json.loads(row.template)["point"]["batch_size"] for row in _rows(storage, study)]
         assert len(sizes) == 12 and sizes == sorted(sizes, key=sizes.index)  # contiguous
         with study_lock(url, "grouped"):
             assert grid_queue.fill_queue(study, spec, _by_batch) == 0
-        assert len(study.get_trials(deepcopy=False)) == 12
+        assert len(_rows(storage, study)) == 12
+        assert study.get_trials(deepcopy=False) == []  # Optuna's trials come with claims
     finally:
         storage.close()
 
@@ -59,7 +71,7 @@ def test_a_claim_reads_a_bounded_window_whatever_the_queue(url, tmp_path):
 
     def seen(conn, cursor, sql, parameters, context, executemany):
         flat = " ".join(sql.split()).upper()
-        if flat.startswith("SELECT TRIALS.TRIAL_ID, TRIALS.NUMBER"):
+        if flat.startswith("SELECT FER_SEARCH_QUEUE.ITEM_ID"):
             selects.append(flat)
 
     event.listen(storage.engine, "before_cursor_execute", seen)
@@ -68,7 +80,7 @@ def test_a_claim_reads_a_bounded_window_whatever_the_queue(url, tmp_path):
         assert selects and all(" LIMIT " in s for s in selects), selects
         if url.startswith("postgresql"):
             assert all("FOR UPDATE SKIP LOCKED" in s for s in selects), selects
-        # Of the first 5 WAITING trials, the first one's group (window 5 < the group's 6).
+        # Of the first 5 queued points, the first one's group (window 5 < the group's 6).
         assert 1 <= len(group) <= 5
         assert len({grid_queue.params_of(t._cached_frozen_trial)["batch_size"]
                     for t in group}) == 1
@@ -89,10 +101,12 @@ def test_a_claim_skips_the_rows_another_claim_holds_instead_of_waiting(pg_cluste
     def choose_and_pause(waiting):  # A's rows are locked while it chooses: pause it there
         holding.set()
         release.wait(60)
-        return [waiting[0].trial_id]
+        return [waiting[0].item_id]
 
     def claim_a() -> None:
-        taken_a.extend(storage_a.claim_waiting(study_a._study_id, choose_and_pause, 3))
+        taken_a.extend(items.claim(storage_a.engine, study_id, choose_and_pause, "a" * 32, 3))
+
+    study_id = grid_queue.study_id_of(study_a, storage_a)
 
     thread_a = threading.Thread(target=claim_a, daemon=True)
     try:
@@ -107,13 +121,14 @@ def test_a_claim_skips_the_rows_another_claim_holds_instead_of_waiting(pg_cluste
         assert not release.is_set() and len(taken_b) == 1  # B claimed while A held its rows
         release.set()
         thread_a.join(60)
-        assert len(taken_a) == 1 and taken_a[0] != taken_b[0]._trial_id
+        rows = _rows(storage_b, study_b)
+        assert len(taken_a) == 1 and taken_a[0].item_id == rows[0].item_id
         # B took the first row A had not locked: A's window was the first 3 rows.
-        numbers = {t._trial_id: t.number for t in study_b.get_trials(deepcopy=False)}
-        assert numbers[taken_b[0]._trial_id] == 3
+        assert [row.state for row in rows[:5]] == ["claimed", "queued", "queued", "claimed",
+                                                   "queued"]
+        assert rows[3].trial_id == taken_b[0]._trial_id
         running = study_b.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        assert sorted(t._trial_id for t in running) == sorted([taken_a[0],
-                                                               taken_b[0]._trial_id])
+        assert [t._trial_id for t in running] == [taken_b[0]._trial_id]
     finally:
         release.set()
         thread_a.join(60)

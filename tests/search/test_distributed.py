@@ -21,6 +21,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from search.queue import items
+from search.storage import idempotent
 from search.storage.retry import ResilientRDBStorage, is_transient, retry_transient
 from search.storage.sessions import open_storage, storage_session
 from search.study import grid_queue
@@ -34,6 +36,7 @@ from search.study.workers import (
 )
 from tests.infra.workers import Worker, spawn_worker, wait_for
 from tests.infra.workers import worker_env as env_for
+from tests.search.queuehelp import queue_counts
 from tests.search.studyhelp import (  # noqa: F401 (fixture)
     Stores,
     race,
@@ -43,10 +46,20 @@ from tests.search.studyhelp import (  # noqa: F401 (fixture)
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
+ROOT = Path(__file__).resolve().parents[2]
 # A trial caught mid-training: the worker pauses it after its epoch 2 (PAUSED_WORKER, below)
 # until the test releases it (or kills the worker), so a short trial is caught as surely as a
 # long one on any machine, and what follows trains only this many epochs.
 CAUGHT_EPOCHS = 20
+
+
+@pytest.fixture(autouse=True)
+def _workers_run_this_checkout(monkeypatch):
+    """Every process a test starts imports `search` from this checkout, as the test does (from
+    its working directory), not from wherever the virtualenv's editable install points (a git
+    worktree that shares its virtualenv with another checkout would test that one's workers)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 def _sqlite(folder: Path) -> tuple[str, str]:
@@ -146,21 +159,20 @@ def test_retry_backs_off_until_the_database_answers(monkeypatch):
                         deadline_s=0)
 
 
-def _lose_first_answer(monkeypatch):
-    """The first state change commits, then its connection dies before the answer arrives."""
-    from search.storage import points
-
-    real = points.set_state
+def _lose_first_answer(monkeypatch, module, name: str) -> list:
+    """The first call of `module.name` (one transaction) commits, then its connection dies
+    before the answer arrives; returns the calls made."""
+    real = getattr(module, name)
     calls = []
 
-    def commit_then_fail(storage, trial_id, state, values, token):
-        calls.append(state)
-        result = real(storage, trial_id, state, values, token)
+    def commit_then_fail(*args):
+        calls.append(args)
+        result = real(*args)
         if len(calls) == 1:
             raise _operational("server closed the connection unexpectedly")
         return result
 
-    monkeypatch.setattr(points, "set_state", commit_then_fail)
+    monkeypatch.setattr(module, name, commit_then_fail)
     monkeypatch.setattr("search.storage.retry.time.sleep", lambda s: None)
     return calls
 
@@ -176,24 +188,30 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path, monkeypatch):
     storage = _resilient(tmp_path, monkeypatch)
     study = optuna.create_study(study_name="lost-tell", storage=storage)
     trial = study.ask()
-    calls = _lose_first_answer(monkeypatch)
+    calls = _lose_first_answer(monkeypatch, idempotent, "set_state")
     study.tell(trial, 0.5)  # the retry finds its own token on the trial: done
     assert len(calls) == 1
     assert study.get_trials()[0].state == TrialState.COMPLETE
 
 
 def test_a_claim_whose_answer_was_lost_is_ours_and_beats(tmp_path, monkeypatch):
-    """A claim that landed unseen is recognised by its token (tests/search/test_exactly_once.py
-    has the interleaving); its first heartbeat came in the same transaction, so had the worker
-    died it would still go stale and be re-queued."""
+    """A claim of a queued point and its trial's creation each landed unseen: each is
+    recognised by its token (tests/search/test_exactly_once.py has the interleavings), so the
+    point is this worker's, with one trial; the trial's first heartbeat came in its creating
+    transaction, so had the worker died it would still go stale and be re-queued."""
     storage = _resilient(tmp_path, monkeypatch)
     study = optuna.create_study(study_name="lost-claim", storage=storage)
-    study.enqueue_trial({"x": 1})
-    _lose_first_answer(monkeypatch)
+    assert grid_queue.enqueue(study, [{"x": 1}]) == 1
+    claims = _lose_first_answer(monkeypatch, items, "claim")
+    creations = _lose_first_answer(monkeypatch, idempotent, "create_trial")
     claimed = grid_queue.claim_next(study, storage)
     assert claimed is not None and claimed.number == 0
+    assert claimed.suggest_int("x", 0, 9) == 1  # the queued point's trial
+    assert len(claims) == len(creations) == 1  # each retry found its first attempt's token
     monkeypatch.undo()
-    trial_id = study.get_trials()[0]._trial_id
+    (trial,) = study.get_trials()  # one trial, not one per attempt
+    assert queue_counts(_sqlite(tmp_path)[0], "lost-claim") == {"claimed": 1}
+    trial_id = trial._trial_id
     with storage.scoped_session() as session:
         from optuna.storages._rdb.models import TrialHeartbeatModel
 
@@ -300,15 +318,16 @@ def _claim_all(storage_url: str, study_name: str, results) -> None:
         study = optuna.load_study(study_name=study_name, storage=storage)
         claimed = []
         while (trial := grid_queue.claim_next(study, storage)) is not None:
-            claimed.append(trial.number)
+            claimed.append(trial.suggest_int("x", 0, 59))  # its point, as a worker reads it
     results.put(claimed)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
                                                             marks=pytest.mark.postgres)])
-def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request):
-    """Plain SQLite lets two processes claim one trial (both read WAITING before either
-    writes); BEGIN IMMEDIATE makes the claim atomic."""
+def test_each_queued_point_is_claimed_by_one_process(backend, tmp_path, request):
+    """Plain SQLite lets two processes claim one point (both read its row queued before either
+    writes); BEGIN IMMEDIATE makes the claim atomic, as FOR UPDATE SKIP LOCKED does on
+    PostgreSQL."""
     if backend == "sqlite":
         url = _sqlite(tmp_path)[0]
     else:
@@ -316,10 +335,10 @@ def test_each_queued_trial_is_claimed_by_one_process(backend, tmp_path, request)
     name = f"claims-{backend}"
     with storage_session(url) as storage:
         study = optuna.create_study(study_name=name, storage=storage)
-        for i in range(60):
-            study.enqueue_trial({"x": i})
-    claimed = [n for answer in race(_claim_all, (url, name), 3, 120) for n in answer]
+        grid_queue.enqueue(study, [{"x": i} for i in range(60)])
+    claimed = [x for answer in race(_claim_all, (url, name), 3, 120) for x in answer]
     assert sorted(claimed) == list(range(60)), Counter(claimed).most_common(3)
+    assert queue_counts(url, name) == {"claimed": 60}
 
 
 # ------------------------------------------------------------------------ SQLite, by the CLI
@@ -378,7 +397,9 @@ def test_a_signalled_worker_finishes_its_trial_and_exits_0(stop, tmp_path, store
         worker.kill()
     trials = {t.number: t for t in stores.trials(storage_url, "stop")}
     assert trials[caught.number].state == TrialState.COMPLETE, "the trial was not finished"
-    assert sorted(t.state.name for t in trials.values()) == ["COMPLETE", "WAITING", "WAITING"]
+    # The other two points were never claimed: still queued, with no trial made for them.
+    assert [t.state for t in trials.values()] == [TrialState.COMPLETE]
+    assert queue_counts(storage_url, "stop") == {"done": 1, "queued": 2}
     client = MlflowClient(tracking_uri)
     assert client.get_run(caught.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
     runs, studies = _trial_runs(tracking_uri, "stop")
@@ -420,6 +441,8 @@ def test_a_sigkilled_workers_trial_is_requeued_and_completed(pg_cluster, mlflow_
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == victim.params
     assert_every_point_complete_once(trials, space)
+    # The victim's point went back to the queue and was claimed again: both rows done.
+    assert queue_counts(pg_cluster.url(), "pg-kill") == {"done": 2}
     runs, studies = _trial_runs(mlflow_server.uri, "pg-kill")
     assert_runs_match_trials(trials, runs, studies)
     dead = MlflowClient(mlflow_server.uri).get_run(victim.user_attrs["mlflow_run_id"])

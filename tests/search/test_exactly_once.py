@@ -1,10 +1,12 @@
 """Exactly once (issue 18): the four interleavings that made two workers on a 4-point grid end
 with 5 or 6 trials, each forced deterministically, without TensorFlow: the queue, the study
-loop's recovery and the storage are driven directly.
+loop's recovery and the storage are driven directly. Since issue 31 the queue is its own table
+(search.queue) and a point's Optuna trial is made when it is claimed.
 
 Each test pauses one party at the exact point (a hook on a storage call, on a commit, or on the
 recovery's per-trial callback), lets the other act, then lets the first go on, and checks that
-every grid point has exactly one trial that is not FAIL, and the total.
+every grid point has exactly one holder (a queued row, or a trial that is not FAIL), and the
+number of Optuna trials.
 
 1. A claimed trial is visible with part of its params (Optuna commits each suggest alone): a
    worker starting then must not take the point for free.
@@ -12,8 +14,9 @@ every grid point has exactly one trial that is not FAIL, and the total.
    queue the point too.
 3. A recovery's FAIL write is cut before its commit and retried; meanwhile another worker's
    recovery fails the trial and re-queues it: the retry must not re-queue it again.
-4. A write whose COMMIT landed but whose answer was lost is retried: an enqueue, an ask and a
-   claim must not make a second trial, nor leave a claimed trial with nobody on it.
+4. A write whose COMMIT landed but whose answer was lost is retried: an enqueue must not queue
+   a point twice, an ask and a claim must not make a second trial, nor leave a claimed trial
+   with nobody on it.
 
 The stress test at the end runs real worker processes (search.study.dry_worker: the real claim,
 heartbeat, report and tell, training replaced by a sleep) on PostgreSQL and SIGKILLs one.
@@ -38,10 +41,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from search import settings
+from search.contracts import TRIAL_REASON_ATTR
+from search.queue import items
+from search.queue.models import QueueItem
 from search.spec.loader import load_spec
 from search.storage.locks import study_lock
 from search.storage.sessions import open_storage
-from search.study import grid_queue
+from search.study import grid_queue, recovery
 from search.study import loop as loop_module
 from search.study import setup as study_setup
 from tests.search.studyhelp import write_spec
@@ -106,12 +112,25 @@ def _point(trial) -> str:
     return json.dumps(trial.system_attrs.get("fixed_params") or trial.params, sort_keys=True)
 
 
-def assert_exactly_once(study: optuna.Study, spec, total: int) -> None:
+def _queued_points(study: optuna.Study, storage) -> list[str]:
+    """The points whose queue row waits for a claim, as `_point` keys."""
+    with items.transaction(storage.engine) as session:
+        rows = session.query(QueueItem).filter(
+            QueueItem.study_id == grid_queue.study_id_of(study, storage),
+            QueueItem.state == "queued").all()
+        return [json.dumps(json.loads(row.template)["point"], sort_keys=True) for row in rows]
+
+
+def assert_exactly_once(study: optuna.Study, spec, total: int, storage=None) -> None:
+    """Every grid point has one holder: its queued row, or one trial that is not FAIL; and the
+    study has `total` Optuna trials."""
     trials = study.get_trials(deepcopy=False)
-    described = [(t.number, t.state.name, _point(t)) for t in trials]
-    live = Counter(_point(t) for t in trials if t.state != TrialState.FAIL)
+    queued = _queued_points(study, storage or grid_queue.private.storage_of(study))
+    described = [(t.number, t.state.name, _point(t)) for t in trials] + [("queued", queued)]
+    holders = Counter(_point(t) for t in trials if t.state != TrialState.FAIL)
+    holders.update(queued)
     expected = {json.dumps(p, sort_keys=True) for p in grid_queue.grid_points(spec)}
-    assert set(live) == expected and set(live.values()) == {1}, described
+    assert set(holders) == expected and set(holders.values()) == {1}, described
     assert len(trials) == total, described
 
 
@@ -181,7 +200,7 @@ def test_a_half_suggested_point_is_not_queued_again(workers, tmp_path):
     name = next(iter(spec.grid))
     trial.suggest_categorical(name, spec.grid[name])  # 1 of its 4 params committed: pause
     workers.start(spec)  # another worker starts now
-    assert_exactly_once(study, spec, total=4)
+    assert_exactly_once(study, spec, total=1)
 
 
 # ------------------------------------------------------------------- 2: re-queue outside the lock
@@ -204,7 +223,7 @@ def test_a_lost_point_is_requeued_once_when_a_worker_starts_meanwhile(
     recovering = loop_module.StudyLoop(spec, study, storage, None, None, lost)
     recovering._recover_lost_trials()
     _join_parties_now()
-    assert_exactly_once(study, spec, total=5)  # the dead trial's FAIL and its one copy
+    assert_exactly_once(study, spec, total=1)  # the dead trial's FAIL; its point queued once
 
 
 def _join_parties_now() -> None:
@@ -237,7 +256,7 @@ def test_a_retried_fail_does_not_requeue_another_workers_recovery(
     worker_a._recover_lost_trials()
     _join_parties_now()
     assert cut and pauses, "the hook never fired"
-    assert_exactly_once(study_a, spec, total=5)
+    assert_exactly_once(study_a, spec, total=1)
 
 
 # ------------------------------------------------------------------- 4: lost answers
@@ -252,11 +271,11 @@ def no_backoff(monkeypatch):
 def test_an_enqueue_whose_answer_was_lost_queues_its_point_once(workers, tmp_path, no_backoff):
     spec = _spec(tmp_path)
     storage, study = workers.open()
-    lost = _on_commit_after(storage.engine, "INSERT INTO TRIALS", committed=True)
+    lost = _on_commit_after(storage.engine, "INSERT INTO FER_SEARCH_QUEUE", committed=True)
     with study_lock(workers.url, workers.name):
         grid_queue.fill_queue(study, spec)
     assert lost, "the hook never fired"
-    assert_exactly_once(study, spec, total=4)
+    assert_exactly_once(study, spec, total=0)
 
 
 def test_an_ask_whose_answer_was_lost_creates_one_trial(workers, no_backoff):
@@ -272,20 +291,20 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
     spec = _spec(tmp_path)
     storage, study = workers.open()
     workers.start(spec)
-    lost = _on_commit_after(storage.engine, "UPDATE TRIALS SET STATE", committed=True)
+    lost = _on_commit_after(storage.engine, "UPDATE FER_SEARCH_QUEUE SET STATE", committed=True)
     claimed = grid_queue.claim_batch(study, storage, lambda params: None)
     assert lost, "the hook never fired"
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
-    assert [t.number for t in claimed] == running  # no RUNNING trial without its worker
-    assert_exactly_once(study, spec, total=4)
+    assert [t.number for t in claimed] == running == [0]  # no claim without its worker
+    assert_exactly_once(study, spec, total=1)
 
 
 # ------------------------------------------------------------------- around the table
 
 
 def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, quick_heartbeat):
-    """Random and TPE trials are asked, not queued: a dead worker's one is failed and its
-    copy, with its params, queued by the same transaction, for `ask` to take."""
+    """Random and TPE trials are asked, not queued: a dead worker's one gets its copy, with its
+    params, in Optuna's own queue for `ask` to take, and is failed; once."""
     lost = study_setup.LostRuns()
     storage, study = workers.open(on_stale=lost)
     dead = study.ask()
@@ -298,6 +317,46 @@ def test_a_random_studys_lost_trial_is_retried_once_with_its_params(workers, qui
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == dead.params and trials[1].system_attrs["failed_trial"] == 0
     assert study.ask().number == 1
+
+
+def test_a_claim_whose_worker_died_before_making_its_trial_is_queued_again(
+        workers, tmp_path, quick_heartbeat):
+    """A worker claimed a point's row, then died before creating its trial: no heartbeat will
+    ever say so, so the row itself goes back to the queue once the grace period has passed."""
+    spec = _spec(tmp_path)
+    storage, study = workers.open()
+    workers.start(spec)
+    study_id = grid_queue.study_id_of(study, storage)
+    (row,) = items.claim(storage.engine, study_id, lambda queued: [queued[0].item_id],
+                         "d" * 32)
+    assert not recovery.has_lost(study, storage)  # within the grace period: maybe alive
+    time.sleep(2.2)  # past the 1 s grace
+    assert recovery.has_lost(study, storage)
+    recovery.recover_lost(study, storage)
+    assert items.counts(storage.engine, study_id) == {"queued": 4}
+    assert_exactly_once(study, spec, total=0)
+
+
+def test_a_claim_taken_back_before_its_trial_was_linked_runs_nothing(
+        workers, tmp_path, monkeypatch):
+    """A claim that lost its row (taken back as its worker looked dead) between making the
+    point's trial and linking it: the trial is failed with the reason, not handed out, and the
+    point stays queued once."""
+    spec = _spec(tmp_path)
+    storage, study = workers.open()
+    workers.start(spec)
+    real_link = items.link
+
+    def taken_back_first(engine, item_id, token, trial_id):
+        assert items.release(engine, item_id)  # another worker's recovery, just before
+        return real_link(engine, item_id, token, trial_id)
+
+    monkeypatch.setattr(items, "link", taken_back_first)
+    assert grid_queue.claim_batch(study, storage, lambda params: None) == []
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[TRIAL_REASON_ATTR] == grid_queue.CLAIM_LOST
+    assert_exactly_once(study, spec, total=1)
 
 
 # ------------------------------------------------------------------- stress: real processes

@@ -46,9 +46,8 @@ def _queue(url: str, name: str, sizes=(16, 32, 64, 128), rates=12):
     """A study whose queue holds `rates` x `sizes` points; returns it and its storage."""
     storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage)
-    for i in range(rates):
-        for size in sizes:
-            study.enqueue_trial({"learning_rate": 1e-4 * (i + 1), "batch_size": size})
+    grid_queue.enqueue(study, [{"learning_rate": 1e-4 * (i + 1), "batch_size": size}
+                               for i in range(rates) for size in sizes])
     return study, storage
 
 
@@ -80,9 +79,8 @@ def test_a_group_is_claimed_together_up_to_its_cap(tmp_path):
 def test_a_claim_takes_trials_while_they_fit_and_skips_one_over_the_cap(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
     study = optuna.create_study(study_name="heads", storage=storage)
-    for rate in (1e-4, 2e-4, 3e-4):
-        for epochs in (10, 30):
-            study.enqueue_trial({"learning_rate": rate, "batch_size": 32, "epochs": epochs})
+    grid_queue.enqueue(study, [{"learning_rate": rate, "batch_size": 32, "epochs": epochs}
+                               for rate in (1e-4, 2e-4, 3e-4) for epochs in (10, 30)])
 
     def two_rates(batch):  # as the trainer's cost: points equal but for epochs are one head
         return len({params["learning_rate"] for params in batch}) <= 2
@@ -137,26 +135,21 @@ def test_points_the_trainer_cannot_group_are_claimed_alone(tmp_path):
     assert [len(g) for g in groups] == [1, 1, 1]
 
 
-def test_a_worker_that_loses_a_group_s_first_trial_takes_another_group(tmp_path, monkeypatch):
-    """Two workers read the queue at once; the first wins the first trial and its group. The
-    second, still holding the old reading, must not split that group: it takes the next one."""
+def test_a_claim_after_a_partial_one_takes_the_next_group_whole(tmp_path):
+    """The queue alternates two groups' points. A claim capped at one point takes the first;
+    the next claim starts at the next queued row, of the other group, and takes that group
+    whole without splitting the first; the first group's rest is left for the one after."""
     study, storage = _queue(f"sqlite:///{tmp_path}/optuna.db", "race", sizes=(16, 32), rates=4)
-    stale = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     winner = grid_queue.claim_batch(study, storage, _by_batch, _up_to(1))  # the first only
-    assert [t.number for t in winner] == [stale[0].number]
-    real_get_trials = study.get_trials
-    readings = iter([stale])
-    monkeypatch.setattr(study, "get_trials",
-                        lambda **kw: next(readings, None) or real_get_trials(**kw))
-    second = grid_queue.claim_batch(study, storage, _by_batch, _up_to(8))
+    assert len(winner) == 1
     taken_size = _params(study, winner[0].number)["batch_size"]
-    assert {_params(study, t.number)["batch_size"] for t in second} == {32 if taken_size == 16
-                                                                         else 16}
-    assert len(second) == 4
-    # The rest of the first group is still there for whoever comes next.
+    second = grid_queue.claim_batch(study, storage, _by_batch, _up_to(8))
+    assert len(second) == 4 and {_params(study, t.number)["batch_size"] for t in second} == {
+        32 if taken_size == 16 else 16}
     rest = grid_queue.claim_batch(study, storage, _by_batch, _up_to(8))
     assert len(rest) == 3 and {_params(study, t.number)["batch_size"] for t in rest} == {
         taken_size}
+    assert grid_queue.claim_batch(study, storage, _by_batch, _up_to(8)) == []
 
 
 def _claim_groups(url: str, name: str, results) -> None:

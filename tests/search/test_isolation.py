@@ -234,6 +234,19 @@ def test_a_poison_grid_point_fails_alone_on_postgres_with_four_workers(pg_cluste
     assert_no_run_left_running(mlflow_server.uri, "poison-pg")
 
 
+def _queue_rows(storage, study: optuna.Study) -> dict:
+    """The study's grid queue rows (search.queue.models.QueueItem), by point key."""
+    from sqlalchemy import select
+
+    from search.queue.items import transaction
+    from search.queue.models import QueueItem
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    with transaction(storage.engine) as session:
+        return {row.point_key: row for row in session.execute(
+            select(QueueItem).where(QueueItem.study_id == study_id)).scalars()}
+
+
 def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason(tmp_path):
     """The worker died between creating the trial's MLflow run and recording its id on the
     trial: the run is found by its tags (study, trial number) and closed FAILED, with the
@@ -264,6 +277,7 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
             time.sleep(2.5)  # the worker is gone: no beat for longer than the 1 s grace
             StudyLoop(spec, study, storage, None, tracker, lost)._recover_lost_trials()
             trials = study.get_trials()
+            rows = _queue_rows(storage, study)
         finally:
             storage.close()
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
@@ -274,7 +288,12 @@ def test_a_lost_trials_run_whose_id_was_never_recorded_is_closed_with_the_reason
     # Its id never reached the trial: it died before training, so no attempt is counted.
     assert reason.startswith("worker lost (no heartbeat) before this trial started training")
     assert reason.endswith("not counted as an attempt")
-    (copy,) = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
-    assert copy.state == TrialState.WAITING and copy.system_attrs["retry_history"] == []
+    row = rows[grid_queue.point_key(grid_queue.params_of(failed))]
+    # Its point is queued again (a grid's next attempt is its queue row, not a trial yet),
+    # naming the failed trial, with no death counted against its retries.
+    assert (row.state, row.trial_id) == ("queued", None)
+    template = json.loads(row.template)
+    assert template["system"]["failed_trial"] == failed.number
+    assert template["system"]["retry_history"] == []
     assert run.data.tags["fail_reason"] == reason
     assert reason in run.data.tags["mlflow.note.content"]

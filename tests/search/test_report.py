@@ -68,7 +68,8 @@ def test_study_run_tells_the_best_trial_and_holds_the_plots(story):
 
 def test_report_of_a_study_in_progress_counts_the_waiting_points(story):
     _, _, _, in_progress, _ = story
-    assert "Trials: 2 complete, 0 pruned, 0 failed, 2 waiting." in in_progress.description
+    assert "Trials: 2 complete, 0 pruned, 0 failed, 2 grid points queued." in \
+        in_progress.description
     assert "Best: trial" in in_progress.description
     assert in_progress.run_id
 

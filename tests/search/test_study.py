@@ -15,6 +15,7 @@ from search.spec.loader import load_spec
 from search.study import loop as study_module
 from search.study import setup as study_setup
 from search.study.loop import run_study
+from tests.search.queuehelp import queue_counts
 from tests.search.studyhelp import urls, write_spec
 
 
@@ -217,7 +218,8 @@ def test_sigterm_mid_trial_finishes_that_trial_and_starts_no_other(project, monk
     assert summary.stopped_because == "stopped by SIGTERM"
     assert [o.state for o in summary.outcomes] == [TrialState.COMPLETE]
     states = sorted(t.state.name for t in _trials(spec_path, where["storage_url"]))
-    assert states == ["COMPLETE", "WAITING", "WAITING", "WAITING"]
+    assert states == ["COMPLETE"]  # the other three points wait in the queue, not as trials
+    assert queue_counts(where["storage_url"], "tiny") == {"done": 1, "queued": 3}
     runs, studies = _runs(where["tracking_uri"], "tiny")
     assert [r.info.status for r in runs] == ["FINISHED"] and studies[0].info.status == "FINISHED"
 
@@ -237,7 +239,8 @@ def test_a_loop_asked_to_stop_before_it_starts_runs_nothing(project, monkeypatch
     monkeypatch.setattr(study_module, "StudyLoop", StopAtOnce)
     summary = run_study(load_spec(spec_path), **where)
     assert summary.stopped_because == "asked" and summary.outcomes == [] and len(seen) == 1
-    assert all(t.state == TrialState.WAITING for t in _trials(spec_path, where["storage_url"]))
+    assert _trials(spec_path, where["storage_url"]) == []  # nothing claimed: no trial made
+    assert queue_counts(where["storage_url"], "tiny") == {"queued": 4}
 
 
 def _count_intermediate_writes(monkeypatch) -> dict[str, list]:

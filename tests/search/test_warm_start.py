@@ -23,6 +23,7 @@ from search.storage.sessions import open_storage
 from search.study import warm_start
 from search.study.loop import run_study
 from search.study.setup import make_sampler, prepare_queue
+from tests.search.queuehelp import queue_counts
 from tests.search.studyhelp import SPEC, urls, write_spec
 
 COARSE = "coarse"  # studyhelp's grid: learning_rate [3e-3, 1e-2] x head_width [16, 32], 2 epochs
@@ -82,7 +83,10 @@ def test_a_grid_claims_the_earlier_best_points_first_answered_from_the_record(in
     for number, earlier in zip((0, 1), best_first[:2], strict=True):
         assert trials[number].value == earlier.value  # the same training, not a new one
         assert _answered(where["tracking_uri"], trials[number])
-    assert len(study.get_trials(states=(TrialState.WAITING,))) == 7  # 9 points, each once
+    # 9 points, each once: the two that ran are the study's only trials (a grid's trial is
+    # made when its point is claimed), the 7 others wait in the queue.
+    assert sorted(trials) == [0, 1]
+    assert queue_counts(where["storage_url"], "fine-grid") == {"done": 2, "queued": 7}
 
 
 def test_a_tpe_study_runs_the_earlier_best_first_and_counts_only_its_own_trials(in_coarse):
