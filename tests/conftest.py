@@ -19,6 +19,11 @@ os.environ.setdefault("FER_SEARCH_REPORT_S", "0")
 # without MLflow 3's job runner: it adds 8 Python processes (a runner and 7 huey consumers, each
 # importing MLflow) that no test uses; on 2 cores they took the browser tests from 96 s to 150 s.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+# Every process a test starts (workers, the CLI) imports `search` and `trainer` from this
+# checkout, as the test itself does, not from wherever the virtualenv's editable install points
+# (a second checkout, a git worktree, sharing one virtualenv would test the first's workers).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -46,20 +46,10 @@ from tests.search.studyhelp import (  # noqa: F401 (fixture)
 
 GRID = {"learning_rate": [3.0e-3, 1.0e-2], "batch_size": [32], "epochs": [2],
         "head_width": [16, 32]}
-ROOT = Path(__file__).resolve().parents[2]
 # A trial caught mid-training: the worker pauses it after its epoch 2 (PAUSED_WORKER, below)
 # until the test releases it (or kills the worker), so a short trial is caught as surely as a
 # long one on any machine, and what follows trains only this many epochs.
 CAUGHT_EPOCHS = 20
-
-
-@pytest.fixture(autouse=True)
-def _workers_run_this_checkout(monkeypatch):
-    """Every process a test starts imports `search` from this checkout, as the test does (from
-    its working directory), not from wherever the virtualenv's editable install points (a git
-    worktree that shares its virtualenv with another checkout would test that one's workers)."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 def _sqlite(folder: Path) -> tuple[str, str]:
