@@ -71,7 +71,7 @@ def test_a_claim_reads_a_bounded_window_whatever_the_queue(url, tmp_path):
 
     def seen(conn, cursor, sql, parameters, context, executemany):
         flat = " ".join(sql.split()).upper()
-        if flat.startswith("SELECT FER_SEARCH_QUEUE.ITEM_ID"):
+        if flat.startswith("SELECT " + QueueItem.__tablename__.upper() + ".ITEM_ID"):
             selects.append(flat)
 
     event.listen(storage.engine, "before_cursor_execute", seen)

@@ -171,7 +171,7 @@ def _on_commit_after(engine, statement: str, *, committed: bool) -> list:
     armed = threading.local()
 
     def seen(conn, cursor, sql, parameters, context, executemany):
-        if not fired and " ".join(sql.split()).upper().startswith(statement):
+        if not fired and " ".join(sql.split()).upper().startswith(statement.upper()):
             armed.value = True
 
     def commit(conn):
@@ -271,7 +271,7 @@ def no_backoff(monkeypatch):
 def test_an_enqueue_whose_answer_was_lost_queues_its_point_once(workers, tmp_path, no_backoff):
     spec = _spec(tmp_path)
     storage, study = workers.open()
-    lost = _on_commit_after(storage.engine, "INSERT INTO FER_SEARCH_QUEUE", committed=True)
+    lost = _on_commit_after(storage.engine, "insert into fer_search_queue", committed=True)
     with study_lock(workers.url, workers.name):
         grid_queue.fill_queue(study, spec)
     assert lost, "the hook never fired"
@@ -291,7 +291,7 @@ def test_a_claim_whose_answer_was_lost_is_ours(workers, tmp_path, no_backoff):
     spec = _spec(tmp_path)
     storage, study = workers.open()
     workers.start(spec)
-    lost = _on_commit_after(storage.engine, "UPDATE FER_SEARCH_QUEUE SET STATE", committed=True)
+    lost = _on_commit_after(storage.engine, "update fer_search_queue set state", committed=True)
     claimed = grid_queue.claim_batch(study, storage, lambda params: None)
     assert lost, "the hook never fired"
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
