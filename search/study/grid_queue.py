@@ -116,7 +116,7 @@ def fill_queue(study: optuna.Study, spec: StudySpec, batch_of: BatchOf | None = 
         old = storage.get_trial(trial_id)
         copy = requeued(old, template["point"])
         if retried(storage, items.requeue, engine, item_id, trial_id, copy,
-                                                    bool(copy["system"].get(ALONE_ATTR))):
+                   bool(copy["system"].get(ALONE_ATTR))):
             queued += 1
     combos = grid_points(spec)
     ahead = {point_key(params) for params in first}
@@ -146,11 +146,10 @@ def _batched(combos: list[dict[str, Any]], batch_of: BatchOf | None) -> list[dic
 def _settle_claimed(storage, study_id: int) -> None:
     """Claimed rows whose trial finished but was never settled (its worker died between its
     report and `settle`, or a recovery was cut short): settled now, by the trial's state."""
-    for _, trial_id in retried(storage, items.claimed_since, storage.engine,
-                                                                       study_id, 0):
-        state = storage.get_trial(trial_id)
-        if state.state.is_finished():
-            _settle(storage, [state])
+    for _, trial_id in retried(storage, items.claimed_since, storage.engine, study_id, 0):
+        trial = storage.get_trial(trial_id)
+        if trial.state.is_finished():
+            _settle(storage, [trial])
 
 
 def settle(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
@@ -294,9 +293,11 @@ def claim_batch(
         if claimed:
             started = [_start(storage, study_id, row) for row in claimed]
             started = [trial for trial in started if trial is not None]
-            # Into Optuna's cache around the storage (its `suggest` looks the trial up there).
-            private.remember_running(study, started)
-            return [optuna.Trial(study, trial_id) for trial_id, _ in started]
+            if started:
+                # Into Optuna's cache around the storage (its `suggest` looks the trial up).
+                private.remember_running(study, started)
+                return [optuna.Trial(study, trial_id) for trial_id, _ in started]
+            continue  # every row of the claim was taken back meanwhile: claim again
         if not retried(storage, items.any_queued, storage.engine, study_id):
             return []
         # Every queued row is in another claim's window for a moment: look again.

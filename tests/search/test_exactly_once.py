@@ -340,23 +340,27 @@ def test_a_claim_whose_worker_died_before_making_its_trial_is_queued_again(
 def test_a_claim_taken_back_before_its_trial_was_linked_runs_nothing(
         workers, tmp_path, monkeypatch):
     """A claim that lost its row (taken back as its worker looked dead) between making the
-    point's trial and linking it: the trial is failed with the reason, not handed out, and the
-    point stays queued once."""
+    point's trial and linking it: that trial is failed with the reason, not handed out, and the
+    claim goes on to the queue's next row (the one taken back, queued again)."""
     spec = _spec(tmp_path)
     storage, study = workers.open()
     workers.start(spec)
     real_link = items.link
+    taken: list[int] = []
 
     def taken_back_first(engine, item_id, token, trial_id):
-        assert items.release(engine, item_id)  # another worker's recovery, just before
+        if not taken:  # another worker's recovery, just before this claim's first link
+            taken.append(item_id)
+            assert items.release(engine, item_id)
         return real_link(engine, item_id, token, trial_id)
 
     monkeypatch.setattr(items, "link", taken_back_first)
-    assert grid_queue.claim_batch(study, storage, lambda params: None) == []
-    (trial,) = study.get_trials(deepcopy=False)
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs[TRIAL_REASON_ATTR] == grid_queue.CLAIM_LOST
-    assert_exactly_once(study, spec, total=1)
+    (claimed,) = grid_queue.claim_batch(study, storage, lambda params: None)
+    lost, running = study.get_trials(deepcopy=False)
+    assert lost.state == TrialState.FAIL and claimed.number == running.number == 1
+    assert lost.user_attrs[TRIAL_REASON_ATTR] == grid_queue.CLAIM_LOST
+    assert _point(lost) == _point(running)  # the row taken back, claimed again
+    assert_exactly_once(study, spec, total=2)
 
 
 # ------------------------------------------------------------------- stress: real processes
